@@ -1,0 +1,321 @@
+//! One framed connection to one node: the handshake, one request at a
+//! time, size-checked reads, timeouts, and the bookkeeping that keeps the
+//! stream in step when a caller stops reading a result early or cancels a
+//! call half-way.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dqlite_wire::{DecodeContext, Header, Request, Response, Rows, HEADER_SIZE, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use crate::{Config, Error, Result};
+
+/// Any byte stream the protocol can run over (TCP today; TLS later).
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Most messages read while draining an abandoned result after INTERRUPT.
+/// A server streams a result in batches of a few KiB; this allows results
+/// of many GiB while still ending a loop against a misbehaving server.
+const DRAIN_MESSAGES_MAX: u64 = 1 << 22;
+
+/// A read buffer larger than this is released after use, so one big DUMP
+/// does not pin its memory for the connection's lifetime.
+const BODY_BUFFER_KEEP: usize = 1 << 20;
+
+/// Where the connection stands between calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Ready for a request.
+    Idle,
+    /// A call is under way. Finding this state when a new call starts
+    /// means the previous call's future was dropped half-way: the stream
+    /// position is unknown.
+    InFlight,
+    /// A result set is being streamed: its next batch is unread and a
+    /// [`crate::Rows`] owns the reading.
+    Streaming,
+    /// The `Rows` of an unfinished result was dropped: before the next
+    /// request, send INTERRUPT and discard messages up to EMPTY, as
+    /// go-dqlite's `Rows.Close` does.
+    Abandoned,
+    /// A transport error happened; every call fails.
+    Broken,
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct Transport {
+    stream: BufReader<Box<dyn Stream>>,
+    address: String,
+    /// Unique per process, so statements can check they are used on the
+    /// connection that prepared them.
+    id: u64,
+    state: State,
+    request_timeout: Duration,
+    max_message_size: u64,
+    out: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("address", &self.address)
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Connects over TCP and sends the version-1 handshake.
+    pub(crate) async fn dial(address: &str, config: &Config) -> Result<Transport> {
+        if address.starts_with('@') {
+            return Err(Error::InvalidArgument(format!(
+                "abstract Unix socket addresses are not supported: {address}"
+            )));
+        }
+        let tcp = match timeout(config.dial_timeout, TcpStream::connect(address)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: "dial",
+                    after: config.dial_timeout,
+                })
+            }
+        };
+        // One small request per round trip: Nagle would add latency.
+        tcp.set_nodelay(true)?;
+        let mut transport = Transport::over(Box::new(tcp), address, config);
+        transport.handshake().await?;
+        Ok(transport)
+    }
+
+    pub(crate) fn over(stream: Box<dyn Stream>, address: &str, config: &Config) -> Transport {
+        Transport {
+            stream: BufReader::new(stream),
+            address: address.to_owned(),
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            state: State::Idle,
+            request_timeout: config.request_timeout,
+            max_message_size: config.max_message_size,
+            out: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<()> {
+        let limit = self.request_timeout;
+        let write = async {
+            let stream = self.stream.get_mut();
+            stream.write_all(&PROTOCOL_VERSION.to_le_bytes()).await?;
+            stream.flush().await
+        };
+        match timeout(limit, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Timeout {
+                operation: "handshake",
+                after: limit,
+            }),
+        }
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Marks the connection unusable (after a protocol violation).
+    pub(crate) fn poison(&mut self) {
+        self.state = State::Broken;
+    }
+
+    /// Sends one request and reads its first response. A FAILURE becomes
+    /// an `Err` (the connection stays usable); a ROWS with PART leaves the
+    /// connection streaming until [`Transport::next_batch`] reads the DONE.
+    pub(crate) async fn request(
+        &mut self,
+        request: &Request,
+        ctx: DecodeContext,
+    ) -> Result<Response> {
+        self.ready().await?;
+        self.out.clear();
+        request.encode(&mut self.out);
+        self.state = State::InFlight;
+        let limit = self.request_timeout;
+        let result = match timeout(limit, self.exchange(ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                operation: "request",
+                after: limit,
+            }),
+        };
+        self.settle(result)
+    }
+
+    /// Reads the next ROWS batch of a streamed result, without sending.
+    pub(crate) async fn next_batch(&mut self) -> Result<Rows> {
+        if self.state != State::Streaming {
+            return Err(self.unusable());
+        }
+        self.state = State::InFlight;
+        let limit = self.request_timeout;
+        let result = match timeout(limit, self.read_message(DecodeContext::default())).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                operation: "reading rows",
+                after: limit,
+            }),
+        };
+        match self.settle(result)? {
+            Response::Rows(rows) => Ok(rows),
+            other => {
+                self.state = State::Broken;
+                Err(Error::unexpected("ROWS", &other))
+            }
+        }
+    }
+
+    /// Marks an unfinished result as abandoned: it is drained lazily,
+    /// before the next request (a destructor cannot wait on the socket).
+    pub(crate) fn abandon(&mut self) {
+        if self.state == State::Streaming {
+            self.state = State::Abandoned;
+        }
+    }
+
+    /// Sends INTERRUPT for an abandoned result now and drains it.
+    pub(crate) async fn interrupt(&mut self) -> Result<()> {
+        self.ready().await
+    }
+
+    async fn exchange(&mut self, ctx: DecodeContext) -> Result<Response> {
+        let stream = self.stream.get_mut();
+        stream.write_all(&self.out).await?;
+        stream.flush().await?;
+        self.read_message(ctx).await
+    }
+
+    /// Brings the connection to `Idle`, draining an abandoned result, or
+    /// explains why it cannot.
+    async fn ready(&mut self) -> Result<()> {
+        match self.state {
+            State::Idle => Ok(()),
+            State::Abandoned => {
+                self.state = State::InFlight;
+                let limit = self.request_timeout;
+                let result = match timeout(limit, self.drain()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout {
+                        operation: "interrupting a result",
+                        after: limit,
+                    }),
+                };
+                match result {
+                    Ok(()) => {
+                        self.state = State::Idle;
+                        Ok(())
+                    }
+                    Err(err) => {
+                        self.state = State::Broken;
+                        Err(err)
+                    }
+                }
+            }
+            State::Streaming | State::InFlight | State::Broken => Err(self.unusable()),
+        }
+    }
+
+    fn unusable(&mut self) -> Error {
+        // Streaming here means a `Rows` is alive, which the borrow checker
+        // rules out for every public path; treat it as broken regardless.
+        self.state = State::Broken;
+        Error::ConnectionBroken
+    }
+
+    /// INTERRUPT, then read and discard until EMPTY (ROWS and FAILURE
+    /// are skipped), as go-dqlite does (§7.3 of the wire reference).
+    async fn drain(&mut self) -> Result<()> {
+        tracing::debug!(address = %self.address, "interrupting an unfinished result");
+        self.out.clear();
+        Request::Interrupt { db: 0 }.encode(&mut self.out);
+        let stream = self.stream.get_mut();
+        stream.write_all(&self.out).await?;
+        stream.flush().await?;
+        for _ in 0..DRAIN_MESSAGES_MAX {
+            match self.read_message(DecodeContext::default()).await? {
+                Response::Empty => return Ok(()),
+                Response::Rows(_) | Response::Failure { .. } => {}
+                other => return Err(Error::unexpected("EMPTY", &other)),
+            }
+        }
+        Err(Error::Protocol(format!(
+            "no EMPTY after INTERRUPT within {DRAIN_MESSAGES_MAX} messages"
+        )))
+    }
+
+    /// Records the outcome of a call in the connection state.
+    fn settle(&mut self, result: Result<Response>) -> Result<Response> {
+        match result {
+            Ok(Response::Failure { code, message }) => {
+                self.state = State::Idle;
+                Err(Error::from_failure(code, message))
+            }
+            Ok(response) => {
+                self.state = match &response {
+                    Response::Rows(rows) if rows.more => State::Streaming,
+                    _ => State::Idle,
+                };
+                Ok(response)
+            }
+            Err(err) => {
+                if err.breaks_connection() {
+                    tracing::debug!(address = %self.address, error = %err, "connection broken");
+                    self.state = State::Broken;
+                } else {
+                    self.state = State::Idle;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn read_message(&mut self, ctx: DecodeContext) -> Result<Response> {
+        let mut header = [0u8; HEADER_SIZE];
+        self.stream.read_exact(&mut header).await?;
+        let header = Header::decode(header);
+        let size = header.body_len();
+        if size > self.max_message_size {
+            return Err(Error::MessageTooLarge {
+                size,
+                max: self.max_message_size,
+            });
+        }
+        let size = usize::try_from(size).map_err(|_| Error::MessageTooLarge {
+            size,
+            max: self.max_message_size,
+        })?;
+        self.body.clear();
+        self.body.resize(size, 0);
+        self.stream.read_exact(&mut self.body).await?;
+        let response = Response::decode(&header, &self.body, ctx);
+        if self.body.capacity() > BODY_BUFFER_KEEP {
+            self.body = Vec::new();
+        }
+        Ok(response?)
+    }
+}
+
+/// How long is left until `deadline`, or `None` if it has passed.
+pub(crate) fn remaining(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then_some(left)
+}
