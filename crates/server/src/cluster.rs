@@ -1,0 +1,141 @@
+//! What the gateway needs to know about the cluster: who leads, who is a
+//! member, and how to change membership. A single node is its own leader;
+//! the replicated node implements the same trait over the consensus
+//! service.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use dqlite_wire::error::{
+    SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+};
+use dqlite_wire::{NodeInfo, Role};
+
+/// Why a cluster operation failed; each maps to one wire code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// This node is not the leader; retry on the leader.
+    #[error("not leader")]
+    NotLeader,
+    /// Leadership was lost while the operation was in flight.
+    #[error("leadership lost")]
+    LeadershipLost,
+    /// Another change is in progress; retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// Anything else, with a message for the user.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ClusterError {
+    /// The FAILURE code for this error.
+    pub fn code(&self) -> u64 {
+        match self {
+            ClusterError::NotLeader => SQLITE_IOERR_NOT_LEADER,
+            ClusterError::LeadershipLost => SQLITE_IOERR_LEADERSHIP_LOST,
+            ClusterError::Busy(_) => SQLITE_BUSY,
+            ClusterError::Other(_) => SQLITE_ERROR,
+        }
+    }
+}
+
+/// The cluster as the gateway sees it.
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// This node.
+    fn this_node(&self) -> NodeInfo;
+    /// Whether this node is the leader now.
+    fn is_leader(&self) -> bool;
+    /// The current leader, if known.
+    fn leader(&self) -> Option<NodeInfo>;
+    /// Every member, in configuration order.
+    fn nodes(&self) -> Vec<NodeInfo>;
+    /// Waits until this node has applied everything committed before the
+    /// call, confirmed with a quorum: reads after it are linearizable.
+    async fn barrier(&self) -> Result<(), ClusterError>;
+    /// Adds a node as a spare.
+    async fn add(&self, id: u64, address: &str) -> Result<(), ClusterError>;
+    /// Changes a node's role.
+    async fn assign(&self, id: u64, role: Role) -> Result<(), ClusterError>;
+    /// Removes a node.
+    async fn remove(&self, id: u64) -> Result<(), ClusterError>;
+    /// Hands leadership to `id` (0: let the cluster choose).
+    async fn transfer(&self, id: u64) -> Result<(), ClusterError>;
+    /// This node's failure domain.
+    fn failure_domain(&self) -> u64;
+    /// This node's weight.
+    fn weight(&self) -> u64;
+    /// Sets this node's weight.
+    fn set_weight(&self, weight: u64);
+}
+
+/// A one-node cluster: always the leader, membership fixed.
+#[derive(Debug)]
+pub struct SingleNode {
+    node: NodeInfo,
+    failure_domain: u64,
+    weight: AtomicU64,
+}
+
+impl SingleNode {
+    /// A single voter with this id and address.
+    pub fn new(id: u64, address: String, failure_domain: u64) -> Self {
+        Self {
+            node: NodeInfo {
+                id,
+                address,
+                role: Role::Voter,
+            },
+            failure_domain,
+            weight: AtomicU64::new(0),
+        }
+    }
+
+    fn unsupported(what: &str) -> ClusterError {
+        ClusterError::Other(format!(
+            "{what} is not supported by a single-node dqlite-rs server: membership changes need the replicated cluster mode"
+        ))
+    }
+}
+
+#[async_trait]
+impl Cluster for SingleNode {
+    fn this_node(&self) -> NodeInfo {
+        self.node.clone()
+    }
+    fn is_leader(&self) -> bool {
+        true
+    }
+    fn leader(&self) -> Option<NodeInfo> {
+        Some(self.node.clone())
+    }
+    fn nodes(&self) -> Vec<NodeInfo> {
+        vec![self.node.clone()]
+    }
+    async fn barrier(&self) -> Result<(), ClusterError> {
+        Ok(())
+    }
+    async fn add(&self, _id: u64, _address: &str) -> Result<(), ClusterError> {
+        Err(Self::unsupported("adding a node"))
+    }
+    async fn assign(&self, _id: u64, _role: Role) -> Result<(), ClusterError> {
+        Err(Self::unsupported("assigning a role"))
+    }
+    async fn remove(&self, _id: u64) -> Result<(), ClusterError> {
+        Err(Self::unsupported("removing a node"))
+    }
+    async fn transfer(&self, _id: u64) -> Result<(), ClusterError> {
+        Err(Self::unsupported("transferring leadership"))
+    }
+    fn failure_domain(&self) -> u64 {
+        self.failure_domain
+    }
+    fn weight(&self) -> u64 {
+        self.weight.load(Ordering::Relaxed)
+    }
+    fn set_weight(&self, weight: u64) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,225 @@
+//! One client connection: handshake, framing, and the request loop.
+//!
+//! A reader task turns the socket into frames so that the loop can watch
+//! for an INTERRUPT while a query streams. Any bad frame gets a FAILURE
+//! when the framing is still intact, or closes this one connection when it
+//! is not; nothing here can take the node down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dqlite_wire::error::DQLITE_PARSE;
+use dqlite_wire::frame::request_type;
+use dqlite_wire::{
+    Header, Request, Response, HEADER_SIZE, PROTOCOL_VERSION, PROTOCOL_VERSION_LEGACY,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::gateway::{Gateway, Reply, RowsStream, Shared};
+
+/// A client that connects must say its protocol version within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One framed message as read off the socket.
+struct Frame {
+    header: Header,
+    body: Vec<u8>,
+}
+
+/// Why the reader stopped.
+enum ReadEnd {
+    /// The peer closed or the socket failed.
+    Closed,
+    /// A length word beyond the limit: the stream cannot be resynchronised.
+    TooLarge(u64),
+}
+
+/// How a connection started: the handshake version.
+pub(crate) enum Handshake {
+    Current,
+    Legacy,
+}
+
+/// Reads the 8-byte protocol version. `None`: not a dqlite client.
+pub(crate) fn parse_handshake(bytes: [u8; 8]) -> Option<Handshake> {
+    match u64::from_le_bytes(bytes) {
+        PROTOCOL_VERSION => Some(Handshake::Current),
+        PROTOCOL_VERSION_LEGACY => Some(Handshake::Legacy),
+        _ => None,
+    }
+}
+
+/// Serves a dqlite client whose 8-byte handshake has already been read.
+pub(crate) async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    handshake: Handshake,
+    shared: Arc<Shared>,
+    max_message: u64,
+    cancel: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (tx, mut frames) = mpsc::channel(1);
+    let reader_task = tokio::spawn(read_frames(reader, max_message, tx));
+    let mut out = BufWriter::new(writer);
+    let mut gateway = Gateway::new(shared, matches!(handshake, Handshake::Legacy));
+    let mut pending: Option<Frame> = None;
+    loop {
+        let frame = match pending.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                _ = cancel.cancelled() => break,
+                next = frames.recv() => match next {
+                    Some(Ok(f)) => f,
+                    Some(Err(ReadEnd::TooLarge(len))) => {
+                        let msg = format!("message too large: {len} bytes, the limit is {max_message}");
+                        warn!(database = gateway.database(), "closing connection: {msg}");
+                        let _ = write(&mut out, &Response::failure(DQLITE_PARSE, msg)).await;
+                        break;
+                    }
+                    Some(Err(ReadEnd::Closed)) | None => break,
+                },
+            },
+        };
+        let request = match Request::decode(&frame.header, &frame.body) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(kind = frame.header.kind, "bad request: {e}");
+                if write(
+                    &mut out,
+                    &Response::failure(e.failure_code(), e.to_string()),
+                )
+                .await
+                .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let result = match gateway.handle(request).await {
+            Reply::One(resp) => write(&mut out, &resp).await,
+            Reply::Rows(stream) => match drive(stream, &mut out, &mut frames, &cancel).await {
+                Ok(next) => {
+                    pending = next;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    reader_task.abort();
+}
+
+async fn write<W: AsyncWrite + Unpin>(
+    out: &mut BufWriter<W>,
+    resp: &Response,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    resp.encode(&mut buf);
+    out.write_all(&buf).await?;
+    out.flush().await
+}
+
+/// Writes a query's batches as they come. A request that arrives meanwhile
+/// is kept for after the stream; an INTERRUPT also stops the query early.
+async fn drive<W: AsyncWrite + Unpin>(
+    mut stream: RowsStream,
+    out: &mut BufWriter<W>,
+    frames: &mut mpsc::Receiver<Result<Frame, ReadEnd>>,
+    cancel: &CancellationToken,
+) -> std::io::Result<Option<Frame>> {
+    let mut pending = None;
+    let closed = || std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+    loop {
+        tokio::select! {
+            batch = stream.batches.recv() => match batch {
+                Some(bytes) => {
+                    if let Err(e) = async { out.write_all(&bytes).await?; out.flush().await }.await {
+                        stream.interrupt();
+                        return Err(e);
+                    }
+                }
+                None => break,
+            },
+            next = frames.recv(), if pending.is_none() => match next {
+                Some(Ok(frame)) => {
+                    if frame.header.kind == request_type::INTERRUPT {
+                        stream.interrupt();
+                    }
+                    pending = Some(frame);
+                }
+                _ => {
+                    stream.interrupt();
+                    return Err(closed());
+                }
+            },
+            _ = cancel.cancelled() => {
+                stream.interrupt();
+                return Err(closed());
+            }
+        }
+    }
+    let outcome = (&mut stream.done).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => write(out, &failure.into_response()).await?,
+        Err(_) => {
+            write(
+                out,
+                &Response::failure(
+                    dqlite_wire::error::SQLITE_IOERR,
+                    "internal error: query task failed",
+                ),
+            )
+            .await?
+        }
+    }
+    Ok(pending)
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut reader: R,
+    max_message: u64,
+    tx: mpsc::Sender<Result<Frame, ReadEnd>>,
+) {
+    loop {
+        let mut head = [0u8; HEADER_SIZE];
+        if reader.read_exact(&mut head).await.is_err() {
+            let _ = tx.send(Err(ReadEnd::Closed)).await;
+            return;
+        }
+        let header = Header::decode(head);
+        let len = header.body_len();
+        if len > max_message {
+            let _ = tx.send(Err(ReadEnd::TooLarge(len))).await;
+            return;
+        }
+        // Bounded by `max_message` above.
+        let mut body = vec![0u8; len as usize];
+        if reader.read_exact(&mut body).await.is_err() {
+            let _ = tx.send(Err(ReadEnd::Closed)).await;
+            return;
+        }
+        if tx.send(Ok(Frame { header, body })).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the handshake with a deadline.
+pub(crate) async fn read_handshake<R: AsyncRead + Unpin>(reader: &mut R) -> Option<[u8; 8]> {
+    let mut bytes = [0u8; 8];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_exact(&mut bytes)).await {
+        Ok(Ok(_)) => Some(bytes),
+        _ => None,
+    }
+}

@@ -1,0 +1,72 @@
+//! Where SQLite connections come from. The gateway only ever asks this
+//! trait for a connection, so the replicated page store of the cluster work
+//! plugs in here (a connection over its VFS) without touching the gateway.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::dir::db_file_name;
+
+/// A source of SQLite connections to named databases.
+pub trait Databases: Send + Sync + 'static {
+    /// Opens a new connection to database `name`, creating it if needed.
+    fn open(&self, name: &str) -> rusqlite::Result<Connection>;
+
+    /// Opens a connection to `name` only if the database exists.
+    fn open_existing(&self, name: &str) -> rusqlite::Result<Option<Connection>>;
+}
+
+/// Databases as files under `<dir>/db/`, in WAL mode with a full fsync at
+/// every commit: the single-node store.
+#[derive(Debug, Clone)]
+pub struct LocalDatabases {
+    dir: PathBuf,
+    busy_timeout: Duration,
+}
+
+/// How many compiled statements each connection keeps for reuse.
+const STATEMENT_CACHE: usize = 128;
+
+impl LocalDatabases {
+    /// Databases stored in `dir`. A writer that finds the database locked
+    /// waits up to `busy_timeout` before failing with `SQLITE_BUSY`.
+    pub fn new(dir: PathBuf, busy_timeout: Duration) -> Self {
+        Self { dir, busy_timeout }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(db_file_name(name))
+    }
+
+    fn connect(&self, name: &str, flags: OpenFlags) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(self.path(name), flags)?;
+        conn.busy_timeout(self.busy_timeout)?;
+        // WAL lets readers run beside the one writer; FULL makes every
+        // commit durable before it is acknowledged.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+}
+
+fn flags() -> OpenFlags {
+    // Each connection is used by one task at a time, so SQLite's own
+    // per-connection mutex is not needed.
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+impl Databases for LocalDatabases {
+    fn open(&self, name: &str) -> rusqlite::Result<Connection> {
+        self.connect(name, flags() | OpenFlags::SQLITE_OPEN_CREATE)
+    }
+
+    fn open_existing(&self, name: &str) -> rusqlite::Result<Option<Connection>> {
+        if !self.path(name).exists() {
+            return Ok(None);
+        }
+        self.connect(name, flags()).map(Some)
+    }
+}

@@ -1,0 +1,405 @@
+//! The per-connection gateway: the state of one client session (its open
+//! database and prepared statements) and what each request does.
+//!
+//! SQLite work goes to blocking threads; a query hands back a stream of
+//! framed ROWS messages that the connection writes as they come, so a large
+//! result is never held whole.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dqlite_wire::error::{
+    DQLITE_NOTFOUND, DQLITE_PARSE, SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR, SQLITE_NOTFOUND,
+    SQLITE_PROTOCOL,
+};
+use dqlite_wire::{File, Request, Response, Role};
+use rusqlite::{Connection, InterruptHandle};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::databases::Databases;
+use crate::sql::{self, Failure, Prepared};
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub databases: Arc<dyn Databases>,
+    pub cluster: Arc<dyn Cluster>,
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// How a request is answered.
+pub(crate) enum Reply {
+    /// One response.
+    One(Response),
+    /// A stream of framed ROWS messages, then maybe a FAILURE.
+    Rows(RowsStream),
+}
+
+/// A query running on a blocking thread.
+pub(crate) struct RowsStream {
+    /// Framed ROWS messages, in order; bounded so a slow client slows the
+    /// query instead of growing memory.
+    pub batches: mpsc::Receiver<Vec<u8>>,
+    /// The query's outcome once every batch is sent.
+    pub done: JoinHandle<Result<(), Failure>>,
+    stop: Arc<AtomicBool>,
+    interrupt: Arc<InterruptHandle>,
+}
+
+impl RowsStream {
+    /// Stops the query at its next row.
+    pub fn interrupt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.interrupt.interrupt();
+    }
+}
+
+/// Messages a query may run ahead of the client.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+struct OpenDb {
+    name: String,
+    conn: Arc<Mutex<Connection>>,
+    interrupt: Arc<InterruptHandle>,
+    /// Statement ids are slots, lowest free first, as dqlite allocates them.
+    stmts: Vec<Option<Prepared>>,
+}
+
+/// One client session.
+pub(crate) struct Gateway {
+    shared: Arc<Shared>,
+    legacy: bool,
+    db: Option<OpenDb>,
+}
+
+fn not_leader() -> Response {
+    Response::failure(dqlite_wire::error::SQLITE_IOERR_NOT_LEADER, "not leader")
+}
+
+fn no_db() -> Response {
+    Response::failure(SQLITE_NOTFOUND, "no database opened")
+}
+
+fn no_stmt() -> Response {
+    Response::failure(SQLITE_NOTFOUND, "no statement with the given id")
+}
+
+fn cluster_failure(e: ClusterError) -> Response {
+    Response::failure(e.code(), e.to_string())
+}
+
+fn internal(what: &str) -> Failure {
+    Failure::new(SQLITE_IOERR, format!("internal error: {what}"))
+}
+
+/// Runs `f` on a blocking thread with the connection locked.
+async fn with_conn<T: Send + 'static>(
+    conn: &Arc<Mutex<Connection>>,
+    f: impl FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    let conn = Arc::clone(conn);
+    tokio::task::spawn_blocking(move || {
+        let guard = conn
+            .lock()
+            .map_err(|_| internal("connection lock poisoned"))?;
+        f(&guard)
+    })
+    .await
+    .map_err(|_| internal("SQL task failed"))?
+}
+
+impl Gateway {
+    pub(crate) fn new(shared: Arc<Shared>, legacy: bool) -> Self {
+        Self {
+            shared,
+            legacy,
+            db: None,
+        }
+    }
+
+    fn cluster(&self) -> &dyn Cluster {
+        self.shared.cluster.as_ref()
+    }
+
+    /// Checks leadership, then confirms it with a read barrier so what the
+    /// statement reads is at least as new as anything acknowledged.
+    async fn leader_barrier(&self) -> Result<(), Response> {
+        if !self.cluster().is_leader() {
+            return Err(not_leader());
+        }
+        self.cluster().barrier().await.map_err(cluster_failure)
+    }
+
+    fn db(&self, id: u64) -> Result<&OpenDb, Response> {
+        match &self.db {
+            Some(db) if id == 0 => Ok(db),
+            _ => Err(no_db()),
+        }
+    }
+
+    fn stmt(&self, db: u32, stmt: u32) -> Result<(&OpenDb, &Prepared), Response> {
+        let open = self.db(u64::from(db))?;
+        let prepared = open
+            .stmts
+            .get(stmt as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(no_stmt)?;
+        Ok((open, prepared))
+    }
+
+    /// Answers one request.
+    pub(crate) async fn handle(&mut self, req: Request) -> Reply {
+        match self.dispatch(req).await {
+            Ok(reply) => reply,
+            Err(resp) => Reply::One(resp),
+        }
+    }
+
+    async fn dispatch(&mut self, req: Request) -> Result<Reply, Response> {
+        let one = |r: Response| Ok(Reply::One(r));
+        match req {
+            Request::Leader => one(self.leader()),
+            Request::Client { .. } => one(Response::Welcome {
+                heartbeat_timeout: self.shared.heartbeat_timeout_ms,
+            }),
+            Request::Heartbeat { .. } => one(Response::failure(DQLITE_PARSE, "unrecognized request type")),
+            Request::Open { name, .. } => self.open(name).await.map(Reply::One),
+            Request::Prepare { db, sql, with_tail } => self.prepare(db, sql, with_tail).await.map(Reply::One),
+            Request::Exec { db, stmt, params } => {
+                self.leader_barrier().await?;
+                let (open, prepared) = self.stmt(db, stmt)?;
+                let sql = prepared.sql.clone();
+                let result = with_conn(&open.conn, move |c| sql::exec(c, &sql, &params)).await;
+                one(result.map_or_else(Failure::into_response, sql::ExecResult::into_response))
+            }
+            Request::ExecSql { db, sql, params } => {
+                self.leader_barrier().await?;
+                let open = self.db(db)?;
+                let result = with_conn(&open.conn, move |c| sql::exec_sql(c, &sql, &params)).await;
+                one(result.map_or_else(Failure::into_response, sql::ExecResult::into_response))
+            }
+            Request::Query { db, stmt, params } => {
+                self.leader_barrier().await?;
+                let (open, prepared) = self.stmt(db, stmt)?;
+                let sql = prepared.sql.clone();
+                Ok(Reply::Rows(spawn_query(open, move |c, stop, sink| {
+                    sql::query(c, &sql, &params, stop, sink)
+                })))
+            }
+            Request::QuerySql { db, sql, params } => {
+                self.leader_barrier().await?;
+                let open = self.db(db)?;
+                Ok(Reply::Rows(spawn_query(open, move |c, stop, sink| {
+                    sql::query_sql(c, &sql, &params, stop, sink)
+                })))
+            }
+            Request::Finalize { db, stmt } => {
+                self.stmt(db, stmt)?;
+                if let Some(open) = self.db.as_mut() {
+                    open.stmts[stmt as usize] = None;
+                }
+                one(Response::Empty)
+            }
+            // A query in progress is interrupted by the connection loop;
+            // here there is nothing running.
+            Request::Interrupt { .. } => one(Response::Empty),
+            Request::Connect { .. } => one(Response::failure(
+                DQLITE_PARSE,
+                "raft connections are not accepted on the client protocol: peers talk HTTP under /raft/",
+            )),
+            Request::Add { id, address } => {
+                self.require_leader()?;
+                one(self.cluster().add(id, &address).await.map_or_else(cluster_failure, |()| Response::Empty))
+            }
+            Request::Assign { id, role } => {
+                self.require_leader()?;
+                let role = match role {
+                    None => Role::Voter,
+                    Some(code) => Role::from_code(code)
+                        .ok_or_else(|| Response::failure(SQLITE_ERROR, format!("unknown role {code}")))?,
+                };
+                one(self.cluster().assign(id, role).await.map_or_else(cluster_failure, |()| Response::Empty))
+            }
+            Request::Remove { id } => {
+                self.require_leader()?;
+                one(self.cluster().remove(id).await.map_or_else(cluster_failure, |()| Response::Empty))
+            }
+            Request::Transfer { id } => {
+                self.require_leader()?;
+                one(self.cluster().transfer(id).await.map_or_else(cluster_failure, |()| Response::Empty))
+            }
+            Request::Dump { name } => self.dump(name).await.map(Reply::One),
+            Request::Cluster { format } => {
+                if format > 1 {
+                    return Err(Response::failure(DQLITE_PARSE, "unrecognized cluster format"));
+                }
+                one(Response::Servers {
+                    format,
+                    nodes: self.cluster().nodes(),
+                })
+            }
+            Request::Describe { format } => {
+                if format != 0 {
+                    return Err(Response::failure(SQLITE_PROTOCOL, "bad format version"));
+                }
+                one(Response::Metadata {
+                    failure_domain: self.cluster().failure_domain(),
+                    weight: self.cluster().weight(),
+                })
+            }
+            Request::Weight { weight } => {
+                self.cluster().set_weight(weight);
+                one(Response::Empty)
+            }
+        }
+    }
+
+    fn require_leader(&self) -> Result<(), Response> {
+        if self.cluster().is_leader() {
+            Ok(())
+        } else {
+            Err(not_leader())
+        }
+    }
+
+    fn leader(&self) -> Response {
+        let cluster = self.cluster();
+        // Only voters report a leader, as dqlite does: a standby or spare
+        // may not know it reliably.
+        let leader = if cluster.this_node().role == Role::Voter {
+            cluster.leader()
+        } else {
+            None
+        };
+        let (id, address) = leader.map_or((0, String::new()), |n| (n.id, n.address));
+        if self.legacy {
+            Response::ServerLegacy { address }
+        } else {
+            Response::Server { id, address }
+        }
+    }
+
+    async fn open(&mut self, name: String) -> Result<Response, Response> {
+        if self.db.is_some() {
+            return Err(Response::failure(
+                SQLITE_BUSY,
+                "a database for this connection is already open",
+            ));
+        }
+        self.require_leader()?;
+        let databases = Arc::clone(&self.shared.databases);
+        let db_name = name.clone();
+        let conn =
+            tokio::task::spawn_blocking(move || databases.open(&db_name).map_err(Failure::from))
+                .await
+                .map_err(|_| internal("open task failed").into_response())?
+                .map_err(Failure::into_response)?;
+        let interrupt = Arc::new(conn.get_interrupt_handle());
+        self.db = Some(OpenDb {
+            name,
+            conn: Arc::new(Mutex::new(conn)),
+            interrupt,
+            stmts: Vec::new(),
+        });
+        Ok(Response::Db { id: 0 })
+    }
+
+    async fn prepare(
+        &mut self,
+        db: u64,
+        sql: String,
+        with_tail: bool,
+    ) -> Result<Response, Response> {
+        self.require_leader()?;
+        let open = self.db(db)?;
+        let prepared = with_conn(&open.conn, move |c| sql::prepare(c, &sql, with_tail))
+            .await
+            .map_err(Failure::into_response)?;
+        let params = prepared.params;
+        let tail = prepared.tail;
+        let Some(open) = self.db.as_mut() else {
+            return Err(no_db());
+        };
+        let id = match open.stmts.iter().position(Option::is_none) {
+            Some(free) => {
+                open.stmts[free] = Some(prepared);
+                free
+            }
+            None => {
+                open.stmts.push(Some(prepared));
+                open.stmts.len() - 1
+            }
+        };
+        Ok(Response::Stmt {
+            db: 0,
+            id: u32::try_from(id)
+                .map_err(|_| Response::failure(SQLITE_ERROR, "too many statements"))?,
+            params,
+            tail,
+        })
+    }
+
+    async fn dump(&self, name: String) -> Result<Response, Response> {
+        let databases = Arc::clone(&self.shared.databases);
+        let files = tokio::task::spawn_blocking(move || -> Result<Option<Vec<File>>, Failure> {
+            let Some(conn) = databases.open_existing(&name)? else {
+                return Ok(None);
+            };
+            // The image with the WAL merged in, as current dqlite dumps it;
+            // the WAL file is then empty.
+            let image = conn.serialize(rusqlite::DatabaseName::Main)?;
+            Ok(Some(vec![
+                File {
+                    name: name.clone(),
+                    data: image.to_vec(),
+                },
+                File {
+                    name: format!("{name}-wal"),
+                    data: Vec::new(),
+                },
+            ]))
+        })
+        .await
+        .map_err(|_| internal("dump task failed").into_response())?
+        .map_err(Failure::into_response)?;
+        files
+            .map(Response::Files)
+            .ok_or_else(|| Response::failure(DQLITE_NOTFOUND, "database does not exist"))
+    }
+
+    /// The name of the open database, for logs.
+    pub(crate) fn database(&self) -> Option<&str> {
+        self.db.as_ref().map(|d| d.name.as_str())
+    }
+}
+
+type QueryFn =
+    dyn FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>) -> Result<(), Failure> + Send;
+
+fn spawn_query(
+    open: &OpenDb,
+    run: impl FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>) -> Result<(), Failure>
+        + Send
+        + 'static,
+) -> RowsStream {
+    let run: Box<QueryFn> = Box::new(run);
+    let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let conn = Arc::clone(&open.conn);
+    let task_stop = Arc::clone(&stop);
+    let done = tokio::task::spawn_blocking(move || {
+        let guard = conn
+            .lock()
+            .map_err(|_| internal("connection lock poisoned"))?;
+        run(&guard, &task_stop, &mut |batch| {
+            tx.blocking_send(batch).is_ok()
+        })
+    });
+    RowsStream {
+        batches: rx,
+        done,
+        stop,
+        interrupt: Arc::clone(&open.interrupt),
+    }
+}

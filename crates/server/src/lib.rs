@@ -1,0 +1,28 @@
+//! The dqlite-rs server: any dqlite client talks to it unchanged.
+//!
+//! Layout:
+//! - [`server`]: the listener; binds, accepts, tells dqlite clients apart
+//!   by their handshake, and shuts down in order.
+//! - `conn`: one connection; framing, the request loop, streaming.
+//! - `gateway`: one client session; what each request does.
+//! - [`sql`]: SQL execution on a SQLite connection (blocking threads).
+//! - [`databases`]: where SQLite connections come from; the seam where
+//!   the replicated page store plugs in.
+//! - [`cluster`]: leadership and membership as the gateway sees them.
+//! - [`dir`]: the data directory, its lock and `node.json`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cluster;
+mod conn;
+pub mod databases;
+pub mod dir;
+mod error;
+mod gateway;
+pub mod server;
+pub mod sql;
+
+pub use cluster::{Cluster, ClusterError, SingleNode};
+pub use databases::{Databases, LocalDatabases};
+pub use error::ServerError;
+pub use server::{Server, ServerConfig};

@@ -1,0 +1,238 @@
+//! The listener: binds, accepts with a bound on open connections, reads the
+//! first 8 bytes to tell a dqlite client from anything else, and hands
+//! clients to their own task. Shutdown stops accepting, ends every
+//! connection and waits for them with a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::cluster::{Cluster, SingleNode};
+use crate::conn::{self, parse_handshake};
+use crate::databases::{Databases, LocalDatabases};
+use crate::dir::{DataDir, NodeRecord};
+use crate::gateway::Shared;
+use crate::ServerError;
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Node id.
+    pub id: u64,
+    /// The address clients dial, reported by LEADER and CLUSTER. A port of
+    /// 0 means "whatever port was bound".
+    pub address: String,
+    /// Where to listen, if not at `address`.
+    pub bind: Option<String>,
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Largest request body accepted; a longer length word closes the
+    /// connection.
+    pub max_message_size: u64,
+    /// Most client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a writer waits for the database lock before `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+    /// Sent in WELCOME.
+    pub heartbeat_timeout_ms: u64,
+    /// Reported by DESCRIBE.
+    pub failure_domain: u64,
+}
+
+impl ServerConfig {
+    /// Defaults for node `id` at `address` with data in `dir`.
+    pub fn new(id: u64, address: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            address: address.into(),
+            bind: None,
+            dir: dir.into(),
+            max_message_size: 64 << 20,
+            max_connections: 1024,
+            busy_timeout: Duration::from_secs(1),
+            heartbeat_timeout_ms: 15_000,
+            failure_domain: 0,
+        }
+    }
+}
+
+/// A bound server, ready to run.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), dqlite_server::ServerError> {
+/// use dqlite_server::{Server, ServerConfig};
+/// let server = Server::bind(ServerConfig::new(1, "127.0.0.1:9001", "./dqlite-data")).await?;
+/// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    address: String,
+    shared: Arc<Shared>,
+    config: ServerConfig,
+    _dir: DataDir,
+}
+
+impl Server {
+    /// A single-node server: databases are files under `<dir>/db/` and
+    /// this node is always the leader.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let dir = DataDir::open(&config.dir)?;
+        let databases = LocalDatabases::new(dir.db_dir(), config.busy_timeout);
+        let (id, failure_domain) = (config.id, config.failure_domain);
+        Self::bind_with(config, dir, Arc::new(databases), move |address| {
+            Arc::new(SingleNode::new(id, address, failure_domain))
+        })
+        .await
+    }
+
+    /// A server over any store and cluster: `cluster` receives the
+    /// advertised address once the listener is bound.
+    pub async fn bind_with(
+        config: ServerConfig,
+        dir: DataDir,
+        databases: Arc<dyn Databases>,
+        cluster: impl FnOnce(String) -> Arc<dyn Cluster>,
+    ) -> Result<Server, ServerError> {
+        if let Some(record) = dir.read_node()? {
+            if record.id != config.id {
+                return Err(ServerError::Config(format!(
+                    "data directory {} belongs to node {}, not node {}; pass --id {} or use another --dir",
+                    config.dir.display(),
+                    record.id,
+                    config.id,
+                    record.id
+                )));
+            }
+        }
+        let bind = config
+            .bind
+            .clone()
+            .unwrap_or_else(|| config.address.clone());
+        let listener = TcpListener::bind(&bind)
+            .await
+            .map_err(|e| ServerError::Io {
+                context: format!("cannot listen on {bind}"),
+                source: e,
+            })?;
+        let local = listener.local_addr().map_err(|e| ServerError::Io {
+            context: "cannot read the bound address".into(),
+            source: e,
+        })?;
+        let address = advertised(&config.address, local);
+        dir.write_node(&NodeRecord {
+            id: config.id,
+            address: address.clone(),
+        })?;
+        let cluster = cluster(address.clone());
+        let shared = Arc::new(Shared {
+            databases,
+            cluster,
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+        });
+        Ok(Server {
+            listener,
+            address,
+            shared,
+            config,
+            _dir: dir,
+        })
+    }
+
+    /// The socket address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The address clients are told to dial.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection,
+    /// waiting up to five seconds for them to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        tokio::pin!(shutdown);
+        info!(id = self.config.id, address = %self.address, "serving");
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                a = self.listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather
+                    // than spin.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = Arc::clone(&self.shared);
+            let cancel = cancel.clone();
+            let max = self.config.max_message_size;
+            tracker.spawn(async move {
+                handle(stream, peer, shared, max, cancel).await;
+                drop(permit);
+            });
+        }
+        info!("shutting down: closing client connections");
+        cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish within 5 s");
+        }
+        Ok(())
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    max: u64,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let Some(first) = conn::read_handshake(&mut rd).await else {
+        debug!(%peer, "no handshake");
+        return;
+    };
+    match parse_handshake(first) {
+        Some(hs) => conn::serve(rd, wr, hs, shared, max, cancel).await,
+        // dqlite closes on an unknown version without a word.
+        None => debug!(%peer, "unknown protocol version {:02x?}; closing", first),
+    }
+}
+
+/// The address to advertise: the configured one, with the bound port if
+/// the configured port was 0.
+fn advertised(configured: &str, bound: SocketAddr) -> String {
+    match configured.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:{}", bound.port()),
+        _ => configured.to_string(),
+    }
+}

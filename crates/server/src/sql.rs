@@ -1,0 +1,533 @@
+//! SQL execution on one SQLite connection. Everything here blocks and runs
+//! on tokio's blocking threads, never on the async workers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dqlite_wire::error::{SQLITE_ERROR, SQLITE_RANGE};
+use dqlite_wire::{Response, RowsWriter, Value};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Batch, Connection, Statement};
+
+/// A request that failed, as it goes back on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// SQLite (extended) or dqlite error code.
+    pub code: u64,
+    /// Message for the user.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with this code and message.
+    pub fn new(code: u64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The FAILURE response.
+    pub fn into_response(self) -> Response {
+        Response::Failure {
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(err: rusqlite::Error) -> Self {
+        match err {
+            // SQLite's extended code and its own message, as dqlite sends.
+            rusqlite::Error::SqliteFailure(e, msg) => Failure {
+                code: e.extended_code as u64,
+                message: msg.unwrap_or_else(|| e.to_string()),
+            },
+            other => Failure::new(SQLITE_ERROR, other.to_string()),
+        }
+    }
+}
+
+/// What PREPARE learned about a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The text of the one statement (the tail cut off).
+    pub sql: String,
+    /// Number of placeholders.
+    pub params: u64,
+    /// Byte offset of the tail, when the client asked for it.
+    pub tail: Option<u64>,
+}
+
+/// RESULT of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecResult {
+    /// Last insert rowid of the connection.
+    pub last_insert_id: i64,
+    /// Rows changed by the last statement.
+    pub rows_affected: u64,
+}
+
+impl ExecResult {
+    fn of(conn: &Connection) -> Self {
+        Self {
+            last_insert_id: conn.last_insert_rowid(),
+            rows_affected: conn.changes(),
+        }
+    }
+
+    /// The RESULT response.
+    pub fn into_response(self) -> Response {
+        Response::Result {
+            last_insert_id: self.last_insert_id as u64,
+            rows_affected: self.rows_affected,
+        }
+    }
+}
+
+fn empty_statement() -> Failure {
+    // dqlite answers code 0 here, which go-dqlite takes for a broken
+    // connection and retries; a plain SQL error tells the user instead.
+    Failure::new(SQLITE_ERROR, "empty statement")
+}
+
+fn nonempty_tail() -> Failure {
+    Failure::new(SQLITE_ERROR, "nonempty statement tail")
+}
+
+/// Compiles the first statement of `sql`. Without `with_tail`, anything but
+/// whitespace and comments after it is an error; with it, the offset of the
+/// tail is returned (schema 1).
+pub fn prepare(conn: &Connection, sql: &str, with_tail: bool) -> Result<Prepared, Failure> {
+    let mut batch = Batch::new(conn, sql);
+    let stmt = batch.next()?.ok_or_else(empty_statement)?;
+    let params = stmt.parameter_count() as u64;
+    drop(stmt);
+    if !with_tail {
+        if batch.next()?.is_some() {
+            return Err(nonempty_tail());
+        }
+        return Ok(Prepared {
+            sql: sql.to_owned(),
+            params,
+            tail: None,
+        });
+    }
+    let end = first_statement_end(conn, sql);
+    Ok(Prepared {
+        sql: sql[..end].to_owned(),
+        params,
+        tail: Some(end as u64),
+    })
+}
+
+/// The byte offset just past the first complete statement of `sql`.
+///
+/// rusqlite does not expose SQLite's tail pointer, so each `;` outside a
+/// quote or comment is tried in turn: the first prefix that compiles as
+/// exactly one statement ends it (a `;` inside a trigger body does not).
+fn first_statement_end(conn: &Connection, sql: &str) -> usize {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                let prefix = &sql[..=i];
+                let mut batch = Batch::new(conn, prefix);
+                if matches!(batch.next(), Ok(Some(_))) && matches!(batch.next(), Ok(None)) {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    sql.len()
+}
+
+fn bind(stmt: &mut Statement<'_>, params: &[Value]) -> Result<(), Failure> {
+    for (i, v) in params.iter().enumerate() {
+        let value = match v {
+            Value::Integer(n) | Value::UnixTime(n) => ValueRef::Integer(*n),
+            Value::Float(f) => ValueRef::Real(*f),
+            Value::Text(s) | Value::Iso8601(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+            Value::Null => ValueRef::Null,
+            Value::Boolean(b) => ValueRef::Integer(i64::from(*b)),
+        };
+        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(value))?;
+    }
+    Ok(())
+}
+
+fn check_count(stmt: &Statement<'_>, given: usize) -> Result<(), Failure> {
+    let want = stmt.parameter_count();
+    if given > want {
+        return Err(Failure::new(
+            SQLITE_RANGE,
+            format!(
+                "too many parameters: the statement has {want} placeholders, {given} were given"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn run_to_completion(stmt: &mut Statement<'_>) -> Result<(), Failure> {
+    let mut rows = stmt.raw_query();
+    if rows.next()?.is_some() {
+        return Err(Failure::new(
+            SQLITE_ERROR,
+            "rows yielded when none expected for EXEC request",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one prepared statement (EXEC). Bindings never carry over from an
+/// earlier execution: placeholders without a value are NULL.
+pub fn exec(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    stmt.clear_bindings();
+    check_count(&stmt, params.len())?;
+    bind(&mut stmt, params)?;
+    run_to_completion(&mut stmt)?;
+    Ok(ExecResult::of(conn))
+}
+
+/// Runs every statement of `sql` in order (EXEC_SQL), handing the
+/// parameters out in sequence, each statement taking as many as it has
+/// placeholders, as current dqlite does.
+pub fn exec_sql(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
+    let mut batch = Batch::new(conn, sql);
+    let mut rest = params;
+    while let Some(mut stmt) = batch.next()? {
+        let n = stmt.parameter_count().min(rest.len());
+        bind(&mut stmt, &rest[..n])?;
+        rest = &rest[n..];
+        run_to_completion(&mut stmt)?;
+    }
+    Ok(ExecResult::of(conn))
+}
+
+/// Batches are closed once they reach this many bytes, header included,
+/// as the C server does with one memory page.
+pub const BATCH_BYTES: usize = 4096;
+
+/// Where finished ROWS messages go. Returns false when nobody listens any
+/// more (the client went away), which stops the query.
+pub type Sink<'a> = dyn FnMut(Vec<u8>) -> bool + 'a;
+
+/// Runs the first statement of `sql` as a query (QUERY_SQL), streaming
+/// framed ROWS messages into `sink`.
+pub fn query_sql(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    stop: &AtomicBool,
+    sink: &mut Sink<'_>,
+) -> Result<(), Failure> {
+    let mut batch = Batch::new(conn, sql);
+    let mut stmt = batch.next()?.ok_or_else(empty_statement)?;
+    if batch.next()?.is_some() {
+        return Err(nonempty_tail());
+    }
+    check_count(&stmt, params.len())?;
+    bind(&mut stmt, params)?;
+    stream(&mut stmt, stop, sink)
+}
+
+/// Runs a prepared statement as a query (QUERY).
+pub fn query(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    stop: &AtomicBool,
+    sink: &mut Sink<'_>,
+) -> Result<(), Failure> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    stmt.clear_bindings();
+    check_count(&stmt, params.len())?;
+    bind(&mut stmt, params)?;
+    stream(&mut stmt, stop, sink)
+}
+
+/// How a column's declared type changes the wire type of its values
+/// (§4 of the wire reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnKind {
+    Plain,
+    Time,
+    Boolean,
+}
+
+fn column_kinds(stmt: &Statement<'_>) -> Vec<ColumnKind> {
+    stmt.columns()
+        .iter()
+        .map(|c| match c.decl_type() {
+            Some(t)
+                if ["DATETIME", "DATE", "TIMESTAMP"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k)) =>
+            {
+                ColumnKind::Time
+            }
+            Some(t) if t.eq_ignore_ascii_case("BOOLEAN") => ColumnKind::Boolean,
+            _ => ColumnKind::Plain,
+        })
+        .collect()
+}
+
+fn to_value(kind: ColumnKind, v: ValueRef<'_>) -> Value {
+    let text = |t: &[u8]| String::from_utf8_lossy(t).into_owned();
+    match (kind, v) {
+        (ColumnKind::Time, ValueRef::Integer(n)) => Value::UnixTime(n),
+        (ColumnKind::Time, ValueRef::Text(t)) => Value::Iso8601(text(t)),
+        (ColumnKind::Time, ValueRef::Null) => Value::Iso8601(String::new()),
+        (ColumnKind::Boolean, ValueRef::Integer(n)) => Value::Boolean(n != 0),
+        (ColumnKind::Boolean, ValueRef::Null) => Value::Boolean(false),
+        (_, ValueRef::Integer(n)) => Value::Integer(n),
+        (_, ValueRef::Real(f)) => Value::Float(f),
+        (_, ValueRef::Text(t)) => Value::Text(text(t)),
+        (_, ValueRef::Blob(b)) => Value::Blob(b.to_vec()),
+        (_, ValueRef::Null) => Value::Null,
+    }
+}
+
+fn interrupted() -> Failure {
+    Failure::new(9, "interrupted")
+}
+
+/// Steps `stmt`, cutting the result into ROWS messages of about
+/// [`BATCH_BYTES`]. A step error after some batches were sent ends the
+/// stream with a clean FAILURE (returned), never a FAILURE glued onto
+/// partial row data as the C server sends.
+fn stream(stmt: &mut Statement<'_>, stop: &AtomicBool, sink: &mut Sink<'_>) -> Result<(), Failure> {
+    let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+    let kinds = column_kinds(stmt);
+    let mut rows = stmt.raw_query();
+    let mut buf = Vec::with_capacity(2 * BATCH_BYTES);
+    let mut batch = RowsWriter::begin(&mut buf, &columns);
+    let mut values = Vec::with_capacity(columns.len());
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted());
+        }
+        let Some(row) = rows.next()? else { break };
+        values.clear();
+        for (i, kind) in kinds.iter().enumerate() {
+            values.push(to_value(*kind, row.get_ref(i)?));
+        }
+        batch.push(&values);
+        if batch.len() >= BATCH_BYTES {
+            batch.finish(true);
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(2 * BATCH_BYTES));
+            if !sink(full) {
+                return Err(interrupted());
+            }
+            batch = RowsWriter::begin(&mut buf, &columns);
+        }
+    }
+    batch.finish(false);
+    sink(buf);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqlite_wire::{DecodeContext, Header, Rows};
+
+    fn conn() -> Connection {
+        Connection::open_in_memory().unwrap()
+    }
+
+    fn collect(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Rows>, Failure> {
+        let mut out = Vec::new();
+        let stop = AtomicBool::new(false);
+        query_sql(conn, sql, params, &stop, &mut |bytes| {
+            let header = Header::decode(bytes[..8].try_into().unwrap());
+            match Response::decode(&header, &bytes[8..], DecodeContext::default()).unwrap() {
+                Response::Rows(r) => out.push(r),
+                other => panic!("unexpected {other:?}"),
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn prepare_reports_params_and_rejects_a_tail() {
+        let c = conn();
+        let p = prepare(&c, "SELECT ?, ? -- trailing comment\n", false).unwrap();
+        assert_eq!(p.params, 2);
+        assert_eq!(
+            prepare(&c, "SELECT 1; SELECT 2", false),
+            Err(nonempty_tail())
+        );
+        assert_eq!(prepare(&c, "   ", false), Err(empty_statement()));
+    }
+
+    #[test]
+    fn prepare_with_tail_reports_the_offset() {
+        let c = conn();
+        let p = prepare(&c, "SELECT 1; SELECT 2", true).unwrap();
+        assert_eq!(p.tail, Some(9));
+        assert_eq!(p.sql, "SELECT 1;");
+        let p = prepare(&c, "SELECT ';'; SELECT 2", true).unwrap();
+        assert_eq!(p.tail, Some(11));
+        let p = prepare(&c, "SELECT 1", true).unwrap();
+        assert_eq!(p.tail, Some(8));
+    }
+
+    #[test]
+    fn trigger_bodies_do_not_end_the_first_statement() {
+        let c = conn();
+        c.execute_batch("CREATE TABLE t(x); CREATE TABLE u(y)")
+            .unwrap();
+        let sql =
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO u VALUES (1); END; SELECT 1";
+        let p = prepare(&c, sql, true).unwrap();
+        assert_eq!(&sql[p.tail.unwrap() as usize..], " SELECT 1");
+    }
+
+    #[test]
+    fn exec_sql_hands_params_out_in_order() {
+        let c = conn();
+        exec_sql(&c, "CREATE TABLE t(a, b)", &[]).unwrap();
+        let r = exec_sql(
+            &c,
+            "INSERT INTO t VALUES (?, 1); INSERT INTO t VALUES (?, 2)",
+            &[Value::Integer(10), Value::Integer(20)],
+        )
+        .unwrap();
+        assert_eq!(r.last_insert_id, 2);
+        let rows = collect(&c, "SELECT a, b FROM t ORDER BY b", &[]).unwrap();
+        assert_eq!(
+            rows[0].rows,
+            vec![
+                vec![Value::Integer(10), Value::Integer(1)],
+                vec![Value::Integer(20), Value::Integer(2)]
+            ]
+        );
+    }
+
+    #[test]
+    fn exec_of_a_query_fails_and_too_many_params_fail() {
+        let c = conn();
+        assert_eq!(exec(&c, "SELECT 1", &[]).unwrap_err().code, SQLITE_ERROR);
+        let err = exec(&c, "SELECT ?", &[Value::Null, Value::Null]).unwrap_err();
+        assert_eq!(err.code, SQLITE_RANGE);
+    }
+
+    #[test]
+    fn bindings_do_not_carry_over() {
+        let c = conn();
+        exec_sql(&c, "CREATE TABLE t(a)", &[]).unwrap();
+        exec(&c, "INSERT INTO t VALUES (?)", &[Value::Integer(5)]).unwrap();
+        exec(&c, "INSERT INTO t VALUES (?)", &[]).unwrap();
+        let rows = collect(&c, "SELECT a FROM t", &[]).unwrap();
+        assert_eq!(
+            rows[0].rows,
+            vec![vec![Value::Integer(5)], vec![Value::Null]]
+        );
+    }
+
+    #[test]
+    fn large_results_are_cut_into_batches() {
+        let c = conn();
+        let rows = collect(
+            &c,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT i, 'row' FROM n",
+            &[],
+        )
+        .unwrap();
+        assert!(rows.len() > 10, "{} batches", rows.len());
+        assert!(rows[..rows.len() - 1].iter().all(|r| r.more));
+        assert!(!rows.last().unwrap().more);
+        let total: usize = rows.iter().map(|r| r.rows.len()).sum();
+        assert_eq!(total, 5000);
+    }
+
+    #[test]
+    fn declared_types_map_to_time_and_boolean() {
+        let c = conn();
+        exec_sql(&c, "CREATE TABLE t(ts DATETIME, d date, ok BOOLEAN)", &[]).unwrap();
+        exec_sql(
+            &c,
+            "INSERT INTO t VALUES (100, '2020-01-01', 1), (NULL, NULL, NULL)",
+            &[],
+        )
+        .unwrap();
+        let rows = collect(&c, "SELECT ts, d, ok FROM t", &[]).unwrap();
+        assert_eq!(
+            rows[0].rows,
+            vec![
+                vec![
+                    Value::UnixTime(100),
+                    Value::Iso8601("2020-01-01".into()),
+                    Value::Boolean(true)
+                ],
+                vec![
+                    Value::Iso8601(String::new()),
+                    Value::Iso8601(String::new()),
+                    Value::Boolean(false)
+                ],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_error_is_a_clean_failure() {
+        let c = conn();
+        let err = collect(&c, "SELECT abs(-9223372036854775807 - 1)", &[]).unwrap_err();
+        assert_eq!(err.code, SQLITE_ERROR);
+        assert!(err.message.contains("integer overflow"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_stopped_query_ends_early() {
+        let c = conn();
+        let stop = AtomicBool::new(false);
+        let mut batches = 0;
+        let err = query_sql(
+            &c,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n",
+            &[],
+            &stop,
+            &mut |_| {
+                batches += 1;
+                if batches == 3 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                true
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err, interrupted());
+        assert_eq!(batches, 3);
+    }
+}
