@@ -26,8 +26,14 @@
 
 pub mod checker;
 pub mod clock;
+pub mod cluster;
 pub mod disk;
+pub mod kv;
 pub mod net;
+pub mod node;
+pub mod options;
+pub mod raftrs;
 pub mod rng;
+pub mod runner;
 pub mod scheduler;
 pub mod trace;

@@ -31,9 +31,9 @@ pub struct EntryView {
     pub digest: u64,
 }
 
-/// A snapshot of one node's raft state.
+/// A snapshot of one node's raft state, borrowing its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeView {
+pub struct NodeView<'a> {
     /// The node.
     pub id: NodeId,
     /// Its current term.
@@ -45,10 +45,10 @@ pub struct NodeView {
     /// Index of `entries[0]`; entries below it are compacted into a raft snapshot.
     pub first_index: u64,
     /// The log from `first_index` on, contiguous.
-    pub entries: Vec<EntryView>,
+    pub entries: &'a [EntryView],
 }
 
-impl NodeView {
+impl NodeView<'_> {
     /// The entry at `index`, if the log holds it.
     pub fn entry(&self, index: u64) -> Option<EntryView> {
         let offset = index.checked_sub(self.first_index)?;
@@ -168,7 +168,7 @@ impl InvariantChecker {
     }
 
     /// Check every invariant against the current views of the live nodes.
-    pub fn check(&mut self, views: &[NodeView]) -> Result<(), Violation> {
+    pub fn check(&mut self, views: &[NodeView<'_>]) -> Result<(), Violation> {
         self.check_election_safety(views)?;
         self.check_log_matching(views)?;
         self.record_commits(views)?;
@@ -176,7 +176,7 @@ impl InvariantChecker {
     }
 
     /// Election safety: remember each term's leader; a second one is fatal.
-    pub fn check_election_safety(&mut self, views: &[NodeView]) -> Result<(), Violation> {
+    pub fn check_election_safety(&mut self, views: &[NodeView<'_>]) -> Result<(), Violation> {
         for v in views.iter().filter(|v| v.is_leader) {
             let first = *self.leaders.entry(v.term).or_insert(v.id);
             if first != v.id {
@@ -191,7 +191,7 @@ impl InvariantChecker {
     }
 
     /// Log matching over every pair of logs, on the indexes both hold.
-    pub fn check_log_matching(&self, views: &[NodeView]) -> Result<(), Violation> {
+    pub fn check_log_matching(&self, views: &[NodeView<'_>]) -> Result<(), Violation> {
         for (i, a) in views.iter().enumerate() {
             for b in &views[i + 1..] {
                 check_pair(a, b)?;
@@ -202,7 +202,7 @@ impl InvariantChecker {
 
     /// Record every node's committed entries; two different entries
     /// committed at one index is a state-machine safety violation.
-    pub fn record_commits(&mut self, views: &[NodeView]) -> Result<(), Violation> {
+    pub fn record_commits(&mut self, views: &[NodeView<'_>]) -> Result<(), Violation> {
         let highest_term = views.iter().map(|v| v.term).max().unwrap_or(0);
         for v in views {
             let from = self
@@ -234,7 +234,7 @@ impl InvariantChecker {
     }
 
     /// Leader completeness against the commits recorded so far.
-    pub fn check_leader_completeness(&self, views: &[NodeView]) -> Result<(), Violation> {
+    pub fn check_leader_completeness(&self, views: &[NodeView<'_>]) -> Result<(), Violation> {
         for v in views.iter().filter(|v| v.is_leader) {
             for (&index, c) in self.committed.range(v.first_index..) {
                 if c.highest_term >= v.term {
@@ -298,7 +298,7 @@ impl InvariantChecker {
     }
 }
 
-fn check_pair(a: &NodeView, b: &NodeView) -> Result<(), Violation> {
+fn check_pair(a: &NodeView<'_>, b: &NodeView<'_>) -> Result<(), Violation> {
     let low = a.first_index.max(b.first_index);
     let high = a.last_index().min(b.last_index());
     if high < low {
@@ -343,14 +343,22 @@ mod tests {
         EntryView { term, digest }
     }
 
-    fn view(id: NodeId, term: u64, leader: bool, commit: u64, entries: &[(u64, u64)]) -> NodeView {
+    fn view(
+        id: NodeId,
+        term: u64,
+        leader: bool,
+        commit: u64,
+        entries: &[(u64, u64)],
+    ) -> NodeView<'static> {
+        // Leaked: a few bytes per test, so views can be built inline.
+        let log: Vec<EntryView> = entries.iter().map(|&(t, d)| e(t, d)).collect();
         NodeView {
             id,
             term,
             is_leader: leader,
             commit,
             first_index: 1,
-            entries: entries.iter().map(|&(t, d)| e(t, d)).collect(),
+            entries: Vec::leak(log),
         }
     }
 

@@ -78,7 +78,7 @@ pub struct Operation {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
     /// No linearization exists for this key.
-    #[error("history of key {key} is not linearizable ({} operations; longest linearizable prefix: {prefix:?}); operations: {operations:?}", operations.len())]
+    #[error("history of key {key} is not linearizable ({} operations; longest linearizable prefix: {prefix:?})", operations.len())]
     NotLinearizable {
         /// The key whose sub-history fails.
         key: Key,

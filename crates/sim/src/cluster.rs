@@ -1,0 +1,567 @@
+//! The cluster harness: one simulated run.
+//!
+//! Method: a [`Scheduler`] orders every event — node ticks (each node's
+//! clock runs at its own slightly skewed rate), message deliveries, client
+//! requests, replies and timeouts, and faults. Each event is handed to one
+//! node; its [`Effects`] are turned into new events (messages go through the
+//! [`SimNetwork`], answers travel back to the client after a network delay
+//! and may be lost). After every event the [`InvariantChecker`] checks every
+//! node; at the end the clients' history is checked for linearizability.
+//!
+//! A run has two phases, as in TigerBeetle's VOPR: a faulty phase (crashes,
+//! partitions, one-way link cuts, leadership transfers, lossy network), then
+//! a calm phase in which every node is up and the network heals, where the
+//! cluster must make progress again (liveness).
+
+use std::collections::BTreeMap;
+
+use crate::checker::invariants::{InvariantChecker, NodeView, Violation};
+use crate::checker::linearizability::{self, CheckError, Command, Operation, Outcome};
+use crate::disk::CrashMode;
+use crate::kv::KvRequest;
+use crate::net::{random_split, NetConfig, NodeId, SimNetwork};
+use crate::node::{Effects, SimNode};
+use crate::options::Options;
+use crate::rng::SimRng;
+use crate::scheduler::Scheduler;
+use crate::trace::Trace;
+
+/// Milliseconds per raft tick (nominal; each node's clock is skewed).
+pub const TICK_MS: u64 = 10;
+/// Upper bound on the calm phase: the cluster must have recovered by then.
+pub const CALM_PHASE_MS: u64 = 10_000;
+/// Hard cap on events per run, so a livelock cannot hang the simulator.
+pub const MAX_EVENTS: u64 = 2_000_000;
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// A raft invariant broke.
+    #[error("invariant violated at {at} ms: {violation}")]
+    Invariant {
+        /// Simulated time.
+        at: u64,
+        /// What broke.
+        violation: Violation,
+    },
+    /// The history is not linearizable.
+    #[error("linearizability: {0}")]
+    Linearizability(CheckError),
+    /// The healed cluster made no progress.
+    #[error("liveness: {0}")]
+    Liveness(String),
+    /// The node code (or the simulator) panicked.
+    #[error("panic: {0}")]
+    Panic(String),
+    /// A node could not restart from its disk.
+    #[error("node {node} failed to restart at {at} ms: {reason}")]
+    Restart {
+        /// The node.
+        node: NodeId,
+        /// Simulated time.
+        at: u64,
+        /// Its error.
+        reason: String,
+    },
+}
+
+/// What a run did, pass or fail.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The options of the run.
+    pub options: Options,
+    /// `Ok` or the first failure.
+    pub result: Result<(), Failure>,
+    /// Hash of the whole trace: equal for two runs of one seed.
+    pub trace_hash: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Operations in the history (known and unknown outcome).
+    pub operations: usize,
+    /// Operations with a known outcome.
+    pub completed: usize,
+    /// Distinct committed indexes seen.
+    pub committed: usize,
+    /// Terms that had a leader.
+    pub leader_terms: usize,
+    /// Simulated milliseconds at the end.
+    pub simulated_ms: u64,
+    /// The last trace lines, for a failure report.
+    pub trace_tail: Vec<String>,
+}
+
+enum Event<M> {
+    Tick(NodeId),
+    Deliver {
+        to: NodeId,
+        message: M,
+    },
+    ClientNext(usize),
+    ClientTimeout {
+        client: usize,
+        op_id: u64,
+    },
+    Reply {
+        client: usize,
+        op_id: u64,
+        outcome: Outcome,
+    },
+    Fault,
+    Restart(NodeId),
+    Heal,
+    CalmPhase,
+}
+
+struct Client {
+    /// The operation in flight, if any.
+    current: Option<u64>,
+    /// Where the client thinks the leader is.
+    leader_hint: Option<NodeId>,
+    /// Operations left to issue.
+    remaining: usize,
+}
+
+struct Slot<N> {
+    node: N,
+    up: bool,
+    tick_ms: u64,
+}
+
+/// One simulated run over nodes of type `N`.
+pub struct Cluster<N: SimNode> {
+    options: Options,
+    rng: SimRng,
+    scheduler: Scheduler<Event<N::Message>>,
+    net: SimNetwork,
+    nodes: BTreeMap<NodeId, Slot<N>>,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    /// Operation id -> (position in `history`, client).
+    in_flight: BTreeMap<u64, (usize, usize)>,
+    next_op_id: u64,
+    next_value: u64,
+    checker: InvariantChecker,
+    trace: Trace,
+    calm: bool,
+    /// Operations completed with a known outcome during the calm phase.
+    calm_successes: usize,
+    events: u64,
+}
+
+impl<N: SimNode> Cluster<N> {
+    /// Build a cluster: `make(id, voters, rng)` creates each node.
+    pub fn new(
+        options: Options,
+        echo_trace: bool,
+        mut make: impl FnMut(NodeId, &[NodeId], &mut SimRng) -> Result<N, String>,
+    ) -> Result<Self, String> {
+        let mut rng = SimRng::new(options.seed);
+        let ids: Vec<NodeId> = (1..=options.nodes as u64).collect();
+        let mut nodes = BTreeMap::new();
+        let mut scheduler = Scheduler::new();
+        for &id in &ids {
+            let node = make(id, &ids, &mut rng)?;
+            // Clock skew: each node's tick lasts 8..=12 ms of simulated time.
+            let tick_ms = rng.between(TICK_MS - 2, TICK_MS + 2);
+            scheduler.at(rng.between(0, tick_ms), Event::Tick(id));
+            nodes.insert(
+                id,
+                Slot {
+                    node,
+                    up: true,
+                    tick_ms,
+                },
+            );
+        }
+        let clients = (0..options.clients)
+            .map(|c| {
+                scheduler.at(rng.between(0, 200), Event::ClientNext(c));
+                Client {
+                    current: None,
+                    leader_hint: None,
+                    remaining: options.operations_per_client,
+                }
+            })
+            .collect();
+        scheduler.at(rng.between(0, options.fault_interval_ms), Event::Fault);
+        scheduler.at(options.fault_phase_ms, Event::CalmPhase);
+        Ok(Self {
+            net: SimNetwork::new(options.net.clone()),
+            options,
+            rng,
+            scheduler,
+            nodes,
+            clients,
+            history: Vec::new(),
+            in_flight: BTreeMap::new(),
+            next_op_id: 1,
+            next_value: 1,
+            checker: InvariantChecker::new(),
+            trace: Trace::new(64, echo_trace),
+            calm: false,
+            calm_successes: 0,
+            events: 0,
+        })
+    }
+
+    /// Run to the end and report.
+    pub fn run(mut self) -> Report {
+        let result = self.run_inner();
+        let completed = self
+            .history
+            .iter()
+            .filter(|o| o.outcome != Outcome::Unknown)
+            .count();
+        Report {
+            result,
+            trace_hash: self.trace.hash(),
+            events: self.events,
+            operations: self.history.len(),
+            completed,
+            committed: self.checker.committed_count(),
+            leader_terms: self.checker.leader_terms(),
+            simulated_ms: self.scheduler.now(),
+            trace_tail: self.trace.tail().cloned().collect(),
+            options: self.options,
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<(), Failure> {
+        let deadline = self.options.fault_phase_ms + CALM_PHASE_MS;
+        while let Some((now, event)) = self.scheduler.pop() {
+            self.events += 1;
+            if now > deadline || self.events > MAX_EVENTS {
+                break;
+            }
+            self.handle(event)?;
+            self.check_invariants()?;
+            if self.calm && self.clients_done() {
+                break;
+            }
+        }
+        if self.calm_successes == 0 {
+            return Err(Failure::Liveness(format!(
+                "no client operation succeeded within {CALM_PHASE_MS} ms after healing"
+            )));
+        }
+        // Whatever is still in flight has an unknown outcome.
+        linearizability::check(&self.history).map_err(Failure::Linearizability)
+    }
+
+    fn clients_done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.current.is_none())
+    }
+
+    fn check_invariants(&mut self) -> Result<(), Failure> {
+        let views: Vec<NodeView<'_>> = self.nodes.values().map(|s| s.node.view()).collect();
+        let at = self.scheduler.now();
+        self.checker
+            .check(&views)
+            .map_err(|violation| Failure::Invariant { at, violation })
+    }
+
+    fn record(&mut self, line: String) {
+        let line = format!("{:>6} {line}", self.scheduler.now());
+        self.trace.record(line);
+    }
+
+    fn handle(&mut self, event: Event<N::Message>) -> Result<(), Failure> {
+        match event {
+            Event::Tick(id) => {
+                let Some(slot) = self.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
+                let tick_ms = slot.tick_ms;
+                self.scheduler.after(tick_ms, Event::Tick(id));
+                if slot.up {
+                    let mut fx = Effects::default();
+                    slot.node.tick(&mut self.rng, &mut fx);
+                    self.effects(id, fx)?;
+                }
+            }
+            Event::Deliver { to, message } => {
+                let Some(slot) = self.nodes.get_mut(&to) else {
+                    return Ok(());
+                };
+                if !slot.up {
+                    return Ok(());
+                }
+                self.trace
+                    .record(format!("deliver {}", N::describe(&message)));
+                let mut fx = Effects::default();
+                slot.node.receive(message, &mut self.rng, &mut fx);
+                self.effects(to, fx)?;
+            }
+            Event::ClientNext(client) => self.client_next(client)?,
+            Event::ClientTimeout { client, op_id } => {
+                if self.clients[client].current == Some(op_id) {
+                    self.record(format!("client {client} op {op_id} timed out"));
+                    self.in_flight.remove(&op_id);
+                    self.clients[client].current = None;
+                    self.clients[client].leader_hint = None;
+                    self.scheduler.after(1, Event::ClientNext(client));
+                }
+            }
+            Event::Reply {
+                client,
+                op_id,
+                outcome,
+            } => {
+                if self.clients[client].current == Some(op_id) {
+                    if let Some((position, _)) = self.in_flight.remove(&op_id) {
+                        let op = &mut self.history[position];
+                        op.complete = self.scheduler.now();
+                        op.outcome = outcome;
+                    }
+                    self.record(format!("client {client} op {op_id} -> {outcome:?}"));
+                    if self.calm {
+                        self.calm_successes += 1;
+                    }
+                    self.clients[client].current = None;
+                    let think = self.rng.between(0, 20);
+                    self.scheduler.after(think, Event::ClientNext(client));
+                }
+            }
+            Event::Fault => {
+                if !self.calm {
+                    self.fault()?;
+                    let mean = self.options.fault_interval_ms;
+                    let next = self.rng.between(mean / 2, mean + mean / 2);
+                    self.scheduler.after(next, Event::Fault);
+                }
+            }
+            Event::Restart(id) => self.restart(id)?,
+            Event::Heal => {
+                self.record("heal".into());
+                self.net.heal();
+            }
+            Event::CalmPhase => {
+                self.record("calm phase: heal, restart all, lossless network".into());
+                self.calm = true;
+                self.net.heal();
+                self.net.set_config(NetConfig {
+                    loss: 0.0,
+                    duplicate: 0.0,
+                    ..self.options.net.clone()
+                });
+                let down: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, s)| !s.up)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in down {
+                    self.restart(id)?;
+                }
+                // Every client issues at least one more operation, so
+                // progress after healing is observable.
+                for client in &mut self.clients {
+                    client.remaining = client.remaining.max(1);
+                }
+                for c in 0..self.clients.len() {
+                    if self.clients[c].current.is_none() {
+                        self.scheduler.after(1, Event::ClientNext(c));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn effects(&mut self, from: NodeId, fx: Effects<N::Message>) -> Result<(), Failure> {
+        for (index, digest) in fx.applied {
+            let at = self.scheduler.now();
+            self.checker
+                .on_apply(from, index, digest)
+                .map_err(|violation| Failure::Invariant { at, violation })?;
+        }
+        for (to, message) in fx.messages {
+            for delay in self.net.route(&mut self.rng, from, to) {
+                self.scheduler.after(
+                    delay,
+                    Event::Deliver {
+                        to,
+                        message: message.clone(),
+                    },
+                );
+            }
+        }
+        for (op_id, outcome) in fx.resolved {
+            let Some(&(_, client)) = self.in_flight.get(&op_id) else {
+                continue;
+            };
+            self.clients[client].leader_hint = Some(from);
+            // The answer crosses the network too, and may be lost.
+            if let Some(&delay) = self.net.route(&mut self.rng, from, 0).first() {
+                self.scheduler.after(
+                    delay,
+                    Event::Reply {
+                        client,
+                        op_id,
+                        outcome,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn client_next(&mut self, client: usize) -> Result<(), Failure> {
+        if self.clients[client].current.is_some() || self.clients[client].remaining == 0 {
+            return Ok(());
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let target = match self.clients[client].leader_hint {
+            Some(id) => id,
+            None => ids[self.rng.index(ids.len())],
+        };
+        let key = self.rng.between(0, self.options.keys - 1);
+        let command = match self.rng.index(10) {
+            0..=3 => Command::Read,
+            4..=7 => {
+                self.next_value += 1;
+                Command::Write(self.next_value)
+            }
+            _ => {
+                self.next_value += 1;
+                // Expect a recent value, so some CAS succeed.
+                let back = self.rng.between(0, 3);
+                let expected = self.next_value.checked_sub(1 + back).filter(|&v| v > 1);
+                Command::Cas {
+                    expected,
+                    new: self.next_value,
+                }
+            }
+        };
+        let op_id = self.next_op_id;
+        self.next_op_id += 1;
+        let request = KvRequest {
+            op_id,
+            key,
+            command,
+        };
+        let now = self.scheduler.now();
+        // Register before proposing: the proposal may resolve at once.
+        let position = self.history.len();
+        self.history.push(Operation {
+            id: op_id,
+            client: client as u64,
+            key,
+            command,
+            invoke: now,
+            complete: now,
+            outcome: Outcome::Unknown,
+        });
+        self.in_flight.insert(op_id, (position, client));
+        self.clients[client].current = Some(op_id);
+        let mut fx = Effects::default();
+        let proposed = match self.nodes.get_mut(&target) {
+            Some(slot) if slot.up => slot.node.propose(request, &mut self.rng, &mut fx),
+            _ => Err(crate::node::ProposeError::NotLeader),
+        };
+        match proposed {
+            Ok(()) => {
+                self.record(format!(
+                    "client {client} op {op_id} {command:?} key {key} -> node {target}"
+                ));
+                self.clients[client].remaining -= 1;
+                let timeout = self.options.client_timeout_ms;
+                self.scheduler
+                    .after(timeout, Event::ClientTimeout { client, op_id });
+                self.effects(target, fx)?;
+            }
+            Err(_) => {
+                // Refused before entering the log: it never executes, so it
+                // is not part of the history. Try elsewhere after a pause.
+                self.history.pop();
+                self.in_flight.remove(&op_id);
+                self.clients[client].current = None;
+                self.clients[client].leader_hint = None;
+                self.effects(target, fx)?;
+                let pause = self.rng.between(5, 30);
+                self.scheduler.after(pause, Event::ClientNext(client));
+            }
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self) -> Result<(), Failure> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let up: Vec<NodeId> = ids.iter().copied().filter(|id| self.nodes[id].up).collect();
+        match self.rng.index(8) {
+            0 | 1 => {
+                if let Some(&victim) = up.get(self.rng.index(up.len())) {
+                    let mode = if self.options.torn_writes {
+                        CrashMode::TornLastWrite
+                    } else {
+                        CrashMode::LoseUnsynced
+                    };
+                    self.record(format!("crash node {victim} ({mode:?})"));
+                    if let Some(slot) = self.nodes.get_mut(&victim) {
+                        slot.node.crash(mode);
+                        slot.up = false;
+                    }
+                    let downtime = self.rng.between(50, 2_000);
+                    self.scheduler.after(downtime, Event::Restart(victim));
+                }
+            }
+            2 | 3 => {
+                let groups = random_split(&mut self.rng, &ids);
+                self.record(format!("partition {groups:?}"));
+                self.net.partition(&groups);
+                let duration = self.rng.between(100, 3_000);
+                self.scheduler.after(duration, Event::Heal);
+            }
+            4 => {
+                let from = ids[self.rng.index(ids.len())];
+                let to = ids[self.rng.index(ids.len())];
+                self.record(format!("cut link {from} -> {to}"));
+                self.net.cut_link(from, to);
+                let duration = self.rng.between(100, 3_000);
+                self.scheduler.after(duration, Event::Heal);
+            }
+            5 => {
+                let leader = up
+                    .iter()
+                    .copied()
+                    .find(|id| self.nodes[id].node.view().is_leader);
+                if let Some(leader) = leader {
+                    let to = ids[self.rng.index(ids.len())];
+                    self.record(format!("transfer leadership {leader} -> {to}"));
+                    let mut fx = Effects::default();
+                    if let Some(slot) = self.nodes.get_mut(&leader) {
+                        slot.node.transfer_leadership(to, &mut self.rng, &mut fx);
+                    }
+                    self.effects(leader, fx)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, id: NodeId) -> Result<(), Failure> {
+        let Some(slot) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        if slot.up {
+            return Ok(());
+        }
+        let mut fx = Effects::default();
+        let at = self.scheduler.now();
+        let applied = slot
+            .node
+            .restart(&mut self.rng, &mut fx)
+            .map_err(|reason| Failure::Restart {
+                node: id,
+                at,
+                reason,
+            })?;
+        slot.up = true;
+        self.checker.on_reset(id, applied);
+        self.record(format!("restart node {id} (applied {applied})"));
+        self.effects(id, fx)
+    }
+}

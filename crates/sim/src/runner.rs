@@ -1,0 +1,99 @@
+//! Running seeds: one, or many in parallel, with panics turned into failures.
+//!
+//! A panic inside the node code (raft-rs asserts its own invariants) is a
+//! finding like any other, so each seed runs under `catch_unwind` and a
+//! panic becomes [`Failure::Panic`] with its message.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::cluster::{Cluster, Failure, Report};
+use crate::options::Options;
+use crate::raftrs::{Broken, RaftRsNode};
+
+/// Which node implementation a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// raft-rs's `RawNode` over `MemStorage` (the reference node).
+    RaftRs,
+}
+
+/// Run one seed to completion.
+pub fn run_seed(seed: u64, kind: NodeKind, broken: Broken, echo_trace: bool) -> Report {
+    let mut options = Options::from_seed(seed);
+    options.broken = broken;
+    run_options(options, kind, echo_trace)
+}
+
+/// Run with explicit options.
+pub fn run_options(options: Options, kind: NodeKind, echo_trace: bool) -> Report {
+    let fallback = options.clone();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| match kind {
+        NodeKind::RaftRs => {
+            let broken = options.broken;
+            Cluster::new(options.clone(), echo_trace, |id, voters, rng| {
+                RaftRsNode::new(id, voters, broken, rng)
+            })
+            .map(Cluster::run)
+        }
+    }));
+    match outcome {
+        Ok(Ok(report)) => report,
+        Ok(Err(reason)) => failed(fallback, Failure::Panic(format!("setup: {reason}"))),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            failed(fallback, Failure::Panic(message))
+        }
+    }
+}
+
+fn failed(options: Options, failure: Failure) -> Report {
+    Report {
+        options,
+        result: Err(failure),
+        trace_hash: 0,
+        events: 0,
+        operations: 0,
+        completed: 0,
+        committed: 0,
+        leader_terms: 0,
+        simulated_ms: 0,
+        trace_tail: Vec::new(),
+    }
+}
+
+/// Run `seeds` on `jobs` threads; reports come back in seed order.
+/// `on_report` is called as each seed finishes (in completion order).
+pub fn run_many(
+    seeds: &[u64],
+    kind: NodeKind,
+    broken: Broken,
+    jobs: usize,
+    on_report: &(dyn Fn(&Report) + Sync),
+) -> Vec<Report> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Report>>> = Mutex::new(vec![None; seeds.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { break };
+                let report = run_seed(seed, kind, broken, false);
+                on_report(&report);
+                let mut slots = results.lock().unwrap_or_else(|e| e.into_inner());
+                slots[i] = Some(report);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
