@@ -165,20 +165,10 @@ impl<'a> Rows<'a> {
 
     /// Ends the result now: if batches are still to come, sends INTERRUPT
     /// and discards them.
-    pub async fn close(mut self) -> Result<()> {
+    pub async fn close(self) -> Result<()> {
         if self.more {
-            self.more = false;
-            self.transport.abandon();
             self.transport.interrupt().await?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Rows<'_> {
-    fn drop(&mut self) {
-        if self.more {
-            self.transport.abandon();
-        }
     }
 }

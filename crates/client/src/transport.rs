@@ -36,13 +36,15 @@ enum State {
     /// means the previous call's future was dropped half-way: the stream
     /// position is unknown.
     InFlight,
-    /// A result set is being streamed: its next batch is unread and a
-    /// [`crate::Rows`] owns the reading.
+    /// A result set is being streamed: its next batch is unread. While a
+    /// [`crate::Rows`] is alive it owns the reading (it borrows the
+    /// connection mutably, so no other call can start). Finding this
+    /// state when a new request starts therefore means the `Rows` was
+    /// dropped unfinished: send INTERRUPT and discard messages up to
+    /// EMPTY first, as go-dqlite's `Rows.Close` does. Doing it lazily
+    /// means `Rows` needs no destructor (which could not wait on the
+    /// socket anyway) and its borrow ends at its last use.
     Streaming,
-    /// The `Rows` of an unfinished result was dropped: before the next
-    /// request, send INTERRUPT and discard messages up to EMPTY, as
-    /// go-dqlite's `Rows.Close` does.
-    Abandoned,
     /// A transport error happened; every call fails.
     Broken,
 }
@@ -184,15 +186,7 @@ impl Transport {
         }
     }
 
-    /// Marks an unfinished result as abandoned: it is drained lazily,
-    /// before the next request (a destructor cannot wait on the socket).
-    pub(crate) fn abandon(&mut self) {
-        if self.state == State::Streaming {
-            self.state = State::Abandoned;
-        }
-    }
-
-    /// Sends INTERRUPT for an abandoned result now and drains it.
+    /// Sends INTERRUPT for an unfinished result now and drains it.
     pub(crate) async fn interrupt(&mut self) -> Result<()> {
         self.ready().await
     }
@@ -209,7 +203,7 @@ impl Transport {
     async fn ready(&mut self) -> Result<()> {
         match self.state {
             State::Idle => Ok(()),
-            State::Abandoned => {
+            State::Streaming => {
                 self.state = State::InFlight;
                 let limit = self.request_timeout;
                 let result = match timeout(limit, self.drain()).await {
@@ -230,13 +224,11 @@ impl Transport {
                     }
                 }
             }
-            State::Streaming | State::InFlight | State::Broken => Err(self.unusable()),
+            State::InFlight | State::Broken => Err(self.unusable()),
         }
     }
 
     fn unusable(&mut self) -> Error {
-        // Streaming here means a `Rows` is alive, which the borrow checker
-        // rules out for every public path; treat it as broken regardless.
         self.state = State::Broken;
         Error::ConnectionBroken
     }
