@@ -13,14 +13,14 @@
 //! a calm phase in which every node is up and the network heals, where the
 //! cluster must make progress again (liveness).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::checker::invariants::{InvariantChecker, NodeView, Violation};
 use crate::checker::linearizability::{self, CheckError, Command, Operation, Outcome};
 use crate::disk::CrashMode;
 use crate::kv::KvRequest;
 use crate::net::{random_split, NetConfig, NodeId, SimNetwork};
-use crate::node::{Effects, SimNode};
+use crate::node::{Answer, Applied, Effects, MemberChange, SimNode};
 use crate::options::Options;
 use crate::rng::SimRng;
 use crate::scheduler::Scheduler;
@@ -104,8 +104,14 @@ enum Event<M> {
     Reply {
         client: usize,
         op_id: u64,
-        outcome: Outcome,
+        answer: Answer,
     },
+    Wake {
+        node: NodeId,
+        incarnation: u64,
+        token: u64,
+    },
+    Admin,
     Fault,
     Restart(NodeId),
     Heal,
@@ -119,13 +125,35 @@ struct Client {
     leader_hint: Option<NodeId>,
     /// Operations left to issue.
     remaining: usize,
+    /// Whether an operation of this client succeeded in the calm phase.
+    calm_success: bool,
 }
 
 struct Slot<N> {
     node: N,
     up: bool,
+    /// Bumped on every crash so timers set before it are ignored.
+    incarnation: u64,
+    /// Removed from the cluster for good: no longer driven or checked.
+    retired: bool,
     tick_ms: u64,
 }
+
+/// How the cluster comes to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Formation {
+    /// Every node starts as a voter of the same configuration.
+    StaticVoters,
+    /// Node 1 bootstraps alone; the others join through membership changes
+    /// (learner, snapshot, promotion), and nodes may be replaced later.
+    GrowFromFirst,
+}
+
+/// Most nodes replaced (removed, and a fresh one added) in one run.
+pub const MAX_REPLACEMENTS: usize = 2;
+
+/// Creates node `id` with initial configuration `voters` (empty: joiner).
+pub type MakeNode<N> = Box<dyn FnMut(NodeId, &[NodeId], &mut SimRng) -> Result<N, String>>;
 
 /// One simulated run over nodes of type `N`.
 pub struct Cluster<N: SimNode> {
@@ -134,7 +162,15 @@ pub struct Cluster<N: SimNode> {
     scheduler: Scheduler<Event<N::Message>>,
     net: SimNetwork,
     nodes: BTreeMap<NodeId, Slot<N>>,
+    formation: Formation,
+    /// The members the harness wants; the admin task converges on it.
+    target: BTreeSet<NodeId>,
+    next_node_id: NodeId,
+    replacements: usize,
+    make: MakeNode<N>,
     clients: Vec<Client>,
+    /// Positions in `history` of requests that certainly never executed.
+    omitted: BTreeSet<usize>,
     history: Vec<Operation>,
     /// Operation id -> (position in `history`, client).
     in_flight: BTreeMap<u64, (usize, usize)>,
@@ -143,36 +179,21 @@ pub struct Cluster<N: SimNode> {
     checker: InvariantChecker,
     trace: Trace,
     calm: bool,
-    /// Operations completed with a known outcome during the calm phase.
-    calm_successes: usize,
     events: u64,
 }
 
 impl<N: SimNode> Cluster<N> {
-    /// Build a cluster: `make(id, voters, rng)` creates each node.
+    /// Build a cluster: `make(id, voters, rng)` creates each node with the
+    /// initial configuration `voters` (empty for a node that will join).
     pub fn new(
         options: Options,
+        formation: Formation,
         echo_trace: bool,
-        mut make: impl FnMut(NodeId, &[NodeId], &mut SimRng) -> Result<N, String>,
+        make: impl FnMut(NodeId, &[NodeId], &mut SimRng) -> Result<N, String> + 'static,
     ) -> Result<Self, String> {
         let mut rng = SimRng::new(options.seed);
         let ids: Vec<NodeId> = (1..=options.nodes as u64).collect();
-        let mut nodes = BTreeMap::new();
         let mut scheduler = Scheduler::new();
-        for &id in &ids {
-            let node = make(id, &ids, &mut rng)?;
-            // Clock skew: each node's tick lasts 8..=12 ms of simulated time.
-            let tick_ms = rng.between(TICK_MS - 2, TICK_MS + 2);
-            scheduler.at(rng.between(0, tick_ms), Event::Tick(id));
-            nodes.insert(
-                id,
-                Slot {
-                    node,
-                    up: true,
-                    tick_ms,
-                },
-            );
-        }
         let clients = (0..options.clients)
             .map(|c| {
                 scheduler.at(rng.between(0, 200), Event::ClientNext(c));
@@ -180,18 +201,27 @@ impl<N: SimNode> Cluster<N> {
                     current: None,
                     leader_hint: None,
                     remaining: options.operations_per_client,
+                    calm_success: false,
                 }
             })
             .collect();
         scheduler.at(rng.between(0, options.fault_interval_ms), Event::Fault);
         scheduler.at(options.fault_phase_ms, Event::CalmPhase);
-        Ok(Self {
+        if formation == Formation::GrowFromFirst {
+            scheduler.at(0, Event::Admin);
+        }
+        let mut cluster = Self {
             net: SimNetwork::new(options.net.clone()),
-            options,
             rng,
             scheduler,
-            nodes,
+            nodes: BTreeMap::new(),
+            formation,
+            target: ids.iter().copied().collect(),
+            next_node_id: options.nodes as u64 + 1,
+            replacements: 0,
+            make: Box::new(make),
             clients,
+            omitted: BTreeSet::new(),
             history: Vec::new(),
             in_flight: BTreeMap::new(),
             next_op_id: 1,
@@ -199,9 +229,37 @@ impl<N: SimNode> Cluster<N> {
             checker: InvariantChecker::new(),
             trace: Trace::new(64, echo_trace),
             calm: false,
-            calm_successes: 0,
             events: 0,
-        })
+            options,
+        };
+        for &id in &ids {
+            let voters: Vec<NodeId> = match formation {
+                Formation::StaticVoters => ids.clone(),
+                Formation::GrowFromFirst if id == 1 => vec![1],
+                Formation::GrowFromFirst => Vec::new(),
+            };
+            cluster.add_node(id, &voters)?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_node(&mut self, id: NodeId, voters: &[NodeId]) -> Result<(), String> {
+        let node = (self.make)(id, voters, &mut self.rng)?;
+        // Clock skew: each node's tick lasts 8..=12 ms of simulated time.
+        let tick_ms = self.rng.between(TICK_MS - 2, TICK_MS + 2);
+        let first = self.rng.between(0, tick_ms);
+        self.scheduler.after(first, Event::Tick(id));
+        self.nodes.insert(
+            id,
+            Slot {
+                node,
+                up: true,
+                incarnation: 0,
+                retired: false,
+                tick_ms,
+            },
+        );
+        Ok(())
     }
 
     /// Run to the end and report.
@@ -210,7 +268,8 @@ impl<N: SimNode> Cluster<N> {
         let completed = self
             .history
             .iter()
-            .filter(|o| o.outcome != Outcome::Unknown)
+            .enumerate()
+            .filter(|(i, o)| o.outcome != Outcome::Unknown && !self.omitted.contains(i))
             .count();
         Report {
             result,
@@ -239,23 +298,39 @@ impl<N: SimNode> Cluster<N> {
                 break;
             }
         }
-        if self.calm_successes == 0 {
+        let stuck = self.clients.iter().filter(|c| !c.calm_success).count();
+        if stuck > 0 {
             return Err(Failure::Liveness(format!(
-                "no client operation succeeded within {CALM_PHASE_MS} ms after healing"
+                "{stuck} of {} clients had no operation succeed within {CALM_PHASE_MS} ms after healing",
+                self.clients.len()
             )));
         }
         // Whatever is still in flight has an unknown outcome.
-        linearizability::check(&self.history).map_err(Failure::Linearizability)
+        let history: Vec<Operation> = self
+            .history
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.omitted.contains(i))
+            .map(|(_, o)| o.clone())
+            .collect();
+        linearizability::check(&history).map_err(Failure::Linearizability)
     }
 
+    /// In the calm phase a client keeps going until one of its operations
+    /// succeeds: that is the liveness requirement.
     fn clients_done(&self) -> bool {
         self.clients
             .iter()
-            .all(|c| c.remaining == 0 && c.current.is_none())
+            .all(|c| c.remaining == 0 && c.current.is_none() && c.calm_success)
     }
 
     fn check_invariants(&mut self) -> Result<(), Failure> {
-        let views: Vec<NodeView<'_>> = self.nodes.values().map(|s| s.node.view()).collect();
+        let views: Vec<NodeView<'_>> = self
+            .nodes
+            .values()
+            .filter(|s| !s.retired)
+            .map(|s| s.node.view())
+            .collect();
         let at = self.scheduler.now();
         self.checker
             .check(&views)
@@ -273,6 +348,9 @@ impl<N: SimNode> Cluster<N> {
                 let Some(slot) = self.nodes.get_mut(&id) else {
                     return Ok(());
                 };
+                if slot.retired {
+                    return Ok(());
+                }
                 let tick_ms = slot.tick_ms;
                 self.scheduler.after(tick_ms, Event::Tick(id));
                 if slot.up {
@@ -307,22 +385,49 @@ impl<N: SimNode> Cluster<N> {
             Event::Reply {
                 client,
                 op_id,
-                outcome,
+                answer,
             } => {
                 if self.clients[client].current == Some(op_id) {
-                    if let Some((position, _)) = self.in_flight.remove(&op_id) {
-                        let op = &mut self.history[position];
-                        op.complete = self.scheduler.now();
-                        op.outcome = outcome;
-                    }
-                    self.record(format!("client {client} op {op_id} -> {outcome:?}"));
-                    if self.calm {
-                        self.calm_successes += 1;
+                    let position = self.in_flight.remove(&op_id).map(|(p, _)| p);
+                    self.record(format!("client {client} op {op_id} -> {answer:?}"));
+                    match (answer, position) {
+                        (Answer::Done(outcome), Some(position)) => {
+                            let op = &mut self.history[position];
+                            op.complete = self.scheduler.now();
+                            op.outcome = outcome;
+                            if self.calm {
+                                self.clients[client].calm_success = true;
+                            }
+                        }
+                        (Answer::Refused, Some(position)) => {
+                            self.omitted.insert(position);
+                            self.clients[client].remaining += 1;
+                            self.clients[client].leader_hint = None;
+                        }
+                        _ => self.clients[client].leader_hint = None,
                     }
                     self.clients[client].current = None;
                     let think = self.rng.between(0, 20);
                     self.scheduler.after(think, Event::ClientNext(client));
                 }
+            }
+            Event::Wake {
+                node,
+                incarnation,
+                token,
+            } => {
+                let Some(slot) = self.nodes.get_mut(&node) else {
+                    return Ok(());
+                };
+                if slot.up && !slot.retired && slot.incarnation == incarnation {
+                    let mut fx = Effects::default();
+                    slot.node.wake(token, &mut self.rng, &mut fx);
+                    self.effects(node, fx)?;
+                }
+            }
+            Event::Admin => {
+                self.admin()?;
+                self.scheduler.after(50, Event::Admin);
             }
             Event::Fault => {
                 if !self.calm {
@@ -349,7 +454,7 @@ impl<N: SimNode> Cluster<N> {
                 let down: Vec<NodeId> = self
                     .nodes
                     .iter()
-                    .filter(|(_, s)| !s.up)
+                    .filter(|(_, s)| !s.up && !s.retired)
                     .map(|(&id, _)| id)
                     .collect();
                 for id in down {
@@ -371,11 +476,15 @@ impl<N: SimNode> Cluster<N> {
     }
 
     fn effects(&mut self, from: NodeId, fx: Effects<N::Message>) -> Result<(), Failure> {
-        for (index, digest) in fx.applied {
+        for applied in fx.applied {
             let at = self.scheduler.now();
-            self.checker
-                .on_apply(from, index, digest)
-                .map_err(|violation| Failure::Invariant { at, violation })?;
+            match applied {
+                Applied::Entry { index, digest } => self
+                    .checker
+                    .on_apply(from, index, digest)
+                    .map_err(|violation| Failure::Invariant { at, violation })?,
+                Applied::Restored { index } => self.checker.on_reset(from, index),
+            }
         }
         for (to, message) in fx.messages {
             for delay in self.net.route(&mut self.rng, from, to) {
@@ -388,11 +497,24 @@ impl<N: SimNode> Cluster<N> {
                 );
             }
         }
-        for (op_id, outcome) in fx.resolved {
+        let incarnation = self.nodes.get(&from).map_or(0, |s| s.incarnation);
+        for (delay, token) in fx.timers {
+            self.scheduler.after(
+                delay,
+                Event::Wake {
+                    node: from,
+                    incarnation,
+                    token,
+                },
+            );
+        }
+        for (op_id, answer) in fx.answers {
             let Some(&(_, client)) = self.in_flight.get(&op_id) else {
                 continue;
             };
-            self.clients[client].leader_hint = Some(from);
+            if matches!(answer, Answer::Done(_)) {
+                self.clients[client].leader_hint = Some(from);
+            }
             // The answer crosses the network too, and may be lost.
             if let Some(&delay) = self.net.route(&mut self.rng, from, 0).first() {
                 self.scheduler.after(
@@ -400,7 +522,7 @@ impl<N: SimNode> Cluster<N> {
                     Event::Reply {
                         client,
                         op_id,
-                        outcome,
+                        answer,
                     },
                 );
             }
@@ -408,11 +530,99 @@ impl<N: SimNode> Cluster<N> {
         Ok(())
     }
 
+    /// The leader, if exactly one live node believes it leads its term and
+    /// no other live node is in a higher term.
+    fn leader(&self) -> Option<NodeId> {
+        let live = || self.nodes.iter().filter(|(_, s)| s.up && !s.retired);
+        let top = live().map(|(_, s)| s.node.view().term).max()?;
+        live()
+            .find(|(_, s)| {
+                let v = s.node.view();
+                v.is_leader && v.term == top
+            })
+            .map(|(&id, _)| id)
+    }
+
+    /// Converge the membership on `target`: one change at a time through
+    /// the leader; a removed node is retired once the leader applied it.
+    fn admin(&mut self) -> Result<(), Failure> {
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let members: BTreeSet<NodeId> = self.nodes[&leader].node.members().into_iter().collect();
+        for (&id, slot) in self.nodes.iter_mut() {
+            if !slot.retired && !self.target.contains(&id) && !members.contains(&id) && id != leader
+            {
+                slot.retired = true;
+                slot.up = false;
+                self.trace.record(format!("node {id} retired"));
+            }
+        }
+        let change = if let Some(&id) = self.target.iter().find(|id| !members.contains(id)) {
+            MemberChange::Add(id)
+        } else if let Some(&id) = members.iter().find(|id| !self.target.contains(id)) {
+            MemberChange::Remove(id)
+        } else {
+            return Ok(());
+        };
+        let mut fx = Effects::default();
+        let result = match self.nodes.get_mut(&leader) {
+            Some(slot) => slot.node.change_membership(change, &mut self.rng, &mut fx),
+            None => return Ok(()),
+        };
+        if result.is_ok() {
+            self.record(format!("membership {change:?} via {leader}"));
+        }
+        self.effects(leader, fx)
+    }
+
+    /// Replace a follower: drop it from the target membership and add a
+    /// fresh node with a new id (ids are never reused, as raft requires).
+    fn replace_node(&mut self) -> Result<(), Failure> {
+        if self.formation != Formation::GrowFromFirst || self.replacements >= MAX_REPLACEMENTS {
+            return Ok(());
+        }
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let candidates: Vec<NodeId> = self
+            .target
+            .iter()
+            .copied()
+            .filter(|&id| id != leader)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let victim = candidates[self.rng.index(candidates.len())];
+        let fresh = self.next_node_id;
+        self.next_node_id += 1;
+        self.replacements += 1;
+        self.target.remove(&victim);
+        self.target.insert(fresh);
+        self.record(format!("replace node {victim} with node {fresh}"));
+        let at = self.scheduler.now();
+        self.add_node(fresh, &[])
+            .map_err(|reason| Failure::Restart {
+                node: fresh,
+                at,
+                reason,
+            })
+    }
+
     fn client_next(&mut self, client: usize) -> Result<(), Failure> {
+        if self.calm && !self.clients[client].calm_success {
+            self.clients[client].remaining = self.clients[client].remaining.max(1);
+        }
         if self.clients[client].current.is_some() || self.clients[client].remaining == 0 {
             return Ok(());
         }
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, s)| !s.retired)
+            .map(|(&id, _)| id)
+            .collect();
         let target = match self.clients[client].leader_hint {
             Some(id) => id,
             None => ids[self.rng.index(ids.len())],
@@ -458,7 +668,9 @@ impl<N: SimNode> Cluster<N> {
         self.clients[client].current = Some(op_id);
         let mut fx = Effects::default();
         let proposed = match self.nodes.get_mut(&target) {
-            Some(slot) if slot.up => slot.node.propose(request, &mut self.rng, &mut fx),
+            Some(slot) if slot.up && !slot.retired => {
+                slot.node.propose(request, &mut self.rng, &mut fx)
+            }
             _ => Err(crate::node::ProposeError::NotLeader),
         };
         match proposed {
@@ -488,9 +700,14 @@ impl<N: SimNode> Cluster<N> {
     }
 
     fn fault(&mut self) -> Result<(), Failure> {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, s)| !s.retired)
+            .map(|(&id, _)| id)
+            .collect();
         let up: Vec<NodeId> = ids.iter().copied().filter(|id| self.nodes[id].up).collect();
-        match self.rng.index(8) {
+        match self.rng.index(9) {
             0 | 1 => {
                 if let Some(&victim) = up.get(self.rng.index(up.len())) {
                     let mode = if self.options.torn_writes {
@@ -502,6 +719,7 @@ impl<N: SimNode> Cluster<N> {
                     if let Some(slot) = self.nodes.get_mut(&victim) {
                         slot.node.crash(mode);
                         slot.up = false;
+                        slot.incarnation += 1;
                     }
                     let downtime = self.rng.between(50, 2_000);
                     self.scheduler.after(downtime, Event::Restart(victim));
@@ -537,6 +755,7 @@ impl<N: SimNode> Cluster<N> {
                     self.effects(leader, fx)?;
                 }
             }
+            6 => self.replace_node()?,
             _ => {}
         }
         Ok(())
@@ -546,7 +765,7 @@ impl<N: SimNode> Cluster<N> {
         let Some(slot) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
-        if slot.up {
+        if slot.up || slot.retired {
             return Ok(());
         }
         let mut fx = Effects::default();

@@ -173,15 +173,20 @@ impl SimDisk {
             .collect()
     }
 
-    /// Create `name` empty, replacing any file by that name.
-    pub fn create(&self, name: &str) -> Result<(), DiskError> {
+    /// Create `name` empty, replacing any file by that name; returns its inode.
+    pub fn create(&self, name: &str) -> Result<u64, DiskError> {
         let mut s = self.lock();
         s.inject(name)?;
         let inode = s.next_inode;
         s.next_inode += 1;
         s.inodes.insert(inode, Inode::default());
         s.names.insert(name.to_string(), inode);
-        Ok(())
+        Ok(inode)
+    }
+
+    /// The inode behind `name`, for handle-based access that survives renames.
+    pub fn open(&self, name: &str) -> Result<u64, DiskError> {
+        self.lock().inode_id(name)
     }
 
     /// The whole content of `name`.
@@ -192,8 +197,14 @@ impl SimDisk {
 
     /// Up to `len` bytes of `name` from `offset` (short at end of file).
     pub fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
+        let id = self.open(name)?;
+        self.read_inode(id, offset, len)
+    }
+
+    /// Up to `len` bytes of inode `id` from `offset` (short at end of file).
+    pub fn read_inode(&self, id: u64, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
         let s = self.lock();
-        let data = &s.inode(name)?.data;
+        let data = &s.by_id(id)?.data;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(data.len());
@@ -203,27 +214,29 @@ impl SimDisk {
 
     /// Length of `name` in bytes.
     pub fn len(&self, name: &str) -> Result<u64, DiskError> {
-        let s = self.lock();
-        Ok(s.inode(name)?.data.len() as u64)
+        let id = self.open(name)?;
+        self.len_inode(id)
+    }
+
+    /// Length of inode `id` in bytes.
+    pub fn len_inode(&self, id: u64) -> Result<u64, DiskError> {
+        Ok(self.lock().by_id(id)?.data.len() as u64)
     }
 
     /// Write `bytes` at `offset` in `name`, zero-filling any gap.
     pub fn write_at(&self, name: &str, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        let id = self.open(name)?;
+        self.write_inode(id, offset, bytes)
+    }
+
+    /// Write `bytes` at `offset` in inode `id`, zero-filling any gap.
+    pub fn write_inode(&self, id: u64, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
         let mut s = self.lock();
-        s.inject(name)?;
-        let id = s.inode_id(name)?;
-        let old_len = s.inodes.get(&id).map_or(0, |i| i.data.len() as u64);
+        s.inject("<inode>")?;
+        let old_len = s.by_id(id)?.data.len() as u64;
         let new_len = old_len.max(offset.saturating_add(bytes.len() as u64));
-        if let Some(capacity) = s.config.capacity_bytes {
-            if s.used() - old_len + new_len > capacity {
-                s.stats.failures += 1;
-                return Err(DiskError::NoSpace);
-            }
-        }
-        let inode = s
-            .inodes
-            .get_mut(&id)
-            .ok_or_else(|| DiskError::NotFound(name.to_string()))?;
+        s.reserve(old_len, new_len)?;
+        let inode = s.by_id_mut(id)?;
         write_into(&mut inode.data, offset, bytes);
         inode.last_unsynced = Some((offset, bytes.to_vec()));
         s.stats.writes += 1;
@@ -238,39 +251,56 @@ impl SimDisk {
 
     /// Cut `name` to `len` bytes (or zero-extend it).
     pub fn truncate(&self, name: &str, len: u64) -> Result<(), DiskError> {
+        let id = self.open(name)?;
+        self.set_len_inode(id, len)
+    }
+
+    /// Cut inode `id` to `len` bytes (or zero-extend it, as preallocation does).
+    pub fn set_len_inode(&self, id: u64, len: u64) -> Result<(), DiskError> {
         let mut s = self.lock();
-        s.inject(name)?;
-        let id = s.inode_id(name)?;
-        let inode = s
-            .inodes
-            .get_mut(&id)
-            .ok_or_else(|| DiskError::NotFound(name.to_string()))?;
+        s.inject("<inode>")?;
+        let old_len = s.by_id(id)?.data.len() as u64;
+        s.reserve(old_len, len)?;
+        let inode = s.by_id_mut(id)?;
         inode
             .data
             .resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
-        // A truncation is metadata: model it as not tearable, only losable.
+        // A length change is metadata: model it as losable, not tearable.
         inode.last_unsynced = None;
         Ok(())
     }
 
     /// fsync `name`: its current content survives any later crash.
     pub fn sync(&self, name: &str) -> Result<(), DiskError> {
+        let id = self.open(name)?;
+        self.sync_inode(id)
+    }
+
+    /// fsync inode `id`.
+    pub fn sync_inode(&self, id: u64) -> Result<(), DiskError> {
         let mut s = self.lock();
-        s.inject(name)?;
-        let id = s.inode_id(name)?;
-        if let Some(inode) = s.inodes.get_mut(&id) {
-            inode.durable = inode.data.clone();
-            inode.last_unsynced = None;
-        }
+        s.inject("<inode>")?;
+        let inode = s.by_id_mut(id)?;
+        inode.durable = inode.data.clone();
+        inode.last_unsynced = None;
         s.stats.syncs += 1;
         Ok(())
     }
 
-    /// fsync the directory: the current set of names survives a crash.
-    pub fn sync_dir(&self) -> Result<(), DiskError> {
+    /// fsync directory `dir` (`""` for the top level): the names directly
+    /// in it — creations, renames into it, removals — survive a crash.
+    pub fn sync_dir(&self, dir: &str) -> Result<(), DiskError> {
         let mut s = self.lock();
-        s.inject("<dir>")?;
-        s.durable_names = s.names.clone();
+        s.inject(dir)?;
+        let in_dir = |name: &String| parent_of(name) == dir;
+        let current: Vec<(String, u64)> = s
+            .names
+            .iter()
+            .filter(|(n, _)| in_dir(n))
+            .map(|(n, &i)| (n.clone(), i))
+            .collect();
+        s.durable_names.retain(|n, _| !in_dir(n));
+        s.durable_names.extend(current);
         s.stats.dir_syncs += 1;
         Ok(())
     }
@@ -362,6 +392,29 @@ impl DiskState {
             .ok_or_else(|| DiskError::NotFound(name.to_string()))
     }
 
+    fn by_id(&self, id: u64) -> Result<&Inode, DiskError> {
+        self.inodes
+            .get(&id)
+            .ok_or_else(|| DiskError::NotFound(format!("inode {id}")))
+    }
+
+    fn by_id_mut(&mut self, id: u64) -> Result<&mut Inode, DiskError> {
+        self.inodes
+            .get_mut(&id)
+            .ok_or_else(|| DiskError::NotFound(format!("inode {id}")))
+    }
+
+    /// Refuse growth from `old_len` to `new_len` past the capacity.
+    fn reserve(&mut self, old_len: u64, new_len: u64) -> Result<(), DiskError> {
+        if let Some(capacity) = self.config.capacity_bytes {
+            if new_len > old_len && self.used() - old_len + new_len > capacity {
+                self.stats.failures += 1;
+                return Err(DiskError::NoSpace);
+            }
+        }
+        Ok(())
+    }
+
     fn inject(&mut self, name: &str) -> Result<(), DiskError> {
         let rate = self.config.io_error_rate;
         if self.rng.chance(rate) {
@@ -370,6 +423,11 @@ impl DiskState {
         }
         Ok(())
     }
+}
+
+/// The directory part of a `/`-separated name (`""` at the top level).
+pub fn parent_of(name: &str) -> &str {
+    name.rfind('/').map_or("", |i| &name[..i])
 }
 
 fn write_into(data: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
@@ -393,7 +451,7 @@ mod tests {
     fn synced_data_survives_a_crash_unsynced_does_not() {
         let d = disk();
         d.create("log").unwrap();
-        d.sync_dir().unwrap();
+        d.sync_dir("").unwrap();
         d.append("log", b"hello").unwrap();
         d.sync("log").unwrap();
         d.append("log", b" world").unwrap();
@@ -408,7 +466,7 @@ mod tests {
         d.create("meta").unwrap();
         d.append("meta", b"v1").unwrap();
         d.sync("meta").unwrap();
-        d.sync_dir().unwrap();
+        d.sync_dir("").unwrap();
         d.create("meta.tmp").unwrap();
         d.append("meta.tmp", b"v2").unwrap();
         d.sync("meta.tmp").unwrap();
@@ -426,7 +484,7 @@ mod tests {
         d.append("a.tmp", b"x").unwrap();
         d.sync("a.tmp").unwrap();
         d.rename("a.tmp", "a").unwrap();
-        d.sync_dir().unwrap();
+        d.sync_dir("").unwrap();
         d.crash(CrashMode::TornLastWrite);
         assert_eq!(d.read("a").unwrap(), b"x");
         assert_eq!(d.list(""), vec!["a".to_string()]);
@@ -438,7 +496,7 @@ mod tests {
         for seed in 0..200 {
             let d = SimDisk::new(DiskConfig::default(), SimRng::new(seed));
             d.create("seg").unwrap();
-            d.sync_dir().unwrap();
+            d.sync_dir("").unwrap();
             d.append("seg", &[1; 16]).unwrap();
             d.sync("seg").unwrap();
             d.append("seg", &[2; 16]).unwrap();
@@ -457,7 +515,7 @@ mod tests {
     fn lose_unsynced_never_tears() {
         let d = disk();
         d.create("seg").unwrap();
-        d.sync_dir().unwrap();
+        d.sync_dir("").unwrap();
         d.append("seg", &[2; 16]).unwrap();
         d.crash(CrashMode::LoseUnsynced);
         assert!(d.read("seg").unwrap().is_empty());
@@ -497,6 +555,33 @@ mod tests {
         assert!(matches!(d.create("f"), Err(DiskError::Injected(_))));
         assert!(!d.exists("f"));
         assert!(d.stats().failures > 0);
+    }
+
+    #[test]
+    fn directory_sync_covers_only_its_own_directory() {
+        let d = disk();
+        d.create("a/x").unwrap();
+        d.create("b/y").unwrap();
+        d.sync_dir("a").unwrap();
+        d.crash(CrashMode::LoseUnsynced);
+        assert!(d.exists("a/x"));
+        assert!(!d.exists("b/y"));
+        assert_eq!(parent_of("a/b/c"), "a/b");
+        assert_eq!(parent_of("c"), "");
+    }
+
+    #[test]
+    fn handles_follow_the_inode_across_renames() {
+        let d = disk();
+        let id = d.create("snap/tmp").unwrap();
+        d.rename("snap/tmp", "snap/final").unwrap();
+        d.write_inode(id, 0, b"abc").unwrap();
+        d.sync_inode(id).unwrap();
+        assert_eq!(d.read("snap/final").unwrap(), b"abc");
+        assert_eq!(d.len_inode(id).unwrap(), 3);
+        assert_eq!(d.read_inode(id, 1, 5).unwrap(), b"bc");
+        d.set_len_inode(id, 1).unwrap();
+        assert_eq!(d.read("snap/final").unwrap(), b"a");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! What the harness needs from a simulated node.
 //!
 //! The cluster harness drives any [`SimNode`]: it delivers ticks, peer
-//! messages and client proposals, and collects the [`Effects`] — messages
-//! to send, entries applied, client requests resolved. An implementation
-//! wraps a real raft implementation and its storage over the simulated disk;
-//! it must draw every random choice from the [`SimRng`] it is handed.
+//! messages, client requests and timer wake-ups, and collects the
+//! [`Effects`] — messages to send, entries applied, client requests
+//! answered, timers to set. An implementation wraps a real raft
+//! implementation and its storage over the simulated disk; it must draw
+//! every random choice from the [`SimRng`] it is handed.
 
 use crate::checker::invariants::NodeView;
 use crate::checker::linearizability::Outcome;
@@ -13,15 +14,46 @@ use crate::kv::KvRequest;
 use crate::net::NodeId;
 use crate::rng::SimRng;
 
+/// A state-machine event, for the state-machine safety checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry at `index` was applied; `digest` identifies what was applied.
+    Entry {
+        /// Log index.
+        index: u64,
+        /// Hash of what was applied (equal on every node for one entry).
+        digest: u64,
+    },
+    /// The state machine was replaced by a raft snapshot taken at `index`.
+    Restored {
+        /// The snapshot's index.
+        index: u64,
+    },
+}
+
+/// How a client request ended, as far as its node knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// It executed with this outcome.
+    Done(Outcome),
+    /// It certainly never executed (refused before entering the log).
+    Refused,
+    /// It may or may not execute (leadership lost, timeout).
+    Unknown,
+}
+
 /// Everything a node asked the world to do during one input.
 #[derive(Debug)]
 pub struct Effects<M> {
     /// Messages to send, with their destination.
     pub messages: Vec<(NodeId, M)>,
-    /// Entries the state machine applied: `(index, digest)`.
-    pub applied: Vec<(u64, u64)>,
-    /// Client requests answered: `(operation id, outcome)`.
-    pub resolved: Vec<(u64, Outcome)>,
+    /// State-machine events, in order.
+    pub applied: Vec<Applied>,
+    /// Client requests answered: `(operation id, answer)`.
+    pub answers: Vec<(u64, Answer)>,
+    /// Timers: call [`SimNode::wake`] with the token after the delay (ms),
+    /// unless the node crashed meanwhile.
+    pub timers: Vec<(u64, u64)>,
 }
 
 impl<M> Default for Effects<M> {
@@ -29,7 +61,8 @@ impl<M> Default for Effects<M> {
         Self {
             messages: Vec::new(),
             applied: Vec::new(),
-            resolved: Vec::new(),
+            answers: Vec::new(),
+            timers: Vec::new(),
         }
     }
 }
@@ -40,9 +73,18 @@ pub enum ProposeError {
     /// This node is not the leader (or is transferring leadership).
     #[error("not the leader")]
     NotLeader,
-    /// The node refused for another reason, e.g. a full disk.
+    /// The node refused for another reason, e.g. a membership change in flight.
     #[error("proposal refused: {0}")]
     Refused(String),
+}
+
+/// A membership change the harness asks the leader for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add the node (it joins as a learner and is promoted once caught up).
+    Add(NodeId),
+    /// Remove the node.
+    Remove(NodeId),
 }
 
 /// A node the harness can drive.
@@ -61,8 +103,11 @@ pub trait SimNode {
         fx: &mut Effects<Self::Message>,
     );
 
-    /// Propose a client request; `Ok` means it may execute (or may not, if
-    /// leadership is lost before it commits).
+    /// A timer set through [`Effects::timers`] fired.
+    fn wake(&mut self, token: u64, rng: &mut SimRng, fx: &mut Effects<Self::Message>);
+
+    /// Submit a client request; `Ok` means it may execute and an
+    /// [`Answer`] may follow.
     fn propose(
         &mut self,
         request: KvRequest,
@@ -78,6 +123,17 @@ pub trait SimNode {
         fx: &mut Effects<Self::Message>,
     );
 
+    /// Ask the node (if leader) for a membership change.
+    fn change_membership(
+        &mut self,
+        change: MemberChange,
+        rng: &mut SimRng,
+        fx: &mut Effects<Self::Message>,
+    ) -> Result<(), ProposeError>;
+
+    /// The raft members (voters and learners) as this node applied them.
+    fn members(&self) -> Vec<NodeId>;
+
     /// The node's raft state for the invariant checker.
     fn view(&self) -> NodeView<'_>;
 
@@ -85,7 +141,7 @@ pub trait SimNode {
     fn crash(&mut self, mode: CrashMode);
 
     /// Boot again from the disk; returns the index the state machine stands
-    /// at afterwards (it re-applies from there).
+    /// at afterwards (it applies from there on).
     fn restart(&mut self, rng: &mut SimRng, fx: &mut Effects<Self::Message>)
         -> Result<u64, String>;
 

@@ -18,7 +18,7 @@ use crate::checker::linearizability::{Command, Outcome};
 use crate::disk::CrashMode;
 use crate::kv::{KvMachine, KvRequest};
 use crate::net::NodeId;
-use crate::node::{Effects, ProposeError, SimNode};
+use crate::node::{Answer, Applied, Effects, MemberChange, ProposeError, SimNode};
 use crate::rng::SimRng;
 use crate::trace::{digest, fnv1a};
 
@@ -129,7 +129,10 @@ impl RaftRsNode {
 
     fn apply(&mut self, entries: Vec<Entry>, fx: &mut Effects<Message>) {
         for entry in entries {
-            fx.applied.push((entry.index, entry_digest(&entry)));
+            fx.applied.push(Applied::Entry {
+                index: entry.index,
+                digest: entry_digest(&entry),
+            });
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 continue;
             }
@@ -141,7 +144,7 @@ impl RaftRsNode {
             };
             let outcome = self.machine.apply(&request);
             if self.pending.remove(&request.op_id) {
-                fx.resolved.push((request.op_id, outcome));
+                fx.answers.push((request.op_id, Answer::Done(outcome)));
             }
         }
     }
@@ -226,7 +229,8 @@ impl SimNode for RaftRsNode {
         raw.propose(vec![], request.encode())
             .map_err(|_| ProposeError::NotLeader)?;
         if self.broken == Broken::AckBeforeCommit && matches!(request.command, Command::Write(_)) {
-            fx.resolved.push((request.op_id, Outcome::Written));
+            fx.answers
+                .push((request.op_id, Answer::Done(Outcome::Written)));
         } else {
             self.pending.insert(request.op_id);
         }
@@ -241,6 +245,25 @@ impl SimNode for RaftRsNode {
             }
         }
         self.drain_ready(rng, fx);
+    }
+
+    fn wake(&mut self, _token: u64, rng: &mut SimRng, fx: &mut Effects<Message>) {
+        self.drain_ready(rng, fx);
+    }
+
+    fn change_membership(
+        &mut self,
+        _change: MemberChange,
+        _rng: &mut SimRng,
+        _fx: &mut Effects<Message>,
+    ) -> Result<(), ProposeError> {
+        Err(ProposeError::Refused(
+            "the reference node has a fixed membership".into(),
+        ))
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        self.voters.clone()
     }
 
     fn view(&self) -> NodeView<'_> {

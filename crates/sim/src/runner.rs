@@ -8,7 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::cluster::{Cluster, Failure, Report};
+use crate::cluster::{Cluster, Failure, Formation, Report};
 use crate::options::Options;
 use crate::raftrs::{Broken, RaftRsNode};
 
@@ -32,9 +32,12 @@ pub fn run_options(options: Options, kind: NodeKind, echo_trace: bool) -> Report
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match kind {
         NodeKind::RaftRs => {
             let broken = options.broken;
-            Cluster::new(options.clone(), echo_trace, |id, voters, rng| {
-                RaftRsNode::new(id, voters, broken, rng)
-            })
+            Cluster::new(
+                options.clone(),
+                Formation::StaticVoters,
+                echo_trace,
+                move |id, voters, rng| RaftRsNode::new(id, voters, broken, rng),
+            )
             .map(Cluster::run)
         }
     }));
