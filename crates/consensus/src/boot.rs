@@ -1,0 +1,124 @@
+//! Loading a node's raft directory at start: newest valid snapshot, hard
+//! state, and the log after the snapshot (torn tail truncated, corruption
+//! reported or set aside).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use raft::eraftpb::HardState;
+
+use crate::core::Boot;
+use crate::membership::{ClusterMeta, NodeInfo, Role};
+use crate::storage::log::LoadReport;
+use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader};
+use crate::storage::{Disk, Log, LogOptions, MetaFile, MetaState, SnapshotStore, StorageError};
+use crate::State;
+
+/// Everything opened at start.
+pub struct Opened {
+    /// The hard-state file.
+    pub meta: MetaFile,
+    /// The on-disk log.
+    pub log: Log,
+    /// What the core starts from.
+    pub boot: Boot,
+    /// The snapshot store.
+    pub snapshots: SnapshotStore,
+    /// What loading found (torn tail, files set aside).
+    pub report: LoadReport,
+}
+
+/// Opens (creating if needed) the raft directory.
+pub fn open(
+    disk: Arc<dyn Disk>,
+    raft_dir: &Path,
+    options: LogOptions,
+) -> Result<Opened, StorageError> {
+    disk.create_dir_all(raft_dir)
+        .map_err(|e| StorageError::io(raft_dir, e))?;
+    let snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
+    snapshots.remove_temps()?;
+    let snapshot = snapshots.latest(options.auto_recovery)?;
+    let meta = MetaFile::open(disk.as_ref(), raft_dir)?;
+    let after = snapshot.as_ref().map_or(0, |s| s.header.index);
+    let (log, mut report) = Log::open(disk, raft_dir, options, after)?;
+    let st = meta.state();
+    let hard_state = HardState {
+        term: st.term,
+        vote: st.vote,
+        commit: st.commit,
+        ..Default::default()
+    };
+    let entries = std::mem::take(&mut report.entries);
+    Ok(Opened {
+        meta,
+        log,
+        boot: Boot {
+            hard_state,
+            snapshot: snapshot.map(|s| s.header),
+            entries,
+        },
+        snapshots,
+        report,
+    })
+}
+
+/// Writes the first state of a brand-new one-node cluster: a snapshot at
+/// index 1, term 1 whose configuration is this node alone, and the hard
+/// state naming this node. Joiners then always start from a snapshot.
+pub fn bootstrap<S: State>(
+    disk: Arc<dyn Disk>,
+    raft_dir: &Path,
+    id: u64,
+    address: &str,
+    state: &S,
+) -> Result<(), StorageError> {
+    disk.create_dir_all(raft_dir)
+        .map_err(|e| StorageError::io(raft_dir, e))?;
+    let snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
+    let mut cluster = ClusterMeta::default();
+    cluster.nodes.insert(
+        id,
+        NodeInfo {
+            id,
+            address: address.to_string(),
+            role: Role::Voter,
+            promote: false,
+        },
+    );
+    cluster.next_id = cluster.next_id.max(id + 1);
+    let header = SnapshotHeader {
+        index: 1,
+        term: 1,
+        conf_state: ConfStateCopy {
+            voters: vec![id],
+            ..Default::default()
+        },
+        cluster,
+    };
+    snapshots.write(&header, &mut |w| state.snapshot(w))?;
+    write_identity(disk.as_ref(), raft_dir, id, 1)
+}
+
+/// Records this node's id (and a starting term) in the meta file.
+pub fn write_identity(
+    disk: &dyn Disk,
+    raft_dir: &Path,
+    id: u64,
+    term: u64,
+) -> Result<(), StorageError> {
+    disk.create_dir_all(raft_dir)
+        .map_err(|e| StorageError::io(raft_dir, e))?;
+    let mut meta = MetaFile::open(disk, raft_dir)?;
+    let st = meta.state();
+    let path = raft_dir.join("meta");
+    let io = |e| StorageError::io(&path, e);
+    meta.write(MetaState {
+        id,
+        term: st.term.max(term),
+        vote: st.vote,
+        commit: st.commit.max(if term > 0 { 1 } else { 0 }),
+    })
+    .map_err(io)?;
+    meta.sync().map_err(io)
+}

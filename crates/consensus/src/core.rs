@@ -1,0 +1,1056 @@
+//! The pure, synchronous core of the service: it owns raft-rs's `RawNode`,
+//! the application [`State`] and the cluster registry, takes [`Input`]s and
+//! produces [`Action`]s. It has no clock, no network and no threads; the only
+//! I/O it does itself is reading and writing snapshot files through the
+//! [`Disk`] seam. The real driver and the simulator both run this code.
+//!
+//! The Ready contract is followed in one place, [`Core::process_ready`]:
+//! send `messages` (a leader may replicate before its own append is durable,
+//! raft thesis 10.2.1); install a snapshot; apply committed entries; hand
+//! entries and hard state to the persistence side ([`Action::Persist`]);
+//! `advance_append_async`. Persisted messages (votes, append responses) are
+//! released only when [`Input::Persisted`] reports the fsync, so no message
+//! that depends on a write ever leaves before the write is durable.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, Message, SnapshotMetadata,
+};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, Payload};
+use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
+use crate::state::State;
+use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotStore};
+use crate::storage::{RaftLogView, StorageError};
+
+/// Identifies a caller's proposal (chosen by the caller, unique per core).
+pub type ProposalId = u64;
+/// Identifies a caller's read barrier.
+pub type ReadId = u64;
+
+/// Proposal ids at or above this are the core's own (promotions).
+const INTERNAL_PROPOSAL: ProposalId = u64::MAX / 2;
+
+/// Static settings of a core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This node's raft id.
+    pub id: u64,
+    /// Ticks without a leader before an election.
+    pub election_tick: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_tick: usize,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers.
+    pub snapshot_trailing: u64,
+    /// Upper bound on one append message's size.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+}
+
+impl CoreConfig {
+    /// Defaults for node `id`.
+    pub fn new(id: u64) -> Self {
+        CoreConfig {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_threshold: 1024,
+            snapshot_trailing: 8192,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+        }
+    }
+}
+
+/// What a proposal asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    /// An instruction for the State.
+    State(Vec<u8>),
+    /// A service command.
+    Service(ServiceCommand),
+    /// A membership change.
+    Member(MemberRequest),
+}
+
+/// A membership change request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberRequest {
+    /// Adds a node (or updates it) with this role; `promote` asks the leader
+    /// to make it a voter once it has caught up.
+    Set(NodeInfo),
+    /// Removes a node from the cluster.
+    Remove(u64),
+}
+
+/// The result of an applied proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Log index of the entry.
+    pub index: u64,
+    /// What the State returned (true for non-State entries).
+    pub satisfied: bool,
+    /// A value produced by a service command (an allocated id).
+    pub value: Option<u64>,
+}
+
+/// Why a proposal or read did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader (the leader's id if known, else 0).
+    #[error("not the leader (leader: {0})")]
+    NotLeader(u64),
+    /// Raft dropped the proposal before appending it.
+    #[error("proposal dropped by raft")]
+    Dropped,
+    /// Leadership changed after the entry was appended: it may or may not
+    /// commit (outcome unknown).
+    #[error("leadership lost, outcome unknown")]
+    LeadershipLost,
+    /// Another membership change is still in progress.
+    #[error("another membership change is in progress")]
+    ConfChangeInProgress,
+    /// The change is invalid for the current configuration.
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
+    /// A read barrier got no answer in time.
+    #[error("read index timed out")]
+    ReadTimeout,
+    /// The core stopped working after a fatal error.
+    #[error("consensus core failed: {0}")]
+    Failed(String),
+}
+
+/// An input to the core.
+#[derive(Debug)]
+pub enum Input {
+    /// One logical clock tick.
+    Tick,
+    /// A message from a peer.
+    Step(Message),
+    /// A proposal from a caller.
+    Propose(ProposalId, Proposal),
+    /// A linearizable read barrier request.
+    Read(ReadId),
+    /// Everything handed out with [`Action::Persist`] up to this ready number
+    /// is durable.
+    Persisted(u64),
+    /// The outcome of streaming a snapshot to a peer.
+    SnapshotSent {
+        /// The peer.
+        to: u64,
+        /// Whether it was received.
+        ok: bool,
+    },
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// Hand leadership to this node.
+    TransferLeader(u64),
+    /// Start an election now (bootstrap of a fresh cluster).
+    Campaign,
+    /// The caller gave up on this proposal (deadline).
+    Abandon(ProposalId),
+}
+
+/// Work to persist before the messages that depend on it may leave.
+#[derive(Debug, Clone, Default)]
+pub struct PersistBatch {
+    /// Ready number to report back with [`Input::Persisted`].
+    pub number: u64,
+    /// Entries to append (may overwrite a conflicting suffix).
+    pub entries: Vec<Entry>,
+    /// New term/vote (and commit) to write, if they changed.
+    pub hard_state: Option<HardState>,
+    /// A snapshot at this index replaced the log: reset the log after it.
+    pub snapshot_index: Option<u64>,
+}
+
+/// An output of the core.
+#[derive(Debug)]
+pub enum Action {
+    /// Send a message to a peer.
+    Send(Message),
+    /// Write (and fsync) this, then report [`Input::Persisted`].
+    Persist(PersistBatch),
+    /// Log segments wholly at or below this index may be removed.
+    Compact(u64),
+    /// A proposal finished.
+    Resolve(ProposalId, Result<Outcome, ProposeError>),
+    /// A read barrier finished: reads may be served at the State from now.
+    ReadDone(ReadId, Result<u64, ProposeError>),
+    /// Leader or term changed (leader 0: none known).
+    LeaderChanged {
+        /// The new leader.
+        leader: u64,
+        /// The current term.
+        term: u64,
+    },
+    /// The cluster registry changed.
+    MembershipChanged,
+    /// This node was removed from the cluster.
+    Removed,
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: ProposalId,
+    context: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Unpersisted {
+    number: u64,
+    persist: bool,
+    messages: Vec<Message>,
+}
+
+/// Read barriers: queued callers share one ReadIndex round.
+#[derive(Debug, Default)]
+struct Reads {
+    queued: Vec<ReadId>,
+    /// (round context, callers, tick started).
+    inflight: Option<(u64, Vec<ReadId>, u64)>,
+    /// (read index, caller): waiting for the State to catch up.
+    waiting: Vec<(u64, ReadId)>,
+    next_round: u64,
+}
+
+/// Draws an election timeout in `[min, max)`; replaces raft-rs's
+/// `thread_rng` so a simulator can control elections from its seed.
+pub type ElectionRng = Box<dyn FnMut(usize, usize) -> usize + Send>;
+
+/// Everything the core needs to start, as loaded from disk.
+pub struct Boot {
+    /// Hard state from the meta file.
+    pub hard_state: HardState,
+    /// The latest snapshot's header, if any.
+    pub snapshot: Option<SnapshotHeader>,
+    /// Entries after the snapshot.
+    pub entries: Vec<Entry>,
+}
+
+/// The consensus core.
+pub struct Core<S: State> {
+    config: CoreConfig,
+    raw: RawNode<RaftLogView>,
+    state: S,
+    cluster: ClusterMeta,
+    conf_state: ConfState,
+    snapshots: SnapshotStore,
+    seq: u64,
+    pending: BTreeMap<u64, Pending>,
+    unpersisted: VecDeque<Unpersisted>,
+    reads: Reads,
+    ticks: u64,
+    applied: u64,
+    snapshot_index: u64,
+    last_promotion_tick: u64,
+    leader_seen: (u64, u64, StateRole),
+    election_rng: Option<ElectionRng>,
+    failed: Option<String>,
+    removed: bool,
+}
+
+fn discard_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl<S: State> Core<S> {
+    /// Builds a core from what was loaded from disk. `state` is restored from
+    /// the snapshot (when there is one) through `snapshots`.
+    pub fn new(
+        config: CoreConfig,
+        mut state: S,
+        snapshots: SnapshotStore,
+        boot: Boot,
+    ) -> Result<Self, CoreError> {
+        let mut cluster = ClusterMeta::default();
+        let mut meta = SnapshotMetadata::default();
+        if let Some(header) = &boot.snapshot {
+            meta = header.metadata();
+            cluster = header.cluster.clone();
+            if state.applied_index() < header.index {
+                let info = snapshots.find(header.term, header.index)?;
+                let mut reader = snapshots.state_reader(&info)?;
+                state
+                    .restore(header.index, &mut reader)
+                    .map_err(|e| CoreError::State(e.to_string()))?;
+            }
+        }
+        let conf_state = meta.get_conf_state().clone();
+        let mut hs = boot.hard_state;
+        let last = boot.entries.last().map_or(meta.index, |e| e.index);
+        hs.commit = hs.commit.max(meta.index).min(last);
+        let snapshot_index = meta.index;
+        let storage = RaftLogView::new(hs, meta, boot.entries);
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            applied: snapshot_index,
+            max_size_per_msg: config.max_size_per_msg,
+            max_inflight_msgs: config.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, storage, &discard_logger())?;
+        let leader_seen = (raw.raft.leader_id, raw.raft.term, raw.raft.state);
+        Ok(Core {
+            config,
+            raw,
+            state,
+            cluster,
+            conf_state,
+            snapshots,
+            seq: 0,
+            pending: BTreeMap::new(),
+            unpersisted: VecDeque::new(),
+            reads: Reads::default(),
+            ticks: 0,
+            applied: snapshot_index,
+            snapshot_index,
+            last_promotion_tick: 0,
+            leader_seen,
+            election_rng: None,
+            failed: None,
+            removed: false,
+        })
+    }
+
+    /// Replaces raft-rs's randomized election timeout with draws from `rng`
+    /// (called with `[min, max)` after every role or term change).
+    pub fn set_election_timeout_rng(&mut self, mut rng: ElectionRng) {
+        let (min, max) = self.election_bounds();
+        self.raw
+            .raft
+            .set_randomized_election_timeout(rng(min, max).clamp(min, max - 1));
+        self.election_rng = Some(rng);
+    }
+
+    fn election_bounds(&self) -> (usize, usize) {
+        (self.config.election_tick, 2 * self.config.election_tick)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// The leader's id (0: unknown).
+    pub fn leader(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The raft role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Last applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// Index of the latest snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    /// Last index in the log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// The replicated cluster registry (as applied here).
+    pub fn cluster(&self) -> &ClusterMeta {
+        &self.cluster
+    }
+
+    /// The raft configuration (as applied here).
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The application state.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The raw raft node (read access for checkers).
+    pub fn raw(&self) -> &RawNode<RaftLogView> {
+        &self.raw
+    }
+
+    /// The snapshot store this core writes to.
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    /// The fatal error that stopped this core, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Whether this node was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Whether a peer's log has caught up with the commit index (leader only).
+    pub fn caught_up(&self, id: u64) -> bool {
+        self.raw
+            .raft
+            .prs()
+            .get(id)
+            .is_some_and(|p| p.matched >= self.raw.raft.raft_log.committed)
+    }
+
+    /// Handles one input, then processes any resulting Ready.
+    pub fn handle(&mut self, input: Input, out: &mut Vec<Action>) {
+        self.handle_input(input, out);
+        self.process_ready(out);
+    }
+
+    /// Handles one input without processing the Ready (batching: call
+    /// [`Core::process_ready`] once after many inputs).
+    pub fn handle_input(&mut self, input: Input, out: &mut Vec<Action>) {
+        if let Some(why) = &self.failed {
+            let err = ProposeError::Failed(why.clone());
+            match input {
+                Input::Propose(id, _) => out.push(Action::Resolve(id, Err(err))),
+                Input::Read(id) => out.push(Action::ReadDone(id, Err(err))),
+                _ => {}
+            }
+            return;
+        }
+        match input {
+            Input::Tick => {
+                self.ticks += 1;
+                self.raw.tick();
+                self.expire_reads(out);
+                self.maybe_promote(out);
+            }
+            Input::Step(m) => {
+                // A bad or unexpected peer message is dropped, never fatal.
+                if let Err(e) = self.raw.step(m) {
+                    debug!(error = %e, "peer message rejected");
+                }
+            }
+            Input::Propose(id, proposal) => self.propose(id, proposal, out),
+            Input::Read(id) => {
+                if self.raw.raft.leader_id == 0 {
+                    out.push(Action::ReadDone(id, Err(ProposeError::NotLeader(0))));
+                } else {
+                    self.reads.queued.push(id);
+                }
+            }
+            Input::Persisted(number) => self.on_persisted(number, out),
+            Input::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Input::Unreachable(to) => self.raw.report_unreachable(to),
+            Input::TransferLeader(to) => self.raw.transfer_leader(to),
+            Input::Campaign => {
+                if let Err(e) = self.raw.campaign() {
+                    debug!(error = %e, "campaign refused");
+                }
+            }
+            Input::Abandon(id) => self.pending.retain(|_, p| p.id != id),
+        }
+        self.start_read_round();
+        self.after_step(out);
+    }
+
+    fn propose(&mut self, id: ProposalId, proposal: Proposal, out: &mut Vec<Action>) {
+        if !self.is_leader() {
+            out.push(Action::Resolve(
+                id,
+                Err(ProposeError::NotLeader(self.leader())),
+            ));
+            return;
+        }
+        self.seq += 1;
+        let context = codec::context(self.config.id, self.seq);
+        let result = match proposal {
+            Proposal::State(instruction) => self
+                .raw
+                .propose(context.clone(), codec::state_entry(&instruction)),
+            Proposal::Service(cmd) => self
+                .raw
+                .propose(context.clone(), codec::service_entry(&cmd)),
+            Proposal::Member(req) => {
+                if self.raw.raft.has_pending_conf() {
+                    out.push(Action::Resolve(id, Err(ProposeError::ConfChangeInProgress)));
+                    return;
+                }
+                match self.conf_change_for(&req) {
+                    Ok(Some(cc)) => self.raw.propose_conf_change(context.clone(), cc),
+                    Ok(None) => {
+                        // Registry-only change (e.g. a new spare): a service entry.
+                        let change = match req {
+                            MemberRequest::Set(n) => MemberChange::Set(n),
+                            MemberRequest::Remove(i) => MemberChange::Remove(i),
+                        };
+                        let cmd = ServiceCommand::SetMember(change);
+                        self.raw
+                            .propose(context.clone(), codec::service_entry(&cmd))
+                    }
+                    Err(e) => {
+                        out.push(Action::Resolve(id, Err(e)));
+                        return;
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.pending.insert(index, Pending { id, context });
+            }
+            Err(e) => {
+                debug!(error = %e, "proposal dropped");
+                out.push(Action::Resolve(id, Err(ProposeError::Dropped)));
+            }
+        }
+    }
+
+    /// The raft change for a membership request (`None`: registry only).
+    fn conf_change_for(&self, req: &MemberRequest) -> Result<Option<ConfChangeV2>, ProposeError> {
+        let cs = &self.conf_state;
+        let (node, change_type, changes) = match req {
+            MemberRequest::Set(n) => {
+                let in_raft = cs.voters.contains(&n.id) || cs.learners.contains(&n.id);
+                let ty = match n.role {
+                    Role::Voter => ConfChangeType::AddNode,
+                    Role::Standby => ConfChangeType::AddLearnerNode,
+                    Role::Spare if in_raft => ConfChangeType::RemoveNode,
+                    Role::Spare => return Ok(None),
+                };
+                (n.id, ty, vec![MemberChange::Set(n.clone())])
+            }
+            MemberRequest::Remove(id) => {
+                let in_raft = cs.voters.contains(id) || cs.learners.contains(id);
+                if !in_raft {
+                    return Ok(None);
+                }
+                (
+                    *id,
+                    ConfChangeType::RemoveNode,
+                    vec![MemberChange::Remove(*id)],
+                )
+            }
+        };
+        let removing_voter = change_type != ConfChangeType::AddNode && cs.voters.contains(&node);
+        if removing_voter && cs.voters.len() == 1 {
+            return Err(ProposeError::InvalidChange(
+                "cannot remove the last voter".into(),
+            ));
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = node;
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.mut_changes().push(single);
+        cc.set_context(codec::member_changes(&changes).into());
+        Ok(Some(cc))
+    }
+
+    /// Leader: promote standbys that joined as future voters once caught up.
+    fn maybe_promote(&mut self, out: &mut Vec<Action>) {
+        if !self.is_leader()
+            || self.raw.raft.has_pending_conf()
+            || self.ticks < self.last_promotion_tick + self.config.election_tick as u64
+        {
+            return;
+        }
+        let candidate = self
+            .cluster
+            .nodes
+            .values()
+            .find(|n| n.promote && n.role == Role::Standby && self.caught_up(n.id))
+            .cloned();
+        if let Some(mut node) = candidate {
+            info!(node = node.id, "promoting caught-up standby to voter");
+            self.last_promotion_tick = self.ticks;
+            node.role = Role::Voter;
+            node.promote = false;
+            self.seq += 1;
+            let id = INTERNAL_PROPOSAL + self.seq;
+            self.propose(id, Proposal::Member(MemberRequest::Set(node)), out);
+        }
+    }
+
+    fn start_read_round(&mut self) {
+        if self.reads.inflight.is_some() || self.reads.queued.is_empty() {
+            return;
+        }
+        // raft-rs silently drops a ReadIndex on a leader that has not yet
+        // committed an entry in its term; wait for that instead.
+        if self.is_leader() && !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        self.reads.next_round += 1;
+        let ctx = self.reads.next_round;
+        let callers = std::mem::take(&mut self.reads.queued);
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.reads.inflight = Some((ctx, callers, self.ticks));
+    }
+
+    fn expire_reads(&mut self, out: &mut Vec<Action>) {
+        let limit = 2 * self.config.election_tick as u64;
+        if let Some((_, _, started)) = &self.reads.inflight {
+            if self.ticks >= started + limit {
+                if let Some((_, callers, _)) = self.reads.inflight.take() {
+                    for id in callers {
+                        out.push(Action::ReadDone(id, Err(ProposeError::ReadTimeout)));
+                    }
+                }
+            }
+        }
+        if self.raw.raft.leader_id == 0 {
+            for id in self.reads.queued.drain(..) {
+                out.push(Action::ReadDone(id, Err(ProposeError::NotLeader(0))));
+            }
+        }
+    }
+
+    /// After a step: election timeout from the seeded RNG, leader changes.
+    fn after_step(&mut self, out: &mut Vec<Action>) {
+        let now = (
+            self.raw.raft.leader_id,
+            self.raw.raft.term,
+            self.raw.raft.state,
+        );
+        if now == self.leader_seen {
+            return;
+        }
+        let (min, max) = self.election_bounds();
+        if let Some(rng) = self.election_rng.as_mut() {
+            let t = rng(min, max).clamp(min, max - 1);
+            self.raw.raft.set_randomized_election_timeout(t);
+        }
+        let was_leader = self.leader_seen.2 == StateRole::Leader;
+        if was_leader && now.2 != StateRole::Leader {
+            // Appended but not applied: the outcome is unknown to us now.
+            for (_, p) in std::mem::take(&mut self.pending) {
+                out.push(Action::Resolve(p.id, Err(ProposeError::LeadershipLost)));
+            }
+        }
+        if (now.0, now.1) != (self.leader_seen.0, self.leader_seen.1) {
+            out.push(Action::LeaderChanged {
+                leader: now.0,
+                term: now.1,
+            });
+        }
+        self.leader_seen = now;
+    }
+
+    fn on_persisted(&mut self, number: u64, out: &mut Vec<Action>) {
+        let mut done = 0;
+        while let Some(front) = self.unpersisted.front() {
+            if front.persist && front.number > number {
+                break;
+            }
+            if let Some(f) = self.unpersisted.pop_front() {
+                done = f.number;
+                out.extend(f.messages.into_iter().map(Action::Send));
+            }
+        }
+        if done > 0 {
+            self.raw.on_persist_ready(done);
+            self.report_applied();
+        }
+    }
+
+    /// Drains raft's Ready (bounded: a Ready only appears after new input or
+    /// progress, and each pass consumes it).
+    pub fn process_ready(&mut self, out: &mut Vec<Action>) {
+        for _ in 0..64 {
+            if self.failed.is_some() || !self.raw.has_ready() {
+                break;
+            }
+            if let Err(e) = self.process_one_ready(out) {
+                warn!(error = %e, "consensus core failed");
+                self.fail(e.to_string(), out);
+            }
+            self.after_step(out);
+        }
+        self.start_read_round();
+        self.resolve_reads(out);
+        if let Err(e) = self.maybe_snapshot(out) {
+            warn!(error = %e, "snapshot failed; will retry");
+        }
+    }
+
+    fn fail(&mut self, why: String, out: &mut Vec<Action>) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            out.push(Action::Resolve(
+                p.id,
+                Err(ProposeError::Failed(why.clone())),
+            ));
+        }
+        self.failed = Some(why);
+    }
+
+    fn process_one_ready(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        let mut rd = self.raw.ready();
+        // 1. Messages that need no persistence (a leader's appends).
+        out.extend(rd.take_messages().into_iter().map(Action::Send));
+        // 2. Snapshot.
+        let mut snapshot_index = None;
+        if !rd.snapshot().is_empty() {
+            let meta = rd.snapshot().get_metadata().clone();
+            self.install_snapshot(&meta)?;
+            snapshot_index = Some(meta.index);
+        }
+        // 3. Committed entries.
+        for entry in rd.take_committed_entries() {
+            self.apply_entry(entry, out)?;
+        }
+        // Read states.
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs.index, &rs.request_ctx);
+        }
+        // 4/5. Entries and hard state: readable by raft now, durable later.
+        let entries = rd.take_entries();
+        self.raw.mut_store().append(&entries);
+        let hard_state = rd.hs().cloned();
+        if let Some(hs) = &hard_state {
+            self.raw.mut_store().set_hard_state(hs.clone());
+        }
+        let persist = rd.must_sync() || !entries.is_empty() || snapshot_index.is_some();
+        let number = rd.number();
+        let messages = rd.take_persisted_messages();
+        if persist {
+            out.push(Action::Persist(PersistBatch {
+                number,
+                entries,
+                hard_state: hard_state.or_else(|| Some(self.raw.store().hard_state().clone())),
+                snapshot_index,
+            }));
+        }
+        self.raw.advance_append_async(rd);
+        if !persist && self.unpersisted.is_empty() {
+            out.extend(messages.into_iter().map(Action::Send));
+            self.raw.on_persist_ready(number);
+        } else {
+            self.unpersisted.push_back(Unpersisted {
+                number,
+                persist,
+                messages,
+            });
+        }
+        self.report_applied();
+        Ok(())
+    }
+
+    /// Tells raft how far we applied. raft-rs requires applied ≤ persisted,
+    /// and an installed snapshot is only persisted once the log reset is
+    /// durable, so this lags until then.
+    fn report_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let applied = self.applied.min(log.persisted).min(log.committed);
+        if applied > log.applied {
+            self.raw.advance_apply_to(applied);
+        }
+    }
+
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), CoreError> {
+        info!(
+            index = meta.index,
+            term = meta.term,
+            "installing snapshot from leader"
+        );
+        let info = self.snapshots.find(meta.term, meta.index)?;
+        let mut reader = self.snapshots.state_reader(&info)?;
+        self.state
+            .restore(meta.index, &mut reader)
+            .map_err(|e| CoreError::State(e.to_string()))?;
+        self.cluster = info.header.cluster.clone();
+        self.conf_state = meta.get_conf_state().clone();
+        self.raw.mut_store().apply_snapshot(meta.clone());
+        self.applied = meta.index;
+        self.snapshot_index = meta.index;
+        self.pending.retain(|index, _| *index > meta.index);
+        if let Err(e) = self.snapshots.prune(2) {
+            warn!(error = %e, "pruning snapshots failed");
+        }
+        Ok(())
+    }
+
+    fn apply_entry(&mut self, entry: Entry, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        let index = entry.index;
+        if index <= self.applied {
+            return Ok(());
+        }
+        let mut outcome = Outcome {
+            index,
+            satisfied: true,
+            value: None,
+        };
+        let fresh = index > self.state.applied_index();
+        match entry.get_entry_type() {
+            EntryType::EntryNormal => match codec::decode(&entry.data) {
+                Payload::State(instruction) => {
+                    if fresh {
+                        outcome.satisfied = self.state.apply(index, instruction);
+                    }
+                }
+                Payload::Service(cmd) => {
+                    outcome.value = self.apply_service(&cmd, out)?;
+                    if fresh {
+                        self.state.skip(index);
+                    }
+                }
+                Payload::Empty | Payload::Unknown => {
+                    if fresh {
+                        self.state.skip(index);
+                    }
+                }
+            },
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                self.apply_conf_change(&entry, out)?;
+                if fresh {
+                    self.state.skip(index);
+                }
+            }
+        }
+        self.applied = index;
+        if let Some(p) = self.pending.remove(&index) {
+            let result = if p.context == entry.context {
+                Ok(outcome)
+            } else {
+                // Another entry took this index: ours was lost (or, for a conf
+                // change refused by raft, replaced by an empty entry).
+                Err(ProposeError::LeadershipLost)
+            };
+            if p.id < INTERNAL_PROPOSAL {
+                out.push(Action::Resolve(p.id, result));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_service(
+        &mut self,
+        cmd: &ServiceCommand,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<u64>, CoreError> {
+        let value = self.cluster.apply(cmd);
+        match cmd {
+            ServiceCommand::ForceMembership(nodes) => {
+                self.force_conf(nodes)?;
+                out.push(Action::MembershipChanged);
+            }
+            ServiceCommand::SetMember(_) => out.push(Action::MembershipChanged),
+            _ => {}
+        }
+        Ok(value)
+    }
+
+    /// Offline recovery entry: make raft's configuration exactly `nodes`,
+    /// bypassing quorum (the operator decided the others are gone).
+    fn force_conf(&mut self, nodes: &[NodeInfo]) -> Result<(), CoreError> {
+        let cs = &self.conf_state;
+        let mut changes = Vec::new();
+        let mut push = |id: u64, ty: ConfChangeType| {
+            let mut s = ConfChangeSingle::default();
+            s.set_change_type(ty);
+            s.node_id = id;
+            changes.push(s);
+        };
+        let wanted = |role: Role| nodes.iter().filter(move |n| n.role == role).map(|n| n.id);
+        for id in cs.voters.iter().chain(cs.learners.iter()) {
+            if !nodes.iter().any(|n| n.id == *id && n.role != Role::Spare) {
+                push(*id, ConfChangeType::RemoveNode);
+            }
+        }
+        for id in wanted(Role::Voter) {
+            if !cs.voters.contains(&id) {
+                push(id, ConfChangeType::AddNode);
+            }
+        }
+        for id in wanted(Role::Standby) {
+            if !cs.learners.contains(&id) {
+                push(id, ConfChangeType::AddLearnerNode);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut enter = ConfChangeV2::default();
+        enter.set_transition(ConfChangeTransition::Explicit);
+        enter.set_changes(changes.into());
+        if !self.conf_state.voters_outgoing.is_empty() {
+            self.raw.apply_conf_change(&ConfChangeV2::default())?;
+        }
+        self.raw.apply_conf_change(&enter)?;
+        // Leave the joint configuration at once (an empty change).
+        self.conf_state = self.raw.apply_conf_change(&ConfChangeV2::default())?;
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        let cc = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| CoreError::Decode(e.to_string()))?
+        } else {
+            let v1 = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| CoreError::Decode(e.to_string()))?;
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(v1.get_change_type());
+            single.node_id = v1.node_id;
+            let mut cc = ConfChangeV2::default();
+            cc.mut_changes().push(single);
+            cc.context = v1.context;
+            cc
+        };
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => self.conf_state = cs,
+            Err(e) => {
+                // Deterministic on every node; the registry is left as is.
+                warn!(error = %e, index = entry.index, "conf change rejected by raft");
+                return Ok(());
+            }
+        }
+        for change in codec::decode_member_changes(&cc.context) {
+            self.cluster.apply_change(&change);
+        }
+        out.push(Action::MembershipChanged);
+        let me = self.config.id;
+        let in_raft = self.conf_state.voters.contains(&me)
+            || self.conf_state.learners.contains(&me)
+            || self.conf_state.voters_outgoing.contains(&me);
+        if !in_raft && !self.cluster.nodes.contains_key(&me) && !self.removed && self.applied > 0 {
+            info!("this node was removed from the cluster");
+            self.removed = true;
+            out.push(Action::Removed);
+        }
+        Ok(())
+    }
+
+    fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        let round = u64::from_le_bytes(bytes);
+        if let Some((ctx, callers, _)) = self.reads.inflight.take() {
+            if ctx == round {
+                self.reads
+                    .waiting
+                    .extend(callers.into_iter().map(|c| (index, c)));
+            } else {
+                self.reads.inflight = Some((ctx, callers, self.ticks));
+            }
+        }
+    }
+
+    fn resolve_reads(&mut self, out: &mut Vec<Action>) {
+        let applied = self.applied;
+        self.reads.waiting.retain(|(index, id)| {
+            if *index <= applied {
+                out.push(Action::ReadDone(*id, Ok(*index)));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Takes a snapshot when enough entries were applied since the last one.
+    fn maybe_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let requested = self.raw.store().take_snapshot_request();
+        if !requested && self.applied < self.snapshot_index + self.config.snapshot_threshold {
+            return Ok(());
+        }
+        self.take_snapshot(out)
+    }
+
+    /// Writes a snapshot at the applied index now and compacts behind it.
+    pub fn take_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        let index = self.applied;
+        if index == 0 || index == self.snapshot_index {
+            return Ok(());
+        }
+        let term = self.raw.raft.raft_log.term(index)?;
+        let header = SnapshotHeader {
+            index,
+            term,
+            conf_state: ConfStateCopy::from(&self.conf_state),
+            cluster: self.cluster.clone(),
+        };
+        let state = &self.state;
+        let info = self.snapshots.write(&header, &mut |w| state.snapshot(w))?;
+        debug!(index, size = info.size, "snapshot taken");
+        self.raw.mut_store().set_snapshot(header.metadata());
+        self.snapshot_index = index;
+        let compact_to = index.saturating_sub(self.config.snapshot_trailing);
+        if compact_to > 0 {
+            self.raw.mut_store().compact(compact_to);
+            out.push(Action::Compact(compact_to));
+        }
+        self.snapshots.prune(2)?;
+        Ok(())
+    }
+}
+
+/// Errors that stop a core.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// raft-rs refused.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The State failed to restore or snapshot.
+    #[error("state: {0}")]
+    State(String),
+    /// A committed entry does not decode.
+    #[error("undecodable committed entry: {0}")]
+    Decode(String),
+}
+
+/// Builds an owned snapshot store for `raft_dir` (helper for drivers).
+pub fn snapshot_store(
+    disk: Arc<dyn crate::storage::Disk>,
+    raft_dir: &std::path::Path,
+) -> Result<SnapshotStore, StorageError> {
+    SnapshotStore::new(disk, raft_dir)
+}

@@ -1,0 +1,356 @@
+//! The driver: one dedicated thread that owns the [`Core`] and does its I/O.
+//!
+//! Why a thread and not a tokio task: applying entries and writing snapshots
+//! call into the application's `State`, which may block (SQLite); keeping
+//! that off the reactor threads keeps the HTTP transport responsive. Log
+//! writes go to a second thread ([`crate::persist`]) so the leader keeps
+//! replicating while its fsync runs, and so many proposals share one fsync.
+//!
+//! Inputs arrive on bounded channels: peer messages are dropped when the
+//! queue is full (raft retries), client commands are refused at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use raft::eraftpb::Message;
+use raft::StateRole;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+use crate::core::{Action, Core, Input, Outcome, Proposal, ProposeError};
+use crate::membership::ClusterMeta;
+use crate::persist::{Job, Persister, Report, Stats};
+use crate::transport::{Feedback, Transport};
+use crate::State;
+
+/// Capacity of the peer-message and command queues.
+pub const QUEUE: usize = 4096;
+
+/// A request from the async side.
+pub enum Command {
+    /// Propose; the result comes back on the channel.
+    Propose(Proposal, oneshot::Sender<Result<Outcome, ProposeError>>),
+    /// Linearizable read barrier; answers with the read index.
+    Read(oneshot::Sender<Result<u64, ProposeError>>),
+    /// Hand leadership to a node.
+    TransferLeader(u64),
+    /// Campaign now.
+    Campaign,
+    /// Stop the driver.
+    Stop(oneshot::Sender<()>),
+}
+
+/// What the driver publishes after every step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: u64,
+    /// The leader (0: unknown).
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// The cluster registry as applied here.
+    pub cluster: ClusterMeta,
+    /// Applied index.
+    pub applied: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Latest snapshot index.
+    pub snapshot_index: u64,
+    /// This node was removed from the cluster.
+    pub removed: bool,
+    /// The latest persistent error (cleared when it recovers).
+    pub error: Option<String>,
+    /// The driver has stopped.
+    pub stopped: bool,
+}
+
+/// Handle on a running driver.
+pub struct DriverHandle {
+    /// Commands.
+    pub commands: Sender<Command>,
+    /// Raft messages from peers.
+    pub peer_messages: Sender<Message>,
+    /// Latest status.
+    pub status: watch::Receiver<Status>,
+    /// Entries and fsyncs counters.
+    pub stats: Arc<Stats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DriverHandle {
+    /// Stops the driver and waits for its threads (blocking).
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Driver<S: State> {
+    core: Core<S>,
+    transport: Arc<dyn Transport>,
+    persist: Sender<Job>,
+    proposals: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
+    reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
+    next_id: u64,
+    status: watch::Sender<Status>,
+    disk_error: Option<String>,
+    peers_published: Vec<(u64, String)>,
+}
+
+/// Starts the driver and persistence threads.
+pub fn spawn<S: State>(
+    core: Core<S>,
+    persister: Persister,
+    transport: Arc<dyn Transport>,
+    feedback: Receiver<Feedback>,
+    tick: Duration,
+    status_tx: watch::Sender<Status>,
+) -> std::io::Result<DriverHandle> {
+    let (cmd_tx, cmd_rx) = bounded(QUEUE);
+    let (peer_tx, peer_rx) = bounded(QUEUE);
+    let (job_tx, job_rx) = unbounded();
+    let (report_tx, report_rx) = unbounded();
+    let status_rx = status_tx.subscribe();
+    let stats = Arc::new(Stats::default());
+    let shutdown = persister.shutdown.clone();
+    let persist_stats = stats.clone();
+    let persist_thread = std::thread::Builder::new()
+        .name(format!("raft-persist-{}", core.id()))
+        .spawn(move || persister.run(job_rx, report_tx, persist_stats))?;
+    let mut driver = Driver {
+        core,
+        transport,
+        persist: job_tx,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        next_id: 0,
+        status: status_tx,
+        disk_error: None,
+        peers_published: Vec::new(),
+    };
+    let name = format!("raft-driver-{}", driver.core.id());
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        driver.run(cmd_rx, peer_rx, report_rx, feedback, tick, &shutdown);
+        let _ = persist_thread.join();
+    })?;
+    Ok(DriverHandle {
+        commands: cmd_tx,
+        peer_messages: peer_tx,
+        status: status_rx,
+        stats,
+        thread: Some(thread),
+    })
+}
+
+impl<S: State> Driver<S> {
+    fn run(
+        &mut self,
+        commands: Receiver<Command>,
+        peers: Receiver<Message>,
+        reports: Receiver<Report>,
+        feedback: Receiver<Feedback>,
+        tick: Duration,
+        shutdown: &AtomicBool,
+    ) {
+        let mut next_tick = Instant::now() + tick;
+        let mut actions = Vec::new();
+        let mut stop_reply = None;
+        self.publish_peers();
+        self.publish();
+        while stop_reply.is_none() {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            select! {
+                recv(reports) -> r => if let Ok(r) = r { self.on_report(r, &mut actions) },
+                recv(peers) -> m => if let Ok(m) = m { self.core.handle_input(Input::Step(m), &mut actions) },
+                recv(commands) -> c => match c {
+                    Ok(c) => stop_reply = self.on_command(c, &mut actions),
+                    Err(_) => break,
+                },
+                recv(feedback) -> f => if let Ok(f) = f { self.on_feedback(f, &mut actions) },
+                default(timeout) => {},
+            }
+            // Drain what else is queued so one Ready (and one fsync) covers it.
+            for _ in 0..QUEUE {
+                let mut any = false;
+                if let Ok(r) = reports.try_recv() {
+                    self.on_report(r, &mut actions);
+                    any = true;
+                }
+                if let Ok(m) = peers.try_recv() {
+                    self.core.handle_input(Input::Step(m), &mut actions);
+                    any = true;
+                }
+                if stop_reply.is_none() {
+                    if let Ok(c) = commands.try_recv() {
+                        stop_reply = self.on_command(c, &mut actions);
+                        any = true;
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.core.handle_input(Input::Tick, &mut actions);
+                next_tick += tick;
+                if next_tick < now {
+                    // Fell behind (a long apply or snapshot): do not burst ticks.
+                    next_tick = now + tick;
+                }
+            }
+            self.core.process_ready(&mut actions);
+            self.dispatch(&mut actions);
+            self.publish();
+        }
+        info!(id = self.core.id(), "driver stopping");
+        let _ = self.persist.send(Job::Stop);
+        shutdown.store(true, Ordering::Relaxed);
+        for (_, tx) in self.proposals.drain() {
+            let _ = tx.send(Err(ProposeError::Failed("service stopped".into())));
+        }
+        for (_, tx) in self.reads.drain() {
+            let _ = tx.send(Err(ProposeError::Failed("service stopped".into())));
+        }
+        // Wait (bounded) for the persistence thread to finish its queue.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match reports.recv_timeout(Duration::from_millis(100)) {
+                Ok(Report::Stopped) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    break
+                }
+                _ => {}
+            }
+        }
+        self.status.send_modify(|s| s.stopped = true);
+        if let Some(reply) = stop_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_report(&mut self, r: Report, actions: &mut Vec<Action>) {
+        match r {
+            Report::Persisted(n) => self.core.handle_input(Input::Persisted(n), actions),
+            Report::Error(e) => self.disk_error = e,
+            Report::Stopped => {}
+        }
+    }
+
+    fn on_feedback(&mut self, f: Feedback, actions: &mut Vec<Action>) {
+        match f {
+            Feedback::Unreachable(id) => self.core.handle_input(Input::Unreachable(id), actions),
+            Feedback::SnapshotSent { to, ok } => self
+                .core
+                .handle_input(Input::SnapshotSent { to, ok }, actions),
+        }
+    }
+
+    fn on_command(&mut self, c: Command, actions: &mut Vec<Action>) -> Option<oneshot::Sender<()>> {
+        match c {
+            Command::Propose(p, tx) => {
+                self.next_id += 1;
+                let id = self.next_id;
+                self.proposals.insert(id, tx);
+                self.core.handle_input(Input::Propose(id, p), actions);
+            }
+            Command::Read(tx) => {
+                self.next_id += 1;
+                let id = self.next_id;
+                self.reads.insert(id, tx);
+                self.core.handle_input(Input::Read(id), actions);
+            }
+            Command::TransferLeader(to) => {
+                self.core.handle_input(Input::TransferLeader(to), actions)
+            }
+            Command::Campaign => self.core.handle_input(Input::Campaign, actions),
+            Command::Stop(tx) => return Some(tx),
+        }
+        None
+    }
+
+    fn dispatch(&mut self, actions: &mut Vec<Action>) {
+        let mut membership = false;
+        for action in actions.drain(..) {
+            match action {
+                Action::Send(m) => self.transport.send(m),
+                Action::Persist(b) => {
+                    if self.persist.send(Job::Batch(b)).is_err() {
+                        warn!("persistence thread gone");
+                    }
+                }
+                Action::Compact(i) => {
+                    let _ = self.persist.send(Job::Compact(i));
+                }
+                Action::Resolve(id, r) => {
+                    if let Some(tx) = self.proposals.remove(&id) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Action::ReadDone(id, r) => {
+                    if let Some(tx) = self.reads.remove(&id) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Action::LeaderChanged { leader, term } => {
+                    info!(id = self.core.id(), leader, term, "leader changed");
+                }
+                Action::MembershipChanged => membership = true,
+                Action::Removed => warn!("removed from the cluster"),
+            }
+        }
+        if membership {
+            self.publish_peers();
+        }
+        // Callers whose receiver is gone (deadline passed) need no answer.
+        self.proposals.retain(|_, tx| !tx.is_closed());
+    }
+
+    fn publish_peers(&mut self) {
+        let peers: Vec<(u64, String)> = self
+            .core
+            .cluster()
+            .nodes
+            .values()
+            .map(|n| (n.id, n.address.clone()))
+            .collect();
+        if peers != self.peers_published {
+            self.transport.set_peers(peers.clone());
+            self.peers_published = peers;
+        }
+    }
+
+    fn publish(&mut self) {
+        let core = &self.core;
+        let status = Status {
+            id: core.id(),
+            leader: core.leader(),
+            term: core.term(),
+            is_leader: core.role() == StateRole::Leader,
+            cluster: core.cluster().clone(),
+            applied: core.applied_index(),
+            commit: core.commit_index(),
+            snapshot_index: core.snapshot_index(),
+            removed: core.is_removed(),
+            error: core
+                .failure()
+                .map(String::from)
+                .or_else(|| self.disk_error.clone()),
+            stopped: false,
+        };
+        self.status.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

@@ -1,0 +1,695 @@
+//! The public face of the coordination service: [`Service::start`], `init`,
+//! `join`, `exec`, `wait_read`, membership changes, `stop`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+use crate::boot;
+use crate::core::{Core, CoreConfig, MemberRequest, Outcome, Proposal, ProposeError};
+use crate::driver::{self, Command, DriverHandle, Status};
+use crate::membership::{NodeInfo, Role, ServiceCommand};
+use crate::persist::Persister;
+use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotStore, StorageError};
+use crate::transport::client::{self, full};
+use crate::transport::server::{BoxFuture, JoinRefusal, JoinRequest, JoinResponse, PeerService};
+use crate::transport::{Feedback, HttpTransport, RaftHttp, TlsConfig, Transport};
+use crate::State;
+
+/// Service settings.
+#[derive(Clone)]
+pub struct Config {
+    /// Raft id (0: `init` uses 1, `join` lets the cluster allocate one).
+    pub id: u64,
+    /// Address peers reach this node on (`host:0` picks a port at start).
+    pub address: String,
+    /// Data directory (raft files live in `<data_dir>/raft`).
+    pub data_dir: PathBuf,
+    /// One-way network latency; the tick. Heartbeat is 2 ticks, the
+    /// election timeout 10 to 20 ticks.
+    pub network_latency: Duration,
+    /// Snapshot after this many applied entries.
+    pub snapshot_threshold: u64,
+    /// Entries kept behind a snapshot.
+    pub snapshot_trailing: u64,
+    /// Preallocated log segment size.
+    pub segment_size: u64,
+    /// Set damaged log or snapshot files aside instead of failing.
+    pub auto_recovery: bool,
+    /// Mutual TLS between peers.
+    pub tls: Option<TlsConfig>,
+    /// Run our own listener on `address` (false: the embedder hands
+    /// connections to [`Service::http`] itself).
+    pub listen: bool,
+    /// The disk (the simulator substitutes its own).
+    pub disk: Arc<dyn Disk>,
+}
+
+impl Config {
+    /// Defaults for a node at `address` storing data in `data_dir`.
+    pub fn new(address: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            id: 0,
+            address: address.into(),
+            data_dir: data_dir.into(),
+            network_latency: Duration::from_millis(20),
+            snapshot_threshold: 1024,
+            snapshot_trailing: 8192,
+            segment_size: 8 << 20,
+            auto_recovery: false,
+            tls: None,
+            listen: true,
+            disk: Arc::new(RealDisk),
+        }
+    }
+
+    fn raft_dir(&self) -> PathBuf {
+        storage::raft_dir(&self.data_dir)
+    }
+
+    fn core_config(&self, id: u64) -> CoreConfig {
+        CoreConfig {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_threshold: self.snapshot_threshold,
+            snapshot_trailing: self.snapshot_trailing,
+            ..CoreConfig::new(id)
+        }
+    }
+}
+
+/// Service errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `init` or `join` on a node that already belongs to a cluster.
+    #[error("already part of a cluster")]
+    ExistingCluster,
+    /// The node has not been initialized or joined.
+    #[error("no cluster configured: call init or join")]
+    Uninitialized,
+    /// The joiner's address is not on the allowed-member list.
+    #[error("address not allowed to join")]
+    AddressNotAllowed,
+    /// No member with that address.
+    #[error("unknown peer {0}")]
+    UnknownPeer(String),
+    /// This node is not the leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's address when known.
+        leader: Option<String>,
+    },
+    /// Leadership changed while the entry was in flight: outcome unknown.
+    #[error("leadership lost, outcome unknown")]
+    LeadershipLost,
+    /// Raft dropped the proposal.
+    #[error("proposal dropped")]
+    Dropped,
+    /// The deadline passed.
+    #[error("timed out")]
+    Timeout,
+    /// The command queue is full.
+    #[error("busy: too many requests in flight")]
+    Busy,
+    /// The service stopped.
+    #[error("service stopped")]
+    Stopped,
+    /// Another membership change is in progress.
+    #[error("another membership change is in progress")]
+    ConfChangeInProgress,
+    /// A membership request is invalid.
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
+    /// Joining failed.
+    #[error("join failed: {0}")]
+    Join(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The consensus core failed.
+    #[error("consensus failed: {0}")]
+    Core(String),
+    /// Network setup failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
+}
+
+impl Error {
+    fn from_propose(e: ProposeError, status: &Status) -> Self {
+        match e {
+            ProposeError::NotLeader(id) => Error::NotLeader {
+                leader: status.cluster.nodes.get(&id).map(|n| n.address.clone()),
+            },
+            ProposeError::Dropped => Error::Dropped,
+            ProposeError::LeadershipLost => Error::LeadershipLost,
+            ProposeError::ConfChangeInProgress => Error::ConfChangeInProgress,
+            ProposeError::InvalidChange(s) => Error::InvalidChange(s),
+            ProposeError::ReadTimeout => Error::Timeout,
+            ProposeError::Failed(s) => Error::Core(s),
+        }
+    }
+}
+
+enum StartMode {
+    Restart,
+    Init(u64),
+    Join(u64, Vec<NodeInfo>),
+}
+
+type Starter = Box<dyn FnOnce(&Inner, StartMode) -> Result<DriverHandle, Error> + Send>;
+
+struct Inner {
+    config: Config,
+    driver: Mutex<Option<DriverHandle>>,
+    starter: Mutex<Option<Starter>>,
+    status: watch::Sender<Status>,
+    snapshots: SnapshotStore,
+    runtime: tokio::runtime::Handle,
+    shutdown: tokio::sync::Notify,
+}
+
+/// A running coordination service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+// std Mutex: held briefly, never across an await.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Service {
+    /// Starts the service. With an existing raft directory the node rejoins
+    /// its cluster; otherwise it waits for [`Service::init`] or
+    /// [`Service::join`].
+    pub async fn start<S: State>(mut config: Config, state: S) -> Result<Service, Error> {
+        let listener = if config.listen {
+            let l = TcpListener::bind(&config.address).await?;
+            if config.address.ends_with(":0") {
+                config.address = l.local_addr()?.to_string();
+            }
+            Some(l)
+        } else {
+            None
+        };
+        let raft_dir = config.raft_dir();
+        config
+            .disk
+            .create_dir_all(&raft_dir)
+            .map_err(|e| StorageError::io(&raft_dir, e))?;
+        let snapshots = SnapshotStore::new(config.disk.clone(), &raft_dir)?;
+        let meta = storage::meta::read_meta(config.disk.as_ref(), &raft_dir)?;
+        let server_tls = config
+            .tls
+            .as_ref()
+            .map(TlsConfig::server_config)
+            .transpose()?;
+        let (status, _) = watch::channel(Status::default());
+        let starter: Starter =
+            Box::new(move |inner: &Inner, mode| start_driver(inner, mode, state));
+        let inner = Arc::new(Inner {
+            config,
+            driver: Mutex::new(None),
+            starter: Mutex::new(Some(starter)),
+            status,
+            snapshots,
+            runtime: tokio::runtime::Handle::current(),
+            shutdown: tokio::sync::Notify::new(),
+        });
+        let service = Service { inner };
+        if let Some(listener) = listener {
+            let http = RaftHttp::new(Arc::new(service.clone()), server_tls);
+            let svc = service.clone();
+            tokio::spawn(async move {
+                crate::transport::server::serve(listener, http, svc.inner.shutdown.notified())
+                    .await;
+            });
+        }
+        if meta.is_some_and(|m| m.id != 0) {
+            service.launch(StartMode::Restart).await?;
+        }
+        Ok(service)
+    }
+
+    async fn launch(&self, mode: StartMode) -> Result<(), Error> {
+        let starter = lock(&self.inner.starter)
+            .take()
+            .ok_or(Error::ExistingCluster)?;
+        let inner = self.inner.clone();
+        let handle = tokio::task::spawn_blocking(move || starter(&inner, mode))
+            .await
+            .map_err(|e| Error::Core(e.to_string()))??;
+        *lock(&self.inner.driver) = Some(handle);
+        Ok(())
+    }
+
+    /// The address this node is reachable on.
+    pub fn address(&self) -> &str {
+        &self.inner.config.address
+    }
+
+    /// The `/raft/` HTTP handler, for an embedder that accepts connections
+    /// itself (see [`crate::transport::serve_connection`]).
+    pub fn http(&self) -> RaftHttp {
+        let tls = self
+            .inner
+            .config
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_config().ok());
+        RaftHttp::new(Arc::new(self.clone()), tls)
+    }
+
+    /// Bootstraps a new one-node cluster with this node as its only voter.
+    pub async fn init(&self) -> Result<(), Error> {
+        if self.is_running() {
+            return Err(Error::ExistingCluster);
+        }
+        let id = if self.inner.config.id == 0 {
+            1
+        } else {
+            self.inner.config.id
+        };
+        self.launch(StartMode::Init(id)).await?;
+        self.send(Command::Campaign)?;
+        Ok(())
+    }
+
+    /// Joins the cluster through any member at `boot_address`.
+    pub async fn join(&self, boot_address: &str) -> Result<(), Error> {
+        if self.is_running() {
+            return Err(Error::ExistingCluster);
+        }
+        let tls = self
+            .inner
+            .config
+            .tls
+            .as_ref()
+            .map(TlsConfig::client_config)
+            .transpose()?;
+        let request = JoinRequest {
+            address: self.inner.config.address.clone(),
+            id: self.inner.config.id,
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| Error::Join(e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut target = boot_address.to_string();
+        // Bounded by the deadline and the attempt count.
+        for _ in 0..200 {
+            if Instant::now() > deadline {
+                break;
+            }
+            let attempt = async {
+                let mut conn = client::connect(&target, tls.as_ref()).await?;
+                client::request(&mut conn, &target, "/raft/join", &[], full(body.clone())).await
+            };
+            match attempt.await {
+                Ok((status, bytes)) if status.is_success() => {
+                    let resp: JoinResponse =
+                        serde_json::from_slice(&bytes).map_err(|e| Error::Join(e.to_string()))?;
+                    info!(id = resp.id, via = %target, "joined cluster");
+                    self.launch(StartMode::Join(resp.id, resp.nodes)).await?;
+                    return Ok(());
+                }
+                Ok((_, bytes)) => {
+                    let refusal: JoinRefusal = serde_json::from_slice(&bytes)
+                        .map_err(|_| Error::Join(String::from_utf8_lossy(&bytes).into_owned()))?;
+                    match refusal.code.as_str() {
+                        "not_allowed" => return Err(Error::AddressNotAllowed),
+                        "id_in_use" => return Err(Error::Join(refusal.message)),
+                        "not_leader" => {
+                            if let Some(leader) = refusal.leader {
+                                target = leader;
+                                continue;
+                            }
+                        }
+                        _ => {}
+                    }
+                    warn!(code = %refusal.code, message = %refusal.message, "join refused; retrying");
+                }
+                Err(e) => warn!(error = %e, "join attempt failed; retrying"),
+            }
+            tokio::time::sleep(self.inner.config.network_latency * 5).await;
+        }
+        Err(Error::Join(format!(
+            "no member at {boot_address} accepted the join in time"
+        )))
+    }
+
+    fn is_running(&self) -> bool {
+        lock(&self.inner.driver).is_some()
+    }
+
+    fn send(&self, c: Command) -> Result<(), Error> {
+        let guard = lock(&self.inner.driver);
+        let d = guard.as_ref().ok_or(Error::Uninitialized)?;
+        d.commands.try_send(c).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => Error::Busy,
+            crossbeam_channel::TrySendError::Disconnected(_) => Error::Stopped,
+        })
+    }
+
+    /// Proposes and waits until applied here (or the deadline).
+    pub async fn propose(&self, proposal: Proposal, timeout: Duration) -> Result<Outcome, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Propose(proposal, tx))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            Ok(Ok(Err(e))) => Err(Error::from_propose(e, &self.status())),
+        }
+    }
+
+    /// Replicates `instruction` and returns whether the State found it
+    /// satisfied. Only the leader accepts; a dropped proposal or lost
+    /// leadership is an error, never a hang.
+    pub async fn exec(&self, instruction: Vec<u8>, timeout: Duration) -> Result<bool, Error> {
+        Ok(self
+            .propose(Proposal::State(instruction), timeout)
+            .await?
+            .satisfied)
+    }
+
+    /// Linearizable read barrier: returns once the State reflects every
+    /// write acknowledged before the call. Concurrent callers share one
+    /// ReadIndex round.
+    pub async fn wait_read(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let pause = self.inner.config.network_latency;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.send(Command::Read(tx))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = match tokio::time::timeout(left, rx).await {
+                Err(_) => return Err(Error::Timeout),
+                Ok(Err(_)) => return Err(Error::Stopped),
+                Ok(Ok(r)) => r,
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(ProposeError::ReadTimeout) | Err(ProposeError::NotLeader(0)) => {
+                    if Instant::now() + pause >= deadline {
+                        return Err(Error::Timeout);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(Error::from_propose(e, &self.status())),
+            }
+        }
+    }
+
+    /// Proposes a membership change, retrying while another is in progress.
+    async fn change_member(&self, req: MemberRequest, timeout: Duration) -> Result<Outcome, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.propose(Proposal::Member(req.clone()), left).await {
+                Err(Error::ConfChangeInProgress) | Err(Error::LeadershipLost)
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(self.inner.config.network_latency).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Removes the member at `address` from the cluster.
+    pub async fn evict(&self, address: &str) -> Result<(), Error> {
+        self.wait_read(Duration::from_secs(5)).await?;
+        let node = self
+            .status()
+            .cluster
+            .by_address(address)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPeer(address.to_string()))?;
+        self.change_member(MemberRequest::Remove(node.id), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Changes a member's role (voter, standby or spare).
+    pub async fn set_role(&self, address: &str, role: Role) -> Result<(), Error> {
+        let mut node = self
+            .status()
+            .cluster
+            .by_address(address)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPeer(address.to_string()))?;
+        node.role = role;
+        node.promote = false;
+        self.change_member(MemberRequest::Set(node), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds an address to the allowed-member list.
+    pub async fn allow_member(&self, address: &str) -> Result<(), Error> {
+        let cmd = ServiceCommand::Allow(address.to_string());
+        self.propose(Proposal::Service(cmd), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Turns the allowed-member check on or off.
+    pub async fn set_allowlist(&self, enabled: bool) -> Result<(), Error> {
+        let cmd = ServiceCommand::SetAllowlist(enabled);
+        self.propose(Proposal::Service(cmd), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Hands leadership to node `to` and waits until it leads.
+    pub async fn transfer_leadership(&self, to: u64, timeout: Duration) -> Result<(), Error> {
+        self.send(Command::TransferLeader(to))?;
+        let mut rx = self.watch();
+        let result = tokio::time::timeout(timeout, rx.wait_for(|s| s.leader == to))
+            .await
+            .map(|r| r.map(|_| ()));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// The latest status (leader, term, members, indexes, errors).
+    pub fn status(&self) -> Status {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A channel that changes whenever the status does (leadership changes
+    /// included).
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.inner.status.subscribe()
+    }
+
+    /// The leader's id and address, when known.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let s = self.status();
+        s.cluster
+            .nodes
+            .get(&s.leader)
+            .map(|n| (n.id, n.address.clone()))
+    }
+
+    /// Whether this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.status().is_leader
+    }
+
+    /// The members (id, address, role) as applied here.
+    pub fn membership(&self) -> Vec<NodeInfo> {
+        self.status().cluster.nodes.values().cloned().collect()
+    }
+
+    /// The latest persistent error, if any (clears when it recovers).
+    pub fn err(&self) -> Option<String> {
+        self.status().error
+    }
+
+    /// Entries written and fsyncs issued so far (group-commit ratio).
+    pub fn io_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        lock(&self.inner.driver).as_ref().map_or((0, 0), |d| {
+            (d.stats.entries.load(Relaxed), d.stats.syncs.load(Relaxed))
+        })
+    }
+
+    /// Stops the node: the raft loop, the log writer (queued writes are
+    /// finished) and the listener.
+    pub async fn stop(&self) {
+        self.inner.shutdown.notify_waiters();
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Stop(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), rx).await;
+        }
+        let handle = lock(&self.inner.driver).take();
+        if let Some(mut h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    async fn serve_join(self, req: JoinRequest) -> Result<JoinResponse, JoinRefusal> {
+        let refuse = |code: &str, message: String, leader: Option<String>| JoinRefusal {
+            code: code.to_string(),
+            message,
+            leader,
+        };
+        if !self.is_running() {
+            return Err(refuse(
+                "uninitialized",
+                "this node has no cluster".into(),
+                None,
+            ));
+        }
+        let status = self.status();
+        if !status.is_leader {
+            let leader = status
+                .cluster
+                .nodes
+                .get(&status.leader)
+                .map(|n| n.address.clone());
+            return Err(refuse("not_leader", "ask the leader".into(), leader));
+        }
+        let unavailable = |e: Error| refuse("unavailable", e.to_string(), None);
+        self.wait_read(Duration::from_secs(5))
+            .await
+            .map_err(unavailable)?;
+        let status = self.status();
+        if let Some(node) = status.cluster.by_address(&req.address) {
+            // Idempotent: a joiner retrying after a lost answer.
+            return Ok(JoinResponse {
+                id: node.id,
+                nodes: status.cluster.nodes.values().cloned().collect(),
+            });
+        }
+        // Checked before an id is allocated, so refused joins burn none.
+        if !status.cluster.is_allowed(&req.address) {
+            return Err(refuse(
+                "not_allowed",
+                format!("{} is not allowed", req.address),
+                None,
+            ));
+        }
+        let id = if req.id != 0 {
+            if status.cluster.nodes.contains_key(&req.id) {
+                return Err(refuse("id_in_use", format!("id {} is taken", req.id), None));
+            }
+            req.id
+        } else {
+            let outcome = self
+                .propose(
+                    Proposal::Service(ServiceCommand::AllocateId),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(unavailable)?;
+            outcome
+                .value
+                .ok_or_else(|| refuse("unavailable", "no id allocated".into(), None))?
+        };
+        let node = NodeInfo {
+            id,
+            address: req.address.clone(),
+            role: Role::Standby,
+            promote: true,
+        };
+        self.change_member(MemberRequest::Set(node), Duration::from_secs(10))
+            .await
+            .map_err(unavailable)?;
+        info!(id, address = %req.address, "node joined as standby");
+        Ok(JoinResponse {
+            id,
+            nodes: self.status().cluster.nodes.values().cloned().collect(),
+        })
+    }
+}
+
+impl PeerService for Service {
+    fn deliver(&self, messages: Vec<Message>) -> Result<(), &'static str> {
+        let guard = lock(&self.inner.driver);
+        let d = guard.as_ref().ok_or("not initialized")?;
+        for m in messages {
+            // Full queue: drop; raft retransmits.
+            let _ = d.peer_messages.try_send(m);
+        }
+        Ok(())
+    }
+
+    fn snapshots(&self) -> Option<SnapshotStore> {
+        self.is_running().then(|| self.inner.snapshots.clone())
+    }
+
+    fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>> {
+        Box::pin(self.clone().serve_join(request))
+    }
+}
+
+fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<DriverHandle, Error> {
+    let config = &inner.config;
+    let raft_dir = config.raft_dir();
+    let disk = config.disk.clone();
+    let mut seed_peers = Vec::new();
+    match &mode {
+        StartMode::Restart => {}
+        StartMode::Init(id) => {
+            boot::bootstrap(disk.clone(), &raft_dir, *id, &config.address, &state)?
+        }
+        StartMode::Join(id, nodes) => {
+            boot::write_identity(disk.as_ref(), &raft_dir, *id, 0)?;
+            seed_peers = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+        }
+    }
+    let options = LogOptions {
+        segment_size: config.segment_size,
+        auto_recovery: config.auto_recovery,
+    };
+    let opened = boot::open(disk, &raft_dir, options)?;
+    for path in &opened.report.set_aside {
+        warn!(path = %path.display(), "set aside by auto-recovery");
+    }
+    let id = opened.meta.state().id;
+    let core = Core::new(config.core_config(id), state, opened.snapshots, opened.boot)
+        .map_err(|e| Error::Core(e.to_string()))?;
+    let persister = Persister {
+        id,
+        log: opened.log,
+        meta: opened.meta,
+        max_batch: 1024,
+        shutdown: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded::<Feedback>();
+    let transport = HttpTransport::new(
+        id,
+        config.address.clone(),
+        config.tls.as_ref(),
+        feedback_tx,
+        inner.snapshots.clone(),
+        inner.runtime.clone(),
+    )?;
+    if !seed_peers.is_empty() {
+        transport.set_peers(seed_peers);
+    }
+    info!(id, address = %config.address, "raft node starting");
+    let handle = driver::spawn(
+        core,
+        persister,
+        Arc::new(transport),
+        feedback_rx,
+        config.network_latency,
+        inner.status.clone(),
+    )?;
+    Ok(handle)
+}

@@ -1,0 +1,29 @@
+//! The pluggable application state machine.
+
+use std::io::{self, Read, Write};
+
+/// An application state machine replicated by the service.
+///
+/// Entries are applied in log order on every node, leader included, through
+/// [`State::apply`]; the service keeps cluster membership, node ids and the
+/// allowed-member list itself, so a `State` only holds application data.
+/// Apply must be deterministic: the same entries give the same state.
+pub trait State: Send + 'static {
+    /// Applies the instruction at log `index`; returns whether its
+    /// conditions held ("satisfied"). An unsatisfied instruction changes
+    /// nothing but still advances the applied index.
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool;
+
+    /// Records that `index` was applied without an instruction for the State
+    /// (a leader's no-op, a membership change).
+    fn skip(&mut self, index: u64);
+
+    /// Streams the whole state into `out`.
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+
+    /// Replaces the whole state with a snapshot taken at `index`.
+    fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()>;
+
+    /// The index of the last entry applied.
+    fn applied_index(&self) -> u64;
+}

@@ -1,0 +1,697 @@
+//! The segmented raft log on disk (`raft/log/`).
+//!
+//! Closed segments are named `<first>-<last>` and are immutable; exactly one
+//! `open-<salt>` segment receives appends. Segments are preallocated with
+//! zeros and reused after compaction (renamed to `spare-<salt>`), because an
+//! fdatasync that does not change the file size is an order of magnitude
+//! cheaper than one that does (see DESIGN.md, performance model).
+//!
+//! Loading checks every record. A bad record in the open segment is a torn
+//! tail: the log ends just before it. A bad record in a closed segment is
+//! corruption: an error, or with auto-recovery the damaged segment and
+//! everything after it are renamed aside (`*.corrupt`), never deleted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft::eraftpb::Entry;
+use tracing::{info, warn};
+
+use super::disk::{Disk, DiskFile};
+use super::segment::{self, Header, Read, FRAME_SIZE, HEADER_SIZE};
+use super::StorageError;
+
+/// Tuning of the on-disk log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// Preallocated size of a segment in bytes.
+    pub segment_size: u64,
+    /// Set corrupt segments aside instead of failing to load.
+    pub auto_recovery: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_size: 8 << 20,
+            auto_recovery: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Closed {
+    first: u64,
+    last: u64,
+}
+
+struct Open {
+    file: Box<dyn DiskFile>,
+    name: String,
+    header: Header,
+    /// Where the next record goes.
+    end: u64,
+    /// Offset of each entry's record, in index order from `header.first_index`.
+    offsets: Vec<u64>,
+}
+
+impl Open {
+    fn last_index(&self) -> u64 {
+        self.header.first_index + self.offsets.len() as u64 - 1
+    }
+}
+
+/// What loading found.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Entries after the given snapshot index, in order.
+    pub entries: Vec<Entry>,
+    /// Bytes dropped from a torn tail of the open segment.
+    pub torn_tail: bool,
+    /// Files renamed aside by auto-recovery.
+    pub set_aside: Vec<PathBuf>,
+}
+
+/// The open on-disk log. Owned by one writer at a time.
+pub struct Log {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    options: LogOptions,
+    closed: Vec<Closed>,
+    open: Open,
+    spares: Vec<String>,
+    next_salt: u64,
+}
+
+/// The log directory inside a raft directory.
+pub fn log_dir(raft_dir: &Path) -> PathBuf {
+    raft_dir.join("log")
+}
+
+struct Scan {
+    closed: Vec<Closed>,
+    open: Option<(String, Option<Header>, Vec<u64>, u64)>,
+    spares: Vec<String>,
+    entries: Vec<Entry>,
+    corrupt_from: Option<(String, StorageError)>,
+    torn_tail: bool,
+    max_salt: u64,
+    foreign: Vec<String>,
+}
+
+/// Entries, their offsets, the end of the valid data, and what stopped the
+/// scan early (if anything).
+type SegmentScan = (Vec<Entry>, Vec<u64>, u64, Option<&'static str>);
+
+/// Reads a whole segment.
+fn read_segment(file: &dyn DiskFile, header: Header) -> std::io::Result<SegmentScan> {
+    let len = file.len()?;
+    let mut offset = HEADER_SIZE;
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut offsets = Vec::new();
+    // Bounded: each iteration consumes at least FRAME_SIZE bytes of the file.
+    loop {
+        match segment::read_record(file, header.salt, offset, len)? {
+            Read::End => return Ok((entries, offsets, offset, None)),
+            Read::Invalid(why) => return Ok((entries, offsets, offset, Some(why))),
+            Read::Entry(entry, next) => {
+                let expected = header.first_index + entries.len() as u64;
+                if entry.index != expected {
+                    return Ok((
+                        entries,
+                        offsets,
+                        offset,
+                        Some("entry index out of sequence"),
+                    ));
+                }
+                if entries.last().is_some_and(|p| p.term > entry.term) {
+                    return Ok((entries, offsets, offset, Some("entry term goes backwards")));
+                }
+                offsets.push(offset);
+                entries.push(entry);
+                offset = next;
+            }
+        }
+    }
+}
+
+fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageError> {
+    let io = |e| StorageError::io(dir, e);
+    let names = if disk.exists(dir) {
+        disk.list(dir).map_err(io)?
+    } else {
+        Vec::new()
+    };
+    let mut closed_names: Vec<(u64, u64, String)> = Vec::new();
+    let mut open_names = Vec::new();
+    let mut out = Scan {
+        closed: Vec::new(),
+        open: None,
+        spares: Vec::new(),
+        entries: Vec::new(),
+        corrupt_from: None,
+        torn_tail: false,
+        max_salt: 0,
+        foreign: Vec::new(),
+    };
+    for name in names {
+        if let Some((first, last)) = segment::parse_closed_name(&name) {
+            closed_names.push((first, last, name));
+        } else if let Some(hex) = name.strip_prefix("open-") {
+            out.max_salt = out.max_salt.max(u64::from_str_radix(hex, 16).unwrap_or(0));
+            open_names.push(name);
+        } else if let Some(hex) = name.strip_prefix("spare-") {
+            if !hex.contains('.') {
+                out.max_salt = out.max_salt.max(u64::from_str_radix(hex, 16).unwrap_or(0));
+                out.spares.push(name);
+            }
+        } else if !name.contains(".corrupt") {
+            out.foreign.push(name);
+        }
+    }
+    closed_names.sort();
+    let mut expected_next: Option<u64> = None;
+    for (first, last, name) in closed_names {
+        if last <= after_index {
+            // Already covered by the snapshot: compaction garbage, not read.
+            out.closed.push(Closed { first, last });
+            continue;
+        }
+        let path = dir.join(&name);
+        if let Some(next) = expected_next {
+            if first != next {
+                out.corrupt_from = Some((
+                    name,
+                    StorageError::Corrupt {
+                        path,
+                        detail: format!("gap in the log: expected a segment starting at {next}"),
+                    },
+                ));
+                break;
+            }
+        } else if first > after_index + 1 {
+            out.corrupt_from = Some((
+                name,
+                StorageError::Corrupt {
+                    path,
+                    detail: format!("log starts at {first} but the snapshot ends at {after_index}"),
+                },
+            ));
+            break;
+        }
+        let file = disk.open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let header = segment::read_header(file.as_ref()).map_err(|e| StorageError::io(&path, e))?;
+        let problem = match header {
+            None => Some("bad segment header".to_string()),
+            Some(h) if h.first_index != first => Some("header does not match the name".to_string()),
+            Some(h) => {
+                let (entries, _, _, bad) =
+                    read_segment(file.as_ref(), h).map_err(|e| StorageError::io(&path, e))?;
+                if let Some(why) = bad {
+                    Some(format!("{why} after {} good entries", entries.len()))
+                } else if entries.len() as u64 != last - first + 1 {
+                    Some(format!(
+                        "holds {} entries, its name says {}",
+                        entries.len(),
+                        last - first + 1
+                    ))
+                } else {
+                    out.entries
+                        .extend(entries.into_iter().filter(|e| e.index > after_index));
+                    None
+                }
+            }
+        };
+        if let Some(detail) = problem {
+            out.corrupt_from = Some((name, StorageError::Corrupt { path, detail }));
+            break;
+        }
+        out.closed.push(Closed { first, last });
+        expected_next = Some(last + 1);
+    }
+    if out.corrupt_from.is_some() {
+        return Ok(out);
+    }
+    open_names.sort();
+    // More than one open segment only if a crash hit between creating the
+    // new one and closing the old; the newest salt is the live one.
+    if let Some(name) = open_names.pop() {
+        for stale in open_names {
+            out.foreign.push(stale);
+        }
+        let path = dir.join(&name);
+        let file = disk.open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let header = segment::read_header(file.as_ref()).map_err(|e| StorageError::io(&path, e))?;
+        let mut offsets = Vec::new();
+        let mut end = HEADER_SIZE;
+        let mut usable_header = header;
+        if let Some(h) = header {
+            let (entries, offs, valid_end, bad) =
+                read_segment(file.as_ref(), h).map_err(|e| StorageError::io(&path, e))?;
+            let contiguous = match expected_next {
+                Some(next) => h.first_index == next,
+                None => h.first_index <= after_index + 1,
+            };
+            if !contiguous {
+                if entries.last().is_some_and(|e| e.index > after_index) {
+                    out.corrupt_from = Some((
+                        name,
+                        StorageError::Corrupt {
+                            path,
+                            detail: format!("open segment starts at {} after a gap", h.first_index),
+                        },
+                    ));
+                    return Ok(out);
+                }
+                // Empty, or entirely covered by the snapshot.
+                usable_header = None;
+            } else {
+                if let Some(why) = bad {
+                    warn!(segment = %name, why, good = entries.len(), "torn tail truncated");
+                    out.torn_tail = true;
+                }
+                out.entries
+                    .extend(entries.into_iter().filter(|e| e.index > after_index));
+                offsets = offs;
+                end = valid_end;
+            }
+        }
+        out.max_salt = out.max_salt.max(header.map_or(0, |h| h.salt));
+        out.open = Some((name, usable_header, offsets, end));
+    }
+    Ok(out)
+}
+
+/// Reads the log without modifying anything: the entries after
+/// `after_index`. Used by the offline helpers.
+pub fn read_only(
+    disk: &dyn Disk,
+    raft_dir: &Path,
+    after_index: u64,
+) -> Result<Vec<Entry>, StorageError> {
+    let s = scan(disk, &log_dir(raft_dir), after_index)?;
+    if let Some((_, err)) = s.corrupt_from {
+        return Err(err);
+    }
+    Ok(s.entries)
+}
+
+impl Log {
+    /// Opens (creating if needed) the log, checking every record, and returns
+    /// the entries after `after_index` (the snapshot's index).
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        raft_dir: &Path,
+        options: LogOptions,
+        after_index: u64,
+    ) -> Result<(Log, LoadReport), StorageError> {
+        let dir = log_dir(raft_dir);
+        let io = |e| StorageError::io(&dir, e);
+        disk.create_dir_all(&dir).map_err(io)?;
+        let mut s = scan(disk.as_ref(), &dir, after_index)?;
+        let mut report = LoadReport {
+            torn_tail: s.torn_tail,
+            ..Default::default()
+        };
+        if let Some((bad_name, err)) = s.corrupt_from.take() {
+            if !options.auto_recovery {
+                return Err(err);
+            }
+            warn!(error = %err, "corrupt log; auto-recovery sets the damaged segments aside");
+            // Set aside the damaged segment and everything after it.
+            let bad_first = segment::parse_closed_name(&bad_name).map(|(f, _)| f);
+            for name in disk.list(&dir).map_err(io)? {
+                let later = match segment::parse_closed_name(&name) {
+                    Some((first, _)) => bad_first.map_or(true, |b| first >= b),
+                    None => name.starts_with("open-"),
+                };
+                if later || name == bad_name {
+                    let from = dir.join(&name);
+                    let to = dir.join(format!("{name}.corrupt"));
+                    disk.rename(&from, &to).map_err(io)?;
+                    report.set_aside.push(to);
+                }
+            }
+            disk.sync_dir(&dir).map_err(io)?;
+            s = scan(disk.as_ref(), &dir, after_index)?;
+            if let Some((_, err)) = s.corrupt_from {
+                return Err(err);
+            }
+        }
+        for name in &s.foreign {
+            if name.ends_with(".tmp") || name.starts_with("open-") {
+                let path = dir.join(name);
+                disk.remove(&path).map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        report.entries = std::mem::take(&mut s.entries);
+        let last_index = report
+            .entries
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(after_index)
+            .max(after_index);
+        let mut next_salt = s.max_salt + 1;
+        let open = match s.open {
+            Some((name, Some(header), offsets, end))
+                if header.first_index + offsets.len() as u64 == last_index + 1 =>
+            {
+                let path = dir.join(&name);
+                let mut file = disk.open(&path).map_err(|e| StorageError::io(&path, e))?;
+                if report.torn_tail {
+                    // Zero what follows the torn record so nothing after it can
+                    // ever be read as live data (bounded: one segment).
+                    let len = file.len().map_err(|e| StorageError::io(&path, e))?;
+                    let zero_to = len.min(end + options.segment_size);
+                    zero(file.as_mut(), end, zero_to).map_err(|e| StorageError::io(&path, e))?;
+                    file.sync_data().map_err(|e| StorageError::io(&path, e))?;
+                }
+                Open {
+                    file,
+                    name,
+                    header,
+                    end,
+                    offsets,
+                }
+            }
+            other => {
+                // No usable open segment: start a fresh one after the last entry.
+                let reuse = other.map(|(name, _, _, _)| name);
+                let salt = next_salt;
+                next_salt += 1;
+                let open = fresh_open(
+                    disk.as_ref(),
+                    &dir,
+                    options,
+                    reuse,
+                    &mut s.spares,
+                    salt,
+                    last_index + 1,
+                )?;
+                disk.sync_dir(&dir).map_err(io)?;
+                open
+            }
+        };
+        let log = Log {
+            disk,
+            dir,
+            options,
+            closed: s.closed,
+            open,
+            spares: s.spares,
+            next_salt,
+        };
+        info!(
+            first = log.first_index(),
+            last = log.last_index(),
+            "log loaded"
+        );
+        Ok((log, report))
+    }
+
+    /// Index of the first entry on disk.
+    pub fn first_index(&self) -> u64 {
+        self.closed
+            .first()
+            .map_or(self.open.header.first_index, |c| c.first)
+    }
+
+    /// Index of the last entry on disk (first index − 1 when empty).
+    pub fn last_index(&self) -> u64 {
+        self.open.last_index()
+    }
+
+    /// Writes entries (not yet durable: call [`Log::sync`]). If the first one
+    /// is at or before the last index, the conflicting suffix is replaced.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.last_index() {
+            self.truncate_from(first.index)?;
+        }
+        if first.index != self.last_index() + 1 {
+            return Err(StorageError::Gap {
+                last: self.last_index(),
+                next: first.index,
+            });
+        }
+        let mut buf = Vec::new();
+        let mut buf_start = self.open.end;
+        for entry in entries {
+            let mut record = Vec::new();
+            segment::encode_record(self.open.header.salt, entry, &mut record)
+                .map_err(|e| self.err(e))?;
+            let pos = buf_start + buf.len() as u64;
+            if pos + record.len() as u64 > self.options.segment_size
+                && !self.open.offsets.is_empty()
+            {
+                self.flush(&buf, buf_start)?;
+                buf.clear();
+                self.rotate(entry.index)?;
+                buf_start = self.open.end;
+                record.clear();
+                segment::encode_record(self.open.header.salt, entry, &mut record)
+                    .map_err(|e| self.err(e))?;
+            }
+            self.open.offsets.push(buf_start + buf.len() as u64);
+            buf.extend_from_slice(&record);
+        }
+        self.flush(&buf, buf_start)
+    }
+
+    fn flush(&mut self, buf: &[u8], at: u64) -> Result<(), StorageError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        // A trailing zero frame keeps the "end" marker explicit even when the
+        // file was reused and the bytes after our data are not zero.
+        let mut data = Vec::with_capacity(buf.len() + FRAME_SIZE as usize);
+        data.extend_from_slice(buf);
+        data.extend_from_slice(&[0u8; FRAME_SIZE as usize]);
+        self.open
+            .file
+            .write_all_at(&data, at)
+            .map_err(|e| self.err(e))?;
+        self.open.end = at + buf.len() as u64;
+        Ok(())
+    }
+
+    /// Makes every append so far durable.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.open.file.sync_data().map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: std::io::Error) -> StorageError {
+        StorageError::io(&self.dir.join(&self.open.name), e)
+    }
+
+    /// Closes the open segment and starts a new one whose first entry is
+    /// `next_index`.
+    fn rotate(&mut self, next_index: u64) -> Result<(), StorageError> {
+        let first = self.open.header.first_index;
+        let last = self.open.last_index();
+        self.sync()?;
+        let io = |e| StorageError::io(&self.dir, e);
+        let closed = segment::closed_name(first, last);
+        self.disk
+            .rename(&self.dir.join(&self.open.name), &self.dir.join(&closed))
+            .map_err(io)?;
+        self.closed.push(Closed { first, last });
+        let salt = self.next_salt;
+        self.next_salt += 1;
+        self.open = fresh_open(
+            self.disk.as_ref(),
+            &self.dir,
+            self.options,
+            None,
+            &mut self.spares,
+            salt,
+            next_index,
+        )?;
+        self.disk.sync_dir(&self.dir).map_err(io)?;
+        Ok(())
+    }
+
+    /// Drops the entries from `index` on (they conflict with the leader).
+    fn truncate_from(&mut self, index: u64) -> Result<(), StorageError> {
+        if index >= self.open.header.first_index {
+            let k = (index - self.open.header.first_index) as usize;
+            let at = self.open.offsets[k];
+            let old_end = self.open.end;
+            zero(self.open.file.as_mut(), at, old_end + FRAME_SIZE).map_err(|e| self.err(e))?;
+            self.open.offsets.truncate(k);
+            self.open.end = at;
+            return Ok(());
+        }
+        // Rare: the conflict reaches into closed segments. Rewrite the one
+        // holding `index`, drop the later ones, restart the open segment.
+        let io = |e| StorageError::io(&self.dir, e);
+        let mut keep = Vec::new();
+        for c in std::mem::take(&mut self.closed) {
+            let name = segment::closed_name(c.first, c.last);
+            let path = self.dir.join(&name);
+            if c.last < index {
+                keep.push(c);
+            } else if c.first >= index {
+                self.disk.remove(&path).map_err(io)?;
+            } else {
+                let file = self.disk.open(&path).map_err(io)?;
+                let header = segment::read_header(file.as_ref())
+                    .map_err(io)?
+                    .ok_or_else(|| StorageError::Corrupt {
+                        path: path.clone(),
+                        detail: "bad header".into(),
+                    })?;
+                let (entries, _, _, _) = read_segment(file.as_ref(), header).map_err(io)?;
+                let prefix: Vec<Entry> = entries.into_iter().filter(|e| e.index < index).collect();
+                let mut buf = segment::encode_header(header).to_vec();
+                for e in &prefix {
+                    segment::encode_record(header.salt, e, &mut buf).map_err(io)?;
+                }
+                buf.extend_from_slice(&[0u8; FRAME_SIZE as usize]);
+                let tmp = self.dir.join("rewrite.tmp");
+                let mut out = self.disk.create(&tmp).map_err(io)?;
+                out.write_all_at(&buf, 0).map_err(io)?;
+                out.sync_data().map_err(io)?;
+                drop(out);
+                let new_name = segment::closed_name(c.first, index - 1);
+                self.disk
+                    .rename(&tmp, &self.dir.join(&new_name))
+                    .map_err(io)?;
+                self.disk.remove(&path).map_err(io)?;
+                keep.push(Closed {
+                    first: c.first,
+                    last: index - 1,
+                });
+            }
+        }
+        self.closed = keep;
+        self.restart_open(index)
+    }
+
+    /// Rewrites the open segment's header so it starts empty at `first`.
+    fn restart_open(&mut self, first: u64) -> Result<(), StorageError> {
+        let salt = self.next_salt;
+        self.next_salt += 1;
+        let header = Header {
+            salt,
+            first_index: first,
+        };
+        let mut buf = segment::encode_header(header).to_vec();
+        buf.extend_from_slice(&[0u8; FRAME_SIZE as usize]);
+        self.open
+            .file
+            .write_all_at(&buf, 0)
+            .map_err(|e| self.err(e))?;
+        self.open.file.sync_data().map_err(|e| self.err(e))?;
+        self.open.header = header;
+        self.open.offsets.clear();
+        self.open.end = HEADER_SIZE;
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))
+    }
+
+    /// Forgets the whole log: a snapshot at `snapshot_index` replaced it.
+    /// The next entry will be `snapshot_index + 1`. Durable on return.
+    pub fn reset(&mut self, snapshot_index: u64) -> Result<(), StorageError> {
+        for c in std::mem::take(&mut self.closed) {
+            self.recycle(c)?;
+        }
+        self.restart_open(snapshot_index + 1)
+    }
+
+    /// Removes closed segments whose entries are all at or below `index`.
+    pub fn compact(&mut self, index: u64) -> Result<(), StorageError> {
+        let (drop, keep): (Vec<Closed>, Vec<Closed>) = std::mem::take(&mut self.closed)
+            .into_iter()
+            .partition(|c| c.last <= index);
+        self.closed = keep;
+        if drop.is_empty() {
+            return Ok(());
+        }
+        for c in drop {
+            self.recycle(c)?;
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))
+    }
+
+    /// A compacted segment becomes a spare (keeping its allocated blocks) or
+    /// is removed when there are spares enough.
+    fn recycle(&mut self, c: Closed) -> Result<(), StorageError> {
+        let path = self.dir.join(segment::closed_name(c.first, c.last));
+        let io = |e| StorageError::io(&path, e);
+        if self.spares.len() < 2 {
+            let salt = self.next_salt;
+            self.next_salt += 1;
+            let name = segment::spare_name(salt);
+            self.disk.rename(&path, &self.dir.join(&name)).map_err(io)?;
+            self.spares.push(name);
+        } else {
+            self.disk.remove(&path).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+fn zero(file: &mut dyn DiskFile, from: u64, to: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = from;
+    while at < to {
+        let n = CHUNK.min(to - at);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Creates the open segment (from a spare, from `reuse`, or a fresh zeroed
+/// file) with a durable header. The caller syncs the directory.
+fn fresh_open(
+    disk: &dyn Disk,
+    dir: &Path,
+    options: LogOptions,
+    reuse: Option<String>,
+    spares: &mut Vec<String>,
+    salt: u64,
+    first_index: u64,
+) -> Result<Open, StorageError> {
+    let name = segment::open_name(salt);
+    let path = dir.join(&name);
+    let io = |e| StorageError::io(&path, e);
+    let source = reuse.or_else(|| spares.pop());
+    let mut file = match source {
+        Some(src) => {
+            let src = dir.join(src);
+            let file = disk.open(&src).map_err(io)?;
+            (src, file)
+        }
+        None => {
+            let tmp = dir.join("segment.tmp");
+            let mut file = disk.create(&tmp).map_err(io)?;
+            zero(file.as_mut(), 0, options.segment_size).map_err(io)?;
+            (tmp, file)
+        }
+    };
+    let header = Header { salt, first_index };
+    let mut buf = segment::encode_header(header).to_vec();
+    buf.extend_from_slice(&[0u8; FRAME_SIZE as usize]);
+    file.1.write_all_at(&buf, 0).map_err(io)?;
+    // The header is durable before the file becomes the open segment, so a
+    // reused file's old header can never be read as the live one.
+    file.1.sync_data().map_err(io)?;
+    if file.0 != path {
+        disk.rename(&file.0, &path).map_err(io)?;
+    }
+    Ok(Open {
+        file: file.1,
+        name,
+        header,
+        end: HEADER_SIZE,
+        offsets: Vec::new(),
+    })
+}

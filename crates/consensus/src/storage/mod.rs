@@ -1,0 +1,70 @@
+//! Durable storage under `<data dir>/raft/`: the segmented log (`log/`), the
+//! hard state (`meta`), snapshots (`snap/`), all through the [`Disk`] seam,
+//! plus the in-memory view raft-rs reads ([`RaftLogView`]).
+
+pub mod disk;
+pub mod log;
+pub mod mem;
+pub mod meta;
+pub mod segment;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+pub use disk::{Disk, DiskFile, RealDisk};
+pub use log::{Log, LogOptions};
+pub use mem::RaftLogView;
+pub use meta::{MetaFile, MetaState};
+pub use snapshot::{SnapshotInfo, SnapshotStore};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error on a file.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A checksum, format or sequence check failed.
+    #[error("corrupt data in {path}: {detail}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Entries were appended after a hole.
+    #[error("log gap: last index {last}, next entry {next}")]
+    Gap {
+        /// Last index in the log.
+        last: u64,
+        /// Index of the entry that did not follow it.
+        next: u64,
+    },
+    /// A snapshot that should exist does not.
+    #[error("snapshot {index} (term {term}) not found")]
+    SnapshotMissing {
+        /// Its index.
+        index: u64,
+        /// Its term.
+        term: u64,
+    },
+}
+
+impl StorageError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The raft directory inside a node's data directory.
+pub fn raft_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft")
+}

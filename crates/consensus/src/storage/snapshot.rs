@@ -1,0 +1,470 @@
+//! Snapshot files (`raft/snap/snapshot-<term>-<index>`), written atomically
+//! (temp file, fsync, rename, fsync directory) and streamed both ways: the
+//! [`crate::State`] writes into an `io::Write` and restores from an
+//! `io::Read`, so no snapshot is ever held in memory whole.
+//!
+//! ```text
+//! "DQRSSNP1" | header length u32 | header (JSON) | state bytes | crc32c u32 | "DQRSEND1"
+//! ```
+//! The checksum covers everything before it. A file is only ever read after
+//! the whole of it has been verified.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfState, SnapshotMetadata};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::disk::{read_exact_at, Disk, DiskFile};
+use super::StorageError;
+use crate::membership::ClusterMeta;
+
+const MAGIC: &[u8; 8] = b"DQRSSNP1";
+const END: &[u8; 8] = b"DQRSEND1";
+const TRAILER: u64 = 12;
+const MAX_HEADER: u64 = 64 << 20;
+const BUF: usize = 256 << 10;
+
+/// Serializable copy of raft's `ConfState`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfStateCopy {
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Outgoing voters of a joint configuration.
+    pub voters_outgoing: Vec<u64>,
+    /// Learners waiting for the joint configuration to end.
+    pub learners_next: Vec<u64>,
+    /// Whether the joint configuration is left automatically.
+    pub auto_leave: bool,
+}
+
+impl From<&ConfState> for ConfStateCopy {
+    fn from(c: &ConfState) -> Self {
+        ConfStateCopy {
+            voters: c.voters.clone(),
+            learners: c.learners.clone(),
+            voters_outgoing: c.voters_outgoing.clone(),
+            learners_next: c.learners_next.clone(),
+            auto_leave: c.auto_leave,
+        }
+    }
+}
+
+impl From<&ConfStateCopy> for ConfState {
+    fn from(c: &ConfStateCopy) -> Self {
+        ConfState {
+            voters: c.voters.clone(),
+            learners: c.learners.clone(),
+            voters_outgoing: c.voters_outgoing.clone(),
+            learners_next: c.learners_next.clone(),
+            auto_leave: c.auto_leave,
+            ..Default::default()
+        }
+    }
+}
+
+/// The header at the front of every snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// Index of the last entry the snapshot covers.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+    /// Raft configuration at `index`.
+    pub conf_state: ConfStateCopy,
+    /// Service registry at `index`.
+    pub cluster: ClusterMeta,
+}
+
+impl SnapshotHeader {
+    /// The raft metadata of this snapshot.
+    pub fn metadata(&self) -> SnapshotMetadata {
+        let mut m = SnapshotMetadata {
+            index: self.index,
+            term: self.term,
+            ..Default::default()
+        };
+        m.set_conf_state(ConfState::from(&self.conf_state));
+        m
+    }
+}
+
+/// A verified snapshot file on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Its header.
+    pub header: SnapshotHeader,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Snapshot files in `raft/snap/`.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+}
+
+/// File name of a snapshot.
+pub fn snapshot_name(term: u64, index: u64) -> String {
+    format!("snapshot-{term:020}-{index:020}")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("snapshot-")?;
+    let (t, i) = rest.split_once('-')?;
+    if t.len() != 20 || i.len() != 20 {
+        return None;
+    }
+    Some((t.parse().ok()?, i.parse().ok()?))
+}
+
+/// Streams bytes into a file at increasing offsets while checksumming them.
+struct FileWriter<'a> {
+    file: &'a mut dyn DiskFile,
+    offset: u64,
+    crc: u32,
+    buf: Vec<u8>,
+}
+
+impl FileWriter<'_> {
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.offset)?;
+            self.offset += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for FileWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BUF {
+            self.flush_buf()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buf()
+    }
+}
+
+/// Reads a byte range of a file sequentially.
+pub struct RangeReader {
+    file: Box<dyn DiskFile>,
+    offset: u64,
+    end: u64,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_sub(self.offset);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.offset)?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "snapshot shorter than expected",
+            ));
+        }
+        self.offset += got as u64;
+        Ok(got)
+    }
+}
+
+/// A snapshot being received from a peer, chunk by chunk.
+pub struct IncomingSnapshot {
+    store: SnapshotStore,
+    file: Box<dyn DiskFile>,
+    tmp: PathBuf,
+    written: u64,
+}
+
+impl IncomingSnapshot {
+    /// Appends a chunk.
+    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_all_at(chunk, self.written)
+            .map_err(|e| StorageError::io(&self.tmp, e))?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies, fsyncs and publishes the snapshot under its final name.
+    pub fn finish(mut self) -> Result<SnapshotInfo, StorageError> {
+        let io = |e| StorageError::io(&self.tmp, e);
+        self.file.sync_data().map_err(io)?;
+        let header = verify(self.file.as_ref(), &self.tmp)?;
+        let path = self
+            .store
+            .dir
+            .join(snapshot_name(header.term, header.index));
+        self.store.disk.rename(&self.tmp, &path).map_err(io)?;
+        self.store.disk.sync_dir(&self.store.dir).map_err(io)?;
+        Ok(SnapshotInfo {
+            header,
+            path,
+            size: self.written,
+        })
+    }
+}
+
+/// Checks the whole file and returns its header.
+fn verify(file: &dyn DiskFile, path: &Path) -> Result<SnapshotHeader, StorageError> {
+    let io = |e| StorageError::io(path, e);
+    let corrupt = |detail: &str| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let len = file.len().map_err(io)?;
+    if len < 12 + TRAILER {
+        return Err(corrupt("snapshot file too short"));
+    }
+    let mut crc = 0u32;
+    let mut offset = 0;
+    let mut buf = vec![0u8; BUF];
+    let body = len - TRAILER;
+    while offset < body {
+        let n = (body - offset).min(BUF as u64) as usize;
+        read_exact_at(file, &mut buf[..n], offset).map_err(io)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        offset += n as u64;
+    }
+    let mut trailer = [0u8; TRAILER as usize];
+    read_exact_at(file, &mut trailer, body).map_err(io)?;
+    if &trailer[4..] != END
+        || u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) != crc
+    {
+        return Err(corrupt("snapshot checksum mismatch"));
+    }
+    let mut head = [0u8; 12];
+    read_exact_at(file, &mut head, 0).map_err(io)?;
+    if &head[..8] != MAGIC {
+        return Err(corrupt("bad snapshot magic"));
+    }
+    let hlen = u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]]));
+    if hlen > MAX_HEADER || 12 + hlen > body {
+        return Err(corrupt("bad snapshot header length"));
+    }
+    let mut hbuf = vec![0u8; hlen as usize];
+    read_exact_at(file, &mut hbuf, 12).map_err(io)?;
+    serde_json::from_slice(&hbuf).map_err(|e| corrupt(&format!("bad snapshot header: {e}")))
+}
+
+impl SnapshotStore {
+    /// The store for a raft directory (the `snap/` folder is created).
+    pub fn new(disk: Arc<dyn Disk>, raft_dir: &Path) -> Result<Self, StorageError> {
+        let dir = raft_dir.join("snap");
+        disk.create_dir_all(&dir)
+            .map_err(|e| StorageError::io(&dir, e))?;
+        Ok(SnapshotStore { disk, dir })
+    }
+
+    /// A store that must not modify the directory (offline reading).
+    pub fn read_only(disk: Arc<dyn Disk>, raft_dir: &Path) -> Self {
+        SnapshotStore {
+            disk,
+            dir: raft_dir.join("snap"),
+        }
+    }
+
+    /// The directory holding the snapshots.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a snapshot: `header`, then whatever `body` writes. Durable and
+    /// visible under its final name on return; never visible half-written.
+    pub fn write(
+        &self,
+        header: &SnapshotHeader,
+        body: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<SnapshotInfo, StorageError> {
+        let name = snapshot_name(header.term, header.index);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let io = |e| StorageError::io(&tmp, e);
+        let hbytes = serde_json::to_vec(header).map_err(|e| io(io::Error::other(e)))?;
+        let hlen = u32::try_from(hbytes.len()).map_err(|e| io(io::Error::other(e)))?;
+        let mut file = self.disk.create(&tmp).map_err(io)?;
+        let size;
+        {
+            let mut w = FileWriter {
+                file: file.as_mut(),
+                offset: 0,
+                crc: 0,
+                buf: Vec::with_capacity(BUF),
+            };
+            w.write_all(MAGIC).map_err(io)?;
+            w.write_all(&hlen.to_le_bytes()).map_err(io)?;
+            w.write_all(&hbytes).map_err(io)?;
+            body(&mut w).map_err(io)?;
+            w.flush_buf().map_err(io)?;
+            let crc = w.crc;
+            let mut trailer = crc.to_le_bytes().to_vec();
+            trailer.extend_from_slice(END);
+            w.file.write_all_at(&trailer, w.offset).map_err(io)?;
+            size = w.offset + TRAILER;
+        }
+        file.sync_data().map_err(io)?;
+        drop(file);
+        self.disk.rename(&tmp, &path).map_err(io)?;
+        self.disk.sync_dir(&self.dir).map_err(io)?;
+        Ok(SnapshotInfo {
+            header: header.clone(),
+            path,
+            size,
+        })
+    }
+
+    /// Starts receiving a snapshot streamed by a peer.
+    pub fn incoming(&self, term: u64, index: u64) -> Result<IncomingSnapshot, StorageError> {
+        let tmp = self
+            .dir
+            .join(format!("recv-{}.tmp", snapshot_name(term, index)));
+        let file = self
+            .disk
+            .create(&tmp)
+            .map_err(|e| StorageError::io(&tmp, e))?;
+        Ok(IncomingSnapshot {
+            store: self.clone(),
+            file,
+            tmp,
+            written: 0,
+        })
+    }
+
+    /// The newest valid snapshot. A damaged newest one is an error, unless
+    /// `auto_recovery` is set: then it is renamed aside (`.corrupt`) and the
+    /// next older one is tried. Read-only when nothing is damaged.
+    pub fn latest(&self, auto_recovery: bool) -> Result<Option<SnapshotInfo>, StorageError> {
+        if !self.disk.exists(&self.dir) {
+            return Ok(None);
+        }
+        let mut names: Vec<(u64, u64, String)> = self
+            .disk
+            .list(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?
+            .into_iter()
+            .filter_map(|n| parse_name(&n).map(|(t, i)| (i, t, n)))
+            .collect();
+        names.sort();
+        while let Some((_, _, name)) = names.pop() {
+            let path = self.dir.join(&name);
+            match self.check(&path) {
+                Ok(info) => return Ok(Some(info)),
+                Err(e) if auto_recovery => {
+                    warn!(error = %e, "damaged snapshot set aside");
+                    let aside = self.dir.join(format!("{name}.corrupt"));
+                    self.disk
+                        .rename(&path, &aside)
+                        .map_err(|e| StorageError::io(&path, e))?;
+                    self.disk
+                        .sync_dir(&self.dir)
+                        .map_err(|e| StorageError::io(&path, e))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Verifies one snapshot file.
+    pub fn check(&self, path: &Path) -> Result<SnapshotInfo, StorageError> {
+        let file = self
+            .disk
+            .open(path)
+            .map_err(|e| StorageError::io(path, e))?;
+        let header = verify(file.as_ref(), path)?;
+        let size = file.len().map_err(|e| StorageError::io(path, e))?;
+        Ok(SnapshotInfo {
+            header,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    /// The snapshot with this index and term, verified.
+    pub fn find(&self, term: u64, index: u64) -> Result<SnapshotInfo, StorageError> {
+        let path = self.dir.join(snapshot_name(term, index));
+        if !self.disk.exists(&path) {
+            return Err(StorageError::SnapshotMissing { index, term });
+        }
+        self.check(&path)
+    }
+
+    /// A reader over the state bytes of a verified snapshot.
+    pub fn state_reader(&self, info: &SnapshotInfo) -> Result<RangeReader, StorageError> {
+        let file = self
+            .disk
+            .open(&info.path)
+            .map_err(|e| StorageError::io(&info.path, e))?;
+        // The header length comes from the file, not a re-serialization.
+        let mut head = [0u8; 12];
+        read_exact_at(file.as_ref(), &mut head, 0).map_err(|e| StorageError::io(&info.path, e))?;
+        let stored = u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]]));
+        Ok(RangeReader {
+            file,
+            offset: 12 + stored,
+            end: info.size - TRAILER,
+        })
+    }
+
+    /// A reader over the whole file (to stream it to a peer).
+    pub fn raw_reader(&self, info: &SnapshotInfo) -> Result<RangeReader, StorageError> {
+        let file = self
+            .disk
+            .open(&info.path)
+            .map_err(|e| StorageError::io(&info.path, e))?;
+        Ok(RangeReader {
+            file,
+            offset: 0,
+            end: info.size,
+        })
+    }
+
+    /// Removes all but the newest `keep` snapshots and stale temp files.
+    pub fn prune(&self, keep: usize) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&self.dir, e);
+        let names = self.disk.list(&self.dir).map_err(io)?;
+        let mut snaps: Vec<(u64, String)> = names
+            .iter()
+            .filter_map(|n| parse_name(n).map(|(_, i)| (i, n.clone())))
+            .collect();
+        snaps.sort();
+        let remove = snaps.len().saturating_sub(keep);
+        let mut changed = false;
+        for (_, name) in snaps.into_iter().take(remove) {
+            self.disk.remove(&self.dir.join(name)).map_err(io)?;
+            changed = true;
+        }
+        if changed {
+            self.disk.sync_dir(&self.dir).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Removes temp files left by a crash mid-write (startup only).
+    pub fn remove_temps(&self) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&self.dir, e);
+        for name in self.disk.list(&self.dir).map_err(io)? {
+            if name.ends_with(".tmp") {
+                self.disk.remove(&self.dir.join(name)).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! The sending side: one task and one persistent HTTP/1.1 connection per
+//! peer, fed by a bounded queue; snapshot streams on connections of their own.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender as FeedbackSender;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use raft::eraftpb::{Message, MessageType};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{encode_frame, Feedback, TlsConfig, Transport};
+use crate::storage::SnapshotStore;
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE: usize = 1024;
+/// Largest batch body sent in one request.
+const BATCH_BYTES: usize = 8 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CHUNK: usize = 256 << 10;
+
+/// Request bodies sent by this crate.
+pub type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting failed.
+    #[error("connect to {0}: {1}")]
+    Connect(String, String),
+    /// The request failed.
+    #[error("request to {0}: {1}")]
+    Request(String, String),
+}
+
+/// Opens an HTTP/1.1 connection (TLS when configured) to `address`.
+pub async fn connect(
+    address: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<SendRequest<Body>, ClientError> {
+    let fail = |e: &dyn std::fmt::Display| ClientError::Connect(address.to_string(), e.to_string());
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = match tls {
+        Some(config) => {
+            let name = super::tls::server_name(address).ok_or_else(|| fail(&"bad server name"))?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|e| fail(&e))?
+                .map_err(|e| fail(&e))?;
+            Box::new(stream)
+        }
+        None => Box::new(tcp),
+    };
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "peer connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends one request and collects a bounded response body.
+pub async fn request(
+    sender: &mut SendRequest<Body>,
+    address: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Body,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let fail = |e: &dyn std::fmt::Display| ClientError::Request(address.to_string(), e.to_string());
+    let mut builder = Request::post(path).header("host", address);
+    for (k, v) in headers {
+        builder = builder.header(*k, v.as_str());
+    }
+    let req = builder.body(body).map_err(|e| fail(&e))?;
+    sender.ready().await.map_err(|e| fail(&e))?;
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?;
+    let status = resp.status();
+    let limited = http_body_util::Limited::new(resp.into_body(), 1 << 20);
+    let bytes = tokio::time::timeout(REQUEST_TIMEOUT, limited.collect())
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+/// Full body helper.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).boxed()
+}
+
+struct Peer {
+    address: String,
+    queue: mpsc::Sender<Message>,
+}
+
+struct Inner {
+    id: u64,
+    address: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    feedback: FeedbackSender<Feedback>,
+    snapshots: SnapshotStore,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, Peer>>,
+}
+
+/// The real network: HTTP to peers.
+#[derive(Clone)]
+pub struct HttpTransport {
+    inner: Arc<Inner>,
+}
+
+impl HttpTransport {
+    /// A transport for node `id` at `address`.
+    pub fn new(
+        id: u64,
+        address: String,
+        tls: Option<&TlsConfig>,
+        feedback: FeedbackSender<Feedback>,
+        snapshots: SnapshotStore,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, super::tls::TlsError> {
+        let tls = tls.map(TlsConfig::client_config).transpose()?;
+        Ok(HttpTransport {
+            inner: Arc::new(Inner {
+                id,
+                address,
+                tls,
+                feedback,
+                snapshots,
+                runtime,
+                peers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn spawn_peer(&self, to: u64, address: String) -> mpsc::Sender<Message> {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(peer_task(inner, to, address, rx));
+        tx
+    }
+
+    fn send_snapshot(&self, msg: Message) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            let to = msg.to;
+            let ok = match stream_snapshot(&inner, msg).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(to, error = %e, "sending snapshot failed");
+                    false
+                }
+            };
+            let _ = inner.feedback.send(Feedback::SnapshotSent { to, ok });
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, msg: Message) {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            self.send_snapshot(msg);
+            return;
+        }
+        let to = msg.to;
+        let peers = lock(&self.inner.peers);
+        match peers.get(&to) {
+            Some(peer) => {
+                if peer.queue.try_send(msg).is_err() {
+                    debug!(to, "peer queue full; message dropped");
+                }
+            }
+            None => {
+                let _ = self.inner.feedback.send(Feedback::Unreachable(to));
+            }
+        }
+    }
+
+    fn set_peers(&self, list: Vec<(u64, String)>) {
+        let mut fresh = HashMap::new();
+        let mut old = std::mem::take(&mut *lock(&self.inner.peers));
+        for (id, address) in list {
+            if id == self.inner.id {
+                continue;
+            }
+            let peer = match old.remove(&id) {
+                Some(p) if p.address == address => p,
+                _ => Peer {
+                    queue: self.spawn_peer(id, address.clone()),
+                    address,
+                },
+            };
+            fresh.insert(id, peer);
+        }
+        // Dropping the old queues ends their tasks.
+        *lock(&self.inner.peers) = fresh;
+    }
+}
+
+async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Receiver<Message>) {
+    let mut conn: Option<SendRequest<Body>> = None;
+    let headers = [
+        ("x-raft-from", inner.id.to_string()),
+        ("x-raft-from-address", inner.address.clone()),
+        ("content-type", "application/octet-stream".to_string()),
+    ];
+    while let Some(first) = rx.recv().await {
+        let mut body = Vec::new();
+        encode_frame(&first, &mut body);
+        while body.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => encode_frame(&m, &mut body),
+                Err(_) => break,
+            }
+        }
+        if conn.as_ref().map_or(true, |c| c.is_closed()) {
+            match connect(&address, inner.tls.as_ref()).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    debug!(to, error = %e, "peer unreachable");
+                    let _ = inner.feedback.send(Feedback::Unreachable(to));
+                    // Back off a little; messages queued meanwhile may drop.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(sender) = conn.as_mut() else {
+            continue;
+        };
+        match request(sender, &address, "/raft/msg", &headers, full(body)).await {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, body)) => {
+                debug!(to, %status, body = %String::from_utf8_lossy(&body), "peer refused messages");
+            }
+            Err(e) => {
+                debug!(to, error = %e, "sending to peer failed");
+                conn = None;
+                let _ = inner.feedback.send(Feedback::Unreachable(to));
+            }
+        }
+    }
+}
+
+async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
+    let address = lock(&inner.peers)
+        .get(&msg.to)
+        .map(|p| p.address.clone())
+        .ok_or_else(|| format!("no address for node {}", msg.to))?;
+    let meta = msg.get_snapshot().get_metadata();
+    let info = inner
+        .snapshots
+        .find(meta.term, meta.index)
+        .map_err(|e| e.to_string())?;
+    let mut reader = inner
+        .snapshots
+        .raw_reader(&info)
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    encode_frame(&msg, &mut head);
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(4);
+    // File reads are blocking: a blocking task reads, this task forwards.
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if chunk_tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = chunk_tx.blocking_send(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+    });
+    let forward = async move {
+        tx.send_data(Bytes::from(head))
+            .await
+            .map_err(|_| "peer closed".to_string())?;
+        while let Some(chunk) = chunk_rx.recv().await {
+            tx.send_data(chunk?)
+                .await
+                .map_err(|_| "peer closed".to_string())?;
+        }
+        Ok::<(), String>(())
+    };
+    let mut sender = connect(&address, inner.tls.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let headers = [
+        ("x-raft-from", inner.id.to_string()),
+        ("x-raft-from-address", inner.address.clone()),
+        ("content-type", "application/octet-stream".to_string()),
+    ];
+    let send = request(
+        &mut sender,
+        &address,
+        "/raft/snapshot",
+        &headers,
+        body.boxed(),
+    );
+    let (forwarded, sent) = tokio::join!(forward, send);
+    forwarded?;
+    let (status, text) = sent.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
+    }
+    Ok(())
+}
