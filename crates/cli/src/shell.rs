@@ -8,6 +8,12 @@
 //! - this file: arguments, and where lines come from (`-c`, a terminal
 //!   with line editing and history, or standard input).
 //!
+//! Each line is one command. SQL whose first keyword is SELECT, PRAGMA,
+//! WITH, EXPLAIN or VALUES, or that has a RETURNING clause, runs as a
+//! query and its rows are printed; anything else runs as a statement
+//! (EXEC_SQL, so several statements may share a line). See
+//! `command::returns_rows` for why the shell decides from the words.
+//!
 //! Exit status: 0, or 1 if a `-c` command failed, or if any line read
 //! from a non-terminal standard input failed (the session goes on after
 //! an error either way, printing `Error: <message>`).

@@ -282,7 +282,10 @@ impl Transport {
 
     async fn read_message(&mut self, ctx: DecodeContext) -> Result<Response> {
         let mut header = [0u8; HEADER_SIZE];
-        self.stream.read_exact(&mut header).await?;
+        self.stream
+            .read_exact(&mut header)
+            .await
+            .map_err(closed_by_server)?;
         let header = Header::decode(header);
         let size = header.body_len();
         if size > self.max_message_size {
@@ -297,12 +300,28 @@ impl Transport {
         })?;
         self.body.clear();
         self.body.resize(size, 0);
-        self.stream.read_exact(&mut self.body).await?;
+        self.stream
+            .read_exact(&mut self.body)
+            .await
+            .map_err(closed_by_server)?;
         let response = Response::decode(&header, &self.body, ctx);
         if self.body.capacity() > BODY_BUFFER_KEEP {
             self.body = Vec::new();
         }
         Ok(response?)
+    }
+}
+
+/// An EOF in the middle of a response means the server hung up; say so
+/// rather than "early eof".
+fn closed_by_server(err: std::io::Error) -> Error {
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed by the server",
+        ))
+    } else {
+        Error::Io(err)
     }
 }
 

@@ -843,3 +843,66 @@ async fn admin_calls() {
         Err(Error::NotLeader { code: 10250, .. })
     ));
 }
+
+#[tokio::test]
+async fn malformed_result_streams_are_protocol_errors() {
+    let server = FakeServer::bind().await;
+    let address = server.address.clone();
+    let me = address.clone();
+    server.serve(move |index, mut conn| {
+        let me = me.clone();
+        async move {
+            conn.accept_and_open(&me, "db").await;
+            conn.recv().await;
+            conn.send(rows(&["a"], vec![vec![Value::Integer(1)]], true))
+                .await;
+            if index == 0 {
+                // A later batch with another column count.
+                conn.send(rows(&["a", "b"], vec![], false)).await;
+            } else {
+                // Endless empty batches.
+                for _ in 0..100 {
+                    conn.send(rows(&["a"], vec![], true)).await;
+                }
+            }
+            conn.closed().await;
+        }
+    });
+    for _ in 0..2 {
+        let mut db = Database::connect_with(&[address.as_str()], "db", &fast_config())
+            .await
+            .unwrap();
+        let mut rows = db.query("SELECT 1", ()).await.unwrap();
+        assert!(rows.next().await.unwrap().is_some());
+        let err = rows.next().await.unwrap_err();
+        assert!(matches!(err, Error::Protocol(_)), "{err}");
+        assert!(matches!(
+            db.exec("SELECT 1", ()).await,
+            Err(Error::ConnectionBroken)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_server_hanging_up_mid_request_is_an_io_error() {
+    let server = FakeServer::bind().await;
+    let address = server.address.clone();
+    let me = address.clone();
+    server.serve(move |_, mut conn| {
+        let me = me.clone();
+        async move {
+            conn.accept_and_open(&me, "db").await;
+            conn.recv().await;
+            conn.send_raw(&[3, 0, 0, 0, 6, 0, 0, 0, 1, 2]).await;
+        }
+    });
+    let mut db = Database::connect_with(&[address.as_str()], "db", &fast_config())
+        .await
+        .unwrap();
+    let err = db.exec("SELECT 1", ()).await.unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "I/O error: connection closed by the server"
+    );
+}
