@@ -258,6 +258,7 @@ pub struct Core<S: State> {
     election_rng: Option<ElectionRng>,
     failed: Option<String>,
     removed: bool,
+    snapshots_installed: u64,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -326,6 +327,7 @@ impl<S: State> Core<S> {
             election_rng: None,
             failed: None,
             removed: false,
+            snapshots_installed: 0,
         })
     }
 
@@ -416,6 +418,11 @@ impl<S: State> Core<S> {
     /// The fatal error that stopped this core, if any.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// How many snapshots from a leader this core installed.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
     }
 
     /// Whether this node was removed from the cluster.
@@ -804,6 +811,7 @@ impl<S: State> Core<S> {
         self.raw.mut_store().apply_snapshot(meta.clone());
         self.applied = meta.index;
         self.snapshot_index = meta.index;
+        self.snapshots_installed += 1;
         self.pending.retain(|index, _| *index > meta.index);
         if let Err(e) = self.snapshots.prune(2) {
             warn!(error = %e, "pruning snapshots failed");

@@ -64,6 +64,8 @@ pub struct Status {
     pub snapshot_index: u64,
     /// This node was removed from the cluster.
     pub removed: bool,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
     /// The latest persistent error (cleared when it recovers).
     pub error: Option<String>,
     /// The driver has stopped.
@@ -338,6 +340,7 @@ impl<S: State> Driver<S> {
             commit: core.commit_index(),
             snapshot_index: core.snapshot_index(),
             removed: core.is_removed(),
+            snapshots_installed: core.snapshots_installed(),
             error: core
                 .failure()
                 .map(String::from)

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod core;
 pub mod kv;
 pub mod membership;
+pub mod offline;
 pub mod state;
 pub mod storage;
 

@@ -155,6 +155,9 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageEr
         foreign: Vec::new(),
     };
     for name in names {
+        if name.contains(".corrupt") {
+            continue;
+        }
         if let Some((first, last)) = segment::parse_closed_name(&name) {
             closed_names.push((first, last, name));
         } else if let Some(hex) = name.strip_prefix("open-") {
@@ -165,7 +168,7 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageEr
                 out.max_salt = out.max_salt.max(u64::from_str_radix(hex, 16).unwrap_or(0));
                 out.spares.push(name);
             }
-        } else if !name.contains(".corrupt") {
+        } else {
             out.foreign.push(name);
         }
     }
@@ -694,4 +697,197 @@ fn fresh_open(
         end: HEADER_SIZE,
         offsets: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::disk::RealDisk;
+
+    fn entry(index: u64, term: u64, size: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; size].into(),
+            ..Default::default()
+        }
+    }
+
+    fn opts(segment_size: u64) -> LogOptions {
+        LogOptions {
+            segment_size,
+            auto_recovery: false,
+        }
+    }
+
+    fn open(dir: &Path, o: LogOptions, after: u64) -> Result<(Log, LoadReport), StorageError> {
+        Log::open(Arc::new(RealDisk), dir, o, after)
+    }
+
+    fn indexes(r: &LoadReport) -> Vec<u64> {
+        r.entries.iter().map(|e| e.index).collect()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        RealDisk.list(&log_dir(dir)).unwrap()
+    }
+
+    #[test]
+    fn appends_rotate_into_closed_segments_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, r) = open(dir.path(), opts(4096), 0).unwrap();
+        assert!(r.entries.is_empty());
+        for i in 1..=40 {
+            log.append(&[entry(i, 1, 300)]).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let closed: Vec<_> = names(dir.path())
+            .into_iter()
+            .filter(|n| segment::parse_closed_name(n).is_some())
+            .collect();
+        assert!(closed.len() >= 3, "segments were rotated: {closed:?}");
+        let (log, r) = open(dir.path(), opts(4096), 0).unwrap();
+        assert_eq!(indexes(&r), (1..=40).collect::<Vec<_>>());
+        assert_eq!(r.entries[7].data, entry(8, 1, 300).data);
+        assert!(!r.torn_tail);
+        assert_eq!(log.last_index(), 40);
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced_even_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(4096), 0).unwrap();
+        let batch: Vec<_> = (1..=30).map(|i| entry(i, 1, 300)).collect();
+        log.append(&batch).unwrap();
+        // Same segment: replace 29..
+        log.append(&[entry(29, 2, 10)]).unwrap();
+        assert_eq!(log.last_index(), 29);
+        // Reaching into a closed segment.
+        log.append(&[entry(5, 3, 10), entry(6, 3, 10)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (_, r) = open(dir.path(), opts(4096), 0).unwrap();
+        assert_eq!(indexes(&r), (1..=6).collect::<Vec<_>>());
+        assert_eq!(r.entries[4].term, 3);
+        assert_eq!(r.entries[3].term, 1);
+    }
+
+    #[test]
+    fn torn_tail_of_the_open_segment_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(1 << 20), 0).unwrap();
+        log.append(&(1..=10).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
+            .unwrap();
+        log.sync().unwrap();
+        let end = log.open.end;
+        let last_at = log.open.offsets[9];
+        let open_name = log.open.name.clone();
+        drop(log);
+        // Tear the last record: flip a byte in its payload.
+        let path = log_dir(dir.path()).join(&open_name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(last_at + FRAME_SIZE + 5) as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(end > last_at);
+        let (mut log, r) = open(dir.path(), opts(1 << 20), 0).unwrap();
+        assert!(r.torn_tail);
+        assert_eq!(indexes(&r), (1..=9).collect::<Vec<_>>());
+        // The log continues from the truncation point and survives a reload.
+        log.append(&[entry(10, 2, 5), entry(11, 2, 5)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (_, r) = open(dir.path(), opts(1 << 20), 0).unwrap();
+        assert!(!r.torn_tail);
+        assert_eq!(indexes(&r), (1..=11).collect::<Vec<_>>());
+        assert_eq!(r.entries[9].term, 2);
+    }
+
+    #[test]
+    fn corrupt_closed_segment_is_an_error_or_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(4096), 0).unwrap();
+        for i in 1..=40 {
+            log.append(&[entry(i, 1, 300)]).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let mut closed: Vec<_> = names(dir.path())
+            .into_iter()
+            .filter_map(|n| segment::parse_closed_name(&n).map(|(f, l)| (f, l, n)))
+            .collect();
+        closed.sort();
+        let (first, _, victim) = closed[1].clone();
+        let path = log_dir(dir.path()).join(&victim);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(HEADER_SIZE + FRAME_SIZE + 20) as usize] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        let before = names(dir.path());
+
+        match open(dir.path(), opts(4096), 0) {
+            Err(StorageError::Corrupt { path: p, .. }) => assert!(p.ends_with(&victim)),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("corruption went unnoticed"),
+        }
+        assert_eq!(names(dir.path()), before, "a failed load changes nothing");
+
+        let recover = LogOptions {
+            segment_size: 4096,
+            auto_recovery: true,
+        };
+        let (log, r) = open(dir.path(), recover, 0).unwrap();
+        assert_eq!(indexes(&r), (1..first).collect::<Vec<_>>());
+        assert_eq!(log.last_index(), first - 1);
+        assert!(r
+            .set_aside
+            .iter()
+            .any(|p| p.ends_with(format!("{victim}.corrupt"))));
+        // Nothing was deleted: every set-aside file still exists.
+        for p in &r.set_aside {
+            assert!(p.exists(), "{} kept", p.display());
+        }
+    }
+
+    #[test]
+    fn compaction_and_reset_recycle_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(4096), 0).unwrap();
+        for i in 1..=60 {
+            log.append(&[entry(i, 1, 300)]).unwrap();
+        }
+        log.sync().unwrap();
+        log.compact(30).unwrap();
+        assert!(log.first_index() > 1 && log.first_index() <= 31);
+        assert!(names(dir.path()).iter().any(|n| n.starts_with("spare-")));
+        drop(log);
+        // Reload after a snapshot at 30: entries after it come back.
+        let (mut log, r) = open(dir.path(), opts(4096), 30).unwrap();
+        assert_eq!(indexes(&r), (31..=60).collect::<Vec<_>>());
+        // A snapshot from the leader at 100 replaces everything.
+        log.reset(100).unwrap();
+        log.append(&[entry(101, 5, 10)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (_, r) = open(dir.path(), opts(4096), 100).unwrap();
+        assert_eq!(indexes(&r), vec![101]);
+    }
+
+    #[test]
+    fn read_only_scan_never_modifies_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(1 << 20), 0).unwrap();
+        log.append(&(1..=5).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
+            .unwrap();
+        log.sync().unwrap();
+        let last_at = log.open.offsets[4];
+        let open_name = log.open.name.clone();
+        drop(log);
+        let path = log_dir(dir.path()).join(&open_name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(last_at + FRAME_SIZE + 2) as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let entries = read_only(&RealDisk, dir.path(), 0).unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
 }
