@@ -12,7 +12,7 @@
 //!
 //! To check the expectations themselves against C dqlite, point the tests at
 //! a running server instead of starting `dqlite-rs node`:
-//! `DQLITE_COMPAT_SERVER=127.0.0.1:29001 cargo test -p dqlite-rs --test compat_shell -- --include-ignored`
+//! `DQLITE_COMPAT_SERVER=127.0.0.1:29001 cargo test -p dqlite-rs --test compat_shell`
 //! (with `dqlite-demo --api 127.0.0.1:28001 --db 127.0.0.1:29001` running;
 //! it passes against Debian's libdqlite 1.11.1).
 
@@ -143,7 +143,6 @@ fn hex_upper(bytes: &[u8]) -> String {
 /// The "Done when" of issue 2: create, insert and select every value type,
 /// `.leader`, `.cluster`, a syntax error that leaves the session usable.
 #[test]
-#[ignore = "needs `dqlite-rs node` (issue 2); delete this line when the node serves SQL"]
 fn shell_session_values_admin_and_errors() {
     dqlite_shell();
     let target = Target::start();
@@ -247,7 +246,6 @@ fn shell_session_values_admin_and_errors() {
 /// `dqlite -s ADDR DB "SQL; SQL"`: the command-argument mode splits on `;`,
 /// stops at the first error and exits 1 with the error on stderr.
 #[test]
-#[ignore = "needs `dqlite-rs node` (issue 2); delete this line when the node serves SQL"]
 fn shell_command_argument_mode() {
     dqlite_shell();
     let target = Target::start();

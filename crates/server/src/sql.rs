@@ -43,6 +43,12 @@ impl From<rusqlite::Error> for Failure {
                 code: e.extended_code as u64,
                 message: msg.unwrap_or_else(|| e.to_string()),
             },
+            // rusqlite adds the SQL and offset to compile errors; clients
+            // expect sqlite3_errmsg's text alone.
+            rusqlite::Error::SqlInputError { error, msg, .. } => Failure {
+                code: error.extended_code as u64,
+                message: msg,
+            },
             other => Failure::new(SQLITE_ERROR, other.to_string()),
         }
     }
