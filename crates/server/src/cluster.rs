@@ -69,6 +69,13 @@ pub trait Cluster: Send + Sync + 'static {
     fn weight(&self) -> u64;
     /// Sets this node's weight.
     fn set_weight(&self, weight: u64);
+    /// Whether this node leads, as a channel that changes when leadership
+    /// does. Connections with an open database end when it turns false, so
+    /// their clients rediscover the leader. `None`: leadership never
+    /// changes (a single node).
+    fn leadership(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// A one-node cluster: always the leader, membership fixed.

@@ -14,7 +14,7 @@ use dqlite_wire::{
     Header, Request, Response, HEADER_SIZE, PROTOCOL_VERSION, PROTOCOL_VERSION_LEGACY,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -67,13 +67,28 @@ pub(crate) async fn serve<R, W>(
     let (tx, mut frames) = mpsc::channel(1);
     let reader_task = tokio::spawn(read_frames(reader, max_message, tx));
     let mut out = BufWriter::new(writer);
+    let mut leadership = shared.cluster.leadership();
     let mut gateway = Gateway::new(shared, matches!(handshake, Handshake::Legacy));
     let mut pending: Option<Frame> = None;
     loop {
+        // A leader connection ends when this node steps down: its client
+        // then finds the new leader (dqlite's behaviour for open databases).
+        if gateway.database().is_some() && leadership.as_ref().is_some_and(|l| !*l.borrow()) {
+            debug!(
+                database = gateway.database(),
+                "no longer leader: closing connection"
+            );
+            break;
+        }
+        let has_db = gateway.database().is_some();
         let frame = match pending.take() {
             Some(f) => f,
             None => tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = lost_leadership(&mut leadership), if has_db => {
+                    debug!(database = gateway.database(), "leadership lost: closing connection");
+                    break;
+                }
                 next = frames.recv() => match next {
                     Some(Ok(f)) => f,
                     Some(Err(ReadEnd::TooLarge(len))) => {
@@ -104,13 +119,15 @@ pub(crate) async fn serve<R, W>(
         };
         let result = match gateway.handle(request).await {
             Reply::One(resp) => write(&mut out, &resp).await,
-            Reply::Rows(stream) => match drive(stream, &mut out, &mut frames, &cancel).await {
-                Ok(next) => {
-                    pending = next;
-                    Ok(())
+            Reply::Rows(stream) => {
+                match drive(stream, &mut out, &mut frames, &cancel, &mut leadership).await {
+                    Ok(next) => {
+                        pending = next;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
         if result.is_err() {
             break;
@@ -136,6 +153,7 @@ async fn drive<W: AsyncWrite + Unpin>(
     out: &mut BufWriter<W>,
     frames: &mut mpsc::Receiver<Result<Frame, ReadEnd>>,
     cancel: &CancellationToken,
+    leadership: &mut Option<watch::Receiver<bool>>,
 ) -> std::io::Result<Option<Frame>> {
     let mut pending = None;
     let closed = || std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
@@ -163,6 +181,10 @@ async fn drive<W: AsyncWrite + Unpin>(
                 }
             },
             _ = cancel.cancelled() => {
+                stream.interrupt();
+                return Err(closed());
+            }
+            _ = lost_leadership(leadership) => {
                 stream.interrupt();
                 return Err(closed());
             }
@@ -212,6 +234,19 @@ async fn read_frames<R: AsyncRead + Unpin>(
         if tx.send(Ok(Frame { header, body })).await.is_err() {
             return;
         }
+    }
+}
+
+/// Resolves once leadership is (or already was) lost; never without a
+/// channel or once its sender is gone.
+async fn lost_leadership(leadership: &mut Option<watch::Receiver<bool>>) {
+    match leadership {
+        Some(rx) => {
+            if rx.wait_for(|leads| !*leads).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

@@ -10,6 +10,7 @@
 //!   the replicated page store plugs in.
 //! - [`cluster`]: leadership and membership as the gateway sees them.
 //! - [`dir`]: the data directory, its lock and `node.json`.
+//! - [`peer`]: the hook for peer traffic sharing the client port.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -19,10 +20,12 @@ pub mod databases;
 pub mod dir;
 mod error;
 mod gateway;
+pub mod peer;
 pub mod server;
 pub mod sql;
 
 pub use cluster::{Cluster, ClusterError, SingleNode};
 pub use databases::{Databases, LocalDatabases};
 pub use error::ServerError;
-pub use server::{Server, ServerConfig};
+pub use peer::{PeerHandler, Prefixed};
+pub use server::{listen, Server, ServerConfig};

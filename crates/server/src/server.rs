@@ -20,6 +20,7 @@ use crate::conn::{self, parse_handshake};
 use crate::databases::{Databases, LocalDatabases};
 use crate::dir::{DataDir, NodeRecord};
 use crate::gateway::Shared;
+use crate::peer::{sniff, PeerHandler, Prefixed, Sniffed};
 use crate::ServerError;
 
 /// How to run a server.
@@ -78,7 +79,8 @@ pub struct Server {
     address: String,
     shared: Arc<Shared>,
     config: ServerConfig,
-    _dir: DataDir,
+    peers: Option<Arc<dyn PeerHandler>>,
+    _dir: Option<DataDir>,
 }
 
 impl Server {
@@ -113,21 +115,7 @@ impl Server {
                 )));
             }
         }
-        let bind = config
-            .bind
-            .clone()
-            .unwrap_or_else(|| config.address.clone());
-        let listener = TcpListener::bind(&bind)
-            .await
-            .map_err(|e| ServerError::Io {
-                context: format!("cannot listen on {bind}"),
-                source: e,
-            })?;
-        let local = listener.local_addr().map_err(|e| ServerError::Io {
-            context: "cannot read the bound address".into(),
-            source: e,
-        })?;
-        let address = advertised(&config.address, local);
+        let (listener, address) = listen(&config).await?;
         dir.write_node(&NodeRecord {
             id: config.id,
             address: address.clone(),
@@ -143,8 +131,37 @@ impl Server {
             address,
             shared,
             config,
-            _dir: dir,
+            peers: None,
+            _dir: Some(dir),
         })
+    }
+
+    /// A server on an already-bound listener (see [`listen`]), for an
+    /// embedder that needs the address before it can build its cluster.
+    /// `peers`, when given, serves the connections that are not dqlite
+    /// clients (the `/raft/` HTTP traffic of a replicated node). The
+    /// caller keeps the data directory (and its lock) itself.
+    pub fn from_listener(
+        listener: TcpListener,
+        address: String,
+        config: ServerConfig,
+        databases: Arc<dyn Databases>,
+        cluster: Arc<dyn Cluster>,
+        peers: Option<Arc<dyn PeerHandler>>,
+    ) -> Server {
+        let shared = Arc::new(Shared {
+            databases,
+            cluster,
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+        });
+        Server {
+            listener,
+            address,
+            shared,
+            config,
+            peers,
+            _dir: None,
+        }
     }
 
     /// The socket address actually bound.
@@ -190,8 +207,9 @@ impl Server {
             let shared = Arc::clone(&self.shared);
             let cancel = cancel.clone();
             let max = self.config.max_message_size;
+            let peers = self.peers.clone();
             tracker.spawn(async move {
-                handle(stream, peer, shared, max, cancel).await;
+                handle(stream, peer, shared, peers, max, cancel).await;
                 drop(permit);
             });
         }
@@ -212,20 +230,52 @@ async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    peers: Option<Arc<dyn PeerHandler>>,
     max: u64,
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
-    let Some(first) = conn::read_handshake(&mut rd).await else {
+    let mut stream = stream;
+    let Some(first) = conn::read_handshake(&mut stream).await else {
         debug!(%peer, "no handshake");
         return;
     };
-    match parse_handshake(first) {
-        Some(hs) => conn::serve(rd, wr, hs, shared, max, cancel).await,
-        // dqlite closes on an unknown version without a word.
-        None => debug!(%peer, "unknown protocol version {:02x?}; closing", first),
+    if let Some(hs) = parse_handshake(first) {
+        let (rd, wr) = stream.into_split();
+        conn::serve(rd, wr, hs, shared, max, cancel).await;
+        return;
     }
+    match (sniff(&first), peers) {
+        (Sniffed::Http | Sniffed::Tls, Some(peers)) => {
+            let serving = peers.serve(Prefixed::new(first.to_vec(), stream));
+            tokio::select! {
+                _ = serving => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        // dqlite closes on an unknown version without a word.
+        _ => debug!(%peer, "unknown protocol version {:02x?}; closing", first),
+    }
+}
+
+/// Binds the listener for `config` (its bind address, else its address)
+/// and returns it with the address to advertise.
+pub async fn listen(config: &ServerConfig) -> Result<(TcpListener, String), ServerError> {
+    let bind = config
+        .bind
+        .clone()
+        .unwrap_or_else(|| config.address.clone());
+    let listener = TcpListener::bind(&bind)
+        .await
+        .map_err(|e| ServerError::Io {
+            context: format!("cannot listen on {bind}"),
+            source: e,
+        })?;
+    let local = listener.local_addr().map_err(|e| ServerError::Io {
+        context: "cannot read the bound address".into(),
+        source: e,
+    })?;
+    Ok((listener, advertised(&config.address, local)))
 }
 
 /// The address to advertise: the configured one, with the bound port if
