@@ -73,25 +73,45 @@ pub fn bootstrap<S: State>(
     address: &str,
     state: &S,
 ) -> Result<(), StorageError> {
+    let me = NodeInfo {
+        id,
+        address: address.to_string(),
+        role: Role::Voter,
+        promote: false,
+    };
+    bootstrap_cluster(disk, raft_dir, id, &[me], state)
+}
+
+/// Like [`bootstrap`] for a whole initial membership at once: run it with
+/// the same `nodes` in every member's directory (tests and the simulator
+/// start multi-node clusters this way).
+pub fn bootstrap_cluster<S: State>(
+    disk: Arc<dyn Disk>,
+    raft_dir: &Path,
+    id: u64,
+    nodes: &[NodeInfo],
+    state: &S,
+) -> Result<(), StorageError> {
     disk.create_dir_all(raft_dir)
         .map_err(|e| StorageError::io(raft_dir, e))?;
     let snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
     let mut cluster = ClusterMeta::default();
-    cluster.nodes.insert(
-        id,
-        NodeInfo {
-            id,
-            address: address.to_string(),
-            role: Role::Voter,
-            promote: false,
-        },
-    );
-    cluster.next_id = cluster.next_id.max(id + 1);
+    for n in nodes {
+        cluster.apply_change(&crate::membership::MemberChange::Set(n.clone()));
+    }
+    let of = |role: Role| {
+        nodes
+            .iter()
+            .filter(|n| n.role == role)
+            .map(|n| n.id)
+            .collect()
+    };
     let header = SnapshotHeader {
         index: 1,
         term: 1,
         conf_state: ConfStateCopy {
-            voters: vec![id],
+            voters: of(Role::Voter),
+            learners: of(Role::Standby),
             ..Default::default()
         },
         cluster,

@@ -420,6 +420,11 @@ impl<S: State> Core<S> {
         self.failed.as_deref()
     }
 
+    /// How many ReadIndex rounds this core started (batching metric).
+    pub fn read_rounds(&self) -> u64 {
+        self.reads.next_round
+    }
+
     /// How many snapshots from a leader this core installed.
     pub fn snapshots_installed(&self) -> u64 {
         self.snapshots_installed
@@ -496,7 +501,8 @@ impl<S: State> Core<S> {
             }
             Input::Abandon(id) => self.pending.retain(|_, p| p.id != id),
         }
-        self.start_read_round();
+        // Read rounds start in process_ready, so every read handed in
+        // before it shares one round.
         self.after_step(out);
     }
 
@@ -706,6 +712,8 @@ impl<S: State> Core<S> {
     /// progress, and each pass consumes it).
     pub fn process_ready(&mut self, out: &mut Vec<Action>) {
         for _ in 0..64 {
+            // Before taking the Ready, so a new round's heartbeats go out now.
+            self.start_read_round();
             if self.failed.is_some() || !self.raw.has_ready() {
                 break;
             }
@@ -715,7 +723,6 @@ impl<S: State> Core<S> {
             }
             self.after_step(out);
         }
-        self.start_read_round();
         self.resolve_reads(out);
         if let Err(e) = self.maybe_snapshot(out) {
             warn!(error = %e, "snapshot failed; will retry");

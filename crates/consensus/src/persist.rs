@@ -61,7 +61,9 @@ pub struct Stats {
 }
 
 impl Persister {
-    fn write(&mut self, batches: &[PersistBatch], stats: &Stats) -> Result<(), StorageError> {
+    /// Writes batches and makes them durable (one log fsync at most). The
+    /// thread's body; public so a simulator can persist synchronously.
+    pub fn write(&mut self, batches: &[PersistBatch], stats: &Stats) -> Result<(), StorageError> {
         let mut meta_dirty = false;
         let mut log_dirty = false;
         for b in batches {
