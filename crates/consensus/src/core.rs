@@ -125,6 +125,9 @@ pub enum ProposeError {
     /// A read barrier got no answer in time.
     #[error("read index timed out")]
     ReadTimeout,
+    /// The disk is failing: writes are refused until it recovers.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// The core stopped working after a fatal error.
     #[error("consensus core failed: {0}")]
     Failed(String),

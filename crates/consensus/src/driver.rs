@@ -257,6 +257,11 @@ impl<S: State> Driver<S> {
     fn on_command(&mut self, c: Command, actions: &mut Vec<Action>) -> Option<oneshot::Sender<()>> {
         match c {
             Command::Propose(p, tx) => {
+                if let Some(e) = &self.disk_error {
+                    // Refuse at once rather than queue behind a failing disk.
+                    let _ = tx.send(Err(ProposeError::StorageUnavailable(e.clone())));
+                    return None;
+                }
                 self.next_id += 1;
                 let id = self.next_id;
                 self.proposals.insert(id, tx);

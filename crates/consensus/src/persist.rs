@@ -49,6 +49,8 @@ pub struct Persister {
     pub max_batch: usize,
     /// Set when the node stops: give up retrying a failing disk.
     pub shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The meta file was written but its fsync has not succeeded yet.
+    meta_unsynced: bool,
 }
 
 /// Counters for benchmarks: entries written and fsyncs issued.
@@ -61,10 +63,22 @@ pub struct Stats {
 }
 
 impl Persister {
+    /// A persister for node `id` over an opened log and meta file.
+    pub fn new(id: u64, log: Log, meta: MetaFile) -> Self {
+        Persister {
+            id,
+            log,
+            meta,
+            max_batch: 1024,
+            shutdown: Default::default(),
+            meta_unsynced: false,
+        }
+    }
+
     /// Writes batches and makes them durable (one log fsync at most). The
     /// thread's body; public so a simulator can persist synchronously.
     pub fn write(&mut self, batches: &[PersistBatch], stats: &Stats) -> Result<(), StorageError> {
-        let mut meta_dirty = false;
+        let mut meta_dirty = self.meta_unsynced;
         let mut log_dirty = false;
         for b in batches {
             if let Some(index) = b.snapshot_index {
@@ -109,9 +123,13 @@ impl Persister {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if meta_dirty {
+            // Remembered across a failed sync: the retry must sync again
+            // even though the value in the file already matches.
+            self.meta_unsynced = true;
             self.meta
                 .sync()
                 .map_err(|e| StorageError::io(std::path::Path::new("raft/meta"), e))?;
+            self.meta_unsynced = false;
         }
         Ok(())
     }

@@ -120,6 +120,9 @@ pub enum Error {
     /// The service stopped.
     #[error("service stopped")]
     Stopped,
+    /// The disk is failing; writes are refused until it recovers.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// Another membership change is in progress.
     #[error("another membership change is in progress")]
     ConfChangeInProgress,
@@ -155,6 +158,7 @@ impl Error {
             ProposeError::InvalidChange(s) => Error::InvalidChange(s),
             ProposeError::ReadTimeout => Error::Timeout,
             ProposeError::Failed(s) => Error::Core(s),
+            ProposeError::StorageUnavailable(s) => Error::StorageUnavailable(s),
         }
     }
 }
@@ -663,13 +667,7 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
     let id = opened.meta.state().id;
     let core = Core::new(config.core_config(id), state, opened.snapshots, opened.boot)
         .map_err(|e| Error::Core(e.to_string()))?;
-    let persister = Persister {
-        id,
-        log: opened.log,
-        meta: opened.meta,
-        max_batch: 1024,
-        shutdown: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    };
+    let persister = Persister::new(id, opened.log, opened.meta);
     let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded::<Feedback>();
     let transport = HttpTransport::new(
         id,

@@ -41,13 +41,7 @@ fn open_node(dir: &Path, id: u64, seed: u64) -> Node {
     core.set_election_timeout_rng(Box::new(move |min, max| rng.gen_range(min..max)));
     Node {
         core,
-        persister: Persister {
-            id,
-            log: opened.log,
-            meta: opened.meta,
-            max_batch: 64,
-            shutdown: Default::default(),
-        },
+        persister: Persister::new(id, opened.log, opened.meta),
         kv,
         unwritten: Vec::new(),
         resolved: Vec::new(),

@@ -1,9 +1,11 @@
 //! In-process service tests: real disks (fsync in temp dirs) and real HTTP
 //! on 127.0.0.1, several nodes in one process.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dqlite_consensus::kv::{KvCommand, KvState};
+use dqlite_consensus::storage::{Disk, DiskFile, RealDisk};
 use dqlite_consensus::{Config, Role, Service};
 
 const T: Duration = Duration::from_secs(10);
@@ -122,6 +124,173 @@ async fn three_nodes_join_replicate_and_promote() {
     assert!(nodes[1].exec(set("after", "evict"), T).await.unwrap());
     nodes[2].wait_read(T).await.unwrap();
     assert_eq!(kvs[2].get("after").as_deref(), Some("evict"));
+    for n in &nodes {
+        n.stop().await;
+    }
+}
+
+/// A real disk whose writes and syncs can be made to fail with ENOSPC.
+struct FlakyDisk {
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FlakyFile {
+    inner: Box<dyn DiskFile>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn enospc() -> std::io::Error {
+    std::io::Error::from_raw_os_error(28)
+}
+
+impl DiskFile for FlakyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl Disk for FlakyDisk {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        RealDisk.create_dir_all(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(FlakyFile {
+            inner: RealDisk.open(path)?,
+            failing: self.failing.clone(),
+        }))
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(FlakyFile {
+            inner: RealDisk.create(path)?,
+            failing: self.failing.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealDisk.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        RealDisk.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        RealDisk.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealDisk.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        RealDisk.exists(path)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut c = config(dir.path());
+    c.disk = std::sync::Arc::new(FlakyDisk {
+        failing: failing.clone(),
+    });
+    let kv = KvState::new();
+    let svc = Service::start(c.clone(), kv.clone()).await.unwrap();
+    svc.init().await.unwrap();
+    wait_until("leadership", || svc.is_leader()).await;
+    assert!(svc.exec(set("a", "1"), T).await.unwrap());
+
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let short = Duration::from_millis(300);
+    assert!(matches!(
+        svc.exec(set("b", "2"), short).await,
+        Err(dqlite_consensus::Error::Timeout)
+    ));
+    wait_until("the error to be reported", || svc.err().is_some()).await;
+    assert!(
+        svc.err().unwrap().contains("No space left"),
+        "{:?}",
+        svc.err()
+    );
+    assert_eq!(kv.get("b"), None, "not applied while not durable");
+    // Once the failure is known, new writes are refused at once.
+    assert!(matches!(
+        svc.exec(set("x", "y"), T).await,
+        Err(dqlite_consensus::Error::StorageUnavailable(_))
+    ));
+    // Reads of what is safely committed keep working.
+    assert_eq!(kv.get("a").as_deref(), Some("1"));
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("recovery", || svc.err().is_none()).await;
+    wait_until("the pending write to apply", || kv.get("b").is_some()).await;
+    assert!(svc.exec(set("c", "3"), T).await.unwrap());
+    svc.stop().await;
+
+    // Nothing was corrupted: a restart sees every write.
+    let kv2 = KvState::new();
+    let svc = Service::start(c, kv2.clone()).await.unwrap();
+    wait_until("leadership after restart", || svc.is_leader()).await;
+    svc.wait_read(T).await.unwrap();
+    assert_eq!(kv2.dump(), kv.dump());
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_change_and_the_allow_list_gates_joins() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(
+            Service::start(config(d.path()), KvState::new())
+                .await
+                .unwrap(),
+        );
+    }
+    nodes[0].init().await.unwrap();
+    wait_until("leader", || nodes[0].is_leader()).await;
+    let boot = nodes[0].address().to_string();
+    nodes[0].set_allowlist(true).await.unwrap();
+    nodes[0].allow_member(nodes[1].address()).await.unwrap();
+    // Not on the list: refused, and no id is burned.
+    assert!(matches!(
+        nodes[2].join(&boot).await,
+        Err(dqlite_consensus::Error::AddressNotAllowed)
+    ));
+    nodes[1].join(&boot).await.unwrap();
+    wait_until("node 2 promoted", || {
+        nodes[0]
+            .membership()
+            .iter()
+            .any(|n| n.id == 2 && n.role == Role::Voter)
+    })
+    .await;
+    // Voter -> standby -> spare -> voter.
+    let addr = nodes[1].address().to_string();
+    let role_of = |s: &Service| s.membership().iter().find(|n| n.id == 2).map(|n| n.role);
+    nodes[0].set_role(&addr, Role::Standby).await.unwrap();
+    assert_eq!(role_of(&nodes[0]), Some(Role::Standby));
+    assert!(!nodes[0].status().cluster.nodes.is_empty());
+    nodes[0].set_role(&addr, Role::Spare).await.unwrap();
+    assert_eq!(role_of(&nodes[0]), Some(Role::Spare));
+    nodes[0].set_role(&addr, Role::Voter).await.unwrap();
+    assert_eq!(role_of(&nodes[0]), Some(Role::Voter));
+    assert!(nodes[0].exec(set("k", "v"), T).await.unwrap());
+    nodes[1].wait_read(T).await.unwrap();
     for n in &nodes {
         n.stop().await;
     }
