@@ -205,7 +205,10 @@ impl<N: SimNode> Cluster<N> {
                 }
             })
             .collect();
-        scheduler.at(rng.between(0, options.fault_interval_ms), Event::Fault);
+        let first_fault = rng.between(0, options.fault_interval_ms);
+        if options.faults {
+            scheduler.at(first_fault, Event::Fault);
+        }
         scheduler.at(options.fault_phase_ms, Event::CalmPhase);
         if formation == Formation::GrowFromFirst {
             scheduler.at(0, Event::Admin);
@@ -544,19 +547,25 @@ impl<N: SimNode> Cluster<N> {
     }
 
     /// Converge the membership on `target`: one change at a time through
-    /// the leader; a removed node is retired once the leader applied it.
+    /// the leader. A node is retired (stopped for good, as the service stops
+    /// a removed node) once it learned of its removal, or once it is down
+    /// and the leader no longer counts it.
     fn admin(&mut self) -> Result<(), Failure> {
         let Some(leader) = self.leader() else {
             return Ok(());
         };
         let members: BTreeSet<NodeId> = self.nodes[&leader].node.members().into_iter().collect();
+        let mut retired = Vec::new();
         for (&id, slot) in self.nodes.iter_mut() {
-            if !slot.retired && !self.target.contains(&id) && !members.contains(&id) && id != leader
-            {
+            let gone = !self.target.contains(&id) && !members.contains(&id) && !slot.up;
+            if !slot.retired && (slot.node.removed() || gone) {
                 slot.retired = true;
                 slot.up = false;
-                self.trace.record(format!("node {id} retired"));
+                retired.push(id);
             }
+        }
+        for id in retired {
+            self.record(format!("node {id} retired"));
         }
         let change = if let Some(&id) = self.target.iter().find(|id| !members.contains(id)) {
             MemberChange::Add(id)
@@ -566,6 +575,21 @@ impl<N: SimNode> Cluster<N> {
             return Ok(());
         };
         let mut fx = Effects::default();
+        if change == MemberChange::Remove(leader) {
+            // raft-rs panics when a leader that removed itself keeps
+            // stepping (NEEDS.md); hand leadership over first, as a
+            // graceful shutdown does.
+            let Some(&to) = self.target.iter().find(|id| members.contains(id)) else {
+                return Ok(());
+            };
+            self.record(format!(
+                "transfer leadership {leader} -> {to} before removing it"
+            ));
+            if let Some(slot) = self.nodes.get_mut(&leader) {
+                slot.node.transfer_leadership(to, &mut self.rng, &mut fx);
+            }
+            return self.effects(leader, fx);
+        }
         let result = match self.nodes.get_mut(&leader) {
             Some(slot) => slot.node.change_membership(change, &mut self.rng, &mut fx),
             None => return Ok(()),
@@ -756,6 +780,26 @@ impl<N: SimNode> Cluster<N> {
                 }
             }
             6 => self.replace_node()?,
+            7 if self.rng.chance(0.3) => {
+                // A power cut of several machines at once (a rack): unsynced
+                // data is lost on a majority together.
+                let count = up.len() / 2 + 1;
+                let mode = if self.options.torn_writes {
+                    CrashMode::TornLastWrite
+                } else {
+                    CrashMode::LoseUnsynced
+                };
+                for &victim in up.iter().take(count) {
+                    self.record(format!("power cut node {victim} ({mode:?})"));
+                    if let Some(slot) = self.nodes.get_mut(&victim) {
+                        slot.node.crash(mode);
+                        slot.up = false;
+                        slot.incarnation += 1;
+                    }
+                    let downtime = self.rng.between(50, 1_000);
+                    self.scheduler.after(downtime, Event::Restart(victim));
+                }
+            }
             _ => {}
         }
         Ok(())

@@ -36,4 +36,6 @@ pub mod raftrs;
 pub mod rng;
 pub mod runner;
 pub mod scheduler;
+pub mod service;
+pub mod simfs;
 pub mod trace;

@@ -26,6 +26,8 @@ use dqlite_sim::runner::{run_many, run_seed, NodeKind};
 enum Node {
     /// raft-rs `RawNode` over `MemStorage` (reference node).
     Raftrs,
+    /// The consensus crate's core, log and snapshots on the simulated disk.
+    Consensus,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -34,6 +36,8 @@ enum Bug {
     None,
     /// Canary: acknowledge writes before they commit.
     AckBeforeCommit,
+    /// Canary: report log writes durable before fsync (consensus node).
+    SendBeforeFsync,
 }
 
 /// Deterministic simulator for the dqlite-rs consensus service.
@@ -56,7 +60,7 @@ struct Args {
     #[arg(long)]
     trace: bool,
     /// Node implementation to drive.
-    #[arg(long, value_enum, default_value = "raftrs")]
+    #[arg(long, value_enum, default_value = "consensus")]
     node: Node,
     /// Deliberate bug to plant (canary runs that must fail).
     #[arg(long, value_enum, default_value = "none")]
@@ -66,6 +70,7 @@ struct Args {
 fn kind(node: Node) -> NodeKind {
     match node {
         Node::Raftrs => NodeKind::RaftRs,
+        Node::Consensus => NodeKind::Consensus,
     }
 }
 
@@ -73,13 +78,14 @@ fn broken(bug: Bug) -> Broken {
     match bug {
         Bug::None => Broken::None,
         Bug::AckBeforeCommit => Broken::AckBeforeCommit,
+        Bug::SendBeforeFsync => Broken::SendBeforeFsync,
     }
 }
 
 fn flags(args: &Args) -> String {
     let mut out = String::new();
     if let Some(v) = args.node.to_possible_value() {
-        if !matches!(args.node, Node::Raftrs) {
+        if !matches!(args.node, Node::Consensus) {
             out.push_str(&format!(" --node {}", v.get_name()));
         }
     }

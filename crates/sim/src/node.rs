@@ -134,6 +134,12 @@ pub trait SimNode {
     /// The raft members (voters and learners) as this node applied them.
     fn members(&self) -> Vec<NodeId>;
 
+    /// Whether this node learned it was removed from the cluster (a real
+    /// node then shuts down).
+    fn removed(&self) -> bool {
+        false
+    }
+
     /// The node's raft state for the invariant checker.
     fn view(&self) -> NodeView<'_>;
 

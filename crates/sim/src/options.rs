@@ -25,10 +25,15 @@ pub struct Options {
     pub keys: u64,
     /// Length of the faulty phase in simulated milliseconds.
     pub fault_phase_ms: u64,
+    /// Whether crashes, partitions and membership changes are injected.
+    pub faults: bool,
     /// Mean time between injected faults.
     pub fault_interval_ms: u64,
     /// How long a client waits for an answer before calling it unknown.
     pub client_timeout_ms: u64,
+    /// Largest simulated fsync latency in milliseconds (the window in which
+    /// a crash loses written but unsynced data).
+    pub fsync_ms_max: u64,
     /// Whether crashes tear the last unsynced write (where the node's
     /// storage runs over the simulated disk).
     pub torn_writes: bool,
@@ -51,9 +56,11 @@ impl Options {
             operations_per_client: 10 + rng.index(30),
             keys: 1 + rng.between(0, 2),
             fault_phase_ms: rng.between(2_000, 8_000),
+            faults: true,
             fault_interval_ms: [100, 300, 1_000][rng.index(3)],
             client_timeout_ms: [300, 1_000][rng.index(2)],
             torn_writes: rng.chance(0.5),
+            fsync_ms_max: [2, 10, 30][rng.index(3)],
             broken: Broken::None,
         }
     }

@@ -29,6 +29,9 @@ pub enum Broken {
     None,
     /// Acknowledge a write as soon as it is proposed, before it commits.
     AckBeforeCommit,
+    /// Report log writes durable before their fsync, so votes and append
+    /// acknowledgements leave first (consensus node only).
+    SendBeforeFsync,
 }
 
 /// Election timeout in ticks; raft-rs randomizes in `[E, 2E)`.

@@ -11,12 +11,15 @@ use std::sync::Mutex;
 use crate::cluster::{Cluster, Failure, Formation, Report};
 use crate::options::Options;
 use crate::raftrs::{Broken, RaftRsNode};
+use crate::service::ServiceNode;
 
 /// Which node implementation a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     /// raft-rs's `RawNode` over `MemStorage` (the reference node).
     RaftRs,
+    /// The consensus crate's core, log and snapshots on the simulated disk.
+    Consensus,
 }
 
 /// Run one seed to completion.
@@ -37,6 +40,17 @@ pub fn run_options(options: Options, kind: NodeKind, echo_trace: bool) -> Report
                 Formation::StaticVoters,
                 echo_trace,
                 move |id, voters, rng| RaftRsNode::new(id, voters, broken, rng),
+            )
+            .map(Cluster::run)
+        }
+        NodeKind::Consensus => {
+            let broken = options.broken;
+            let fsync_ms_max = options.fsync_ms_max;
+            Cluster::new(
+                options.clone(),
+                Formation::GrowFromFirst,
+                echo_trace,
+                move |id, voters, rng| ServiceNode::new(id, voters, broken, fsync_ms_max, rng),
             )
             .map(Cluster::run)
         }

@@ -1,0 +1,713 @@
+//! A simulated node running the consensus crate's real core.
+//!
+//! Purpose: drive `dqlite_consensus::core::Core` — raft-rs wrapped with the
+//! crate's proposals, read barriers, membership, snapshots and compaction —
+//! over its real on-disk log, hard-state file and snapshot store, all on a
+//! [`SimDisk`] through [`SimFs`]. This adapter plays the parts the driver,
+//! the persistence thread and the HTTP transport play in production:
+//!
+//! - `Action::Persist`: the batch is written at once (unsynced) and an fsync
+//!   is scheduled a few simulated milliseconds later; only then is
+//!   `Input::Persisted` fed back, so a crash in between loses or tears it.
+//!   Several batches share one fsync, as with the real group commit.
+//! - `Action::Send` of a `MsgSnapshot`: the snapshot file is read from this
+//!   node's disk and travels with the message; the receiver writes it through
+//!   `SnapshotStore::incoming` and answers with an acknowledgement that the
+//!   sender turns into `Input::SnapshotSent`.
+//! - Client writes and compare-and-sets are proposals of the crate's
+//!   `KvCommand`; reads are `Input::Read` barriers followed by a local read.
+//!
+//! Persisting a batch copies the persistence thread's rules (meta rewritten
+//! only when term or vote change; a snapshot batch resets the log) because
+//! `Persister::write` is private; see NEEDS.md.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read as _, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use dqlite_consensus::boot;
+use dqlite_consensus::core::{
+    Action, Core, CoreConfig, Input, MemberRequest, PersistBatch, Proposal,
+    ProposeError as CoreProposeError,
+};
+use dqlite_consensus::kv::{KvCommand, KvState};
+use dqlite_consensus::membership::{NodeInfo, Role};
+use dqlite_consensus::storage::{Log, LogOptions, MetaFile, MetaState, StorageError};
+use dqlite_consensus::State;
+use raft::eraftpb::{Entry, Message, MessageType};
+
+use crate::checker::invariants::{EntryView, NodeView};
+use crate::checker::linearizability::{Command, Outcome};
+use crate::disk::{CrashMode, DiskConfig, SimDisk};
+use crate::kv::KvRequest;
+use crate::net::NodeId;
+use crate::node::{Answer, Applied, Effects, MemberChange, ProposeError, SimNode};
+use crate::raftrs::{entry_digest, Broken};
+use crate::rng::SimRng;
+use crate::simfs::SimFs;
+use crate::trace::digest;
+
+/// A message between simulated consensus nodes.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    /// A raft message; a `MsgSnapshot` carries the snapshot file.
+    Raft(Box<Message>, Option<Arc<Vec<u8>>>),
+    /// The receiver's answer to a streamed snapshot.
+    SnapshotAck {
+        /// The receiver.
+        from: NodeId,
+        /// The sender of the snapshot.
+        to: NodeId,
+        /// Whether it was stored.
+        ok: bool,
+    },
+}
+
+/// Timer token: run the pending fsync.
+const TOKEN_FSYNC: u64 = 0;
+/// Timer token base: a snapshot to peer `token - TOKEN_SNAPSHOT` timed out.
+const TOKEN_SNAPSHOT: u64 = 1 << 32;
+/// How long a snapshot stream may take before it counts as failed.
+const SNAPSHOT_TIMEOUT_MS: u64 = 1_000;
+/// Retry delay after a failed write or fsync.
+const RETRY_MS: u64 = 20;
+/// Segment size: small, so runs cross segment boundaries often.
+const SEGMENT_BYTES: u64 = 16 << 10;
+
+/// Records what the state machine applies, for state-machine safety.
+#[derive(Clone)]
+struct RecordingKv {
+    inner: KvState,
+    events: Arc<Mutex<Vec<Applied>>>,
+}
+
+impl RecordingKv {
+    fn push(&self, event: Applied) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+}
+
+impl State for RecordingKv {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+        self.push(Applied::Entry {
+            index,
+            digest: digest(instruction),
+        });
+        self.inner.apply(index, instruction)
+    }
+
+    fn skip(&mut self, index: u64) {
+        self.push(Applied::Entry {
+            index,
+            digest: digest(b"<skip>"),
+        });
+        self.inner.skip(index)
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        self.inner.snapshot(out)
+    }
+
+    fn restore(&mut self, index: u64, input: &mut dyn io::Read) -> io::Result<()> {
+        self.push(Applied::Restored { index });
+        self.inner.restore(index, input)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.inner.applied_index()
+    }
+}
+
+/// The log as the checker sees it: raft's in-memory log, mirrored from the
+/// batches the core hands out.
+#[derive(Debug, Default)]
+struct Mirror {
+    first_index: u64,
+    entries: Vec<EntryView>,
+}
+
+impl Mirror {
+    fn reset(&mut self, snapshot_index: u64) {
+        self.first_index = snapshot_index + 1;
+        self.entries.clear();
+    }
+
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        let keep = first.index.saturating_sub(self.first_index) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend(entries.iter().map(|e| EntryView {
+            term: e.term,
+            digest: entry_digest(e),
+        }));
+    }
+
+    fn compact(&mut self, index: u64) {
+        if index >= self.first_index {
+            let drop = ((index + 1 - self.first_index) as usize).min(self.entries.len());
+            self.entries.drain(..drop);
+            self.first_index += drop as u64;
+        }
+    }
+}
+
+enum Pending {
+    Write(u64, Command),
+    Read(u64, u64),
+}
+
+struct Running {
+    core: Core<RecordingKv>,
+    log: Log,
+    meta: MetaFile,
+    /// Batches written (or to rewrite) but not yet fsynced.
+    unsynced: Vec<PersistBatch>,
+    write_failed: bool,
+    fsync_scheduled: bool,
+    compact_to: Option<u64>,
+    requests: BTreeMap<u64, Pending>,
+    next_request: u64,
+}
+
+/// A consensus-core node on a simulated disk.
+pub struct ServiceNode {
+    id: NodeId,
+    fs: SimFs,
+    raft_dir: PathBuf,
+    broken: Broken,
+    events: Arc<Mutex<Vec<Applied>>>,
+    running: Option<Running>,
+    mirror: Mirror,
+    /// Last known term (for the view while down).
+    term: u64,
+    /// Bootstrap node: campaign at the first tick.
+    campaign_pending: bool,
+    /// Largest simulated fsync latency.
+    fsync_ms_max: u64,
+}
+
+fn storage_err(e: StorageError) -> String {
+    e.to_string()
+}
+
+impl ServiceNode {
+    /// A node: `voters == [id]` bootstraps a one-node cluster, an empty
+    /// `voters` is a joiner waiting to be added by the leader.
+    pub fn new(
+        id: NodeId,
+        voters: &[NodeId],
+        broken: Broken,
+        fsync_ms_max: u64,
+        rng: &mut SimRng,
+    ) -> Result<Self, String> {
+        let disk = SimDisk::new(DiskConfig::default(), rng.fork());
+        let fs = SimFs::new(disk);
+        let raft_dir = PathBuf::from("raft");
+        let shared: Arc<dyn dqlite_consensus::storage::Disk> = Arc::new(fs.clone());
+        if voters == [id] {
+            boot::bootstrap(shared, &raft_dir, id, &format!("n{id}"), &KvState::new())
+                .map_err(storage_err)?;
+        } else if voters.is_empty() {
+            boot::write_identity(shared.as_ref(), &raft_dir, id, 0).map_err(storage_err)?;
+        } else {
+            return Err("consensus nodes start alone or as joiners".into());
+        }
+        let mut node = Self {
+            id,
+            fs,
+            raft_dir,
+            broken,
+            events: Arc::new(Mutex::new(Vec::new())),
+            running: None,
+            mirror: Mirror::default(),
+            term: 0,
+            campaign_pending: false,
+            fsync_ms_max: fsync_ms_max.max(1),
+        };
+        node.boot(rng, &mut Effects::default())?;
+        // Campaign on the first tick, where the harness collects the effects.
+        node.campaign_pending = voters == [id];
+        Ok(node)
+    }
+
+    fn boot(&mut self, rng: &mut SimRng, fx: &mut Effects<Wire>) -> Result<u64, String> {
+        let shared: Arc<dyn dqlite_consensus::storage::Disk> = Arc::new(self.fs.clone());
+        let options = LogOptions {
+            segment_size: SEGMENT_BYTES,
+            auto_recovery: false,
+        };
+        let opened = boot::open(shared, &self.raft_dir, options).map_err(storage_err)?;
+        let snapshot_index = opened.boot.snapshot.as_ref().map_or(0, |s| s.index);
+        self.mirror.reset(snapshot_index);
+        self.mirror.append(&opened.boot.entries);
+        let config = CoreConfig {
+            // Small thresholds so snapshots, compaction and snapshot
+            // transfer happen within a short run.
+            snapshot_threshold: 24,
+            snapshot_trailing: 8,
+            max_size_per_msg: 4 << 10,
+            max_inflight_msgs: 16,
+            ..CoreConfig::new(self.id)
+        };
+        let state = RecordingKv {
+            inner: KvState::new(),
+            events: self.events.clone(),
+        };
+        let mut core =
+            Core::new(config, state, opened.snapshots, opened.boot).map_err(|e| e.to_string())?;
+        let mut election = rng.fork();
+        core.set_election_timeout_rng(Box::new(move |min, max| {
+            election.between(min as u64, max.saturating_sub(1) as u64) as usize
+        }));
+        let applied = core.applied_index();
+        self.term = core.term();
+        self.running = Some(Running {
+            core,
+            log: opened.log,
+            meta: opened.meta,
+            unsynced: Vec::new(),
+            write_failed: false,
+            fsync_scheduled: false,
+            compact_to: None,
+            requests: BTreeMap::new(),
+            next_request: 1,
+        });
+        self.drain_applied(fx);
+        Ok(applied)
+    }
+
+    fn drain_applied(&mut self, fx: &mut Effects<Wire>) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        fx.applied.append(&mut events);
+    }
+
+    fn input(&mut self, input: Input, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        running.core.handle(input, &mut actions);
+        self.term = running.core.term();
+        self.actions(actions, rng, fx);
+        self.drain_applied(fx);
+    }
+
+    fn actions(&mut self, actions: Vec<Action>, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        let mut follow_up = Vec::new();
+        for action in actions {
+            let Some(running) = self.running.as_mut() else {
+                return;
+            };
+            match action {
+                Action::Send(m) => {
+                    let to = m.to;
+                    let mut snapshot = None;
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        let meta = m.get_snapshot().get_metadata();
+                        match read_snapshot(&running.core, meta.term, meta.index) {
+                            Ok(bytes) => snapshot = Some(Arc::new(bytes)),
+                            Err(_) => {
+                                follow_up.push(Input::SnapshotSent { to, ok: false });
+                                continue;
+                            }
+                        }
+                        fx.timers.push((SNAPSHOT_TIMEOUT_MS, TOKEN_SNAPSHOT + to));
+                    }
+                    fx.messages.push((to, Wire::Raft(Box::new(m), snapshot)));
+                }
+                Action::Persist(batch) => {
+                    if let Some(index) = batch.snapshot_index {
+                        self.mirror.reset(index);
+                    }
+                    self.mirror.append(&batch.entries);
+                    if !running.write_failed {
+                        running.write_failed = write_batch(self.id, running, &batch).is_err();
+                    }
+                    let number = batch.number;
+                    running.unsynced.push(batch);
+                    if self.broken == Broken::SendBeforeFsync {
+                        // The bug: report durability before the fsync.
+                        follow_up.push(Input::Persisted(number));
+                    }
+                    if !running.fsync_scheduled {
+                        running.fsync_scheduled = true;
+                        fx.timers
+                            .push((rng.between(1, self.fsync_ms_max), TOKEN_FSYNC));
+                    }
+                }
+                Action::Compact(index) => {
+                    self.mirror.compact(index);
+                    running.compact_to = Some(index);
+                }
+                Action::Resolve(id, result) => {
+                    let Some(Pending::Write(op_id, command)) = running.requests.remove(&id) else {
+                        continue;
+                    };
+                    let answer = match result {
+                        Ok(outcome) => Answer::Done(match command {
+                            Command::Cas { .. } => Outcome::Cas(outcome.satisfied),
+                            _ => Outcome::Written,
+                        }),
+                        Err(e) => refused_or_unknown(&e),
+                    };
+                    fx.answers.push((op_id, answer));
+                }
+                Action::ReadDone(id, result) => {
+                    let Some(Pending::Read(op_id, key)) = running.requests.remove(&id) else {
+                        continue;
+                    };
+                    let answer = match result {
+                        Ok(_) => Answer::Done(Outcome::Read(
+                            running
+                                .core
+                                .state()
+                                .inner
+                                .get(&key_name(key))
+                                .and_then(|v| v.parse().ok()),
+                        )),
+                        // A read that did not complete has no effect.
+                        Err(_) => Answer::Refused,
+                    };
+                    fx.answers.push((op_id, answer));
+                }
+                Action::LeaderChanged { .. } | Action::MembershipChanged | Action::Removed => {}
+            }
+        }
+        for input in follow_up {
+            self.input(input, rng, fx);
+        }
+    }
+
+    fn fsync(&mut self, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        running.fsync_scheduled = false;
+        let mut ok = true;
+        if running.write_failed {
+            // Rewrite everything not yet durable, as the persistence thread does.
+            let batches = std::mem::take(&mut running.unsynced);
+            ok = batches
+                .iter()
+                .all(|b| write_batch(self.id, running, b).is_ok());
+            running.unsynced = batches;
+            running.write_failed = !ok;
+        }
+        ok = ok && running.log.sync().is_ok() && running.meta.sync().is_ok();
+        if !ok {
+            running.write_failed = true;
+            running.fsync_scheduled = true;
+            fx.timers.push((RETRY_MS, TOKEN_FSYNC));
+            return;
+        }
+        let number = running.unsynced.iter().map(|b| b.number).max();
+        running.unsynced.clear();
+        if let Some(index) = running.compact_to.take() {
+            // Compaction failing only leaves old segments behind.
+            let _ = running.log.compact(index);
+        }
+        if let Some(number) = number {
+            if self.broken != Broken::SendBeforeFsync {
+                self.input(Input::Persisted(number), rng, fx);
+            }
+        }
+    }
+
+    fn receive_snapshot(&mut self, message: &Message, bytes: &[u8]) -> bool {
+        let Some(running) = self.running.as_ref() else {
+            return false;
+        };
+        let meta = message.get_snapshot().get_metadata();
+        let stored = running
+            .core
+            .snapshots()
+            .incoming(meta.term, meta.index)
+            .and_then(|mut incoming| {
+                incoming.write_chunk(bytes)?;
+                incoming.finish()
+            });
+        stored.is_ok()
+    }
+}
+
+fn key_name(key: u64) -> String {
+    format!("k{key}")
+}
+
+fn refused_or_unknown(e: &CoreProposeError) -> Answer {
+    match e {
+        CoreProposeError::NotLeader(_)
+        | CoreProposeError::Dropped
+        | CoreProposeError::ConfChangeInProgress
+        | CoreProposeError::InvalidChange(_) => Answer::Refused,
+        _ => Answer::Unknown,
+    }
+}
+
+fn read_snapshot(core: &Core<RecordingKv>, term: u64, index: u64) -> Result<Vec<u8>, String> {
+    let store = core.snapshots();
+    let info = store.find(term, index).map_err(storage_err)?;
+    let mut reader = store.raw_reader(&info).map_err(storage_err)?;
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// Write one batch without syncing (the persistence thread's rules).
+fn write_batch(id: NodeId, running: &mut Running, batch: &PersistBatch) -> Result<(), String> {
+    let meta_path = Path::new("raft/meta");
+    if let Some(index) = batch.snapshot_index {
+        running.log.reset(index).map_err(storage_err)?;
+        let st = running.meta.state();
+        running
+            .meta
+            .write(MetaState {
+                commit: st.commit.max(index),
+                ..st
+            })
+            .map_err(|e| storage_err(StorageError::io(meta_path, e)))?;
+    }
+    if !batch.entries.is_empty() {
+        running.log.append(&batch.entries).map_err(storage_err)?;
+    }
+    if let Some(hs) = &batch.hard_state {
+        let st = running.meta.state();
+        if hs.term != st.term || hs.vote != st.vote {
+            running
+                .meta
+                .write(MetaState {
+                    id,
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                })
+                .map_err(|e| storage_err(StorageError::io(meta_path, e)))?;
+        }
+    }
+    Ok(())
+}
+
+impl SimNode for ServiceNode {
+    type Message = Wire;
+
+    fn tick(&mut self, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        if std::mem::take(&mut self.campaign_pending) {
+            self.input(Input::Campaign, rng, fx);
+        }
+        self.input(Input::Tick, rng, fx);
+    }
+
+    fn receive(&mut self, message: Wire, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        match message {
+            Wire::Raft(m, snapshot) => {
+                if let Some(bytes) = snapshot {
+                    let ok = self.receive_snapshot(&m, &bytes);
+                    fx.messages.push((
+                        m.from,
+                        Wire::SnapshotAck {
+                            from: self.id,
+                            to: m.from,
+                            ok,
+                        },
+                    ));
+                    if !ok {
+                        return;
+                    }
+                }
+                self.input(Input::Step(*m), rng, fx);
+            }
+            Wire::SnapshotAck { from, ok, .. } => {
+                self.input(Input::SnapshotSent { to: from, ok }, rng, fx);
+            }
+        }
+    }
+
+    fn wake(&mut self, token: u64, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        if token == TOKEN_FSYNC {
+            self.fsync(rng, fx);
+        } else if let Some(to) = token.checked_sub(TOKEN_SNAPSHOT) {
+            // Reporting a failure for a stream that succeeded is harmless:
+            // raft ignores it unless the peer still waits for a snapshot.
+            self.input(Input::SnapshotSent { to, ok: false }, rng, fx);
+        }
+    }
+
+    fn propose(
+        &mut self,
+        request: KvRequest,
+        rng: &mut SimRng,
+        fx: &mut Effects<Wire>,
+    ) -> Result<(), ProposeError> {
+        let running = self.running.as_mut().ok_or(ProposeError::NotLeader)?;
+        let id = running.next_request;
+        running.next_request += 1;
+        let key = key_name(request.key);
+        let (input, pending) = match request.command {
+            Command::Read => (Input::Read(id), Pending::Read(request.op_id, request.key)),
+            Command::Write(v) => (
+                Input::Propose(
+                    id,
+                    Proposal::State(
+                        KvCommand::Set {
+                            key,
+                            value: v.to_string(),
+                        }
+                        .encode(),
+                    ),
+                ),
+                Pending::Write(request.op_id, request.command),
+            ),
+            Command::Cas { expected, new } => (
+                Input::Propose(
+                    id,
+                    Proposal::State(
+                        KvCommand::Cas {
+                            key,
+                            expected: expected.map(|v| v.to_string()),
+                            value: Some(new.to_string()),
+                        }
+                        .encode(),
+                    ),
+                ),
+                Pending::Write(request.op_id, request.command),
+            ),
+        };
+        if !matches!(request.command, Command::Read) && !running.core.is_leader() {
+            return Err(ProposeError::NotLeader);
+        }
+        if self.broken == Broken::AckBeforeCommit && matches!(request.command, Command::Write(_)) {
+            fx.answers
+                .push((request.op_id, Answer::Done(Outcome::Written)));
+        } else {
+            running.requests.insert(id, pending);
+        }
+        let mut inner = Effects::default();
+        self.input(input, rng, &mut inner);
+        // A refusal inside the same input means it never entered the log.
+        if let Some(position) = inner
+            .answers
+            .iter()
+            .position(|&(op, a)| op == request.op_id && a == Answer::Refused)
+        {
+            inner.answers.remove(position);
+            merge(fx, inner);
+            return Err(ProposeError::NotLeader);
+        }
+        merge(fx, inner);
+        Ok(())
+    }
+
+    fn transfer_leadership(&mut self, to: NodeId, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        self.input(Input::TransferLeader(to), rng, fx);
+    }
+
+    fn change_membership(
+        &mut self,
+        change: MemberChange,
+        rng: &mut SimRng,
+        fx: &mut Effects<Wire>,
+    ) -> Result<(), ProposeError> {
+        let running = self.running.as_mut().ok_or(ProposeError::NotLeader)?;
+        if !running.core.is_leader() {
+            return Err(ProposeError::NotLeader);
+        }
+        let id = running.next_request;
+        running.next_request += 1;
+        let request = match change {
+            MemberChange::Add(node) => MemberRequest::Set(NodeInfo {
+                id: node,
+                address: format!("n{node}"),
+                role: Role::Standby,
+                promote: true,
+            }),
+            MemberChange::Remove(node) => MemberRequest::Remove(node),
+        };
+        self.input(Input::Propose(id, Proposal::Member(request)), rng, fx);
+        Ok(())
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        let Some(running) = self.running.as_ref() else {
+            return Vec::new();
+        };
+        let cs = running.core.conf_state();
+        let mut ids: Vec<NodeId> = cs
+            .voters
+            .iter()
+            .chain(cs.learners.iter())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn removed(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| r.core.is_removed())
+    }
+
+    fn view(&self) -> NodeView<'_> {
+        let (term, is_leader, commit) = match &self.running {
+            Some(r) => (r.core.term(), r.core.is_leader(), r.core.commit_index()),
+            None => (self.term, false, 0),
+        };
+        NodeView {
+            id: self.id,
+            term,
+            is_leader,
+            commit,
+            first_index: self.mirror.first_index,
+            entries: &self.mirror.entries,
+        }
+    }
+
+    fn crash(&mut self, mode: CrashMode) {
+        self.running = None;
+        self.fs.disk().crash(mode);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn restart(&mut self, rng: &mut SimRng, fx: &mut Effects<Wire>) -> Result<u64, String> {
+        // Events from the boot (a snapshot restore) precede the index we return.
+        let applied = self.boot(rng, &mut Effects::default())?;
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.input(Input::Tick, rng, fx);
+        Ok(applied)
+    }
+
+    fn describe(message: &Wire) -> String {
+        match message {
+            Wire::Raft(m, snapshot) => format!(
+                "{:?} {}->{} t{} i{} lt{} n{} c{} r{}{}",
+                m.get_msg_type(),
+                m.from,
+                m.to,
+                m.term,
+                m.index,
+                m.log_term,
+                m.entries.len(),
+                m.commit,
+                m.reject,
+                if snapshot.is_some() { " +snapshot" } else { "" }
+            ),
+            Wire::SnapshotAck { from, to, ok } => format!("SnapshotAck {from}->{to} ok={ok}"),
+        }
+    }
+}
+
+fn merge(fx: &mut Effects<Wire>, inner: Effects<Wire>) {
+    fx.messages.extend(inner.messages);
+    fx.applied.extend(inner.applied);
+    fx.answers.extend(inner.answers);
+    fx.timers.extend(inner.timers);
+}

@@ -1,0 +1,71 @@
+//! Simulation tests over the real consensus core (`dqlite_consensus::core`)
+//! on the simulated disk: determinism, a fault-free run, and the canaries.
+//!
+//! The full faulty runs of the consensus node are not asserted clean here:
+//! they currently find the stale-commit bug described in NEEDS.md.
+
+use dqlite_sim::options::Options;
+use dqlite_sim::raftrs::Broken;
+use dqlite_sim::runner::{run_options, run_seed, NodeKind};
+
+#[test]
+fn a_consensus_seed_replays_to_the_same_trace_hash() {
+    for seed in [3, 99] {
+        let a = run_seed(seed, NodeKind::Consensus, Broken::None, false);
+        let b = run_seed(seed, NodeKind::Consensus, Broken::None, false);
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not deterministic"
+        );
+        assert_eq!(a.events, b.events);
+        assert!(a.events > 1000, "seed {seed} did too little: {}", a.events);
+    }
+}
+
+#[test]
+fn a_cluster_grown_from_one_node_serves_linearizable_operations_without_faults() {
+    for seed in 0..5 {
+        let options = Options {
+            faults: false,
+            ..Options::from_seed(seed)
+        };
+        let report = run_options(options, NodeKind::Consensus, false);
+        assert_eq!(
+            report.result,
+            Ok(()),
+            "seed {seed}: {:?}",
+            report.trace_tail
+        );
+        assert!(
+            report.completed > 10,
+            "seed {seed}: {} completed",
+            report.completed
+        );
+        // Joining goes through raft snapshots; entries commit beyond them.
+        assert!(
+            report.committed > 10,
+            "seed {seed}: {} committed",
+            report.committed
+        );
+    }
+}
+
+#[test]
+fn ack_before_commit_in_the_consensus_node_is_caught() {
+    let caught = (0..200).find(|&seed| {
+        run_seed(seed, NodeKind::Consensus, Broken::AckBeforeCommit, false)
+            .result
+            .is_err()
+    });
+    assert!(caught.is_some(), "the simulator missed ack-before-commit");
+}
+
+#[test]
+fn send_before_fsync_in_the_consensus_node_is_caught() {
+    let caught = (0..300).find(|&seed| {
+        run_seed(seed, NodeKind::Consensus, Broken::SendBeforeFsync, false)
+            .result
+            .is_err()
+    });
+    assert!(caught.is_some(), "the simulator missed send-before-fsync");
+}
