@@ -1,0 +1,148 @@
+//! The store as a consensus state machine: the one apply path that every
+//! node (leader included), log replay and snapshot restore go through.
+//!
+//! Snapshot format (little-endian): magic `dqrs`, version byte, database
+//! count; per database its name, change sequence, page size, size in
+//! pages and stored page count, then each stored page as its number and
+//! bytes. Written page by page into the consensus snapshot stream, never as
+//! one buffer.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use dqlite_consensus::State;
+use imbl::OrdMap;
+use tracing::error;
+
+use crate::entry::{valid_page_size, Entry};
+use crate::pages::Version;
+use crate::Shared;
+
+const MAGIC: &[u8; 4] = b"dqrs";
+const VERSION: u8 = 1;
+
+/// Applies committed entries to a [`crate::Store`].
+pub struct StoreState {
+    shared: Arc<Shared>,
+    applied: u64,
+}
+
+impl StoreState {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, applied: 0 }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn read_u32(r: &mut dyn Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+impl State for StoreState {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+        self.applied = index;
+        match Entry::decode(instruction) {
+            Ok(entry) => self.shared.apply(&entry),
+            Err(e) => {
+                // Same bytes on every node, so every node skips it alike.
+                error!(index, "skipping an entry that is not a store entry: {e}");
+                false
+            }
+        }
+    }
+
+    fn skip(&mut self, index: u64) {
+        self.applied = index;
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        let versions = self.shared.versions();
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        out.write_all(&(versions.len() as u32).to_le_bytes())?;
+        for (name, v) in versions {
+            out.write_all(&(name.len() as u32).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+            out.write_all(&v.seq.to_le_bytes())?;
+            out.write_all(&v.page_size.to_le_bytes())?;
+            out.write_all(&v.pages.to_le_bytes())?;
+            out.write_all(&(v.data.len() as u32).to_le_bytes())?;
+            for (pgno, page) in v.data.iter() {
+                out.write_all(&pgno.to_le_bytes())?;
+                out.write_all(page)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
+        let mut magic = [0u8; 5];
+        input.read_exact(&mut magic)?;
+        if &magic[..4] != MAGIC || magic[4] != VERSION {
+            return Err(invalid("not a dqlite-rs store snapshot"));
+        }
+        let count = read_u32(input)?;
+        let mut versions = Vec::new();
+        for _ in 0..count {
+            let len = read_u32(input)? as usize;
+            if len > 1 << 20 {
+                return Err(invalid("database name longer than 1 MiB"));
+            }
+            let mut name = vec![0u8; len];
+            input.read_exact(&mut name)?;
+            let name =
+                String::from_utf8(name).map_err(|_| invalid("database name is not UTF-8"))?;
+            let seq = read_u64(input)?;
+            let page_size = read_u32(input)?;
+            let pages = read_u32(input)?;
+            let stored = read_u32(input)?;
+            if stored > 0 && !valid_page_size(page_size) {
+                return Err(invalid(format!("invalid page size {page_size}")));
+            }
+            if stored > pages {
+                return Err(invalid(format!(
+                    "{stored} pages stored in a {pages}-page database"
+                )));
+            }
+            let mut data = OrdMap::new();
+            for _ in 0..stored {
+                let pgno = read_u32(input)?;
+                if pgno == 0 || pgno > pages {
+                    return Err(invalid(format!(
+                        "page {pgno} outside a {pages}-page database"
+                    )));
+                }
+                let mut page = vec![0u8; page_size as usize];
+                input.read_exact(&mut page)?;
+                data.insert(pgno, Arc::from(page));
+            }
+            versions.push((
+                name,
+                Version {
+                    seq,
+                    page_size,
+                    pages,
+                    data,
+                },
+            ));
+        }
+        self.shared.replace_all(versions);
+        self.applied = index;
+        Ok(())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}

@@ -1,0 +1,295 @@
+//! Replicated SQLite. SQLite runs over this crate's VFS; the pages a
+//! transaction writes stay in its handle until the commit point, where they
+//! become one consensus entry. Every node — the leader included — applies
+//! committed entries through [`StoreState`], the same code everywhere, so
+//! the database images after index *i* are identical on every node.
+//!
+//! Layout:
+//! - [`entry`]: the replication unit and its encoding.
+//! - [`pages`]: the versioned page store (immutable versions sharing
+//!   pages; readers keep theirs, so they never block the writer).
+//! - `handle`: one SQLite file handle: locks, read snapshot, overlay,
+//!   commit.
+//! - [`vfs`]: the SQLite VFS; its `ffi` module holds the crate's only
+//!   unsafe code.
+//! - [`fsm`]: the consensus [`dqlite_consensus::State`]: apply, snapshot,
+//!   restore.
+//!
+//! ```
+//! // Without a proposer, commits apply locally (tests, tools).
+//! let store = dqlite_store::Store::memory().unwrap();
+//! let conn = store.open("app.db").unwrap();
+//! conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)").unwrap();
+//! assert_eq!(store.seq("app.db"), Some(2));
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod entry;
+pub mod fsm;
+mod handle;
+pub mod pages;
+#[allow(unsafe_code)]
+pub mod vfs;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use fsm::StoreState;
+
+use entry::Entry;
+use pages::Version;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Bytes that should be an entry or snapshot are not.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// SQLite refused to register the VFS.
+    #[error("cannot register the SQLite VFS (code {0})")]
+    Vfs(i32),
+}
+
+/// Why a proposal failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; nothing was replicated.
+    #[error("not leader")]
+    NotLeader,
+    /// Leadership was lost while the entry was in flight: it may still
+    /// commit.
+    #[error("leadership lost")]
+    LeadershipLost,
+    /// No outcome in time: the entry may still commit.
+    #[error("timed out")]
+    Timeout,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Replicates entries. Called on a SQLite (blocking) thread at the commit
+/// point; it blocks until the entry is applied locally.
+pub trait Proposer: Send + Sync + 'static {
+    /// Replicates `entry`: `Ok(true)` once applied, `Ok(false)` if it was
+    /// applied as stale (nothing changed).
+    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError>;
+}
+
+/// One database: its current version and who may write it.
+pub(crate) struct Db {
+    pub(crate) name: String,
+    state: Mutex<DbState>,
+}
+
+pub(crate) struct DbState {
+    pub(crate) current: Arc<Version>,
+    /// The handle holding the RESERVED lock, if any.
+    pub(crate) writer: Option<u64>,
+}
+
+impl Db {
+    fn new(name: &str, version: Version) -> Self {
+        Self {
+            name: name.to_owned(),
+            state: Mutex::new(DbState {
+                current: Arc::new(version),
+                writer: None,
+            }),
+        }
+    }
+
+    /// The lock is only held for pointer swaps and flag changes, never
+    /// across I/O, so poisoning would mean a panic in that tiny section:
+    /// the state is still consistent, keep going.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, DbState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn current(&self) -> Arc<Version> {
+        Arc::clone(&self.lock().current)
+    }
+}
+
+/// State shared by the store, its VFS and its consensus `State`.
+pub(crate) struct Shared {
+    dbs: Mutex<HashMap<String, Arc<Db>>>,
+    proposer: RwLock<Option<Arc<dyn Proposer>>>,
+    next_handle: AtomicU64,
+}
+
+impl Shared {
+    fn dbs(&self) -> MutexGuard<'_, HashMap<String, Arc<Db>>> {
+        self.dbs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn db(&self, name: &str) -> Arc<Db> {
+        Arc::clone(
+            self.dbs()
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Db::new(name, Version::default()))),
+        )
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<Db>> {
+        self.dbs().get(name).cloned()
+    }
+
+    /// Applies a committed entry: true if it was current, false if stale.
+    pub(crate) fn apply(&self, entry: &Entry) -> bool {
+        let db = self.db(&entry.database);
+        let mut st = db.lock();
+        match st.current.apply(entry) {
+            Some(next) => {
+                st.current = Arc::new(next);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces every database (snapshot restore). Open handles keep their
+    /// `Db` and see the new versions from their next read transaction.
+    pub(crate) fn replace_all(&self, versions: Vec<(String, Version)>) {
+        let mut dbs = self.dbs();
+        let mut seen = std::collections::HashSet::new();
+        for (name, version) in versions {
+            seen.insert(name.clone());
+            match dbs.get(&name) {
+                Some(db) => db.lock().current = Arc::new(version),
+                None => {
+                    dbs.insert(name.clone(), Arc::new(Db::new(&name, version)));
+                }
+            }
+        }
+        for (name, db) in dbs.iter() {
+            if !seen.contains(name) {
+                db.lock().current = Arc::new(Version::default());
+            }
+        }
+    }
+
+    pub(crate) fn versions(&self) -> Vec<(String, Arc<Version>)> {
+        let mut out: Vec<_> = self
+            .dbs()
+            .iter()
+            .map(|(n, db)| (n.clone(), db.current()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn commit(&self, entry: Entry) -> Result<bool, ProposeError> {
+        let proposer = self
+            .proposer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match proposer {
+            Some(p) => p.propose(entry.encode()),
+            None => Ok(self.apply(&entry)),
+        }
+    }
+}
+
+/// The VFS backend: each open file needs its own `Arc<Shared>`.
+struct BackendHandle(Arc<Shared>);
+
+impl vfs::Backend for BackendHandle {
+    fn open_main(&self, name: &str) -> Result<Box<dyn vfs::File>, vfs::Code> {
+        let db = self.0.db(name);
+        let id = self.0.next_handle.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(handle::MainFile::new(Arc::clone(&self.0), db, id)))
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.0.find(name).is_some()
+    }
+}
+
+/// Every replicated database of a node.
+pub struct Store {
+    shared: Arc<Shared>,
+    registration: vfs::Registration,
+    busy_timeout: Duration,
+}
+
+static STORES: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// A store holding its databases in memory; they persist through
+    /// consensus snapshots and the log.
+    pub fn memory() -> Result<Arc<Store>, StoreError> {
+        let shared = Arc::new(Shared {
+            dbs: Mutex::new(HashMap::new()),
+            proposer: RwLock::new(None),
+            next_handle: AtomicU64::new(1),
+        });
+        let name = format!("dqlite-rs-{}", STORES.fetch_add(1, Ordering::Relaxed));
+        let registration = vfs::register(&name, Arc::new(BackendHandle(Arc::clone(&shared))))
+            .map_err(StoreError::Vfs)?;
+        Ok(Arc::new(Store {
+            shared,
+            registration,
+            busy_timeout: Duration::from_secs(1),
+        }))
+    }
+
+    /// Routes commits through `proposer` from now on. Without one, commits
+    /// apply locally at once (a store that is not replicated).
+    pub fn set_proposer(&self, proposer: Arc<dyn Proposer>) {
+        *self
+            .shared
+            .proposer
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(proposer);
+    }
+
+    /// A new SQLite connection to database `name`, created if needed.
+    pub fn open(&self, name: &str) -> rusqlite::Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags_and_vfs(name, flags, self.registration.name())?;
+        conn.busy_timeout(self.busy_timeout)?;
+        // The journal only serves rollback inside this process: the page
+        // store, not a journal file, is what survives a crash.
+        conn.pragma_update(None, "journal_mode", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(128);
+        Ok(conn)
+    }
+
+    /// A connection to `name` if the database exists on this node.
+    pub fn open_existing(&self, name: &str) -> rusqlite::Result<Option<Connection>> {
+        if self.shared.find(name).is_none() {
+            return Ok(None);
+        }
+        self.open(name).map(Some)
+    }
+
+    /// The consensus state machine over this store.
+    pub fn state(self: &Arc<Self>) -> StoreState {
+        StoreState::new(Arc::clone(&self.shared))
+    }
+
+    /// The committed image of database `name`.
+    pub fn image(&self, name: &str) -> Option<Vec<u8>> {
+        self.shared.find(name).map(|db| db.current().image())
+    }
+
+    /// How many transactions database `name` has committed.
+    pub fn seq(&self, name: &str) -> Option<u64> {
+        self.shared.find(name).map(|db| db.current().seq)
+    }
+
+    /// The names of every database this node holds.
+    pub fn databases(&self) -> Vec<String> {
+        self.shared.versions().into_iter().map(|(n, _)| n).collect()
+    }
+}
