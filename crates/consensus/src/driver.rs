@@ -209,8 +209,10 @@ impl<S: State> Driver<S> {
                 }
             }
             self.core.process_ready(&mut actions);
-            self.dispatch(&mut actions);
+            // Status first: a caller woken by its result sees the state
+            // that produced it.
             self.publish();
+            self.dispatch(&mut actions);
         }
         info!(id = self.core.id(), "driver stopping");
         let _ = self.persist.send(Job::Stop);

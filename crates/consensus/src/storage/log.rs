@@ -155,7 +155,7 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageEr
         foreign: Vec::new(),
     };
     for name in names {
-        if name.contains(".corrupt") {
+        if name.contains(".corrupt") || name.ends_with(".stale") {
             continue;
         }
         if let Some((first, last)) = segment::parse_closed_name(&name) {
@@ -342,9 +342,16 @@ impl Log {
             }
         }
         for name in &s.foreign {
-            if name.ends_with(".tmp") || name.starts_with("open-") {
-                let path = dir.join(name);
+            let path = dir.join(name);
+            if name.ends_with(".tmp") {
                 disk.remove(&path).map_err(|e| StorageError::io(&path, e))?;
+            } else if name.starts_with("open-") {
+                // An older open segment should not exist; keep it for
+                // inspection rather than delete data we cannot explain.
+                let aside = dir.join(format!("{name}.stale"));
+                warn!(segment = %name, "unexpected second open segment set aside");
+                disk.rename(&path, &aside)
+                    .map_err(|e| StorageError::io(&path, e))?;
             }
         }
         report.entries = std::mem::take(&mut s.entries);
@@ -500,10 +507,9 @@ impl Log {
         self.disk
             .rename(&self.dir.join(&self.open.name), &self.dir.join(&closed))
             .map_err(io)?;
-        self.closed.push(Closed { first, last });
         let salt = self.next_salt;
         self.next_salt += 1;
-        self.open = fresh_open(
+        match fresh_open(
             self.disk.as_ref(),
             &self.dir,
             self.options,
@@ -511,7 +517,20 @@ impl Log {
             &mut self.spares,
             salt,
             next_index,
-        )?;
+        ) {
+            Ok(open) => {
+                self.closed.push(Closed { first, last });
+                self.open = open;
+            }
+            Err(e) => {
+                // Undo the rename so the open segment we still hold keeps its
+                // name; the caller retries the whole batch later.
+                let _ = self
+                    .disk
+                    .rename(&self.dir.join(&closed), &self.dir.join(&self.open.name));
+                return Err(e);
+            }
+        }
         self.disk.sync_dir(&self.dir).map_err(io)?;
         Ok(())
     }
