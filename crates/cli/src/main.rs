@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod node;
+mod recover;
 mod shell;
 
 /// A distributed SQLite engine, wire-compatible with dqlite.
@@ -22,6 +24,10 @@ enum Command {
     Node(node::Args),
     /// Interactive SQL shell for any dqlite-protocol cluster.
     Shell(shell::Args),
+    /// Cluster membership: list, leader, add, assign, remove, transfer, describe, weight.
+    Cluster(cluster::Args),
+    /// Offline recovery of a cluster that lost its quorum.
+    Recover(recover::Args),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +36,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Shell(args) => shell::run(args),
+        Command::Cluster(args) => cluster::run(args),
+        Command::Recover(args) => recover::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,20 +1,27 @@
 //! `dqlite-rs node`: run a node until SIGINT or SIGTERM.
+//!
+//! A node with an empty directory joins through `--join`, or bootstraps a
+//! new cluster when its id is 1 or BOOTSTRAP_ID; a node with data restarts
+//! into its cluster.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use dqlite_server::{Server, ServerConfig};
+use dqlite_node::{Node, Options, TlsConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
-/// Node arguments. With none, a node serves on 127.0.0.1:9001 with its data
-/// in ./dqlite-data.
+/// Node arguments. With none, a node bootstraps a one-node cluster on
+/// 127.0.0.1:9001 with its data in ./dqlite-data.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Node id; 1 bootstraps a new cluster.
-    #[arg(long, default_value_t = 1)]
-    pub id: u64,
+    /// Node id. Default: 1 (bootstraps) without --join; with --join or an
+    /// existing directory, the cluster's (allocated on join, read back on
+    /// restart).
+    #[arg(long)]
+    pub id: Option<u64>,
     /// Address clients and other nodes dial (host:port). Port 0 picks a free
     /// port and advertises it.
     #[arg(long, default_value = "127.0.0.1:9001")]
@@ -25,41 +32,99 @@ pub struct Args {
     /// Listen on this address instead of --address (e.g. 0.0.0.0:9001).
     #[arg(long)]
     pub bind: Option<String>,
+    /// Join the cluster through any of these members (comma-separated)
+    /// when the directory is empty.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
+    pub join: Vec<String>,
+    /// Keep databases on disk instead of in memory.
+    #[arg(long)]
+    pub disk_mode: bool,
+    /// Failure domain reported by DESCRIBE.
+    #[arg(long, default_value_t = 0)]
+    pub failure_domain: u64,
+    /// Expected one-way network latency between nodes; raft's heartbeat
+    /// (2x) and election timeout (10-20x) scale with it.
+    #[arg(long, default_value_t = 20)]
+    pub network_latency_ms: u64,
+    /// Take a snapshot after this many log entries.
+    #[arg(long, default_value_t = 1024)]
+    pub snapshot_threshold: u64,
+    /// Keep this many log entries behind a snapshot.
+    #[arg(long, default_value_t = 8192)]
+    pub snapshot_trailing: u64,
+    /// Fail at start on a damaged log or snapshot instead of setting the
+    /// damaged files aside.
+    #[arg(long)]
+    pub no_auto_recovery: bool,
+    /// Mutual TLS between nodes: the cluster CA certificate (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn tls(args: &Args) -> anyhow::Result<Option<TlsConfig>> {
+    let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    Ok(Some(TlsConfig {
+        ca_pem: read(ca)?,
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+    }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.network_latency_ms == 0 {
+        anyhow::bail!("--network-latency-ms must be at least 1");
+    }
+    let mut options = Options::default()
+        .with_join(args.join.clone())
+        .with_disk_mode(args.disk_mode)
+        .with_failure_domain(args.failure_domain)
+        .with_network_latency(Duration::from_millis(args.network_latency_ms))
+        .with_snapshot_params(args.snapshot_threshold, args.snapshot_trailing)
+        .with_auto_recovery(!args.no_auto_recovery);
+    options.bind_address = args.bind.clone();
+    options.tls = tls(&args)?;
+    // 0 lets the node take its id from the directory or from the cluster.
+    let has_data = args.dir.join("node.json").exists();
+    let id = args.id.unwrap_or(if args.join.is_empty() && !has_data {
+        1
+    } else {
+        0
+    });
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mut config = ServerConfig::new(args.id, args.address, args.dir.clone());
-        config.bind = args.bind;
-        let server = Server::bind(config).await.with_context(|| {
+        let mut node = Node::new(id, args.address, args.dir.clone(), options);
+        node.start().await.with_context(|| {
             format!(
                 "cannot start node with data directory {}",
                 args.dir.display()
             )
         })?;
-        let local = server
-            .local_addr()
-            .context("cannot read the bound address")?;
         info!(
             "dqlite-rs node {} listening on {} (clients dial {}), data in {}",
-            args.id,
-            local,
-            server.address(),
+            node.id(),
+            node.bind_address().unwrap_or("?"),
+            node.address(),
             args.dir.display()
         );
         let mut term =
             signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut int =
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-        server
-            .run(async move {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    _ = int.recv() => info!("SIGINT received"),
-                }
-            })
-            .await?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        node.close().await?;
         info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -1,0 +1,367 @@
+//! The node: a dqlite server and a consensus service on one port and one
+//! data directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dqlite_consensus::transport::TlsConfig;
+use dqlite_consensus::Service;
+use dqlite_server::dir::{DataDir, NodeRecord};
+use dqlite_server::{Databases, LocalDatabases, Server, ServerConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::cluster::RaftCluster;
+use crate::peers::RaftPeers;
+use crate::state::EmptyState;
+use crate::{is_bootstrap_id, NodeError};
+
+/// Node options; every one has a default.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = dqlite_node::Options::default()
+///     .with_bind_address("0.0.0.0:9001")
+///     .with_network_latency(Duration::from_millis(5))
+///     .with_failure_domain(2)
+///     .with_snapshot_params(1024, 8192)
+///     .with_join(["10.0.0.1:9001", "10.0.0.2:9001"]);
+/// assert_eq!(options.join.len(), 2);
+/// ```
+#[derive(Clone)]
+pub struct Options {
+    /// Listen here instead of the node's address (e.g. `0.0.0.0:9001`).
+    pub bind_address: Option<String>,
+    /// Members to join through when the directory is empty.
+    pub join: Vec<String>,
+    /// Keep databases on disk rather than in memory.
+    pub disk_mode: bool,
+    /// Reported by DESCRIBE; used to spread roles over failure domains.
+    pub failure_domain: u64,
+    /// One-way network latency between nodes: the raft tick (heartbeat
+    /// every 2 ticks, election timeout 10 to 20 ticks).
+    pub network_latency: Duration,
+    /// Take a snapshot after this many entries.
+    pub snapshot_threshold: u64,
+    /// Keep this many entries behind a snapshot.
+    pub snapshot_trailing: u64,
+    /// Set damaged log or snapshot files aside at start instead of failing.
+    pub auto_recovery: bool,
+    /// Mutual TLS between nodes.
+    pub tls: Option<TlsConfig>,
+    /// Server settings (message size limit, connection limit, busy
+    /// timeout, heartbeat reported in WELCOME).
+    pub max_message_size: u64,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let defaults = ServerConfig::new(0, "", "");
+        Options {
+            bind_address: None,
+            join: Vec::new(),
+            disk_mode: false,
+            failure_domain: 0,
+            network_latency: Duration::from_millis(20),
+            snapshot_threshold: 1024,
+            snapshot_trailing: 8192,
+            auto_recovery: true,
+            tls: None,
+            max_message_size: defaults.max_message_size,
+            max_connections: defaults.max_connections,
+        }
+    }
+}
+
+impl Options {
+    /// Listen on `address` instead of the node's address.
+    pub fn with_bind_address(mut self, address: impl Into<String>) -> Self {
+        self.bind_address = Some(address.into());
+        self
+    }
+    /// Join through any of these members when the directory is empty.
+    pub fn with_join<S: Into<String>>(mut self, members: impl IntoIterator<Item = S>) -> Self {
+        self.join = members.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Keep databases on disk.
+    pub fn with_disk_mode(mut self, on: bool) -> Self {
+        self.disk_mode = on;
+        self
+    }
+    /// Set the failure domain.
+    pub fn with_failure_domain(mut self, domain: u64) -> Self {
+        self.failure_domain = domain;
+        self
+    }
+    /// Set the expected one-way network latency (raft timing scales with it).
+    pub fn with_network_latency(mut self, latency: Duration) -> Self {
+        self.network_latency = latency;
+        self
+    }
+    /// Set the snapshot threshold and trailing entries.
+    pub fn with_snapshot_params(mut self, threshold: u64, trailing: u64) -> Self {
+        self.snapshot_threshold = threshold;
+        self.snapshot_trailing = trailing;
+        self
+    }
+    /// Turn auto-recovery on or off.
+    pub fn with_auto_recovery(mut self, on: bool) -> Self {
+        self.auto_recovery = on;
+        self
+    }
+    /// Use mutual TLS between nodes.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+struct Running {
+    service: Service,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), dqlite_server::ServerError>>,
+    bound: String,
+    _dir: DataDir,
+}
+
+/// A dqlite-rs node. Build it with [`Node::new`], then [`Node::start`];
+/// [`Node::close`] hands leadership over and stops it.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), dqlite_node::NodeError> {
+/// let mut node = dqlite_node::Node::new(1, "127.0.0.1:9001", "/tmp/n1", Default::default());
+/// node.start().await?;
+/// println!("serving on {:?}", node.bind_address());
+/// node.close().await
+/// # }
+/// ```
+pub struct Node {
+    id: u64,
+    address: String,
+    dir: PathBuf,
+    options: Options,
+    running: Option<Running>,
+}
+
+impl Node {
+    /// A node with id `id` (0: let the cluster allocate one on join), at
+    /// `address` (what clients and peers dial; port 0 picks one), with
+    /// its data in `dir`.
+    pub fn new(
+        id: u64,
+        address: impl Into<String>,
+        dir: impl Into<PathBuf>,
+        options: Options,
+    ) -> Node {
+        Node {
+            id,
+            address: address.into(),
+            dir: dir.into(),
+            options,
+            running: None,
+        }
+    }
+
+    /// This node's id (the allocated one once joined).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address clients and peers dial (with the bound port once started).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The address actually bound, once started.
+    pub fn bind_address(&self) -> Option<&str> {
+        self.running.as_ref().map(|r| r.bound.as_str())
+    }
+
+    /// The consensus service, once started.
+    pub fn service(&self) -> Option<&Service> {
+        self.running.as_ref().map(|r| &r.service)
+    }
+
+    /// Starts serving. With data in the directory the node rejoins its
+    /// cluster; otherwise it joins through [`Options::join`], or
+    /// bootstraps a new cluster when its id is 1 or [`crate::BOOTSTRAP_ID`];
+    /// any other node waits until it is added.
+    pub async fn start(&mut self) -> Result<(), NodeError> {
+        if self.running.is_some() {
+            return Err(NodeError::Misuse("the node is already started".into()));
+        }
+        if self.options.network_latency.is_zero() {
+            return Err(NodeError::Misuse("network latency must be positive".into()));
+        }
+        let dir = DataDir::open(&self.dir)?;
+        let existing = dir.read_node()?;
+        if let Some(record) = &existing {
+            if self.id != 0 && record.id != self.id {
+                return Err(NodeError::Misuse(format!(
+                    "data directory {} belongs to node {}, not node {}",
+                    self.dir.display(),
+                    record.id,
+                    self.id
+                )));
+            }
+            self.id = record.id;
+        }
+        let mut server_config = ServerConfig::new(self.id, self.address.clone(), &self.dir);
+        server_config.bind = self.options.bind_address.clone();
+        server_config.failure_domain = self.options.failure_domain;
+        server_config.max_message_size = self.options.max_message_size;
+        server_config.max_connections = self.options.max_connections;
+        let (listener, address) = dqlite_server::listen(&server_config).await?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| NodeError::Misuse(format!("cannot read the bound address: {e}")))?
+            .to_string();
+        self.address = address.clone();
+
+        let mut config = dqlite_consensus::Config::new(address.clone(), &self.dir);
+        config.id = self.id;
+        config.network_latency = self.options.network_latency;
+        config.snapshot_threshold = self.options.snapshot_threshold;
+        config.snapshot_trailing = self.options.snapshot_trailing;
+        config.auto_recovery = self.options.auto_recovery;
+        config.tls = self.options.tls.clone();
+        // Peer traffic shares the client port: the server hands it over.
+        config.listen = false;
+        if self.options.disk_mode {
+            warn!("disk mode is not available yet: databases are kept in memory");
+        }
+        let service = Service::start(config, EmptyState::default()).await?;
+        let databases: Arc<dyn Databases> = Arc::new(LocalDatabases::new(
+            dir.db_dir(),
+            server_config.busy_timeout,
+        ));
+        let cluster = Arc::new(RaftCluster::new(
+            service.clone(),
+            address.clone(),
+            self.options.failure_domain,
+            self.options.network_latency,
+        ));
+        let tls = match &self.options.tls {
+            Some(t) => Some(
+                t.server_config()
+                    .map_err(|e| NodeError::Misuse(format!("TLS: {e}")))?,
+            ),
+            None => None,
+        };
+        let peers = Arc::new(RaftPeers::new(service.http(), tls));
+        let server = Server::from_listener(
+            listener,
+            address.clone(),
+            server_config,
+            databases,
+            cluster,
+            Some(peers),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let running = Running {
+            service: service.clone(),
+            stop,
+            server,
+            bound,
+            _dir: dir,
+        };
+        // From here on `close` can clean up whatever happens next.
+        self.running = Some(running);
+        if let Err(e) = self.form_cluster(&service, existing.is_some()).await {
+            let _ = self.close().await;
+            return Err(e);
+        }
+        if let Some(r) = &self.running {
+            r._dir.write_node(&NodeRecord {
+                id: self.id,
+                address: self.address.clone(),
+            })?;
+        }
+        info!(id = self.id, address = %self.address, "node started");
+        Ok(())
+    }
+
+    /// Restarts, joins or bootstraps, then learns the final id.
+    async fn form_cluster(&mut self, service: &Service, restarted: bool) -> Result<(), NodeError> {
+        let wait_id = |service: &Service| {
+            let mut rx = service.watch();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.id != 0))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().map(|s| s.id))
+            }
+        };
+        if !self.options.join.is_empty() {
+            let mut errors = Vec::new();
+            for member in &self.options.join {
+                match service.join(member).await {
+                    Ok(()) | Err(dqlite_consensus::Error::ExistingCluster) => {
+                        errors.clear();
+                        break;
+                    }
+                    Err(e) => errors.push(format!("{member}: {e}")),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(NodeError::Join(errors.join("; ")));
+            }
+        } else if is_bootstrap_id(self.id) {
+            match service.init().await {
+                Ok(()) | Err(dqlite_consensus::Error::ExistingCluster) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else if !restarted {
+            info!(
+                id = self.id,
+                "no cluster to join and not a bootstrap id: waiting to be added"
+            );
+            return Ok(());
+        }
+        if let Some(id) = wait_id(service).await {
+            self.id = id;
+        }
+        Ok(())
+    }
+
+    /// Stops the node. A leader first hands leadership to another voter,
+    /// so the cluster does not wait for an election timeout.
+    pub async fn close(&mut self) -> Result<(), NodeError> {
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
+        let service = &running.service;
+        let status = service.status();
+        if status.is_leader {
+            let target = status
+                .cluster
+                .nodes
+                .values()
+                .find(|n| n.id != status.id && n.role == dqlite_consensus::Role::Voter)
+                .map(|n| n.id);
+            if let Some(target) = target {
+                let timeout = (self.options.network_latency * 60).max(Duration::from_secs(2));
+                match service.transfer_leadership(target, timeout).await {
+                    Ok(()) => info!(to = target, "leadership handed over"),
+                    Err(e) => warn!(to = target, error = %e, "leadership handover failed"),
+                }
+            }
+        }
+        let _ = running.stop.send(());
+        let result = match tokio::time::timeout(Duration::from_secs(10), running.server).await {
+            Ok(Ok(r)) => r.map_err(NodeError::from),
+            Ok(Err(e)) => Err(NodeError::Misuse(format!("server task failed: {e}"))),
+            Err(_) => Err(NodeError::Misuse("server did not stop in 10 s".into())),
+        };
+        service.stop().await;
+        result
+    }
+}

@@ -1,0 +1,96 @@
+//! Recovery helpers over a stopped node's data directory (go-dqlite's
+//! `ReadLastEntryInfo` and `ReconfigureMembershipExt`).
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Arc;
+
+use dqlite_consensus::offline::{self, LastEntryInfo};
+use dqlite_consensus::storage::RealDisk;
+use dqlite_wire::{NodeInfo, Role};
+
+use crate::NodeError;
+
+/// Holds the directory's lock so that no node starts on it meanwhile.
+/// A directory without a lock file has never held a node: nothing to lock.
+fn lock(dir: &Path) -> Result<Option<std::fs::File>, NodeError> {
+    let path = dir.join("lock");
+    let file = match OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(NodeError::Misuse(format!(
+                "cannot open {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::Misuse(format!(
+            "{} is in use by a running node; stop it first",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(NodeError::Misuse(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The term and index of the last entry in the log of the stopped node at
+/// `dir`. Reads only. Compare the answers of every node (term first, then
+/// index) to find the most up-to-date one.
+///
+/// ```no_run
+/// let info = dqlite_node::read_last_entry_info(std::path::Path::new("/var/lib/n1"))?;
+/// println!("term {} index {}", info.term, info.index);
+/// # Ok::<(), dqlite_node::NodeError>(())
+/// ```
+pub fn read_last_entry_info(dir: &Path) -> Result<LastEntryInfo, NodeError> {
+    let _lock = lock(dir)?;
+    Ok(offline::read_last_entry_info(Arc::new(RealDisk), dir)?)
+}
+
+fn to_consensus(n: &NodeInfo) -> dqlite_consensus::NodeInfo {
+    dqlite_consensus::NodeInfo {
+        id: n.id,
+        address: n.address.clone(),
+        role: match n.role {
+            Role::Voter => dqlite_consensus::Role::Voter,
+            Role::StandBy => dqlite_consensus::Role::Standby,
+            Role::Spare => dqlite_consensus::Role::Spare,
+        },
+        promote: false,
+    }
+}
+
+/// Forces the membership of the stopped node at `dir` to exactly `nodes`
+/// (roles kept), for a cluster that lost its quorum: run it once on the
+/// node with the most recent last entry, copy that directory to the other
+/// surviving members, then restart them. The node at `dir` must be a voter
+/// in `nodes`. Returns the position of the entry written.
+///
+/// ```no_run
+/// use dqlite_node::{NodeInfo, Role};
+/// let nodes = [NodeInfo { id: 1, address: "127.0.0.1:9001".into(), role: Role::Voter }];
+/// dqlite_node::reconfigure_membership_ext(std::path::Path::new("/var/lib/n1"), &nodes)?;
+/// # Ok::<(), dqlite_node::NodeError>(())
+/// ```
+pub fn reconfigure_membership_ext(
+    dir: &Path,
+    nodes: &[NodeInfo],
+) -> Result<LastEntryInfo, NodeError> {
+    if nodes.is_empty() {
+        return Err(NodeError::Misuse(
+            "the new membership needs at least one node".into(),
+        ));
+    }
+    let _lock = lock(dir)?;
+    let nodes = nodes.iter().map(to_consensus).collect();
+    Ok(offline::reconfigure_membership(
+        Arc::new(RealDisk),
+        dir,
+        nodes,
+    )?)
+}
