@@ -24,7 +24,8 @@
 //!   (leader, members, barrier, ADD/ASSIGN/REMOVE/TRANSFER) over the
 //!   consensus service.
 //! - `peers.rs`: `/raft/` peer traffic arriving on the client port.
-//! - `state.rs`: what the consensus service replicates.
+//! - `store.rs`: the replicated store as the server's databases, and
+//!   its commits proposed through the consensus service.
 //! - [`read_last_entry_info`], [`reconfigure_membership_ext`]
 //!   (`offline.rs`): recovery of a stopped node's directory.
 //! - [`generate_id`], [`BOOTSTRAP_ID`], [`set_sqlite_threading_mode`].
@@ -36,7 +37,7 @@ mod node;
 mod offline;
 mod peers;
 mod sqlite;
-mod state;
+mod store;
 
 pub use cluster::RaftCluster;
 pub use dqlite_consensus::offline::LastEntryInfo;

@@ -8,14 +8,15 @@ use std::time::Duration;
 use dqlite_consensus::transport::TlsConfig;
 use dqlite_consensus::Service;
 use dqlite_server::dir::{DataDir, NodeRecord};
-use dqlite_server::{Databases, LocalDatabases, Server, ServerConfig};
+use dqlite_server::{Databases, Server, ServerConfig};
+use dqlite_store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::cluster::RaftCluster;
 use crate::peers::RaftPeers;
-use crate::state::EmptyState;
+use crate::store::{ServiceProposer, StoreDatabases};
 use crate::{is_bootstrap_id, NodeError};
 
 /// Node options; every one has a default.
@@ -125,6 +126,7 @@ struct Running {
     service: Service,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), dqlite_server::ServerError>>,
+    store: Arc<Store>,
     bound: String,
     _dir: DataDir,
 }
@@ -187,6 +189,11 @@ impl Node {
         self.running.as_ref().map(|r| &r.service)
     }
 
+    /// The replicated store, once started (database images for checks).
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.running.as_ref().map(|r| &r.store)
+    }
+
     /// Starts serving. With data in the directory the node rejoins its
     /// cluster; otherwise it joins through [`Options::join`], or
     /// bootstraps a new cluster when its id is 1 or [`crate::BOOTSTRAP_ID`];
@@ -235,11 +242,14 @@ impl Node {
         if self.options.disk_mode {
             warn!("disk mode is not available yet: databases are kept in memory");
         }
-        let service = Service::start(config, EmptyState::default()).await?;
-        let databases: Arc<dyn Databases> = Arc::new(LocalDatabases::new(
-            dir.db_dir(),
-            server_config.busy_timeout,
-        ));
+        let store = Store::memory().map_err(|e| NodeError::Store(e.to_string()))?;
+        let service = Service::start(config, store.state()).await?;
+        store.set_proposer(Arc::new(ServiceProposer {
+            service: service.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            timeout: Duration::from_secs(10),
+        }));
+        let databases: Arc<dyn Databases> = Arc::new(StoreDatabases(Arc::clone(&store)));
         let cluster = Arc::new(RaftCluster::new(
             service.clone(),
             address.clone(),
@@ -270,6 +280,7 @@ impl Node {
             service: service.clone(),
             stop,
             server,
+            store,
             bound,
             _dir: dir,
         };
