@@ -7,10 +7,14 @@
 //!   (SIGTERM, then SIGKILL) on drop.
 //! - [`run_with_timeout`]: run a command with optional stdin, capture its
 //!   output, kill it if it outlives its deadline.
+//! - [`cluster`]: several nodes keeping their port and directory across
+//!   kills and restarts; a bootstrapped-and-joined cluster of them.
 //!
 //! Every wait here is bounded. Nothing talks to anything but 127.0.0.1.
 
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

@@ -1,0 +1,338 @@
+//! Replicated clusters of real `dqlite-rs node` processes on 127.0.0.1:
+//! formation (one bootstraps, two join), leader discovery and NOT_LEADER
+//! from followers, Debian's `dqlite` shell on a follower's address, the
+//! same database image on every node, SIGKILL of the leader, restart and
+//! catch-up, catch-up by snapshot, and the offline recovery procedure with
+//! `dqlite-rs recover`.
+
+mod support;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::cluster::{Cluster, Proc};
+use support::{dqlite_rs_bin, probe_leader, run_with_timeout, Output};
+
+const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn dqlite_shell() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/dqlite");
+    assert!(
+        path.exists(),
+        "Debian's dqlite shell is missing: apt-get install -y go-dqlite (this test never skips)"
+    );
+    path
+}
+
+/// Runs one statement with Debian's shell against `servers`.
+fn shell(servers: &str, db: &str, sql: &str) -> Output {
+    let mut cmd = Command::new(dqlite_shell());
+    cmd.args(["-s", servers, db, sql]);
+    run_with_timeout(cmd, None, SHELL_TIMEOUT)
+}
+
+fn cli(args: &[&str]) -> Output {
+    let mut cmd = Command::new(dqlite_rs_bin());
+    cmd.args(args);
+    run_with_timeout(cmd, None, Duration::from_secs(60))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client_config() -> dqlite_client::Config {
+    let mut c = dqlite_client::Config::default();
+    c.connect_timeout = Duration::from_secs(10);
+    c.request_timeout = Duration::from_secs(10);
+    c
+}
+
+/// The hash of node `address`'s own copy of `db` (DUMP needs no leader).
+fn image_hash(address: &str, db: &str) -> Result<u64, String> {
+    runtime().block_on(async {
+        let mut c = dqlite_client::Client::connect(address, &client_config())
+            .await
+            .map_err(|e| e.to_string())?;
+        let files = c.dump(db).await.map_err(|e| e.to_string())?;
+        let main = files.first().ok_or("no files")?;
+        let mut h = DefaultHasher::new();
+        main.data.hash(&mut h);
+        Ok(h.finish())
+    })
+}
+
+/// Waits until every address holds the same image of `db`.
+fn wait_same_image(addresses: &[String], db: &str, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = addresses.iter().map(|a| image_hash(a, db)).collect();
+        if let Some(Ok(first)) = last.first() {
+            if last.iter().all(|h| h.as_ref() == Ok(first)) {
+                return *first;
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("images of {db} differ after {timeout:?}: {last:?}");
+}
+
+/// Members as `dqlite-rs cluster list` prints them.
+fn members(servers: &str) -> Vec<(u64, String, String)> {
+    let out = cli(&["cluster", "-s", servers, "list"]);
+    assert!(out.success(), "{}", out.describe());
+    out.stdout
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].parse().unwrap(), f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+fn wait_voters(servers: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = members(servers);
+        if m.len() == n && m.iter().all(|(_, _, r)| r == "voter") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not {n} voters in time: {m:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_nodes_replicate_redirect_and_survive_the_leader() {
+    let mut cluster = Cluster::start(3, &[]);
+    let servers = cluster.servers();
+    wait_voters(&servers, 3, Duration::from_secs(30));
+
+    let leader = cluster.leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    let leader_addr = cluster.nodes[leader].address.clone();
+    let follower_addr = cluster.nodes[follower].address.clone();
+
+    // A follower names the leader: clients are redirected there.
+    let (_, named) = probe_leader(&follower_addr, Duration::from_secs(5)).unwrap();
+    assert_eq!(named, leader_addr);
+
+    // SQL sent to a follower directly gets SQLITE_IOERR_NOT_LEADER.
+    let code = runtime().block_on(async {
+        let client = dqlite_client::Client::connect(&follower_addr, &client_config())
+            .await
+            .unwrap();
+        match client.open("direct").await {
+            Err(e) => e.code(),
+            Ok(mut db) => db
+                .exec("CREATE TABLE x (a)", ())
+                .await
+                .err()
+                .and_then(|e| e.code()),
+        }
+    });
+    assert_eq!(code, Some(10250));
+
+    // Debian's shell connected to the follower's address writes through
+    // the leader.
+    let out = shell(
+        &follower_addr,
+        "app",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+    );
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    let out = shell(
+        &follower_addr,
+        "app",
+        "INSERT INTO t (v) VALUES ('one'), ('two')",
+    );
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    let out = shell(&follower_addr, "app", ".cluster");
+    assert_eq!(
+        out.stdout.matches("|voter").count(),
+        3,
+        "{}",
+        out.describe()
+    );
+
+    // The same image everywhere.
+    wait_same_image(&cluster.addresses(), "app", Duration::from_secs(20));
+
+    // SIGKILL the leader: a survivor takes over and writes succeed again
+    // within a few election timeouts (each 100-200 ms here).
+    cluster.nodes[leader].stop("KILL");
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| cluster.nodes[i].address.clone())
+        .collect();
+    let killed_at = Instant::now();
+    let new_leader = cluster.leader(Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    let out = shell(
+        &survivors.join(","),
+        "app",
+        "INSERT INTO t (v) VALUES ('three')",
+    );
+    let recovered = killed_at.elapsed();
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        recovered < Duration::from_secs(10),
+        "writes resumed after {recovered:?}"
+    );
+    eprintln!("writes resumed {recovered:?} after the leader was killed");
+    wait_same_image(&survivors, "app", Duration::from_secs(20));
+
+    // The killed node restarts and catches up.
+    cluster.nodes[leader].start();
+    wait_same_image(&cluster.addresses(), "app", Duration::from_secs(30));
+    let out = shell(
+        &cluster.nodes[leader].address,
+        "app",
+        "SELECT count(*) FROM t",
+    );
+    assert!(out.stdout.contains('3'), "{}", out.describe());
+}
+
+#[test]
+fn a_node_whose_log_was_compacted_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(
+        3,
+        &["--snapshot-threshold", "8", "--snapshot-trailing", "2"],
+    );
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let lagging = (leader + 2) % 3;
+    let lagging_addr = cluster.nodes[lagging].address.clone();
+    // Log-line mark: snapshots installed before this point don't count.
+    let before = cluster.nodes[lagging].read_log().len();
+    cluster.nodes[lagging].stop("KILL");
+    let live: Vec<String> = cluster
+        .addresses()
+        .into_iter()
+        .filter(|a| *a != lagging_addr)
+        .collect();
+    let servers = live.join(",");
+    let out = shell(&servers, "snap", "CREATE TABLE t (v)");
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    for i in 0..40 {
+        let out = shell(&servers, "snap", &format!("INSERT INTO t VALUES ({i})"));
+        assert!(
+            out.success() && !out.stdout.contains("Error"),
+            "{}",
+            out.describe()
+        );
+    }
+    cluster.nodes[lagging].start();
+    wait_same_image(&cluster.addresses(), "snap", Duration::from_secs(30));
+    let log = cluster.nodes[lagging].read_log();
+    assert!(
+        log[before..].contains("installing snapshot"),
+        "the lagging node did not install a snapshot:\n{}",
+        &log[before..]
+    );
+}
+
+#[test]
+fn recovery_procedure_with_the_cli() {
+    let mut cluster = Cluster::start(3, &[]);
+    let servers = cluster.servers();
+    wait_voters(&servers, 3, Duration::from_secs(30));
+    let out = shell(&servers, "rec", "CREATE TABLE t (v)");
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    let out = shell(&servers, "rec", "INSERT INTO t VALUES (42)");
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    wait_same_image(&cluster.addresses(), "rec", Duration::from_secs(20));
+
+    // Stop every node, then read each one's last entry.
+    for n in &mut cluster.nodes {
+        n.stop("TERM");
+    }
+    let mut last = Vec::new();
+    for n in &cluster.nodes {
+        let dir = n.dir.to_str().unwrap();
+        let out = cli(&["recover", "last-entry", "--dir", dir]);
+        assert!(out.success(), "{}", out.describe());
+        let f: Vec<u64> = out
+            .stdout
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        last.push((f[0], f[1]));
+    }
+    // Reading changed nothing.
+    let again = cli(&[
+        "recover",
+        "last-entry",
+        "--dir",
+        cluster.nodes[0].dir.to_str().unwrap(),
+    ]);
+    assert_eq!(again.stdout.trim(), format!("{} {}", last[0].0, last[0].1));
+
+    // Reconfigure the most recent node as the only voter and restart it
+    // alone: it serves reads and writes.
+    let best = (0..3).max_by_key(|&i| last[i]).unwrap();
+    let id = std::fs::read_to_string(cluster.nodes[best].dir.join("node.json")).unwrap();
+    let id: u64 = id
+        .split("\"id\":")
+        .nth(1)
+        .and_then(|s| s.trim().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id in node.json: {id}"));
+    let node = &cluster.nodes[best];
+    let spec = format!("{id}={}=voter", node.address);
+    let out = cli(&[
+        "recover",
+        "reconfigure",
+        "--dir",
+        node.dir.to_str().unwrap(),
+        "--node",
+        &spec,
+    ]);
+    assert!(out.success(), "{}", out.describe());
+
+    let survivor: &mut Proc = &mut cluster.nodes[best];
+    survivor.start();
+    let addr = survivor.address.clone();
+    let m = members(&addr);
+    assert_eq!(m, vec![(id, addr.clone(), "voter".to_string())]);
+    let out = shell(&addr, "rec", "INSERT INTO t VALUES (43)");
+    assert!(
+        out.success() && !out.stdout.contains("Error"),
+        "{}",
+        out.describe()
+    );
+    let out = shell(&addr, "rec", "SELECT sum(v) FROM t");
+    assert!(out.stdout.contains("85"), "{}", out.describe());
+}
