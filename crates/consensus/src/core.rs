@@ -54,6 +54,9 @@ pub struct CoreConfig {
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower.
     pub max_inflight_msgs: usize,
+    /// A deliberately broken behaviour (simulator canaries only).
+    #[cfg(feature = "sim-bugs")]
+    pub broken: Broken,
 }
 
 impl CoreConfig {
@@ -67,6 +70,8 @@ impl CoreConfig {
             snapshot_trailing: 8192,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            #[cfg(feature = "sim-bugs")]
+            broken: Broken::None,
         }
     }
 }
@@ -90,6 +95,37 @@ pub enum MemberRequest {
     Set(NodeInfo),
     /// Removes a node from the cluster.
     Remove(u64),
+}
+
+/// Deliberately broken behaviours, compiled only with the `sim-bugs`
+/// feature, so the simulator can prove its checkers catch them.
+#[cfg(feature = "sim-bugs")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Broken {
+    /// Behave correctly.
+    #[default]
+    None,
+    /// Resolve a proposal as soon as it is appended, before it commits.
+    AckBeforeCommit,
+    /// Release messages that depend on a write before it is fsynced.
+    SendBeforeFsync,
+}
+
+/// Whether an entry changes the membership (raft conf change, forced
+/// membership or a registry change).
+pub fn is_membership_entry(e: &Entry) -> bool {
+    match e.get_entry_type() {
+        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => true,
+        EntryType::EntryNormal => {
+            e.data.first() == Some(&codec::TAG_SERVICE)
+                && matches!(
+                    codec::decode(&e.data),
+                    Payload::Service(
+                        ServiceCommand::ForceMembership(_) | ServiceCommand::SetMember(_)
+                    )
+                )
+        }
+    }
 }
 
 /// The result of an applied proposal.
@@ -175,6 +211,8 @@ pub struct PersistBatch {
     pub hard_state: Option<HardState>,
     /// A snapshot at this index replaced the log: reset the log after it.
     pub snapshot_index: Option<u64>,
+    /// Make this commit index durable (a membership change was committed).
+    pub commit: Option<u64>,
 }
 
 /// An output of the core.
@@ -262,6 +300,10 @@ pub struct Core<S: State> {
     failed: Option<String>,
     removed: bool,
     snapshots_installed: u64,
+    /// Highest commit index known durable in the meta file.
+    durable_commit: u64,
+    /// (ready number, commit) of batches making a commit index durable.
+    commit_inflight: VecDeque<(u64, u64)>,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -294,6 +336,7 @@ impl<S: State> Core<S> {
         let mut hs = boot.hard_state;
         let last = boot.entries.last().map_or(meta.index, |e| e.index);
         hs.commit = hs.commit.max(meta.index).min(last);
+        let durable_commit = hs.commit;
         let snapshot_index = meta.index;
         let storage = RaftLogView::new(hs, meta, boot.entries);
         let raft_config = raft::Config {
@@ -331,6 +374,8 @@ impl<S: State> Core<S> {
             failed: None,
             removed: false,
             snapshots_installed: 0,
+            durable_commit,
+            commit_inflight: VecDeque::new(),
         })
     }
 
@@ -406,6 +451,11 @@ impl<S: State> Core<S> {
     /// The application state.
     pub fn state(&self) -> &S {
         &self.state
+    }
+
+    /// The log as raft-rs reads it (read access for checkers).
+    pub fn log_view(&self) -> &RaftLogView {
+        self.raw.store()
     }
 
     /// The raw raft node (read access for checkers).
@@ -553,6 +603,16 @@ impl<S: State> Core<S> {
         match result {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
+                #[cfg(feature = "sim-bugs")]
+                if self.config.broken == Broken::AckBeforeCommit {
+                    let outcome = Outcome {
+                        index,
+                        satisfied: true,
+                        value: None,
+                    };
+                    out.push(Action::Resolve(id, Ok(outcome)));
+                    return;
+                }
                 self.pending.insert(index, Pending { id, context });
             }
             Err(e) => {
@@ -588,6 +648,13 @@ impl<S: State> Core<S> {
                 )
             }
         };
+        if node == self.config.id && change_type != ConfChangeType::AddNode {
+            // raft-rs panics when a leader applies its own removal; hand
+            // leadership over first (found by the simulator).
+            return Err(ProposeError::InvalidChange(
+                "the leader cannot remove or demote itself; transfer leadership first".into(),
+            ));
+        }
         let removing_voter = change_type != ConfChangeType::AddNode && cs.voters.contains(&node);
         if removing_voter && cs.voters.len() == 1 {
             return Err(ProposeError::InvalidChange(
@@ -709,6 +776,13 @@ impl<S: State> Core<S> {
             self.raw.on_persist_ready(done);
             self.report_applied();
         }
+        while let Some(&(n, commit)) = self.commit_inflight.front() {
+            if n > number {
+                break;
+            }
+            self.durable_commit = self.durable_commit.max(commit);
+            self.commit_inflight.pop_front();
+        }
     }
 
     /// Drains raft's Ready (bounded: a Ready only appears after new input or
@@ -744,8 +818,25 @@ impl<S: State> Core<S> {
 
     fn process_one_ready(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
         let mut rd = self.raw.ready();
+        let committed = rd.take_committed_entries();
+        // A membership change must never be forgotten by a restart: the
+        // configuration comes from the snapshot plus the entries up to the
+        // durable commit index. So when this Ready commits one, its commit
+        // index is made durable before any message that could reveal the
+        // new commit leaves this node (found by the simulator, seed 62).
+        let membership_commit = committed
+            .iter()
+            .any(|e| e.index > self.durable_commit && is_membership_entry(e))
+            .then(|| committed.last().map_or(0, |e| e.index));
+        let hold = membership_commit.is_some() || !self.commit_inflight.is_empty();
         // 1. Messages that need no persistence (a leader's appends).
-        out.extend(rd.take_messages().into_iter().map(Action::Send));
+        let mut held = Vec::new();
+        let immediate = rd.take_messages();
+        if hold {
+            held = immediate;
+        } else {
+            out.extend(immediate.into_iter().map(Action::Send));
+        }
         // 2. Snapshot.
         let mut snapshot_index = None;
         if !rd.snapshot().is_empty() {
@@ -754,7 +845,7 @@ impl<S: State> Core<S> {
             snapshot_index = Some(meta.index);
         }
         // 3. Committed entries.
-        for entry in rd.take_committed_entries() {
+        for entry in committed {
             self.apply_entry(entry, out)?;
         }
         // Read states.
@@ -768,30 +859,50 @@ impl<S: State> Core<S> {
         if let Some(hs) = &hard_state {
             self.raw.mut_store().set_hard_state(hs.clone());
         }
-        let persist = rd.must_sync() || !entries.is_empty() || snapshot_index.is_some();
+        let persist = rd.must_sync()
+            || !entries.is_empty()
+            || snapshot_index.is_some()
+            || membership_commit.is_some();
         let number = rd.number();
-        let messages = rd.take_persisted_messages();
+        held.extend(rd.take_persisted_messages());
         if persist {
+            if let Some(c) = membership_commit {
+                self.commit_inflight.push_back((number, c));
+            }
             out.push(Action::Persist(PersistBatch {
                 number,
                 entries,
                 hard_state: hard_state.or_else(|| Some(self.raw.store().hard_state().clone())),
                 snapshot_index,
+                commit: membership_commit,
             }));
         }
         self.raw.advance_append_async(rd);
+        if self.broken_send_before_fsync() {
+            out.extend(held.drain(..).map(Action::Send));
+        }
         if !persist && self.unpersisted.is_empty() {
-            out.extend(messages.into_iter().map(Action::Send));
+            out.extend(held.into_iter().map(Action::Send));
             self.raw.on_persist_ready(number);
         } else {
             self.unpersisted.push_back(Unpersisted {
                 number,
                 persist,
-                messages,
+                messages: held,
             });
         }
         self.report_applied();
         Ok(())
+    }
+
+    #[cfg(feature = "sim-bugs")]
+    fn broken_send_before_fsync(&self) -> bool {
+        self.config.broken == Broken::SendBeforeFsync
+    }
+
+    #[cfg(not(feature = "sim-bugs"))]
+    fn broken_send_before_fsync(&self) -> bool {
+        false
     }
 
     /// Tells raft how far we applied. raft-rs requires applied ≤ persisted,
@@ -820,6 +931,7 @@ impl<S: State> Core<S> {
         self.conf_state = meta.get_conf_state().clone();
         self.raw.mut_store().apply_snapshot(meta.clone());
         self.applied = meta.index;
+        self.durable_commit = self.durable_commit.max(meta.index);
         self.snapshot_index = meta.index;
         self.snapshots_installed += 1;
         self.pending.retain(|index, _| *index > meta.index);

@@ -37,6 +37,72 @@ pub enum Report {
     Stopped,
 }
 
+/// What staging a batch wrote (and so what needs an fsync).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Staged {
+    /// The log was written.
+    pub log: bool,
+    /// The meta file was written.
+    pub meta: bool,
+}
+
+fn meta_err(e: std::io::Error) -> StorageError {
+    StorageError::io(std::path::Path::new("raft/meta"), e)
+}
+
+/// Writes one batch without syncing: the persistence rules in one place,
+/// shared by the persistence thread and the simulator.
+///
+/// - a snapshot batch resets the log after the snapshot (commit ≥ its index);
+/// - entries are appended (a conflicting suffix is replaced);
+/// - the meta file is rewritten when term or vote change, or when the batch
+///   asks for its commit index to be durable (a membership change), and
+///   then carries the newest commit index.
+pub fn stage_batch(
+    log: &mut Log,
+    meta: &mut MetaFile,
+    id: u64,
+    b: &PersistBatch,
+) -> Result<Staged, StorageError> {
+    let mut staged = Staged::default();
+    if let Some(index) = b.snapshot_index {
+        log.reset(index)?;
+        let st = meta.state();
+        meta.write(MetaState {
+            commit: st.commit.max(index),
+            ..st
+        })
+        .map_err(meta_err)?;
+        staged.meta = true;
+    }
+    if !b.entries.is_empty() {
+        log.append(&b.entries)?;
+        staged.log = true;
+    }
+    let st = meta.state();
+    let (term, vote, hs_commit) = b
+        .hard_state
+        .as_ref()
+        .map_or((st.term, st.vote, st.commit), |hs| {
+            (hs.term, hs.vote, hs.commit)
+        });
+    let commit = b.commit.unwrap_or(0).max(st.commit);
+    let wants_commit = b.commit.is_some_and(|c| c > st.commit);
+    if term != st.term || vote != st.vote || wants_commit {
+        // A commit index alone needs no fsync of its own (raft relearns
+        // it), except for membership changes; it rides along otherwise.
+        meta.write(MetaState {
+            id,
+            term,
+            vote,
+            commit: commit.max(hs_commit.min(log.last_index())),
+        })
+        .map_err(meta_err)?;
+        staged.meta = true;
+    }
+    Ok(staged)
+}
+
 /// Owns the on-disk log and hard state.
 pub struct Persister {
     /// The node id written into the meta file.
@@ -78,57 +144,29 @@ impl Persister {
     /// Writes batches and makes them durable (one log fsync at most). The
     /// thread's body; public so a simulator can persist synchronously.
     pub fn write(&mut self, batches: &[PersistBatch], stats: &Stats) -> Result<(), StorageError> {
-        let mut meta_dirty = self.meta_unsynced;
-        let mut log_dirty = false;
+        let mut staged = Staged {
+            meta: self.meta_unsynced,
+            ..Staged::default()
+        };
         for b in batches {
-            if let Some(index) = b.snapshot_index {
-                self.log.reset(index)?;
-                let st = self.meta.state();
-                self.meta
-                    .write(MetaState {
-                        commit: st.commit.max(index),
-                        ..st
-                    })
-                    .map_err(|e| StorageError::io(std::path::Path::new("raft/meta"), e))?;
-                meta_dirty = true;
-            }
-            if !b.entries.is_empty() {
-                self.log.append(&b.entries)?;
-                log_dirty = true;
-                stats
-                    .entries
-                    .fetch_add(b.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            if let Some(hs) = &b.hard_state {
-                let st = self.meta.state();
-                // Commit alone needs no fsync of its own (raft relearns it);
-                // it rides along whenever term or vote change.
-                if hs.term != st.term || hs.vote != st.vote {
-                    self.meta
-                        .write(MetaState {
-                            id: self.id,
-                            term: hs.term,
-                            vote: hs.vote,
-                            commit: hs.commit,
-                        })
-                        .map_err(|e| StorageError::io(std::path::Path::new("raft/meta"), e))?;
-                    meta_dirty = true;
-                }
-            }
+            let s = stage_batch(&mut self.log, &mut self.meta, self.id, b)?;
+            staged.log |= s.log;
+            staged.meta |= s.meta;
+            stats
+                .entries
+                .fetch_add(b.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        if log_dirty {
+        if staged.log {
             self.log.sync()?;
             stats
                 .syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        if meta_dirty {
+        if staged.meta {
             // Remembered across a failed sync: the retry must sync again
             // even though the value in the file already matches.
             self.meta_unsynced = true;
-            self.meta
-                .sync()
-                .map_err(|e| StorageError::io(std::path::Path::new("raft/meta"), e))?;
+            self.meta.sync().map_err(meta_err)?;
             self.meta_unsynced = false;
         }
         Ok(())

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dqlite_consensus::boot;
-use dqlite_consensus::core::{Action, Core, CoreConfig, Input, Proposal};
+use dqlite_consensus::core::{Action, Core, CoreConfig, Input, MemberRequest, Proposal};
 use dqlite_consensus::kv::{KvCommand, KvState};
 use dqlite_consensus::membership::{NodeInfo, Role};
 use dqlite_consensus::persist::{Persister, Stats};
@@ -257,4 +257,52 @@ fn seeded_election_timeouts_are_reproducible() {
     assert_eq!(draw(42), draw(42));
     let spread: std::collections::BTreeSet<_> = (0..20).map(draw).collect();
     assert!(spread.len() > 1, "the seed drives the timeout");
+}
+
+#[test]
+fn a_committed_membership_change_survives_a_restart() {
+    // Regression (simulator seed 62): the configuration is rebuilt from the
+    // snapshot plus entries up to the durable commit index, so a committed
+    // conf change must make its commit index durable.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    let demoted = NodeInfo {
+        id: 3,
+        address: "n3".into(),
+        role: Role::Standby,
+        promote: false,
+    };
+    c.input(
+        0,
+        Input::Propose(50, Proposal::Member(MemberRequest::Set(demoted))),
+    );
+    c.run(1000);
+    c.tick_until(|c| c.nodes[0].resolved.iter().any(|(id, _)| *id == 50), 20);
+    assert_eq!(c.nodes[0].core.conf_state().learners, vec![3]);
+    // Crash every node (nothing but what was fsynced survives) and reopen.
+    for (i, id) in (1..=3u64).enumerate() {
+        let dir = root.path().join(format!("n{id}"));
+        let reopened = open_node(&dir, id, 99);
+        c.nodes[i] = reopened;
+        let mut out = Vec::new();
+        c.nodes[i].core.process_ready(&mut out);
+        assert_eq!(
+            c.nodes[i].core.conf_state().learners,
+            vec![3],
+            "node {id} forgot the committed membership change"
+        );
+    }
+    // And the leader refuses to remove itself (raft-rs would panic).
+    let me = NodeInfo {
+        id: 1,
+        address: "n1".into(),
+        role: Role::Spare,
+        promote: false,
+    };
+    let mut c = Cluster::new(&root.path().join("again"));
+    c.input(
+        0,
+        Input::Propose(60, Proposal::Member(MemberRequest::Set(me))),
+    );
+    assert!(c.nodes[0].resolved.contains(&(60, false)));
 }
