@@ -20,6 +20,20 @@
 //! - [`checker::invariants`]: election safety, log matching, leader
 //!   completeness, state-machine safety.
 //! - [`trace`]: the run's trace and its hash, to prove determinism.
+//! - [`kv`]: client requests as log records, and the reference state machine.
+//! - [`node`]: the [`node::SimNode`] trait the harness drives.
+//! - [`raftrs`]: a reference node on raft-rs's `RawNode` + `MemStorage`,
+//!   and the deliberate bugs ([`raftrs::Broken`]) canaries plant.
+//! - [`simfs`]: the consensus crate's `Disk` trait over [`disk::SimDisk`].
+//! - [`service`]: a node running the consensus crate's real `Core`, `Log`,
+//!   `MetaFile` and `SnapshotStore` on the simulated disk.
+//! - [`options`]: everything a run varies, derived from its seed.
+//! - [`cluster`]: one run: scheduler loop, clients, faults, membership,
+//!   checks after every event, linearizability at the end.
+//! - [`runner`]: one seed or many in parallel, panics turned into failures.
+//!
+//! `NEEDS.md` beside this crate lists what the simulator asks of the
+//! consensus crate and the bugs it found there.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
