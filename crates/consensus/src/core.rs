@@ -2,7 +2,7 @@
 //! the application [`State`] and the cluster registry, takes [`Input`]s and
 //! produces [`Action`]s. It has no clock, no network and no threads; the only
 //! I/O it does itself is reading and writing snapshot files through the
-//! [`Disk`] seam. The real driver and the simulator both run this code.
+//! [`crate::storage::Disk`] seam. The real driver and the simulator both run this code.
 //!
 //! The Ready contract is followed in one place, [`Core::process_ready`]:
 //! send `messages` (a leader may replicate before its own append is durable,

@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! dqlite-rs's raft coordination service.
 //!
 //! # Layout
@@ -10,6 +11,16 @@
 //! - [`membership`]: the replicated cluster registry (ids, addresses, roles,
 //!   allowed members, id counter).
 //! - [`codec`]: how entries are encoded.
+//! - [`persist`]: the log writer thread (group commit) and
+//!   [`persist::stage_batch`], the persistence rules shared with the simulator.
+//! - [`driver`]: the thread that owns a [`core::Core`] and does its I/O.
+//! - [`transport`]: HTTP under `/raft/`, per-peer queues, mutual TLS.
+//! - [`service`]: the public [`Service`] (init, join, exec, wait_read, ...).
+//! - [`boot`]: loading and bootstrapping a raft directory.
+//! - [`offline`]: helpers over a stopped node's directory.
+//!
+//! The `sim-bugs` feature compiles deliberately broken behaviours
+//! ([`core::CoreConfig`]'s `broken` field) for the simulator's canaries.
 
 pub mod codec;
 pub mod core;
