@@ -336,3 +336,57 @@ fn recovery_procedure_with_the_cli() {
     let out = shell(&addr, "rec", "SELECT sum(v) FROM t");
     assert!(out.stdout.contains("85"), "{}", out.describe());
 }
+
+#[test]
+fn admin_calls_and_step_down_closes_leader_connections() {
+    let cluster = Cluster::start(3, &[]);
+    let servers = cluster.servers();
+    wait_voters(&servers, 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let leader_addr = cluster.nodes[leader].address.clone();
+
+    let rt = runtime();
+    let mut db = rt.block_on(async {
+        let mut db =
+            dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
+                .await
+                .unwrap();
+        db.exec("CREATE TABLE t (v)", ()).await.unwrap();
+        db
+    });
+
+    // TRANSFER: another node leads, and the old leader ends the
+    // connection that had a database open, so its client rediscovers.
+    let out = cli(&["cluster", "-s", &servers, "transfer"]);
+    assert!(out.success(), "{}", out.describe());
+    let new_leader = cluster.leader(Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    let err = rt
+        .block_on(db.exec("INSERT INTO t VALUES (1)", ()))
+        .expect_err("the old leader's connection must be closed");
+    assert!(err.needs_reconnect(), "{err:?}");
+
+    // ADD as a spare, then REMOVE.
+    let out = cli(&[
+        "cluster",
+        "-s",
+        &servers,
+        "add",
+        "99",
+        "127.0.0.1:1",
+        "--role",
+        "spare",
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    assert!(members(&servers).contains(&(99, "127.0.0.1:1".into(), "spare".into())));
+    let out = cli(&["cluster", "-s", &servers, "remove", "99"]);
+    assert!(out.success(), "{}", out.describe());
+    assert!(members(&servers).iter().all(|m| m.0 != 99));
+
+    // WEIGHT and DESCRIBE talk to the first server listed.
+    let first = cluster.nodes[0].address.clone();
+    let out = cli(&["cluster", "-s", &first, "weight", "7"]);
+    assert!(out.success(), "{}", out.describe());
+    let out = cli(&["cluster", "-s", &first, "describe"]);
+    assert!(out.stdout.contains("weight: 7"), "{}", out.describe());
+}
