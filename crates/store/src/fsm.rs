@@ -5,17 +5,16 @@
 //! count; per database its name, change sequence, page size, size in
 //! pages and stored page count, then each stored page as its number and
 //! bytes. Written page by page into the consensus snapshot stream, never as
-//! one buffer.
+//! one buffer, and in disk mode restored page by page into a file, so
+//! neither side holds a database in memory.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use dqlite_consensus::State;
-use imbl::OrdMap;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::entry::{valid_page_size, Entry};
-use crate::pages::Version;
 use crate::Shared;
 
 const MAGIC: &[u8; 4] = b"dqrs";
@@ -29,7 +28,8 @@ pub struct StoreState {
 
 impl StoreState {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, applied: 0 }
+        let applied = shared.opened_at;
+        Self { shared, applied }
     }
 }
 
@@ -52,14 +52,24 @@ fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
 impl State for StoreState {
     fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
         self.applied = index;
-        match Entry::decode(instruction) {
+        let satisfied = match Entry::decode(instruction) {
             Ok(entry) => self.shared.apply(&entry),
             Err(e) => {
                 // Same bytes on every node, so every node skips it alike.
                 error!(index, "skipping an entry that is not a store entry: {e}");
                 false
             }
+        };
+        if self.shared.checkpoint_due() {
+            match self.shared.checkpoint(index) {
+                Ok(true) => {}
+                Ok(false) => {}
+                // The changes stay in memory and the log; the next apply
+                // tries again, and the node keeps serving meanwhile.
+                Err(e) => warn!(index, "checkpoint failed, will retry: {e}"),
+            }
         }
+        satisfied
     }
 
     fn skip(&mut self, index: u64) {
@@ -77,10 +87,15 @@ impl State for StoreState {
             out.write_all(&v.seq.to_le_bytes())?;
             out.write_all(&v.page_size.to_le_bytes())?;
             out.write_all(&v.pages.to_le_bytes())?;
-            out.write_all(&(v.data.len() as u32).to_le_bytes())?;
-            for (pgno, page) in v.data.iter() {
+            let stored = if v.page_size == 0 { 0 } else { v.pages };
+            out.write_all(&stored.to_le_bytes())?;
+            for pgno in 1..=stored {
+                let page = v.page(pgno)?;
                 out.write_all(&pgno.to_le_bytes())?;
-                out.write_all(page)?;
+                match page {
+                    Some(p) => out.write_all(&p)?,
+                    None => out.write_all(&vec![0u8; v.page_size as usize])?,
+                }
             }
         }
         Ok(())
@@ -115,7 +130,7 @@ impl State for StoreState {
                     "{stored} pages stored in a {pages}-page database"
                 )));
             }
-            let mut data = OrdMap::new();
+            let mut restorer = self.shared.restorer(&name)?;
             for _ in 0..stored {
                 let pgno = read_u32(input)?;
                 if pgno == 0 || pgno > pages {
@@ -125,19 +140,11 @@ impl State for StoreState {
                 }
                 let mut page = vec![0u8; page_size as usize];
                 input.read_exact(&mut page)?;
-                data.insert(pgno, Arc::from(page));
+                restorer.page(pgno, page)?;
             }
-            versions.push((
-                name,
-                Version {
-                    seq,
-                    page_size,
-                    pages,
-                    data,
-                },
-            ));
+            versions.push((name, restorer.finish(seq, page_size, pages)?));
         }
-        self.shared.replace_all(versions);
+        self.shared.replace_all(versions, index)?;
         self.applied = index;
         Ok(())
     }

@@ -68,7 +68,7 @@ impl MainFile {
         let pages: Vec<(u32, Vec<u8>)> = overlay
             .pages
             .into_iter()
-            .filter(|(n, p)| !(same_size && base.page(*n).is_some_and(|b| b[..] == p[..])))
+            .filter(|(n, p)| !(same_size && matches!(base.page(*n), Ok(Some(b)) if b[..] == p[..])))
             .map(|(n, p)| (n, p.to_vec()))
             .collect();
         if pages.is_empty() && pages_after == base.pages && same_size {
@@ -81,6 +81,11 @@ impl MainFile {
             pages_after,
             pages,
         };
+        // SQLite reads nothing while the commit is in flight: release the
+        // old version so that a disk-mode checkpoint triggered by this very
+        // entry's apply is not held back by it.
+        drop(base);
+        self.snapshot = None;
         let outcome = self.shared.commit(entry);
         // We hold the write lock, so on success the current version is
         // exactly our commit; read it from now on.
@@ -114,7 +119,11 @@ impl File for MainFile {
             self.pages(&base),
             buf,
             offset,
-        );
+        )
+        .map_err(|e| {
+            tracing::error!(database = %self.db.name, "cannot read the database file: {e}");
+            code::IOERR_READ
+        })?;
         Ok(got == buf.len())
     }
 

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod disk;
 pub mod entry;
 pub mod fsm;
 mod handle;
@@ -33,14 +34,18 @@ pub mod pages;
 pub mod vfs;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
+
+use imbl::OrdMap;
 
 use rusqlite::{Connection, OpenFlags};
 
 pub use fsm::StoreState;
 
+use disk::{BaseFile, Checkpoint, CheckpointDb, DiskDir};
 use entry::Entry;
 use pages::Version;
 
@@ -54,6 +59,15 @@ pub enum StoreError {
     /// SQLite refused to register the VFS.
     #[error("cannot register the SQLite VFS (code {0})")]
     Vfs(i32),
+    /// A disk-mode file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a proposal failed.
@@ -92,6 +106,9 @@ pub(crate) struct DbState {
     pub(crate) current: Arc<Version>,
     /// The handle holding the RESERVED lock, if any.
     pub(crate) writer: Option<u64>,
+    /// Disk mode: versions replaced since the last checkpoint. While one
+    /// is still read, the file under it must not change.
+    older: Vec<Weak<Version>>,
 }
 
 impl Db {
@@ -101,6 +118,7 @@ impl Db {
             state: Mutex::new(DbState {
                 current: Arc::new(version),
                 writer: None,
+                older: Vec::new(),
             }),
         }
     }
@@ -122,7 +140,19 @@ pub(crate) struct Shared {
     dbs: Mutex<HashMap<String, Arc<Db>>>,
     proposer: RwLock<Option<Arc<dyn Proposer>>>,
     next_handle: AtomicU64,
+    /// Disk mode: where the database files and the checkpoint record live.
+    disk: Option<DiskDir>,
+    /// The index the files held when the store was opened (disk mode).
+    pub(crate) opened_at: u64,
+    /// Bytes of changed pages held in memory since the last checkpoint.
+    pending: AtomicU64,
+    /// Disk mode: the generation of database files in use.
+    generation: AtomicU64,
 }
+
+/// A checkpoint is due once this many bytes of changed pages are held in
+/// memory: it bounds a disk-mode node's memory, whatever the database size.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 impl Shared {
     fn dbs(&self) -> MutexGuard<'_, HashMap<String, Arc<Db>>> {
@@ -147,16 +177,118 @@ impl Shared {
         let mut st = db.lock();
         match st.current.apply(entry) {
             Some(next) => {
-                st.current = Arc::new(next);
+                let old = std::mem::replace(&mut st.current, Arc::new(next));
+                if self.disk.is_some() {
+                    st.older.push(Arc::downgrade(&old));
+                    let bytes = entry.pages.len() as u64 * u64::from(entry.page_size);
+                    self.pending.fetch_add(bytes, Ordering::Relaxed);
+                }
                 true
             }
             None => false,
         }
     }
 
+    /// Disk mode: whether enough changed pages are in memory to checkpoint.
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.disk.is_some() && self.pending.load(Ordering::Relaxed) >= CHECKPOINT_BYTES
+    }
+
+    /// Disk mode: writes every database's in-memory pages into its file,
+    /// fsyncs, and records that the files reflect index `applied`. Returns
+    /// false (and writes no record) if a reader still holds a version older
+    /// than the current one; the caller tries again later.
+    pub(crate) fn checkpoint(&self, applied: u64) -> std::io::Result<bool> {
+        let Some(disk) = &self.disk else {
+            return Ok(true);
+        };
+        let dbs: Vec<Arc<Db>> = self.dbs().values().cloned().collect();
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mut record = Checkpoint {
+            applied,
+            generation,
+            databases: Vec::new(),
+        };
+        for db in dbs {
+            let mut st = db.lock();
+            st.older.retain(|w| w.strong_count() > 0);
+            if !st.older.is_empty() {
+                return Ok(false);
+            }
+            let v = Arc::clone(&st.current);
+            if v.page_size != 0 && (!v.data.is_empty() || v.base.is_none()) {
+                let file = match &v.base {
+                    Some(f) => Arc::clone(f),
+                    None => Arc::new(BaseFile::open(&disk.db_path(&db.name, generation)?)?),
+                };
+                // Only the current version is read now, and it holds every
+                // page written here in memory, so no reader sees a change.
+                for (pgno, page) in v.data.iter() {
+                    file.write_page(*pgno, page)?;
+                }
+                file.finish(v.pages, v.page_size)?;
+                st.current = Arc::new(Version {
+                    seq: v.seq,
+                    page_size: v.page_size,
+                    pages: v.pages,
+                    data: OrdMap::new(),
+                    base: Some(file),
+                });
+            }
+            record.databases.push(CheckpointDb {
+                name: db.name.clone(),
+                seq: v.seq,
+                page_size: v.page_size,
+                pages: v.pages,
+            });
+        }
+        disk.write_record(&record)?;
+        self.pending.store(0, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Starts rebuilding database `name` from a snapshot.
+    pub(crate) fn restorer(&self, name: &str) -> std::io::Result<Restorer> {
+        Ok(match &self.disk {
+            Some(disk) => {
+                // Into the next generation: the current files stay intact
+                // until the record switches over.
+                let path = disk.db_path(name, self.generation.load(Ordering::Relaxed) + 1)?;
+                let _ = std::fs::remove_file(&path);
+                Restorer::Disk(BaseFile::open(&path)?)
+            }
+            None => Restorer::Memory(OrdMap::new()),
+        })
+    }
+
     /// Replaces every database (snapshot restore). Open handles keep their
     /// `Db` and see the new versions from their next read transaction.
-    pub(crate) fn replace_all(&self, versions: Vec<(String, Version)>) {
+    pub(crate) fn replace_all(
+        &self,
+        versions: Vec<(String, Version)>,
+        applied: u64,
+    ) -> std::io::Result<()> {
+        if let Some(disk) = &self.disk {
+            let generation = self.generation.load(Ordering::Relaxed) + 1;
+            let databases = versions
+                .iter()
+                .map(|(name, v)| CheckpointDb {
+                    name: name.clone(),
+                    seq: v.seq,
+                    page_size: v.page_size,
+                    pages: v.pages,
+                })
+                .collect();
+            disk.write_record(&Checkpoint {
+                applied,
+                generation,
+                databases,
+            })?;
+            self.generation.store(generation, Ordering::Relaxed);
+            self.pending.store(0, Ordering::Relaxed);
+            // Open handles of old versions keep their files readable.
+            disk.remove_older(generation);
+        }
         let mut dbs = self.dbs();
         let mut seen = std::collections::HashSet::new();
         for (name, version) in versions {
@@ -173,6 +305,7 @@ impl Shared {
                 db.lock().current = Arc::new(Version::default());
             }
         }
+        Ok(())
     }
 
     pub(crate) fn versions(&self) -> Vec<(String, Arc<Version>)> {
@@ -226,10 +359,52 @@ impl Store {
     /// A store holding its databases in memory; they persist through
     /// consensus snapshots and the log.
     pub fn memory() -> Result<Arc<Store>, StoreError> {
+        Self::build(HashMap::new(), None, 0, 0)
+    }
+
+    /// A store keeping each database in a file under `dir`, so a database
+    /// is not limited by memory. Reopening the directory brings back what
+    /// the last checkpoint recorded; consensus replays the rest.
+    pub fn disk(dir: &Path) -> Result<Arc<Store>, StoreError> {
+        let io = |context: String| move |source| StoreError::Io { context, source };
+        let disk = DiskDir::new(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        let record = disk.read_record().map_err(io(format!(
+            "cannot read the checkpoint in {}",
+            dir.display()
+        )))?;
+        let mut dbs = HashMap::new();
+        for db in &record.databases {
+            let path = disk
+                .db_path(&db.name, record.generation)
+                .map_err(io(format!("database {:?}", db.name)))?;
+            let base =
+                BaseFile::open(&path).map_err(io(format!("cannot open {}", path.display())))?;
+            let version = Version {
+                seq: db.seq,
+                page_size: db.page_size,
+                pages: db.pages,
+                data: OrdMap::new(),
+                base: Some(Arc::new(base)),
+            };
+            dbs.insert(db.name.clone(), Arc::new(Db::new(&db.name, version)));
+        }
+        Self::build(dbs, Some(disk), record.applied, record.generation)
+    }
+
+    fn build(
+        dbs: HashMap<String, Arc<Db>>,
+        disk: Option<DiskDir>,
+        opened_at: u64,
+        generation: u64,
+    ) -> Result<Arc<Store>, StoreError> {
         let shared = Arc::new(Shared {
-            dbs: Mutex::new(HashMap::new()),
+            dbs: Mutex::new(dbs),
             proposer: RwLock::new(None),
             next_handle: AtomicU64::new(1),
+            disk,
+            opened_at,
+            pending: AtomicU64::new(0),
+            generation: AtomicU64::new(generation),
         });
         let name = format!("dqlite-rs-{}", STORES.fetch_add(1, Ordering::Relaxed));
         let registration = vfs::register(&name, Arc::new(BackendHandle(Arc::clone(&shared))))
@@ -280,7 +455,20 @@ impl Store {
 
     /// The committed image of database `name`.
     pub fn image(&self, name: &str) -> Option<Vec<u8>> {
-        self.shared.find(name).map(|db| db.current().image())
+        self.shared
+            .find(name)
+            .and_then(|db| db.current().image().ok())
+    }
+
+    /// Disk mode: writes every change held in memory into the database
+    /// files now. False if a reader still holds an older version.
+    pub fn checkpoint(&self, applied: u64) -> Result<bool, StoreError> {
+        self.shared
+            .checkpoint(applied)
+            .map_err(|source| StoreError::Io {
+                context: "checkpoint failed".into(),
+                source,
+            })
     }
 
     /// How many transactions database `name` has committed.
@@ -291,5 +479,41 @@ impl Store {
     /// The names of every database this node holds.
     pub fn databases(&self) -> Vec<String> {
         self.shared.versions().into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+/// Rebuilds one database from snapshot pages: into memory, or, in disk
+/// mode, into the next generation's file.
+pub(crate) enum Restorer {
+    Memory(OrdMap<u32, Arc<[u8]>>),
+    Disk(BaseFile),
+}
+
+impl Restorer {
+    pub(crate) fn page(&mut self, pgno: u32, page: Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Restorer::Memory(map) => {
+                map.insert(pgno, Arc::from(page));
+                Ok(())
+            }
+            Restorer::Disk(file) => file.write_page(pgno, &page),
+        }
+    }
+
+    pub(crate) fn finish(self, seq: u64, page_size: u32, pages: u32) -> std::io::Result<Version> {
+        let (data, base) = match self {
+            Restorer::Memory(map) => (map, None),
+            Restorer::Disk(file) => {
+                file.finish(pages, page_size)?;
+                (OrdMap::new(), Some(Arc::new(file)))
+            }
+        };
+        Ok(Version {
+            seq,
+            page_size,
+            pages,
+            data,
+            base,
+        })
     }
 }

@@ -4,12 +4,16 @@
 //! readers never block the writer and never see a partial commit.
 //!
 //! Versions share unchanged pages (a persistent ordered map), so making one
-//! costs O(pages changed × log pages), not a copy of the database.
+//! costs O(pages changed × log pages), not a copy of the database. In disk
+//! mode the map holds only the pages changed since the last checkpoint and
+//! every other page is read from the database file.
 
+use std::io;
 use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use crate::disk::BaseFile;
 use crate::entry::Entry;
 
 /// An immutable image of one database after some number of commits.
@@ -22,8 +26,10 @@ pub struct Version {
     /// Size in pages.
     pub pages: u32,
     /// Page contents by 1-based page number. A page within `pages` that is
-    /// absent reads as zeros.
+    /// absent is read from `base`, or as zeros without one.
     pub data: OrdMap<u32, Arc<[u8]>>,
+    /// Disk mode: the checkpointed database file under `data`.
+    pub base: Option<Arc<BaseFile>>,
 }
 
 impl Version {
@@ -32,12 +38,18 @@ impl Version {
         u64::from(self.pages) * u64::from(self.page_size)
     }
 
-    /// Page `pgno`, if stored.
-    pub fn page(&self, pgno: u32) -> Option<&Arc<[u8]>> {
+    /// Page `pgno`, if stored (in memory, or in the base file).
+    pub fn page(&self, pgno: u32) -> io::Result<Option<Arc<[u8]>>> {
         if pgno == 0 || pgno > self.pages {
-            return None;
+            return Ok(None);
         }
-        self.data.get(&pgno)
+        if let Some(page) = self.data.get(&pgno) {
+            return Ok(Some(Arc::clone(page)));
+        }
+        match &self.base {
+            Some(base) => base.read_page(pgno, self.page_size).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The next version with `entry` applied, or `None` if the entry was
@@ -48,7 +60,8 @@ impl Version {
         }
         // A new page size (VACUUM after PRAGMA page_size) rewrites every
         // page, so the old images are dropped.
-        let mut data = if entry.page_size == self.page_size {
+        let same_size = entry.page_size == self.page_size;
+        let mut data = if same_size {
             self.data.clone()
         } else {
             OrdMap::new()
@@ -67,20 +80,23 @@ impl Version {
             page_size: entry.page_size,
             pages: entry.pages_after,
             data,
+            base: self.base.clone().filter(|_| same_size),
         })
     }
 
     /// The whole database file image (for DUMP and for comparing nodes).
-    pub fn image(&self) -> Vec<u8> {
+    pub fn image(&self) -> io::Result<Vec<u8>> {
         let ps = self.page_size as usize;
         let mut out = vec![0u8; self.pages as usize * ps];
-        for (pgno, page) in self.data.iter() {
-            let start = (*pgno as usize - 1) * ps;
-            if let Some(dst) = out.get_mut(start..start + ps) {
-                dst.copy_from_slice(page);
+        for pgno in 1..=self.pages {
+            if let Some(page) = self.page(pgno)? {
+                let start = (pgno as usize - 1) * ps;
+                if let Some(dst) = out.get_mut(start..start + ps) {
+                    dst.copy_from_slice(&page);
+                }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -94,10 +110,10 @@ pub fn read_at(
     pages: u32,
     buf: &mut [u8],
     offset: u64,
-) -> usize {
+) -> io::Result<usize> {
     buf.fill(0);
     if page_size == 0 {
-        return 0;
+        return Ok(0);
     }
     let ps = u64::from(page_size);
     let end = (offset + buf.len() as u64).min(u64::from(pages) * ps);
@@ -107,7 +123,10 @@ pub fn read_at(
         let in_page = (pos % ps) as usize;
         let n = ((ps - in_page as u64).min(end - pos)) as usize;
         let dst = &mut buf[(pos - offset) as usize..(pos - offset) as usize + n];
-        let page = overlay(pgno).or_else(|| version.page(pgno).cloned());
+        let page = match overlay(pgno) {
+            Some(p) => Some(p),
+            None => version.page(pgno)?,
+        };
         if let Some(page) = page {
             if let Some(src) = page.get(in_page..in_page + n) {
                 dst.copy_from_slice(src);
@@ -115,7 +134,7 @@ pub fn read_at(
         }
         pos += n as u64;
     }
-    end.saturating_sub(offset) as usize
+    Ok(end.saturating_sub(offset) as usize)
 }
 
 #[cfg(test)]
@@ -154,7 +173,7 @@ mod tests {
             .apply(&entry(1, 1, &[(1, 7)]))
             .unwrap();
         assert_eq!(v.data.len(), 1);
-        assert_eq!(v.image(), vec![7; 512]);
+        assert_eq!(v.image().unwrap(), vec![7; 512]);
     }
 
     proptest! {
@@ -174,7 +193,7 @@ mod tests {
                 model_pages = pages_after;
                 prop_assert_eq!(version.seq, seq as u64 + 1);
             }
-            let image = version.image();
+            let image = version.image().unwrap();
             prop_assert_eq!(image.len(), model_pages as usize * 512);
             for n in 1..=model_pages {
                 let want = model.get(&n).copied().unwrap_or(0);
@@ -186,9 +205,9 @@ mod tests {
         #[test]
         fn reads_at_any_offset_match_the_image(offset in 0u64..3000, len in 0usize..1500) {
             let v = Version::default().apply(&entry(0, 4, &[(1, 1), (2, 2), (4, 4)])).unwrap();
-            let image = v.image();
+            let image = v.image().unwrap();
             let mut buf = vec![0xaau8; len];
-            let got = read_at(&v, &|_| None, 512, v.pages, &mut buf, offset);
+            let got = read_at(&v, &|_| None, 512, v.pages, &mut buf, offset).unwrap();
             let start = (offset as usize).min(image.len());
             let end = (offset as usize + len).min(image.len());
             prop_assert_eq!(got, end - start);

@@ -1,0 +1,229 @@
+//! Disk mode: database files plus checkpoints; restart from the files and
+//! a replay of the log; restore of a snapshot into files; torn checkpoints.
+
+use std::sync::{Arc, Mutex};
+
+use dqlite_consensus::State;
+use dqlite_store::{ProposeError, Proposer, Store, StoreState};
+use rusqlite::Connection;
+
+/// Stands in for consensus: numbers entries, keeps them as the log, and
+/// applies each to the store's own state.
+struct Log {
+    entries: Mutex<Vec<Vec<u8>>>,
+    state: Mutex<StoreState>,
+}
+
+impl Log {
+    fn attach(store: &Arc<Store>) -> Arc<Log> {
+        let log = Arc::new(Log {
+            entries: Mutex::new(Vec::new()),
+            state: Mutex::new(store.state()),
+        });
+        store.set_proposer(log.clone());
+        log
+    }
+
+    fn last_index(&self) -> u64 {
+        self.entries.lock().unwrap().len() as u64
+    }
+}
+
+impl Proposer for Log {
+    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError> {
+        let mut entries = self.entries.lock().unwrap();
+        entries.push(entry.clone());
+        let index = entries.len() as u64;
+        Ok(self.state.lock().unwrap().apply(index, &entry))
+    }
+}
+
+fn count(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn fill(conn: &Connection, rows: usize) {
+    for i in 0..rows {
+        conn.execute("INSERT INTO t (v) VALUES (?)", [format!("{i:0200}")])
+            .unwrap();
+    }
+}
+
+#[test]
+fn restart_from_files_and_replay_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let log = Log::attach(&store);
+    let conn = store.open("d.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 50);
+    let checkpointed = log.last_index();
+    assert!(store.checkpoint(checkpointed).unwrap());
+    fill(&conn, 50);
+    let image = store.image("d.db").unwrap();
+    let entries = log.entries.lock().unwrap().clone();
+    drop(conn);
+    drop(store);
+
+    // "Crash": only the files and the log survive.
+    let reopened = Store::disk(dir.path()).unwrap();
+    let mut state = reopened.state();
+    assert_eq!(state.applied_index(), checkpointed);
+    for (i, e) in entries.iter().enumerate() {
+        let index = i as u64 + 1;
+        // Consensus replays only what the state has not applied.
+        if index > state.applied_index() {
+            assert!(state.apply(index, e));
+        }
+    }
+    assert_eq!(reopened.image("d.db").unwrap(), image);
+    assert_eq!(count(&reopened.open("d.db").unwrap()), 100);
+}
+
+#[test]
+fn a_torn_checkpoint_is_repaired_by_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let log = Log::attach(&store);
+    let conn = store.open("t.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 30);
+    let checkpointed = log.last_index();
+    assert!(store.checkpoint(checkpointed).unwrap());
+    fill(&conn, 30);
+    let image = store.image("t.db").unwrap();
+    let entries = log.entries.lock().unwrap().clone();
+    drop(conn);
+    drop(store);
+    // A later checkpoint died half-way: it had written garbage over the
+    // pages changed since the last record (and no new record).
+    let changed: std::collections::BTreeSet<u32> = entries[checkpointed as usize..]
+        .iter()
+        .flat_map(|e| dqlite_store::entry::Entry::decode(e).unwrap().pages)
+        .map(|(pgno, _)| pgno)
+        .collect();
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "db"))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.resize(image.len(), 0);
+    for pgno in &changed {
+        let start = (*pgno as usize - 1) * 4096;
+        bytes[start..start + 4096].fill(0xa5);
+    }
+    std::fs::write(&file, bytes).unwrap();
+
+    let reopened = Store::disk(dir.path()).unwrap();
+    let mut state = reopened.state();
+    for (i, e) in entries.iter().enumerate() {
+        let index = i as u64 + 1;
+        if index > state.applied_index() {
+            state.apply(index, e);
+        }
+    }
+    let got = reopened.image("t.db").unwrap();
+    let conn = reopened.open("t.db").unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    assert_eq!(count(&conn), 60);
+    assert_eq!(got, image);
+}
+
+#[test]
+fn checkpoints_wait_for_readers_of_older_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let log = Log::attach(&store);
+    let writer = store.open("r.db").unwrap();
+    writer
+        .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&writer, 5);
+    let reader = store.open("r.db").unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    assert_eq!(count(&reader), 5);
+    fill(&writer, 5);
+    assert!(
+        !store.checkpoint(log.last_index()).unwrap(),
+        "a reader pins an older version"
+    );
+    assert_eq!(count(&reader), 5, "and it still reads its snapshot");
+    reader.execute_batch("COMMIT").unwrap();
+    assert!(store.checkpoint(log.last_index()).unwrap());
+    assert_eq!(count(&reader), 10);
+}
+
+#[test]
+fn changes_past_the_threshold_checkpoint_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let _log = Log::attach(&store);
+    let conn = store.open("big.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    // 48 MiB of new pages, one transaction per MiB: past the 32 MiB
+    // threshold, so at least one automatic checkpoint runs.
+    for _ in 0..48 {
+        conn.execute_batch("BEGIN").unwrap();
+        for _ in 0..16 {
+            conn.execute("INSERT INTO t (v) VALUES (randomblob(65536))", [])
+                .unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert!(record["applied"].as_u64().unwrap() > 0, "{record}");
+    let file_size: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "db"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(file_size > 32 << 20, "pages reached the file: {file_size}");
+    assert_eq!(count(&conn), 768);
+}
+
+#[test]
+fn snapshots_restore_into_files_and_survive_a_reopen() {
+    let source = Store::memory().unwrap();
+    let conn = source.open("s.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 40);
+    let image = source.image("s.db").unwrap();
+    let mut snap = Vec::new();
+    source.state().snapshot(&mut snap).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let mut state = store.state();
+    state.restore(41, &mut snap.as_slice()).unwrap();
+    assert_eq!(store.image("s.db").unwrap(), image);
+    // A second restore switches to a new generation and drops the old one.
+    state.restore(41, &mut snap.as_slice()).unwrap();
+    drop(state);
+    drop(store);
+    let reopened = Store::disk(dir.path()).unwrap();
+    assert_eq!(reopened.state().applied_index(), 41);
+    assert_eq!(reopened.image("s.db").unwrap(), image);
+    let files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "db"))
+        .count();
+    assert_eq!(files, 1, "older generations are removed");
+    // And the disk-mode snapshot streams the same bytes back.
+    let mut again = Vec::new();
+    reopened.state().snapshot(&mut again).unwrap();
+    assert_eq!(again, snap);
+}
