@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cluster;
 mod node;
 mod recover;
@@ -28,6 +29,8 @@ enum Command {
     Cluster(cluster::Args),
     /// Offline recovery of a cluster that lost its quorum.
     Recover(recover::Args),
+    /// Run go-dqlite's dqlite-benchmark workloads against a cluster.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Recover(args) => recover::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Compare dqlite-rs with C dqlite on this machine: `dqlite-rs bench`
+# (go-dqlite's kvwrite workload) with 1 and 8 workers against
+#   - a 1-node and a 3-node C dqlite 1.11 cluster (Debian's dqlite-demo),
+#   - a 1-node and a 3-node dqlite-rs cluster (dqlite-rs node; the 3-node
+#     case needs `dqlite-rs node --join` and is skipped, with a note, when
+#     the binary has no such flag).
+# One cluster runs at a time; every process listens on 127.0.0.1 only,
+# on ports found free in a range, with data in a temporary directory on
+# the same filesystem for both implementations. Everything started here is
+# stopped on exit (trap), and every wait is bounded.
+#
+# Usage: scripts/bench.sh [--duration SECONDS] [--workers "1 8"]
+#                         [--workload kvwrite|kvreadwrite] [--no-build]
+#                         [--results FILE]
+# Environment: CARGO_TARGET_DIR (default /work/target-bench when /work
+# exists, else target), BENCH_PORT_BASE (default 31000), TMPDIR.
+#
+# Output: the machine, the command, one JSON line per run (also appended to
+# --results FILE if given) and a Markdown table with ops/s, p50/p99 latency
+# and the ratio dqlite-rs / C dqlite per case.
+
+set -euo pipefail
+
+DURATION=10
+WORKERS_LIST="1 8"
+WORKLOAD=kvwrite
+BUILD=1
+RESULTS_FILE=""
+COMMAND_LINE="scripts/bench.sh $*"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION="$2"; shift 2 ;;
+        --workers) WORKERS_LIST="$2"; shift 2 ;;
+        --workload) WORKLOAD="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --results) RESULTS_FILE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+    if [ -d /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR="$ROOT/target"; fi
+fi
+export CARGO_TARGET_DIR
+BIN="$CARGO_TARGET_DIR/release/dqlite-rs"
+PORT=${BENCH_PORT_BASE:-31000}
+PORT_LIMIT=$((PORT + 2000))
+
+log() { echo "bench.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+for tool in dqlite-demo dqlite jq timeout; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y go-dqlite jq coreutils)"
+done
+
+if [ "$BUILD" = 1 ]; then
+    log "building: cargo build --release -p dqlite-rs (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release -p dqlite-rs) >&2
+fi
+[ -x "$BIN" ] || die "$BIN not found; build it with cargo build --release -p dqlite-rs"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/dqlite-bench.XXXXXX")"
+PIDS=()
+
+stop_pids() {
+    # TERM everything, wait up to 10 s, then KILL what is left (a C dqlite
+    # node without quorum ignores SIGTERM).
+    local pid
+    [ ${#PIDS[@]} -eq 0 ] && return 0
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    local deadline=$((SECONDS + 10))
+    for pid in "${PIDS[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+cleanup() {
+    stop_pids
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null &&
+        ! ss -Htln "sport = :$1" 2>/dev/null | grep -q .
+}
+
+# next_port: set NEXT to the next free loopback port at or after $PORT
+# (not in a subshell: PORT must advance).
+next_port() {
+    while [ "$PORT" -lt "$PORT_LIMIT" ]; do
+        NEXT=$PORT
+        PORT=$((PORT + 1))
+        if port_free "$NEXT"; then return 0; fi
+    done
+    die "no free port below $PORT_LIMIT"
+}
+
+# wait_voters ADDRS N LABEL: poll `.cluster` through Debian's dqlite shell
+# until N voters are listed (60 s at most).
+wait_voters() {
+    local addrs=$1 want=$2 label=$3 deadline=$((SECONDS + 60)) got=0
+    while [ $SECONDS -lt $deadline ]; do
+        got=$(timeout 5 dqlite -s "$addrs" benchmark .cluster 2>/dev/null | grep -c '|voter$' || true)
+        [ "$got" -ge "$want" ] && return 0
+        sleep 0.5
+    done
+    log "$label: $got of $want voters after 60 s"
+    return 1
+}
+
+start_c_dqlite() { # N: start N dqlite-demo nodes, set ADDRS
+    local n=$1 i first="" dbp apip
+    ADDRS=""
+    for i in $(seq 1 "$n"); do
+        next_port; dbp=$NEXT; next_port; apip=$NEXT
+        local args=(--api "127.0.0.1:$apip" --db "127.0.0.1:$dbp" --dir "$WORK/c$n-$i")
+        [ -n "$first" ] && args+=(--join "$first")
+        mkdir -p "$WORK/c$n-$i"
+        dqlite-demo "${args[@]}" >"$WORK/c$n-$i.log" 2>&1 &
+        PIDS+=($!)
+        [ -z "$first" ] && first="127.0.0.1:$dbp"
+        ADDRS="${ADDRS:+$ADDRS,}127.0.0.1:$dbp"
+        # Let the first node come up before others join it.
+        [ "$i" = 1 ] && sleep 1
+    done
+    wait_voters "$ADDRS" "$n" "C dqlite $n-node"
+}
+
+start_dqlite_rs() { # N: start N dqlite-rs nodes, set ADDRS
+    local n=$1 i first="" p
+    ADDRS=""
+    for i in $(seq 1 "$n"); do
+        next_port; p=$NEXT
+        local args=(node --id "$i" --address "127.0.0.1:$p" --dir "$WORK/rs$n-$i")
+        [ -n "$first" ] && args+=(--join "$first")
+        "$BIN" "${args[@]}" >"$WORK/rs$n-$i.log" 2>&1 &
+        PIDS+=($!)
+        [ -z "$first" ] && first="127.0.0.1:$p"
+        ADDRS="${ADDRS:+$ADDRS,}127.0.0.1:$p"
+        [ "$i" = 1 ] && sleep 0.5
+    done
+    wait_voters "$ADDRS" "$n" "dqlite-rs $n-node"
+}
+
+JSONL="$WORK/results.jsonl"
+: >"$JSONL"
+
+# run_case IMPL NODES: benchmark the running cluster at $ADDRS with each
+# worker count; one JSON line per run, tagged with impl and nodes.
+run_case() {
+    local impl=$1 nodes=$2 w line
+    for w in $WORKERS_LIST; do
+        log "$impl, $nodes node(s), $w worker(s), $DURATION s"
+        if line=$(timeout $((DURATION + 120)) "$BIN" bench -s "$ADDRS" --workload "$WORKLOAD" \
+            --workers "$w" --duration "$DURATION" --database "bench_w$w" --json \
+            2> >(sed 's/^/    /' >&2)); then
+            echo "$line" | jq -c --arg impl "$impl" --argjson nodes "$nodes" \
+                '{impl: $impl, nodes: $nodes} + .' | tee -a "$JSONL"
+        else
+            log "$impl $nodes-node $w workers: bench failed: $line"
+        fi
+    done
+}
+
+NOTES=()
+MACHINE="nproc $(nproc), kernel $(uname -r), CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "machine: $MACHINE"
+echo "filesystem of the data directories: $(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')"
+echo "C dqlite: go-dqlite $(dpkg-query -W -f='${Version}' go-dqlite 2>/dev/null || echo '?'), libdqlite0 $(dpkg-query -W -f='${Version}' libdqlite0 2>/dev/null || echo '?')"
+echo "dqlite-rs: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+echo "command: $COMMAND_LINE (workload $WORKLOAD, workers $WORKERS_LIST, ${DURATION} s each, keys 32 B, values 1024 B)"
+echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+HAS_JOIN=0
+"$BIN" node --help 2>/dev/null | grep -q -- '--join' && HAS_JOIN=1
+
+for nodes in 1 3; do
+    if start_c_dqlite "$nodes"; then
+        run_case c-dqlite "$nodes"
+    else
+        NOTES+=("C dqlite $nodes-node cluster did not form; skipped")
+    fi
+    stop_pids
+
+    if [ "$nodes" = 3 ] && [ "$HAS_JOIN" = 0 ]; then
+        NOTES+=("dqlite-rs 3-node: skipped, this dqlite-rs node has no --join yet (1-node dqlite-rs only)")
+        continue
+    fi
+    if start_dqlite_rs "$nodes"; then
+        run_case dqlite-rs "$nodes"
+    else
+        NOTES+=("dqlite-rs $nodes-node cluster did not form; skipped (logs: $(tail -n 3 "$WORK/rs$nodes-1.log" | tr '\n' ' '))")
+    fi
+    stop_pids
+done
+
+if [ -n "$RESULTS_FILE" ]; then
+    cat "$JSONL" >>"$RESULTS_FILE"
+fi
+
+echo
+echo "| nodes | workers | C dqlite ops/s | C p50 ms | C p99 ms | dqlite-rs ops/s | rs p50 ms | rs p99 ms | ops/s rs/C | p50 rs/C |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+jq -rs --arg workers "$WORKERS_LIST" '
+    def cell(x): if x == null then "–" else (x | tostring) end;
+    def ratio(a; b): if a == null or b == null or b == 0 then "–"
+        else ((a / b * 100 | round) / 100 | tostring) end;
+    . as $all
+    | [1, 3][] as $n
+    | ($workers | split(" ") | map(select(. != "") | tonumber))[] as $w
+    | ($all | map(select(.impl == "c-dqlite" and .nodes == $n and .workers == $w)) | first) as $c
+    | ($all | map(select(.impl == "dqlite-rs" and .nodes == $n and .workers == $w)) | first) as $r
+    | "| \($n) | \($w) | \(cell($c.ops_per_sec)) | \(cell($c.latency_ms.p50)) | \(cell($c.latency_ms.p99)) | \(cell($r.ops_per_sec)) | \(cell($r.latency_ms.p50)) | \(cell($r.latency_ms.p99)) | \(ratio($r.ops_per_sec; $c.ops_per_sec)) | \(ratio($r.latency_ms.p50; $c.latency_ms.p50)) |"
+' "$JSONL"
+echo
+jq -rs '.[] | "\(.impl) \(.nodes)-node \(.workers)w: busy retries \(.busy_retries), reconnects \(.reconnects), errors \(.errors), unfinished \(.unfinished)\(if .first_error then ", first error: " + .first_error else "" end)"' "$JSONL"
+for note in "${NOTES[@]}"; do echo "note: $note"; done
