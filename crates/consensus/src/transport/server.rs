@@ -189,6 +189,11 @@ impl RaftHttp {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        let meta = msg.get_snapshot().get_metadata();
+        if (info.header.index, info.header.term) != (meta.index, meta.term) {
+            // The core would not find the file it is told to install.
+            return Err("snapshot file does not match its message".into());
+        }
         debug!(
             index = info.header.index,
             size = info.size,
