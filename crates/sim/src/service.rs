@@ -17,13 +17,13 @@
 //! - Client writes and compare-and-sets are proposals of the crate's
 //!   `KvCommand`; reads are `Input::Read` barriers followed by a local read.
 //!
-//! Persisting a batch copies the persistence thread's rules (meta rewritten
-//! only when term or vote change; a snapshot batch resets the log) because
-//! `Persister::write` is private; see NEEDS.md.
+//! Persisting a batch calls the persistence thread's own `stage_batch`, so
+//! the rules (what rewrites the meta file, what resets the log) are the
+//! production ones.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dqlite_consensus::boot;
@@ -33,7 +33,8 @@ use dqlite_consensus::core::{
 };
 use dqlite_consensus::kv::{KvCommand, KvState};
 use dqlite_consensus::membership::{NodeInfo, Role};
-use dqlite_consensus::storage::{Log, LogOptions, MetaFile, MetaState, StorageError};
+use dqlite_consensus::persist::stage_batch;
+use dqlite_consensus::storage::{Log, LogOptions, MetaFile, StorageError};
 use dqlite_consensus::State;
 use raft::eraftpb::{Entry, Message, MessageType};
 
@@ -457,38 +458,11 @@ fn read_snapshot(core: &Core<RecordingKv>, term: u64, index: u64) -> Result<Vec<
     Ok(bytes)
 }
 
-/// Write one batch without syncing (the persistence thread's rules).
+/// Write one batch without syncing, with the persistence thread's own rules.
 fn write_batch(id: NodeId, running: &mut Running, batch: &PersistBatch) -> Result<(), String> {
-    let meta_path = Path::new("raft/meta");
-    if let Some(index) = batch.snapshot_index {
-        running.log.reset(index).map_err(storage_err)?;
-        let st = running.meta.state();
-        running
-            .meta
-            .write(MetaState {
-                commit: st.commit.max(index),
-                ..st
-            })
-            .map_err(|e| storage_err(StorageError::io(meta_path, e)))?;
-    }
-    if !batch.entries.is_empty() {
-        running.log.append(&batch.entries).map_err(storage_err)?;
-    }
-    if let Some(hs) = &batch.hard_state {
-        let st = running.meta.state();
-        if hs.term != st.term || hs.vote != st.vote {
-            running
-                .meta
-                .write(MetaState {
-                    id,
-                    term: hs.term,
-                    vote: hs.vote,
-                    commit: hs.commit,
-                })
-                .map_err(|e| storage_err(StorageError::io(meta_path, e)))?;
-        }
-    }
-    Ok(())
+    stage_batch(&mut running.log, &mut running.meta, id, batch)
+        .map(|_| ())
+        .map_err(storage_err)
 }
 
 impl SimNode for ServiceNode {
