@@ -295,3 +295,31 @@ async fn roles_change_and_the_allow_list_gates_joins() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving() {
+    use dqlite_consensus::transport::client::{connect, full, request};
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(config(dir.path()), KvState::new())
+        .await
+        .unwrap();
+    svc.init().await.unwrap();
+    wait_until("leadership", || svc.is_leader()).await;
+    let addr = svc.address().to_string();
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("/raft/msg", vec![0xff; 64]),
+        ("/raft/msg", vec![200, 0, 0, 0, 1, 2, 3]),
+        ("/raft/join", b"{not json".to_vec()),
+        ("/raft/snapshot", vec![4, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3]),
+        ("/raft/nowhere", Vec::new()),
+    ];
+    for (path, body) in cases {
+        let mut conn = connect(&addr, None).await.unwrap();
+        let (status, _) = request(&mut conn, &addr, path, &[], full(body))
+            .await
+            .unwrap();
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+    assert!(svc.exec(set("still", "serving"), T).await.unwrap());
+    svc.stop().await;
+}
