@@ -112,7 +112,17 @@ fn wait_voters(servers: &str, n: usize, timeout: Duration) {
 
 #[test]
 fn three_nodes_replicate_redirect_and_survive_the_leader() {
-    let mut cluster = Cluster::start(3, &[]);
+    replicate_redirect_and_survive_the_leader(&[]);
+}
+
+/// Disk mode passes the same replication test as memory mode.
+#[test]
+fn three_nodes_in_disk_mode_replicate_redirect_and_survive_the_leader() {
+    replicate_redirect_and_survive_the_leader(&["--disk-mode"]);
+}
+
+fn replicate_redirect_and_survive_the_leader(mode: &[&str]) {
+    let mut cluster = Cluster::start(3, mode);
     let servers = cluster.servers();
     wait_voters(&servers, 3, Duration::from_secs(30));
 
@@ -215,10 +225,18 @@ fn three_nodes_replicate_redirect_and_survive_the_leader() {
 
 #[test]
 fn a_node_whose_log_was_compacted_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start(
-        3,
-        &["--snapshot-threshold", "8", "--snapshot-trailing", "2"],
-    );
+    catch_up_by_snapshot(&[]);
+}
+
+#[test]
+fn a_disk_mode_node_whose_log_was_compacted_catches_up_by_snapshot() {
+    catch_up_by_snapshot(&["--disk-mode"]);
+}
+
+fn catch_up_by_snapshot(mode: &[&str]) {
+    let mut args = vec!["--snapshot-threshold", "8", "--snapshot-trailing", "2"];
+    args.extend_from_slice(mode);
+    let mut cluster = Cluster::start(3, &args);
     wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
     let leader = cluster.leader(Duration::from_secs(10));
     let lagging = (leader + 2) % 3;
@@ -254,6 +272,17 @@ fn a_node_whose_log_was_compacted_catches_up_by_snapshot() {
         "the lagging node did not install a snapshot:\n{}",
         &log[before..]
     );
+    if mode.contains(&"--disk-mode") {
+        // The snapshot went into database files, not memory.
+        let db_dir = cluster.nodes[lagging].dir.join("db");
+        let files: Vec<_> = std::fs::read_dir(&db_dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", db_dir.display()))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.iter().any(|f| f.ends_with(".db")), "{files:?}");
+        assert!(files.iter().any(|f| f == "checkpoint.json"), "{files:?}");
+    }
 }
 
 #[test]

@@ -239,10 +239,12 @@ impl Node {
         config.tls = self.options.tls.clone();
         // Peer traffic shares the client port: the server hands it over.
         config.listen = false;
-        if self.options.disk_mode {
-            warn!("disk mode is not available yet: databases are kept in memory");
+        let store = if self.options.disk_mode {
+            Store::disk(&self.dir.join("db"))
+        } else {
+            Store::memory()
         }
-        let store = Store::memory().map_err(|e| NodeError::Store(e.to_string()))?;
+        .map_err(|e| NodeError::Store(e.to_string()))?;
         let service = Service::start(config, store.state()).await?;
         store.set_proposer(Arc::new(ServiceProposer {
             service: service.clone(),

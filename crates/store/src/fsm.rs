@@ -77,6 +77,11 @@ impl State for StoreState {
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        // Disk mode: a snapshot is a good moment to move changes from memory
+        // into the files (it also keeps small databases checkpointed).
+        if let Err(e) = self.shared.checkpoint(self.applied) {
+            warn!(index = self.applied, "checkpoint before snapshot failed: {e}");
+        }
         let versions = self.shared.versions();
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
