@@ -80,7 +80,10 @@ impl State for StoreState {
         // Disk mode: a snapshot is a good moment to move changes from memory
         // into the files (it also keeps small databases checkpointed).
         if let Err(e) = self.shared.checkpoint(self.applied) {
-            warn!(index = self.applied, "checkpoint before snapshot failed: {e}");
+            warn!(
+                index = self.applied,
+                "checkpoint before snapshot failed: {e}"
+            );
         }
         let versions = self.shared.versions();
         out.write_all(MAGIC)?;
