@@ -14,7 +14,9 @@
 #                         [--workload kvwrite|kvreadwrite] [--no-build]
 #                         [--results FILE]
 # Environment: CARGO_TARGET_DIR (default /work/target-bench when /work
-# exists, else target), BENCH_PORT_BASE (default 31000), TMPDIR.
+# exists, else target), DQLITE_RS_BIN (use this binary, build nothing),
+# DQLITE_RS_NODE_ARGS (extra `dqlite-rs node` flags, e.g. --disk-mode),
+# BENCH_PORT_BASE (default 31000), TMPDIR.
 #
 # Output: the machine, the command, one JSON line per run (also appended to
 # --results FILE if given) and a Markdown table with ops/s, p50/p99 latency
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
         --workload) WORKLOAD="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --results) RESULTS_FILE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -46,7 +48,9 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
     if [ -d /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR="$ROOT/target"; fi
 fi
 export CARGO_TARGET_DIR
-BIN="$CARGO_TARGET_DIR/release/dqlite-rs"
+BIN="${DQLITE_RS_BIN:-$CARGO_TARGET_DIR/release/dqlite-rs}"
+[ -n "${DQLITE_RS_BIN:-}" ] && BUILD=0
+read -r -a RS_NODE_ARGS <<<"${DQLITE_RS_NODE_ARGS:-}"
 PORT=${BENCH_PORT_BASE:-31000}
 PORT_LIMIT=$((PORT + 2000))
 
@@ -140,8 +144,10 @@ start_dqlite_rs() { # N: start N dqlite-rs nodes, set ADDRS
     ADDRS=""
     for i in $(seq 1 "$n"); do
         next_port; p=$NEXT
-        local args=(node --id "$i" --address "127.0.0.1:$p" --dir "$WORK/rs$n-$i")
-        [ -n "$first" ] && args+=(--join "$first")
+        # The first node bootstraps (id 1); the others join through it and
+        # get their ids from the cluster.
+        local args=(node --address "127.0.0.1:$p" --dir "$WORK/rs$n-$i" ${RS_NODE_ARGS[@]+"${RS_NODE_ARGS[@]}"})
+        if [ -n "$first" ]; then args+=(--join "$first"); else args+=(--id 1); fi
         "$BIN" "${args[@]}" >"$WORK/rs$n-$i.log" 2>&1 &
         PIDS+=($!)
         [ -z "$first" ] && first="127.0.0.1:$p"
@@ -176,7 +182,11 @@ MACHINE="nproc $(nproc), kernel $(uname -r), CPU $(grep -m1 'model name' /proc/c
 echo "machine: $MACHINE"
 echo "filesystem of the data directories: $(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')"
 echo "C dqlite: go-dqlite $(dpkg-query -W -f='${Version}' go-dqlite 2>/dev/null || echo '?'), libdqlite0 $(dpkg-query -W -f='${Version}' libdqlite0 2>/dev/null || echo '?')"
-echo "dqlite-rs: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+if [ -n "${DQLITE_RS_BIN:-}" ]; then
+    echo "dqlite-rs: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))${RS_NODE_ARGS[*]:+, node flags: ${RS_NODE_ARGS[*]}}"
+else
+    echo "dqlite-rs: built from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')${RS_NODE_ARGS[*]:+, node flags: ${RS_NODE_ARGS[*]}}"
+fi
 echo "command: $COMMAND_LINE (workload $WORKLOAD, workers $WORKERS_LIST, ${DURATION} s each, keys 32 B, values 1024 B)"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
