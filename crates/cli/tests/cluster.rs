@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
-use support::{dqlite_rs_bin, probe_leader, run_with_timeout, Output};
+use support::{dqlite_rs_bin, probe_leader, run_with_timeout, send_signal, Output};
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -418,4 +418,86 @@ fn admin_calls_and_step_down_closes_leader_connections() {
     assert!(out.success(), "{}", out.describe());
     let out = cli(&["cluster", "-s", &first, "describe"]);
     assert!(out.stdout.contains("weight: 7"), "{}", out.describe());
+}
+
+/// A write in flight when the leader loses its quorum fails with
+/// SQLITE_IOERR_LEADERSHIP_LOST (outcome unknown), not a hang; a new
+/// statement on the deposed leader gets SQLITE_IOERR_NOT_LEADER at once;
+/// once the quorum is back the cluster serves again.
+#[test]
+fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
+    let cluster = Cluster::start(3, &[]);
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let leader_addr = cluster.nodes[leader].address.clone();
+    let followers: Vec<u32> = (0..3)
+        .filter(|i| *i != leader)
+        .filter_map(|i| cluster.nodes[i].pid())
+        .collect();
+    let rt = runtime();
+    let connect = |name: &'static str| {
+        let addr = leader_addr.clone();
+        async move {
+            let client = dqlite_client::Client::connect(&addr, &client_config())
+                .await
+                .unwrap();
+            client.open(name).await.unwrap()
+        }
+    };
+    let mut db = rt.block_on(connect("lost"));
+    let mut other = rt.block_on(connect("lost"));
+    rt.block_on(async {
+        db.exec("CREATE TABLE t (v)", ()).await.unwrap();
+        db.exec("BEGIN", ()).await.unwrap();
+        db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
+    });
+    // Freeze both followers: the leader can append but never commit, and
+    // check-quorum makes it step down.
+    for pid in &followers {
+        send_signal(*pid, "STOP");
+    }
+    let started = Instant::now();
+    let commit = rt.block_on(db.exec("COMMIT", ()));
+    let commit_time = started.elapsed();
+    // The deposed leader closed its clients' database connections, and a
+    // new one is refused with NOT_LEADER.
+    let closed = rt.block_on(other.exec("INSERT INTO t VALUES (2)", ()));
+    let reopened = rt.block_on(async {
+        let client = dqlite_client::Client::connect(&leader_addr, &client_config())
+            .await
+            .unwrap();
+        client.open("lost").await.map(|_| ())
+    });
+    for pid in &followers {
+        send_signal(*pid, "CONT");
+    }
+    let err = commit.expect_err("a commit without a quorum cannot succeed");
+    assert_eq!(
+        err.code(),
+        Some(10506),
+        "expected SQLITE_IOERR_LEADERSHIP_LOST, got {err:?} after {commit_time:?}"
+    );
+    let err = closed.expect_err("a deposed leader cannot write");
+    assert!(err.needs_reconnect(), "{err:?}");
+    let err = reopened.expect_err("a deposed leader opens no database");
+    assert_eq!(
+        err.code(),
+        Some(10250),
+        "expected SQLITE_IOERR_NOT_LEADER, got {err:?}"
+    );
+    // The cluster serves again, through whichever node leads now.
+    let servers = cluster.servers();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = shell(&servers, "lost", "INSERT INTO t VALUES (3)");
+        if out.success() && !out.stdout.contains("Error") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write after the quorum returned: {}",
+            out.describe()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }

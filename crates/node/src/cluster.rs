@@ -23,6 +23,9 @@ pub struct RaftCluster {
     timeout: Duration,
     /// How long a leadership transfer may take.
     transfer_timeout: Duration,
+    /// How long a read barrier may take before this node counts as not
+    /// leading: a few election timeouts.
+    barrier_timeout: Duration,
     leadership: watch::Receiver<bool>,
 }
 
@@ -86,6 +89,9 @@ impl RaftCluster {
             // One election timeout is at most 20 ticks; leave room for the
             // target to catch up first.
             transfer_timeout: (latency * 60).max(Duration::from_secs(2)),
+            // An election timeout is at most 20 ticks: three of them cover
+            // an election plus the new leader's first commit.
+            barrier_timeout: (latency * 60).max(Duration::from_secs(1)),
             leadership: rx,
         }
     }
@@ -130,7 +136,16 @@ impl Cluster for RaftCluster {
     }
 
     async fn barrier(&self) -> Result<(), ClusterError> {
-        self.service.wait_read(self.timeout).await.map_err(map_err)
+        match self.service.wait_read(self.barrier_timeout).await {
+            Ok(()) => Ok(()),
+            // Leadership could not be confirmed with a quorum in time.
+            // Nothing has run yet, so NOT_LEADER is exact: the client may
+            // retry wherever the cluster's leader is now.
+            Err(Error::Timeout | Error::LeadershipLost | Error::NotLeader { .. }) => {
+                Err(ClusterError::NotLeader)
+            }
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     async fn add(&self, id: u64, address: &str) -> Result<(), ClusterError> {

@@ -124,11 +124,29 @@ impl Gateway {
 
     /// Checks leadership, then confirms it with a read barrier so what the
     /// statement reads is at least as new as anything acknowledged.
+    ///
+    /// Inside an open transaction the barrier is skipped: SQLite reads the
+    /// snapshot the transaction started on, which the barrier of its first
+    /// statement already covered, and a COMMIT must reach consensus (and
+    /// fail with leadership-lost there) rather than stop at a barrier.
     async fn leader_barrier(&self) -> Result<(), Response> {
         if !self.cluster().is_leader() {
             return Err(not_leader());
         }
+        if self.in_transaction() {
+            return Ok(());
+        }
         self.cluster().barrier().await.map_err(cluster_failure)
+    }
+
+    fn in_transaction(&self) -> bool {
+        let Some(open) = &self.db else { return false };
+        // Between requests nothing else holds the connection; if something
+        // did, taking the barrier is the safe choice.
+        match open.conn.try_lock() {
+            Ok(conn) => !conn.is_autocommit(),
+            Err(_) => false,
+        }
     }
 
     fn db(&self, id: u64) -> Result<&OpenDb, Response> {

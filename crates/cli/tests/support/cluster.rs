@@ -99,6 +99,11 @@ impl Proc {
         self.child.is_some()
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Sends `signal` and waits (bounded) for the exit.
     pub fn stop(&mut self, signal: &str) {
         if let Some(mut child) = self.child.take() {
