@@ -10,30 +10,28 @@ use std::time::Duration;
 use dqlite_client::Database;
 use support::{run_with_timeout, Node, NODE_STOP_TIMEOUT};
 
-fn exec(address: &str, sql: &str) {
+/// Runs `f` against database "life" on the node at `address`.
+fn with_db<T>(address: &str, f: impl AsyncFnOnce(&mut Database) -> T) -> T {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut db = tokio::time::timeout(
-            Duration::from_secs(30),
-            Database::connect(&[address], "life"),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect");
+        let addresses = [address];
+        let connect = Database::connect(&addresses, "life");
+        let mut db = tokio::time::timeout(Duration::from_secs(30), connect)
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        f(&mut db).await
+    })
+}
+
+fn exec(address: &str, sql: &str) {
+    with_db(address, async |db| {
         db.exec(sql, ()).await.expect("exec");
     });
 }
 
 fn count(address: &str) -> i64 {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut db = tokio::time::timeout(
-            Duration::from_secs(30),
-            Database::connect(&[address], "life"),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect");
+    with_db(address, async |db| {
         let rows = db
             .query("SELECT count(*) FROM t", ())
             .await

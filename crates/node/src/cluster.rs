@@ -2,7 +2,6 @@
 //! service: leadership and membership from the replicated registry, the
 //! read barrier, and the admin requests with dqlite's semantics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,8 +16,6 @@ use tracing::{debug, info};
 pub struct RaftCluster {
     service: Service,
     address: String,
-    failure_domain: u64,
-    weight: AtomicU64,
     /// How long a barrier or a membership change may take.
     timeout: Duration,
     /// How long a leadership transfer may take.
@@ -68,7 +65,7 @@ impl RaftCluster {
     /// The cluster of the node at `address` (its advertised address),
     /// served by `service`. Must be called inside a tokio runtime: a task
     /// follows the service's leadership.
-    pub fn new(service: Service, address: String, failure_domain: u64, latency: Duration) -> Self {
+    pub fn new(service: Service, address: String, latency: Duration) -> Self {
         let (tx, rx) = watch::channel(service.is_leader());
         let mut status = service.watch();
         tokio::spawn(async move {
@@ -83,8 +80,6 @@ impl RaftCluster {
         RaftCluster {
             service,
             address,
-            failure_domain,
-            weight: AtomicU64::new(0),
             timeout: Duration::from_secs(10),
             // One election timeout is at most 20 ticks; leave room for the
             // target to catch up first.
@@ -229,18 +224,6 @@ impl Cluster for RaftCluster {
             return Err(ClusterError::Other("leadership transfer failed".into()));
         }
         Ok(())
-    }
-
-    fn failure_domain(&self) -> u64 {
-        self.failure_domain
-    }
-
-    fn weight(&self) -> u64 {
-        self.weight.load(Ordering::Relaxed)
-    }
-
-    fn set_weight(&self, weight: u64) {
-        self.weight.store(weight, Ordering::Relaxed);
     }
 
     fn leadership(&self) -> Option<watch::Receiver<bool>> {

@@ -255,7 +255,6 @@ impl Node {
         let cluster = Arc::new(RaftCluster::new(
             service.clone(),
             address.clone(),
-            self.options.failure_domain,
             self.options.network_latency,
         ));
         let tls = match &self.options.tls {

@@ -3,8 +3,6 @@
 //! the replicated node implements the same trait over the consensus
 //! service.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use async_trait::async_trait;
 use dqlite_wire::error::{
     SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
@@ -63,12 +61,6 @@ pub trait Cluster: Send + Sync + 'static {
     async fn remove(&self, id: u64) -> Result<(), ClusterError>;
     /// Hands leadership to `id` (0: let the cluster choose).
     async fn transfer(&self, id: u64) -> Result<(), ClusterError>;
-    /// This node's failure domain.
-    fn failure_domain(&self) -> u64;
-    /// This node's weight.
-    fn weight(&self) -> u64;
-    /// Sets this node's weight.
-    fn set_weight(&self, weight: u64);
     /// Whether this node leads, as a channel that changes when leadership
     /// does. Connections with an open database end when it turns false, so
     /// their clients rediscover the leader. `None`: leadership never
@@ -82,21 +74,17 @@ pub trait Cluster: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct SingleNode {
     node: NodeInfo,
-    failure_domain: u64,
-    weight: AtomicU64,
 }
 
 impl SingleNode {
     /// A single voter with this id and address.
-    pub fn new(id: u64, address: String, failure_domain: u64) -> Self {
+    pub fn new(id: u64, address: String) -> Self {
         Self {
             node: NodeInfo {
                 id,
                 address,
                 role: Role::Voter,
             },
-            failure_domain,
-            weight: AtomicU64::new(0),
         }
     }
 
@@ -135,14 +123,5 @@ impl Cluster for SingleNode {
     }
     async fn transfer(&self, _id: u64) -> Result<(), ClusterError> {
         Err(Self::unsupported("transferring leadership"))
-    }
-    fn failure_domain(&self) -> u64 {
-        self.failure_domain
-    }
-    fn weight(&self) -> u64 {
-        self.weight.load(Ordering::Relaxed)
-    }
-    fn set_weight(&self, weight: u64) {
-        self.weight.store(weight, Ordering::Relaxed);
     }
 }

@@ -5,7 +5,7 @@
 //! framed ROWS messages that the connection writes as they come, so a large
 //! result is never held whole.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dqlite_wire::error::{
@@ -26,6 +26,10 @@ pub(crate) struct Shared {
     pub databases: Arc<dyn Databases>,
     pub cluster: Arc<dyn Cluster>,
     pub heartbeat_timeout_ms: u64,
+    /// Reported by DESCRIBE.
+    pub failure_domain: u64,
+    /// Set by WEIGHT, reported by DESCRIBE; kept in memory, as dqlite does.
+    pub weight: AtomicU64,
 }
 
 /// How a request is answered.
@@ -262,12 +266,12 @@ impl Gateway {
                     return Err(Response::failure(SQLITE_PROTOCOL, "bad format version"));
                 }
                 one(Response::Metadata {
-                    failure_domain: self.cluster().failure_domain(),
-                    weight: self.cluster().weight(),
+                    failure_domain: self.shared.failure_domain,
+                    weight: self.shared.weight.load(Ordering::Relaxed),
                 })
             }
             Request::Weight { weight } => {
-                self.cluster().set_weight(weight);
+                self.shared.weight.store(weight, Ordering::Relaxed);
                 one(Response::Empty)
             }
         }

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,9 +90,9 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let dir = DataDir::open(&config.dir)?;
         let databases = LocalDatabases::new(dir.db_dir(), config.busy_timeout);
-        let (id, failure_domain) = (config.id, config.failure_domain);
+        let id = config.id;
         Self::bind_with(config, dir, Arc::new(databases), move |address| {
-            Arc::new(SingleNode::new(id, address, failure_domain))
+            Arc::new(SingleNode::new(id, address))
         })
         .await
     }
@@ -125,6 +126,8 @@ impl Server {
             databases,
             cluster,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            failure_domain: config.failure_domain,
+            weight: AtomicU64::new(0),
         });
         Ok(Server {
             listener,
@@ -153,6 +156,8 @@ impl Server {
             databases,
             cluster,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            failure_domain: config.failure_domain,
+            weight: AtomicU64::new(0),
         });
         Server {
             listener,

@@ -189,17 +189,22 @@ fn bind(stmt: &mut Statement<'_>, params: &[Value]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_count(stmt: &Statement<'_>, given: usize) -> Result<(), Failure> {
+/// Binds every parameter of a single-statement request, after clearing
+/// what an earlier execution bound; more values than placeholders is an
+/// error before anything runs.
+fn bind_all(stmt: &mut Statement<'_>, params: &[Value]) -> Result<(), Failure> {
+    stmt.clear_bindings();
     let want = stmt.parameter_count();
-    if given > want {
+    if params.len() > want {
         return Err(Failure::new(
             SQLITE_RANGE,
             format!(
-                "too many parameters: the statement has {want} placeholders, {given} were given"
+                "too many parameters: the statement has {want} placeholders, {} were given",
+                params.len()
             ),
         ));
     }
-    Ok(())
+    bind(stmt, params)
 }
 
 fn run_to_completion(stmt: &mut Statement<'_>) -> Result<(), Failure> {
@@ -217,9 +222,7 @@ fn run_to_completion(stmt: &mut Statement<'_>) -> Result<(), Failure> {
 /// earlier execution: placeholders without a value are NULL.
 pub fn exec(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
-    stmt.clear_bindings();
-    check_count(&stmt, params.len())?;
-    bind(&mut stmt, params)?;
+    bind_all(&mut stmt, params)?;
     run_to_completion(&mut stmt)?;
     Ok(ExecResult::of(conn))
 }
@@ -261,8 +264,7 @@ pub fn query_sql(
     if batch.next()?.is_some() {
         return Err(nonempty_tail());
     }
-    check_count(&stmt, params.len())?;
-    bind(&mut stmt, params)?;
+    bind_all(&mut stmt, params)?;
     stream(&mut stmt, stop, sink)
 }
 
@@ -275,9 +277,7 @@ pub fn query(
     sink: &mut Sink<'_>,
 ) -> Result<(), Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
-    stmt.clear_bindings();
-    check_count(&stmt, params.len())?;
-    bind(&mut stmt, params)?;
+    bind_all(&mut stmt, params)?;
     stream(&mut stmt, stop, sink)
 }
 
