@@ -48,14 +48,13 @@ pub const KV_WRITE_SQL: &str = "INSERT OR REPLACE INTO model(key, value) VALUES(
 /// One read.
 pub const KV_READ_SQL: &str = "SELECT value FROM model WHERE key = ?";
 
-/// How long to wait for the cluster before the clock starts: connecting
-/// every worker and creating the table.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an operation may run past the end of the run before it is
 /// abandoned.
 const OVERRUN_GRACE: Duration = Duration::from_secs(10);
 /// Limit for one request (the client's default is 60 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limit for one leader discovery after a leadership or transport error.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed reconnection before the next one.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// First pause after `SQLITE_BUSY`; it doubles up to [`BUSY_PAUSE_MAX`].
@@ -111,6 +110,10 @@ pub struct Args {
     /// Database name (`dqlite-demo` uses "demo" for itself: pick another).
     #[arg(long, default_value = "benchmark")]
     pub database: String,
+    /// Seconds to wait for the cluster before the clock starts (finding the
+    /// leader, creating the table, connecting every worker).
+    #[arg(long, default_value_t = 30.0)]
+    pub setup_timeout: f64,
     /// Seconds between progress lines on stderr; 0 for none.
     #[arg(long, default_value_t = 5.0)]
     pub progress: f64,
@@ -129,6 +132,7 @@ struct Settings {
     key_size: usize,
     value_size: usize,
     database: String,
+    setup_timeout: Duration,
     progress: Option<Duration>,
     json: bool,
 }
@@ -172,6 +176,15 @@ impl Settings {
         if args.database.is_empty() {
             return Err("--database must not be empty".into());
         }
+        if !(args.setup_timeout.is_finite()
+            && args.setup_timeout > 0.0
+            && args.setup_timeout <= MAX_DURATION_SECS)
+        {
+            return Err(format!(
+                "--setup-timeout must be a number of seconds above 0, not {}",
+                args.setup_timeout
+            ));
+        }
         if !(args.progress.is_finite() && args.progress >= 0.0) {
             return Err(format!(
                 "--progress must be a number of seconds (0 for none), not {}",
@@ -186,6 +199,7 @@ impl Settings {
             key_size: args.key_size,
             value_size: args.value_size,
             database: args.database,
+            setup_timeout: Duration::from_secs_f64(args.setup_timeout),
             progress: (args.progress > 0.0).then(|| Duration::from_secs_f64(args.progress)),
             json: args.json,
         })
@@ -502,7 +516,9 @@ impl Report {
 
 fn client_config(connect_timeout: Duration) -> Config {
     let mut config = Config::default();
-    config.connect_timeout = connect_timeout.max(Duration::from_secs(1));
+    config.connect_timeout = connect_timeout.max(Duration::from_millis(100));
+    config.attempt_timeout = config.attempt_timeout.min(config.connect_timeout);
+    config.dial_timeout = config.dial_timeout.min(config.connect_timeout);
     config.request_timeout = REQUEST_TIMEOUT;
     config
 }
@@ -510,7 +526,7 @@ fn client_config(connect_timeout: Duration) -> Config {
 /// Connects, creates the table, connects the workers, runs them until the
 /// deadline and merges what they measured.
 async fn execute(s: &Settings) -> anyhow::Result<Report> {
-    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+    let setup_deadline = Instant::now() + s.setup_timeout;
     create_table(s, setup_deadline).await?;
     let mut connecting = tokio::task::JoinSet::new();
     for i in 0..s.workers {
@@ -614,7 +630,6 @@ async fn worker(
     let mut report = WorkerReport::default();
     let mut written: Vec<String> = Vec::new();
     let mut db = Some(db);
-    let config = client_config(Duration::from_secs(10));
     'ops: while Instant::now() < deadline {
         let op = next_op(s.workload, &mut rng, &written, s.key_size, s.value_size);
         let started = Instant::now();
@@ -625,6 +640,9 @@ async fn worker(
                     report.unfinished += 1;
                     break 'ops;
                 }
+                // Leader discovery stops at the end of the run.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let config = client_config(left.min(RECONNECT_TIMEOUT));
                 match Database::connect_with(&s.servers, &s.database, &config).await {
                     Ok(new) => db = Some(new),
                     Err(err) => {
@@ -745,6 +763,7 @@ mod tests {
         assert_eq!((s.key_size, s.value_size), (32, 1024));
         assert_eq!(s.database, "benchmark");
         assert_eq!(s.progress, Some(Duration::from_secs(5)));
+        assert_eq!(s.setup_timeout, Duration::from_secs(30));
         assert!(!s.json);
     }
 
@@ -796,6 +815,7 @@ mod tests {
             (&["-s", "a:1", "--workload", "kvread"], "kvread"),
             (&["-s", "a:1", "--database", ""], "--database"),
             (&["-s", "a:1", "--progress=-1"], "--progress"),
+            (&["-s", "a:1", "--setup-timeout", "0"], "--setup-timeout"),
         ];
         for (argv, needle) in cases {
             let err = parse(argv).expect_err(&format!("{argv:?} accepted"));
@@ -950,6 +970,26 @@ mod tests {
         let text = report.to_text(&s);
         assert!(text.contains("2.0 ops/s"), "{text}");
         assert!(text.contains("first error: boom"), "{text}");
+    }
+
+    /// Nobody listening: the run fails once the setup timeout is over,
+    /// naming the servers, instead of hanging.
+    #[tokio::test]
+    async fn an_unreachable_cluster_fails_within_the_setup_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let s = parse(&["-s", &address, "--setup-timeout", "0.5", "--duration", "1"]).unwrap();
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(30), execute(&s))
+            .await
+            .expect("setup is bounded")
+            .expect_err("nobody listens");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(format!("{err:#}").contains(&address), "{err:#}");
     }
 
     /// The whole run against an in-process dqlite-rs server: the counts
