@@ -304,6 +304,10 @@ pub struct Core<S: State> {
     durable_commit: u64,
     /// (ready number, commit) of batches making a commit index durable.
     commit_inflight: VecDeque<(u64, u64)>,
+    /// This node applied its own removal at this tick; it reports
+    /// [`Action::Removed`] only once the rest of the cluster moved on
+    /// (see [`Core::report_deferred_removal`]).
+    removal_deferred: Option<u64>,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -376,6 +380,7 @@ impl<S: State> Core<S> {
             snapshots_installed: 0,
             durable_commit,
             commit_inflight: VecDeque::new(),
+            removal_deferred: None,
         })
     }
 
@@ -732,6 +737,7 @@ impl<S: State> Core<S> {
 
     /// After a step: election timeout from the seeded RNG, leader changes.
     fn after_step(&mut self, out: &mut Vec<Action>) {
+        self.report_deferred_removal(out);
         let now = (
             self.raw.raft.leader_id,
             self.raw.raft.term,
@@ -759,6 +765,68 @@ impl<S: State> Core<S> {
             });
         }
         self.leader_seen = now;
+    }
+
+    /// raft-rs keeps a leader that applied its own removal (or demotion) as
+    /// leader, and its next append response or fsync report unwraps the
+    /// leader's own (now missing) progress: a panic (found by the simulator,
+    /// seed 3325: node 3 was elected while `Remove(3)`, proposed by the
+    /// previous leader, was still uncommitted, then committed it). The core
+    /// refuses to propose such a change, but it can reach a leader this way,
+    /// so the leader steps down as soon as it applies it.
+    ///
+    /// The remaining voters apply the change only once they learn its commit,
+    /// and until then may still need this node's vote (seed 1699: the
+    /// removed leader stopped and the survivor, still counting it, never won
+    /// an election). So before stepping down the leader broadcasts its commit
+    /// index and hands leadership to a fully caught-up voter, and it reports
+    /// [`Action::Removed`] (after which a service may stop it) only once a
+    /// new leader committed an entry of its term (so it applied the removal)
+    /// or a long grace period passed.
+    fn step_down_if_removed(&mut self) {
+        let me = self.config.id;
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Leader || raft.prs().conf().voters().contains(me) {
+            return;
+        }
+        warn!("leader removed or demoted by a committed change; stepping down");
+        raft.bcast_append();
+        let last = raft.raft_log.last_index();
+        let heir = self
+            .conf_state
+            .voters
+            .iter()
+            .copied()
+            .filter(|&id| id != me)
+            .max_by_key(|&id| raft.prs().get(id).map_or(0, |p| p.matched))
+            .filter(|&id| raft.prs().get(id).is_some_and(|p| p.matched == last));
+        if let Some(heir) = heir {
+            raft.send_timeout_now(heir);
+        }
+        let term = raft.term;
+        raft.become_follower(term, raft::INVALID_ID);
+    }
+
+    /// Reports a deferred removal once the rest of the cluster no longer
+    /// needs this node, or after a grace period.
+    fn report_deferred_removal(&mut self, out: &mut Vec<Action>) {
+        let Some(since) = self.removal_deferred else {
+            return;
+        };
+        // A new leader that committed an entry of its own term has applied
+        // the removal (it was committed earlier) and needs us no more.
+        let leader = self.raw.raft.leader_id;
+        let moved_on =
+            leader != 0 && leader != self.config.id && self.raw.raft.commit_to_current_term();
+        let grace = 10 * self.config.election_tick as u64;
+        if moved_on || self.ticks >= since + grace {
+            self.removal_deferred = None;
+            if !self.removed {
+                info!("this node was removed from the cluster");
+                self.removed = true;
+                out.push(Action::Removed);
+            }
+        }
     }
 
     fn on_persisted(&mut self, number: u64, out: &mut Vec<Action>) {
@@ -1050,6 +1118,7 @@ impl<S: State> Core<S> {
         self.raw.apply_conf_change(&enter)?;
         // Leave the joint configuration at once (an empty change).
         self.conf_state = self.raw.apply_conf_change(&ConfChangeV2::default())?;
+        self.step_down_if_removed();
         Ok(())
     }
 
@@ -1076,6 +1145,7 @@ impl<S: State> Core<S> {
                 return Ok(());
             }
         }
+        self.step_down_if_removed();
         for change in codec::decode_member_changes(&cc.context) {
             self.cluster.apply_change(&change);
         }
@@ -1085,9 +1155,11 @@ impl<S: State> Core<S> {
             || self.conf_state.learners.contains(&me)
             || self.conf_state.voters_outgoing.contains(&me);
         if !in_raft && !self.cluster.nodes.contains_key(&me) && !self.removed && self.applied > 0 {
-            info!("this node was removed from the cluster");
-            self.removed = true;
-            out.push(Action::Removed);
+            // The other members apply the change only once they learn its
+            // commit, and until then may need this node's vote or ack
+            // (seeds 1699, 7698): report it when they no longer do.
+            self.removal_deferred.get_or_insert(self.ticks);
+            self.report_deferred_removal(out);
         }
         Ok(())
     }

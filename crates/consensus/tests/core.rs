@@ -306,3 +306,79 @@ fn a_committed_membership_change_survives_a_restart() {
     );
     assert!(c.nodes[0].resolved.contains(&(60, false)));
 }
+
+#[test]
+fn a_leader_that_commits_its_own_removal_steps_down_and_stays_until_not_needed() {
+    // Regression (simulator seeds 3325, 1699, 7057, 7698): `Remove(2)` is
+    // proposed by leader 1 and reaches node 2 only; node 1 goes down, node 2
+    // is elected and commits its own removal. raft-rs keeps such a leader and
+    // panics on its next append response; the core steps down instead. The
+    // node must not report `Removed` (after which it may be stopped) while
+    // node 3, which has not learnt the commit, still needs its vote.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    c.run(1000);
+    c.input(
+        0,
+        Input::Propose(70, Proposal::Member(MemberRequest::Remove(2))),
+    );
+    c.wire
+        .retain(|m| m.to == 2 && m.get_msg_type() == MessageType::MsgAppend);
+    while let Some(m) = c.wire.pop_front() {
+        c.input(1, Input::Step(m));
+    }
+    // Node 1 is gone: drop everything to and from it from now on.
+    c.disk_works[0] = false;
+    c.nodes[0].unwritten.clear();
+    let mut removal_seen = false;
+    for _ in 0..400 {
+        for i in 1..3 {
+            c.input(i, Input::Tick);
+        }
+        for _ in 0..1000 {
+            c.wire.retain(|m| m.to != 1 && m.from != 1);
+            let Some(m) = c.wire.pop_front() else { break };
+            // Node 3 never hears of the commit from node 2 directly.
+            let kind = m.get_msg_type();
+            if m.from == 2
+                && !c.nodes[1].core.conf_state().voters.contains(&2)
+                && matches!(kind, MessageType::MsgAppend | MessageType::MsgTimeoutNow)
+            {
+                continue;
+            }
+            let to = (m.to - 1) as usize;
+            c.input(to, Input::Step(m));
+            for i in 1..3 {
+                if !c.nodes[i].unwritten.is_empty() {
+                    let batches = std::mem::take(&mut c.nodes[i].unwritten);
+                    c.nodes[i]
+                        .persister
+                        .write(&batches, &Stats::default())
+                        .unwrap();
+                    let n = batches.iter().map(|b| b.number).max().unwrap();
+                    c.input(i, Input::Persisted(n));
+                }
+            }
+        }
+        let n2 = &c.nodes[1].core;
+        if !n2.conf_state().voters.contains(&2) {
+            removal_seen = true;
+            assert!(!n2.is_leader(), "a removed leader must step down");
+            if !c.nodes[2].core.conf_state().voters.is_empty()
+                && c.nodes[2].core.conf_state().voters.contains(&2)
+            {
+                assert!(
+                    !n2.is_removed(),
+                    "node 2 reported its removal while node 3 still counts it"
+                );
+            }
+        }
+        if removal_seen && c.nodes[2].core.is_leader() && c.nodes[1].core.is_removed() {
+            break;
+        }
+    }
+    assert!(removal_seen, "node 2 never applied its removal");
+    assert!(c.nodes[2].core.is_leader(), "node 3 never took over");
+    assert_eq!(c.nodes[2].core.conf_state().voters, vec![1, 3]);
+    assert!(c.nodes[1].core.is_removed());
+}
