@@ -129,6 +129,16 @@ async fn leader_of<'a>(nodes: &'a [&'a Node]) -> Option<&'a Node> {
     None
 }
 
+/// Runs an (idempotent) command on whichever node leads, retrying while
+/// leadership moves: on a loaded machine an election can come at any time.
+async fn exec_on_leader(nodes: &[&Node], cmd: Vec<u8>) {
+    eventually("a write through the leader", || async {
+        let leader = leader_of(nodes).await?;
+        exec(leader, cmd.clone()).await.filter(|s| *s)
+    })
+    .await;
+}
+
 async fn three_nodes(root: &Path, extra: &[&str]) -> Vec<Node> {
     let mut args = vec!["--init"];
     args.extend_from_slice(extra);
@@ -153,14 +163,10 @@ async fn cluster_keeps_serving_after_the_leader_is_killed() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = three_nodes(root.path(), &[]).await;
     let all: Vec<&Node> = nodes.iter().collect();
-    let leader = eventually("a leader", || leader_of(&all)).await;
-    let leader_api = leader.api.clone();
     for i in 0..20 {
-        assert_eq!(
-            exec(leader, set(&format!("k{i}"), "before")).await,
-            Some(true)
-        );
+        exec_on_leader(&all, set(&format!("k{i}"), "before")).await;
     }
+    let leader_api = eventually("a leader", || leader_of(&all)).await.api.clone();
     let victim = nodes.iter().position(|n| n.api == leader_api).unwrap();
     let mut dead = nodes.remove(victim);
     dead.child.kill().unwrap(); // SIGKILL
@@ -190,14 +196,12 @@ async fn restarted_node_catches_up_by_snapshot_after_compaction() {
     let stopped = nodes.remove(follower);
     let (dir, raft) = (stopped.dir.clone(), stopped.raft.clone());
     drop(stopped); // SIGKILL
-    let leader = nodes.iter().find(|n| n.api == leader_api).unwrap();
+    let live: Vec<&Node> = nodes.iter().collect();
     for i in 0..200 {
-        assert_eq!(
-            exec(leader, set("counter", &i.to_string())).await,
-            Some(true)
-        );
+        exec_on_leader(&live, set("counter", &i.to_string())).await;
     }
     // The leader compacted past what the stopped node has.
+    let leader = eventually("a leader", || leader_of(&live)).await;
     let st = status(leader).await.unwrap();
     assert!(st["snapshot_index"].as_u64().unwrap() > 100, "{st}");
 
@@ -220,9 +224,8 @@ async fn survivor_reconfigured_to_a_single_voter_serves_and_accepts_a_joiner() {
     let root = tempfile::tempdir().unwrap();
     let nodes = three_nodes(root.path(), &[]).await;
     let all: Vec<&Node> = nodes.iter().collect();
-    let leader = eventually("a leader", || leader_of(&all)).await;
     for i in 0..10 {
-        assert_eq!(exec(leader, set(&format!("k{i}"), "v")).await, Some(true));
+        exec_on_leader(&all, set(&format!("k{i}"), "v")).await;
     }
     // Let followers apply, then lose everything: all three processes die.
     for n in &nodes {
