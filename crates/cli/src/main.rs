@@ -1,6 +1,8 @@
 //! `dqlite-rs`: one binary with a subcommand per job. Each subcommand lives
 //! in its own module; this file only parses arguments and dispatches.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

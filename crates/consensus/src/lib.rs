@@ -1,4 +1,5 @@
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 //! dqlite-rs's raft coordination service.
 //!
 //! # Layout

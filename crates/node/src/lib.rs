@@ -30,6 +30,7 @@
 //!   (`offline.rs`): recovery of a stopped node's directory.
 //! - [`generate_id`], [`BOOTSTRAP_ID`], [`set_sqlite_threading_mode`].
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod cluster;
 mod error;

@@ -470,3 +470,29 @@ pub(super) fn register(name: &str, backend: Arc<dyn Backend>) -> Result<Registra
         name: name.to_owned(),
     })
 }
+
+/// `sqlite3_config` with a threading mode, then `sqlite3_initialize`.
+/// SQLite refuses the first call with `SQLITE_MISUSE` once it has been
+/// initialised, which is reported, not ignored.
+pub(super) fn config_threading(serialized: bool) -> Result<(), Code> {
+    let option = if serialized {
+        sys::SQLITE_CONFIG_SERIALIZED
+    } else {
+        sys::SQLITE_CONFIG_MULTITHREAD
+    };
+    // SAFETY: a threading option of sqlite3_config takes no further
+    // arguments, and SQLite makes the call safe at any time: after
+    // initialisation it only returns SQLITE_MISUSE. rusqlite never
+    // configures SQLite itself, so nothing overrides the mode chosen here.
+    let rc = unsafe { sys::sqlite3_config(option) };
+    if rc != code::OK {
+        return Err(rc);
+    }
+    // SAFETY: sqlite3_initialize takes no arguments and may be called
+    // repeatedly.
+    let rc = unsafe { sys::sqlite3_initialize() };
+    if rc != code::OK {
+        return Err(rc);
+    }
+    Ok(())
+}

@@ -138,6 +138,14 @@ impl File for MemFile {
     }
 }
 
+/// Chooses SQLite's threading mode for the process: serialised, or
+/// multi-thread (no per-connection mutexes; each connection used by one
+/// thread at a time, as the server does). Only possible before SQLite is
+/// first used; later it fails with `SQLITE_MISUSE` (21).
+pub fn set_threading_mode(serialized: bool) -> Result<(), Code> {
+    ffi::config_threading(serialized)
+}
+
 /// Registers `backend` as a SQLite VFS called `name` (not the default).
 pub fn register(name: &str, backend: Arc<dyn Backend>) -> Result<Registration, Code> {
     ffi::register(name, backend)
