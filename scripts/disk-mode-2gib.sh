@@ -15,9 +15,10 @@
 # exists, else target), DISK_PORT (default 32400; the first free port from
 # there is used), TMPDIR (where the data directory goes).
 #
-# The consensus log keeps entries in memory between compactions: at most
-# threshold + trailing entries, each about one transaction (rows × row-kib).
-# The defaults (128 + 32 entries of 1 MiB) bound it near 160 MiB; see
+# A running node keeps about 64 MiB of applied consensus log entries in memory
+# (older applied ones are read back from the log files); a restart reads
+# the entries after the last snapshot (up to threshold + trailing, each
+# about one transaction: rows × row-kib) into memory once. See
 # docs/disk-mode.md for the trade-off with snapshot I/O.
 #
 # Everything started here is killed on exit (trap); every wait is bounded;

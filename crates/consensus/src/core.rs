@@ -50,6 +50,9 @@ pub struct CoreConfig {
     pub snapshot_threshold: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub snapshot_trailing: u64,
+    /// Bytes of log entries kept in memory; older applied entries are read
+    /// back from the segment files when a follower needs them.
+    pub log_cache_bytes: u64,
     /// Upper bound on one append message's size.
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower.
@@ -68,6 +71,7 @@ impl CoreConfig {
             heartbeat_tick: 2,
             snapshot_threshold: 1024,
             snapshot_trailing: 8192,
+            log_cache_bytes: 64 << 20,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             #[cfg(feature = "sim-bugs")]
@@ -342,7 +346,8 @@ impl<S: State> Core<S> {
         hs.commit = hs.commit.max(meta.index).min(last);
         let durable_commit = hs.commit;
         let snapshot_index = meta.index;
-        let storage = RaftLogView::new(hs, meta, boot.entries);
+        let mut storage = RaftLogView::new(hs, meta, boot.entries);
+        storage.set_cache(snapshots.log_reader(), config.log_cache_bytes);
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_tick,
@@ -982,6 +987,9 @@ impl<S: State> Core<S> {
         if applied > log.applied {
             self.raw.advance_apply_to(applied);
         }
+        // Applied entries are durable and committed: they may leave memory.
+        let applied = self.raw.raft.raft_log.applied;
+        self.raw.mut_store().evict(applied);
     }
 
     fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), CoreError> {

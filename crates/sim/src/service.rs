@@ -250,6 +250,9 @@ impl ServiceNode {
             // transfer happen within a short run.
             snapshot_threshold: 24,
             snapshot_trailing: 8,
+            // A tiny cache so lagging followers are served from the
+            // segment files (the read-back path) in most runs.
+            log_cache_bytes: 256,
             max_size_per_msg: 4 << 10,
             max_inflight_msgs: 16,
             ..CoreConfig::new(self.id)

@@ -299,6 +299,147 @@ pub fn read_only(
     Ok(s.entries)
 }
 
+/// Reads entries back from the segment files, for the in-memory view
+/// ([`super::RaftLogView`]) once they were evicted from memory. It never
+/// modifies anything and shares nothing with the writer but the directory:
+/// it only asks for entries that are durable and applied (so committed:
+/// never rewritten), and every record is checked (checksum, index sequence)
+/// exactly as on load.
+#[derive(Clone)]
+pub struct LogReader {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader").field("dir", &self.dir).finish()
+    }
+}
+
+impl LogReader {
+    /// A reader of the log under `raft_dir`.
+    pub fn new(disk: Arc<dyn Disk>, raft_dir: &Path) -> Self {
+        LogReader {
+            disk,
+            dir: log_dir(raft_dir),
+        }
+    }
+
+    /// Entries `low..high` in order, stopping early once their encoded size
+    /// exceeds `max_size` (at least one entry is returned). An entry that is
+    /// missing, damaged or out of sequence is an error, never data.
+    pub fn read(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>, StorageError> {
+        // A rotation (open segment renamed to a closed name) can race with
+        // the listing; a second try sees the new name.
+        let mut last_err = None;
+        for _ in 0..3 {
+            match self.try_read(low, high, max_size) {
+                Ok(out) => return Ok(out),
+                Err(StorageError::Io { path, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    last_err = Some(StorageError::Io { path, source });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| StorageError::Corrupt {
+            path: self.dir.clone(),
+            detail: "log read failed".into(),
+        }))
+    }
+
+    fn try_read(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>, StorageError> {
+        let io = |e| StorageError::io(&self.dir, e);
+        let mut segments: Vec<(u64, String, bool)> = Vec::new();
+        let mut opens = Vec::new();
+        for name in self.disk.list(&self.dir).map_err(io)? {
+            if name.contains('.') {
+                continue;
+            }
+            if let Some((first, last)) = segment::parse_closed_name(&name) {
+                if last >= low && first < high {
+                    segments.push((first, name, true));
+                }
+            } else if let Some(hex) = name.strip_prefix("open-") {
+                opens.push((u64::from_str_radix(hex, 16).unwrap_or(0), name));
+            }
+        }
+        segments.sort();
+        // The newest open segment holds the entries after the closed ones.
+        opens.sort();
+        if let Some((_, name)) = opens.pop() {
+            segments.push((u64::MAX, name, false));
+        }
+        let mut out: Vec<Entry> = Vec::new();
+        let mut size = 0u64;
+        let mut next = low;
+        for (_, name, closed) in segments {
+            if next >= high {
+                break;
+            }
+            let path = self.dir.join(&name);
+            let pio = |e| StorageError::io(&path, e);
+            let corrupt = |detail: String| StorageError::Corrupt {
+                path: path.clone(),
+                detail,
+            };
+            let file = self.disk.open(&path).map_err(pio)?;
+            let Some(header) = segment::read_header(file.as_ref()).map_err(pio)? else {
+                return Err(corrupt("bad segment header".into()));
+            };
+            if closed
+                && segment::parse_closed_name(&name).map(|(f, _)| f) != Some(header.first_index)
+            {
+                return Err(corrupt("header does not match the name".into()));
+            }
+            if header.first_index > next {
+                return Err(corrupt(format!(
+                    "entry {next} missing: segment starts at {}",
+                    header.first_index
+                )));
+            }
+            let len = file.len().map_err(pio)?;
+            let mut offset = HEADER_SIZE;
+            let mut index = header.first_index;
+            // Bounded: each step consumes at least FRAME_SIZE bytes.
+            while next < high {
+                match segment::read_record(file.as_ref(), header.salt, offset, len).map_err(pio)? {
+                    Read::Entry(entry, after) => {
+                        if entry.index != index {
+                            return Err(corrupt(format!(
+                                "entry index {} where {index} was expected",
+                                entry.index
+                            )));
+                        }
+                        if index == next {
+                            let sz = u64::from(protobuf::Message::compute_size(&entry));
+                            if !out.is_empty() && size + sz > max_size {
+                                return Ok(out);
+                            }
+                            size += sz;
+                            out.push(entry);
+                            next += 1;
+                        }
+                        index += 1;
+                        offset = after;
+                    }
+                    Read::End => break,
+                    Read::Invalid(why) => return Err(corrupt(format!("{why} at entry {index}"))),
+                }
+            }
+        }
+        if next < high {
+            return Err(StorageError::Corrupt {
+                path: self.dir.clone(),
+                detail: format!("entries {next}..{high} not found in the log"),
+            });
+        }
+        Ok(out)
+    }
+}
+
 impl Log {
     /// Opens (creating if needed) the log, checking every record, and returns
     /// the entries after `after_index` (the snapshot's index).

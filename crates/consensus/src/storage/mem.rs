@@ -6,33 +6,83 @@ use std::collections::VecDeque;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use tracing::warn;
+
+use super::log::LogReader;
 
 /// Entries, hard state and snapshot metadata, as raft-rs sees them.
-#[derive(Debug, Default)]
+///
+/// The terms of all entries after the compaction point are always in memory
+/// (so `term()` is cheap); the entries themselves only for a suffix of the
+/// log. Entries that are applied (hence durable and committed) are evicted
+/// from the front of that suffix while it holds more than `cache_budget`
+/// bytes, once a [`LogReader`] is attached; [`Storage::entries`] reads them
+/// back from the segment files when a lagging follower needs them.
+#[derive(Debug)]
 pub struct RaftLogView {
     hard_state: HardState,
     snapshot: SnapshotMetadata,
-    /// Index and term of the entry just before `entries[0]`.
+    /// Index and term of the entry just before `terms[0]`.
     offset_index: u64,
     offset_term: u64,
+    /// Terms of the entries `offset_index + 1 ..= last_index`.
+    terms: VecDeque<u64>,
+    /// The last `entries.len()` entries of the log (a suffix of `terms`).
     entries: VecDeque<Entry>,
+    /// Encoded size of `entries`.
+    cached_bytes: u64,
+    /// Evict applied entries while `cached_bytes` exceeds this.
+    cache_budget: u64,
+    /// Where evicted entries are read back from (no eviction without one).
+    reader: Option<LogReader>,
     /// Set when raft asked for a snapshot that must include a peer the
     /// latest one does not know (a joiner); the core then takes one.
     snapshot_wanted: std::cell::Cell<bool>,
+}
+
+impl Default for RaftLogView {
+    fn default() -> Self {
+        RaftLogView::new(
+            HardState::default(),
+            SnapshotMetadata::default(),
+            Vec::new(),
+        )
+    }
+}
+
+fn entry_size(e: &Entry) -> u64 {
+    u64::from(protobuf::Message::compute_size(e))
 }
 
 impl RaftLogView {
     /// A view starting from a snapshot (or nothing: index 0) and the entries
     /// that follow it.
     pub fn new(hard_state: HardState, snapshot: SnapshotMetadata, entries: Vec<Entry>) -> Self {
+        let cached_bytes = entries.iter().map(entry_size).sum();
         RaftLogView {
             hard_state,
             offset_index: snapshot.index,
             offset_term: snapshot.term,
             snapshot,
+            terms: entries.iter().map(|e| e.term).collect(),
             entries: entries.into(),
+            cached_bytes,
+            cache_budget: u64::MAX,
+            reader: None,
             snapshot_wanted: std::cell::Cell::new(false),
         }
+    }
+
+    /// Lets applied entries beyond `budget` bytes leave memory; they are read
+    /// back through `reader` when needed.
+    pub fn set_cache(&mut self, reader: LogReader, budget: u64) {
+        self.reader = Some(reader);
+        self.cache_budget = budget;
+    }
+
+    /// Index of the first entry held in memory (`last_index + 1` if none).
+    fn cache_first(&self) -> u64 {
+        self.last_index() + 1 - self.entries.len() as u64
     }
 
     /// Appends entries, replacing any conflicting suffix.
@@ -42,16 +92,50 @@ impl RaftLogView {
             // Raft never sends entries below the snapshot; ignore defensively.
             return;
         }
+        if first.index > self.last_index() + 1 {
+            // A gap: raft never does this; ignore defensively.
+            return;
+        }
+        // Before `terms` shrinks: `cache_first` depends on the last index.
+        let keep_cached = first.index.saturating_sub(self.cache_first()) as usize;
         let keep = (first.index - self.offset_index - 1) as usize;
-        self.entries.truncate(keep);
-        self.entries.extend(entries.iter().cloned());
+        self.terms.truncate(keep);
+        while self.entries.len() > keep_cached {
+            if let Some(e) = self.entries.pop_back() {
+                self.cached_bytes -= entry_size(&e);
+            }
+        }
+        for e in entries {
+            self.terms.push_back(e.term);
+            self.cached_bytes += entry_size(e);
+            self.entries.push_back(e.clone());
+        }
+    }
+
+    /// Drops entries at or below `applied` from memory while more than the
+    /// budget is held (only with a reader to get them back).
+    pub fn evict(&mut self, applied: u64) {
+        if self.reader.is_none() {
+            return;
+        }
+        while self.cached_bytes > self.cache_budget {
+            match self.entries.front() {
+                Some(e) if e.index <= applied => {}
+                _ => break,
+            }
+            if let Some(e) = self.entries.pop_front() {
+                self.cached_bytes -= entry_size(&e);
+            }
+        }
     }
 
     /// Replaces everything with a snapshot.
     pub fn apply_snapshot(&mut self, meta: SnapshotMetadata) {
         self.offset_index = meta.index;
         self.offset_term = meta.term;
+        self.terms.clear();
         self.entries.clear();
+        self.cached_bytes = 0;
         if self.hard_state.commit < meta.index {
             self.hard_state.commit = meta.index;
         }
@@ -66,13 +150,20 @@ impl RaftLogView {
     /// Drops entries up to and including `index` (never past the snapshot).
     pub fn compact(&mut self, index: u64) {
         let index = index.min(self.snapshot.index).min(self.last_index());
+        while self.offset_index < index {
+            let Some(term) = self.terms.pop_front() else {
+                break;
+            };
+            self.offset_index += 1;
+            self.offset_term = term;
+        }
         while let Some(e) = self.entries.front() {
-            if e.index > index {
+            if e.index > self.offset_index {
                 break;
             }
-            self.offset_index = e.index;
-            self.offset_term = e.term;
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                self.cached_bytes -= entry_size(&e);
+            }
         }
     }
 
@@ -103,25 +194,65 @@ impl RaftLogView {
 
     /// The index of the last entry held.
     pub fn last_index(&self) -> u64 {
-        self.offset_index + self.entries.len() as u64
+        self.offset_index + self.terms.len() as u64
     }
 
-    /// The entry at `index`, if held.
+    /// The entry at `index`, if held in memory.
     pub fn entry(&self, index: u64) -> Option<&Entry> {
+        let first = self.cache_first();
+        if index < first {
+            return None;
+        }
+        self.entries.get((index - first) as usize)
+    }
+
+    /// The term of the entry at `index` (after the compaction point).
+    fn term_of(&self, index: u64) -> Option<u64> {
         if index <= self.offset_index {
             return None;
         }
-        self.entries.get((index - self.offset_index - 1) as usize)
+        self.terms
+            .get((index - self.offset_index - 1) as usize)
+            .copied()
     }
 
-    /// The number of entries held in memory.
+    /// The number of entries after the compaction point.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.terms.len()
     }
 
-    /// Whether no entries are held in memory.
+    /// Whether no entries follow the compaction point.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.terms.is_empty()
+    }
+
+    /// The number of entries held in memory, and their encoded size.
+    pub fn cached(&self) -> (usize, u64) {
+        (self.entries.len(), self.cached_bytes)
+    }
+
+    /// Entries `low..high` read back from the segment files, checked against
+    /// the terms held in memory.
+    fn read_back(&self, low: u64, high: u64, max: u64) -> Option<Vec<Entry>> {
+        let reader = self.reader.as_ref()?;
+        match reader.read(low, high, max) {
+            Ok(out) => {
+                for (i, e) in out.iter().enumerate() {
+                    if e.index != low + i as u64 || self.term_of(e.index) != Some(e.term) {
+                        warn!(
+                            index = e.index,
+                            "entry read back from the log does not match"
+                        );
+                        return None;
+                    }
+                }
+                Some(out)
+            }
+            Err(e) => {
+                warn!(error = %e, low, high, "reading evicted entries back failed");
+                None
+            }
+        }
     }
 }
 
@@ -150,9 +281,26 @@ impl Storage for RaftLogView {
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let mut size = 0u64;
-        for i in low..high {
+        let cache_first = self.cache_first();
+        if low < cache_first {
+            // Evicted entries (applied, so durable): from the segment files.
+            // raft-rs panics on `Unavailable` here, so a failed or
+            // inconsistent read answers `Compacted`: the leader then sends
+            // the follower a snapshot instead. Never wrong data.
+            let upto = high.min(cache_first);
+            let Some(read) = self.read_back(low, upto, max) else {
+                return Err(raft::Error::Store(RaftStorageError::Compacted));
+            };
+            size = read.iter().map(entry_size).sum();
+            let complete = read.len() as u64 == upto - low;
+            out = read;
+            if !complete || upto == high {
+                return Ok(out);
+            }
+        }
+        for i in low.max(cache_first)..high {
             let Some(e) = self.entry(i) else { break };
-            let sz = protobuf::Message::compute_size(e) as u64;
+            let sz = entry_size(e);
             if !out.is_empty() && size + sz > max {
                 break;
             }
@@ -169,8 +317,8 @@ impl Storage for RaftLogView {
         if idx < self.offset_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
-        match self.entry(idx) {
-            Some(e) => Ok(e.term),
+        match self.term_of(idx) {
+            Some(t) => Ok(t),
             None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
         }
     }
@@ -198,5 +346,175 @@ impl Storage for RaftLogView {
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snapshot.clone());
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::log::log_dir;
+    use crate::storage::segment;
+    use crate::storage::{Disk, Log, LogOptions, RealDisk};
+
+    fn entry(index: u64, term: u64, size: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![(index * 7) as u8; size].into(),
+            ..Default::default()
+        }
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    /// A log of `n` entries on disk (small segments, so several files) and
+    /// a view holding the same entries.
+    fn setup(dir: &Path, n: u64) -> (Vec<Entry>, RaftLogView) {
+        let opts = LogOptions {
+            segment_size: 4096,
+            auto_recovery: false,
+        };
+        let (mut log, _) = Log::open(Arc::new(RealDisk), dir, opts, 0).unwrap();
+        let all: Vec<Entry> = (1..=n).map(|i| entry(i, 1 + i / 20, 300)).collect();
+        log.append(&all).unwrap();
+        log.sync().unwrap();
+        let view = RaftLogView::new(
+            HardState::default(),
+            SnapshotMetadata::default(),
+            all.clone(),
+        );
+        (all, view)
+    }
+
+    #[test]
+    fn evicted_entries_are_read_back_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, mut view) = setup(dir.path(), 60);
+        let reference = RaftLogView::new(
+            HardState::default(),
+            SnapshotMetadata::default(),
+            all.clone(),
+        );
+        view.set_cache(LogReader::new(Arc::new(RealDisk), dir.path()), 3000);
+        view.evict(60);
+        let (held, bytes) = view.cached();
+        assert!(
+            held < 60 && bytes <= 3000,
+            "evicted: {held} entries, {bytes} bytes"
+        );
+        assert!(view.entry(1).is_none());
+        // Terms stay in memory for every index.
+        for e in &all {
+            assert_eq!(view.term(e.index).unwrap(), e.term);
+        }
+        assert_eq!(view.entries(1, 61, None, ctx()).unwrap(), all);
+        // Size limits and ranges give what the all-in-memory view gives,
+        // including ranges spanning disk and memory.
+        for (low, high, max) in [
+            (1, 61, 1000),
+            (5, 55, 1),
+            (17, 61, 5000),
+            (40, 61, 2000),
+            (58, 60, 0),
+        ] {
+            assert_eq!(
+                view.entries(low, high, max, ctx()).unwrap(),
+                reference.entries(low, high, max, ctx()).unwrap(),
+                "{low}..{high} max {max}"
+            );
+        }
+        // Compaction below the cache still works; the reader serves the rest.
+        view.set_snapshot(SnapshotMetadata {
+            index: 30,
+            term: all[29].term,
+            ..Default::default()
+        });
+        view.compact(25);
+        assert_eq!(view.first_index(), 26);
+        assert_eq!(view.term(25).unwrap(), all[24].term);
+        assert!(view.entries(20, 30, None, ctx()).is_err());
+        assert_eq!(
+            view.entries(26, 61, None, ctx()).unwrap(),
+            all[25..].to_vec()
+        );
+    }
+
+    #[test]
+    fn budget_is_respected_and_unapplied_entries_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, mut view) = setup(dir.path(), 60);
+        // Without a reader nothing is evicted.
+        view.evict(60);
+        assert_eq!(view.cached().0, 60);
+        view.set_cache(LogReader::new(Arc::new(RealDisk), dir.path()), 0);
+        view.evict(10);
+        assert_eq!(view.cached().0, 50, "entries after the applied index stay");
+        assert_eq!(view.entry(11), Some(&all[10]));
+        view.evict(60);
+        assert_eq!(view.cached(), (0, 0));
+        // New entries, including a conflicting suffix, go to memory.
+        view.append(&[entry(61, 9, 10), entry(62, 9, 10)]);
+        view.append(&[entry(62, 10, 10)]);
+        assert_eq!(view.last_index(), 62);
+        assert_eq!(view.term(62).unwrap(), 10);
+        assert_eq!(view.cached().0, 2);
+        let got = view.entries(59, 63, None, ctx()).unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(59, all[58].term), (60, all[59].term), (61, 9), (62, 10)]
+        );
+        // Byte budget: appending while applying keeps memory at the budget.
+        view.set_cache(LogReader::new(Arc::new(RealDisk), dir.path()), 1000);
+        view.evict(62);
+        assert!(view.cached().1 <= 1000);
+    }
+
+    #[test]
+    fn a_corrupt_record_read_back_is_an_error_not_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, mut view) = setup(dir.path(), 60);
+        let reader = LogReader::new(Arc::new(RealDisk), dir.path());
+        view.set_cache(reader.clone(), 0);
+        view.evict(60);
+        assert_eq!(view.entries(1, 61, None, ctx()).unwrap(), all);
+        // Damage the payload of the first record of the second closed segment.
+        let ldir = log_dir(dir.path());
+        let mut closed: Vec<_> = RealDisk
+            .list(&ldir)
+            .unwrap()
+            .into_iter()
+            .filter_map(|n| segment::parse_closed_name(&n).map(|(f, l)| (f, l, n)))
+            .collect();
+        closed.sort();
+        let (first, last, name) = closed[1].clone();
+        let path = ldir.join(&name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = (segment::HEADER_SIZE + segment::FRAME_SIZE + 20) as usize;
+        bytes[at] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            reader.read(first, last + 1, u64::MAX),
+            Err(crate::storage::StorageError::Corrupt { .. })
+        ));
+        // raft-rs panics on `Unavailable`: the view answers `Compacted`
+        // (the leader sends a snapshot instead).
+        assert_eq!(
+            view.entries(first, last + 1, None, ctx()),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        );
+        assert!(view.entries(1, 61, None, ctx()).is_err());
+        // Entries before the damage are still served.
+        assert_eq!(
+            view.entries(1, first, None, ctx()).unwrap(),
+            all[..first as usize - 1].to_vec()
+        );
+        // A missing segment is an error too.
+        std::fs::remove_file(&path).unwrap();
+        assert!(view.entries(first, first + 1, None, ctx()).is_err());
     }
 }

@@ -12,7 +12,7 @@ pub mod snapshot;
 use std::path::{Path, PathBuf};
 
 pub use disk::{Disk, DiskFile, RealDisk};
-pub use log::{Log, LogOptions};
+pub use log::{Log, LogOptions, LogReader};
 pub use mem::RaftLogView;
 pub use meta::{MetaFile, MetaState};
 pub use snapshot::{SnapshotInfo, SnapshotStore};

@@ -273,6 +273,12 @@ impl SnapshotStore {
         Ok(SnapshotStore { disk, dir })
     }
 
+    /// A reader of the log next to this store's directory (`raft/log`).
+    pub fn log_reader(&self) -> super::LogReader {
+        let raft_dir = self.dir.parent().unwrap_or(&self.dir);
+        super::LogReader::new(self.disk.clone(), raft_dir)
+    }
+
     /// A store that must not modify the directory (offline reading).
     pub fn read_only(disk: Arc<dyn Disk>, raft_dir: &Path) -> Self {
         SnapshotStore {
