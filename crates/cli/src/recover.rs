@@ -1,7 +1,7 @@
 //! `dqlite-rs recover`: the offline recovery procedure for a cluster that
 //! lost its quorum. Stop every node, run `last-entry` on each directory,
 //! run `reconfigure` once on the most recent one, copy that directory to
-//! the other surviving members, restart them.
+//! the other surviving members and run `adopt` on each copy, restart them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,19 @@ pub enum Command {
         /// A member as ID=ADDRESS=ROLE (role: voter, standby, spare); repeat.
         #[arg(long = "node", required = true, value_name = "ID=ADDR=ROLE")]
         nodes: Vec<String>,
+    },
+    /// Make a copy of the reconfigured directory this node's own (its id
+    /// and address); run it on each other surviving member's copy.
+    Adopt {
+        /// The copied data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// This node's id (as in the `--node` list given to reconfigure).
+        #[arg(long)]
+        id: u64,
+        /// This node's address.
+        #[arg(long)]
+        address: String,
     },
 }
 
@@ -86,6 +99,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 info.term,
                 info.index
             );
+        }
+        Command::Adopt { dir, id, address } => {
+            dqlite_node::adopt_copied_directory(&dir, id, &address)
+                .with_context(|| format!("cannot adopt {}", dir.display()))?;
+            println!("{} now belongs to node {id} at {address}", dir.display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, Proc};
+use support::cluster::Cluster;
 use support::{dqlite_rs_bin, probe_leader, run_with_timeout, send_signal, Output};
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -329,41 +329,87 @@ fn recovery_procedure_with_the_cli() {
     ]);
     assert_eq!(again.stdout.trim(), format!("{} {}", last[0].0, last[0].1));
 
-    // Reconfigure the most recent node as the only voter and restart it
-    // alone: it serves reads and writes.
+    // Reconfigure the most recent node with one other survivor as the
+    // voters, copy its directory to that survivor and adopt it there,
+    // restart both: they elect a leader, serve and replicate.
+    let node_id = |i: usize| -> u64 {
+        let text = std::fs::read_to_string(cluster.nodes[i].dir.join("node.json")).unwrap();
+        text.split("\"id\":")
+            .nth(1)
+            .and_then(|s| s.trim().split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no id in node.json: {text}"))
+    };
     let best = (0..3).max_by_key(|&i| last[i]).unwrap();
-    let id = std::fs::read_to_string(cluster.nodes[best].dir.join("node.json")).unwrap();
-    let id: u64 = id
-        .split("\"id\":")
-        .nth(1)
-        .and_then(|s| s.trim().split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no id in node.json: {id}"));
-    let node = &cluster.nodes[best];
-    let spec = format!("{id}={}=voter", node.address);
+    let other = (best + 1) % 3;
+    let (best_id, other_id) = (node_id(best), node_id(other));
+    let spec = |i: usize, id: u64| format!("{id}={}=voter", cluster.nodes[i].address);
     let out = cli(&[
         "recover",
         "reconfigure",
         "--dir",
-        node.dir.to_str().unwrap(),
+        cluster.nodes[best].dir.to_str().unwrap(),
         "--node",
-        &spec,
+        &spec(best, best_id),
+        "--node",
+        &spec(other, other_id),
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    std::fs::remove_dir_all(&cluster.nodes[other].dir).unwrap();
+    copy_dir(&cluster.nodes[best].dir, &cluster.nodes[other].dir);
+    let out = cli(&[
+        "recover",
+        "adopt",
+        "--dir",
+        cluster.nodes[other].dir.to_str().unwrap(),
+        "--id",
+        &other_id.to_string(),
+        "--address",
+        &cluster.nodes[other].address,
     ]);
     assert!(out.success(), "{}", out.describe());
 
-    let survivor: &mut Proc = &mut cluster.nodes[best];
-    survivor.start();
-    let addr = survivor.address.clone();
-    let m = members(&addr);
-    assert_eq!(m, vec![(id, addr.clone(), "voter".to_string())]);
-    let out = shell(&addr, "rec", "INSERT INTO t VALUES (43)");
+    cluster.nodes[best].spawn();
+    cluster.nodes[other].spawn();
+    cluster.nodes[best].wait_ready(Duration::from_secs(30));
+    cluster.nodes[other].wait_ready(Duration::from_secs(30));
+    let addrs = [
+        cluster.nodes[best].address.clone(),
+        cluster.nodes[other].address.clone(),
+    ];
+    let servers = addrs.join(",");
+    let mut m = members(&servers);
+    m.sort();
+    let mut want = vec![
+        (best_id, addrs[0].clone(), "voter".to_string()),
+        (other_id, addrs[1].clone(), "voter".to_string()),
+    ];
+    want.sort();
+    assert_eq!(m, want);
+    let out = shell(&servers, "rec", "INSERT INTO t VALUES (43)");
     assert!(
         out.success() && !out.stdout.contains("Error"),
         "{}",
         out.describe()
     );
-    let out = shell(&addr, "rec", "SELECT sum(v) FROM t");
+    let out = shell(&servers, "rec", "SELECT sum(v) FROM t");
     assert!(out.stdout.contains("85"), "{}", out.describe());
+    wait_same_image(&addrs, "rec", Duration::from_secs(20));
+}
+
+/// Copies a stopped node's data directory (files and folders; the lock
+/// file too, which holds no lock once the node stopped).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }
 
 #[test]

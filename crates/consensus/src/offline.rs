@@ -128,6 +128,33 @@ pub fn reconfigure_membership(
     })
 }
 
+/// Makes a copy of another member's directory this node's own: the raft id
+/// becomes `id` and the copied vote is dropped; the log, snapshots and
+/// membership stay as copied. The recovery step after
+/// [`reconfigure_membership`]: copy the reconfigured directory to each
+/// other surviving member, then adopt it there, so every member restarts
+/// from the same log.
+pub fn adopt_copy(disk: Arc<dyn Disk>, data_dir: &Path, id: u64) -> Result<(), OfflineError> {
+    if id == 0 {
+        return Err(OfflineError::Invalid("node id 0 is not valid".into()));
+    }
+    let raft_dir = storage::raft_dir(data_dir);
+    let st = meta::read_meta(disk.as_ref(), &raft_dir)?.ok_or(OfflineError::Empty)?;
+    let mut meta = MetaFile::open(disk.as_ref(), &raft_dir)?;
+    let path = raft_dir.join("meta");
+    let io = |e| StorageError::io(&path, e);
+    // The vote was the source node's; a vote for nobody is always safe.
+    meta.write(MetaState {
+        id,
+        term: st.term,
+        vote: 0,
+        commit: st.commit,
+    })
+    .map_err(io)?;
+    meta.sync().map_err(io)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,7 @@ pub use dqlite_consensus::transport::TlsConfig;
 pub use dqlite_wire::{NodeInfo, Role};
 pub use error::NodeError;
 pub use node::{Node, Options};
-pub use offline::{read_last_entry_info, reconfigure_membership_ext};
+pub use offline::{adopt_copied_directory, read_last_entry_info, reconfigure_membership_ext};
 pub use sqlite::{set_sqlite_threading_mode, ThreadingMode};
 
 /// The id that bootstraps a new cluster, as in go-dqlite (id 1 does too).

@@ -94,3 +94,22 @@ pub fn reconfigure_membership_ext(
         nodes,
     )?)
 }
+
+/// Makes a copy of another member's data directory the stopped node
+/// `id`'s own, after [`reconfigure_membership_ext`] on the most recent
+/// node: its raft id and its `node.json` (id and `address`) become this
+/// node's; the data stays as copied.
+///
+/// ```no_run
+/// dqlite_node::adopt_copied_directory(std::path::Path::new("/var/lib/n2"), 2, "10.0.0.2:9001")?;
+/// # Ok::<(), dqlite_node::NodeError>(())
+/// ```
+pub fn adopt_copied_directory(dir: &Path, id: u64, address: &str) -> Result<(), NodeError> {
+    let data = dqlite_server::dir::DataDir::open(dir)?;
+    offline::adopt_copy(Arc::new(RealDisk), dir, id)?;
+    data.write_node(&dqlite_server::dir::NodeRecord {
+        id,
+        address: address.to_string(),
+    })?;
+    Ok(())
+}
