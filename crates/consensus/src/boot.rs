@@ -10,6 +10,7 @@ use raft::eraftpb::HardState;
 use crate::core::Boot;
 use crate::membership::{ClusterMeta, NodeInfo, Role};
 use crate::storage::log::LoadReport;
+use crate::storage::mem::DEFAULT_LOG_CACHE_BYTES;
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader};
 use crate::storage::{Disk, Log, LogOptions, MetaFile, MetaState, SnapshotStore, StorageError};
 use crate::State;
@@ -28,11 +29,30 @@ pub struct Opened {
     pub report: LoadReport,
 }
 
-/// Opens (creating if needed) the raft directory.
+/// Opens (creating if needed) the raft directory, keeping at most about
+/// [`DEFAULT_LOG_CACHE_BYTES`] of log entries in memory.
 pub fn open(
     disk: Arc<dyn Disk>,
     raft_dir: &Path,
     options: LogOptions,
+) -> Result<Opened, StorageError> {
+    open_bounded(disk, raft_dir, options, DEFAULT_LOG_CACHE_BYTES, 0)
+}
+
+/// Like [`open`], keeping about `log_budget` bytes of entries in memory:
+/// every entry's index and term is kept, but payloads of committed entries
+/// leave memory from the front while more than the budget is held; they are
+/// read back from the segment files when raft needs them (to apply them, or
+/// for a lagging follower). Committed means at or below the durable commit
+/// index of the meta file or `applied`, the State's applied index (a State
+/// only ever applies committed entries; pass 0 if unknown). Entries after
+/// both always stay in memory: a new leader may still replace them.
+pub fn open_bounded(
+    disk: Arc<dyn Disk>,
+    raft_dir: &Path,
+    options: LogOptions,
+    log_budget: u64,
+    applied: u64,
 ) -> Result<Opened, StorageError> {
     disk.create_dir_all(raft_dir)
         .map_err(|e| StorageError::io(raft_dir, e))?;
@@ -41,8 +61,17 @@ pub fn open(
     let snapshot = snapshots.latest(options.auto_recovery)?;
     let meta = MetaFile::open(disk.as_ref(), raft_dir)?;
     let after = snapshot.as_ref().map_or(0, |s| s.header.index);
-    let (log, mut report) = Log::open(disk, raft_dir, options, after)?;
     let st = meta.state();
+    // Only a bounded tail of payloads stays in memory; committed entries
+    // before it are read back from the segment files when needed.
+    let (log, mut report) = Log::open_bounded(
+        disk,
+        raft_dir,
+        options,
+        after,
+        log_budget,
+        st.commit.max(applied),
+    )?;
     let hard_state = HardState {
         term: st.term,
         vote: st.vote,
@@ -50,12 +79,14 @@ pub fn open(
         ..Default::default()
     };
     let entries = std::mem::take(&mut report.entries);
+    let dropped_terms = std::mem::take(&mut report.dropped_terms);
     Ok(Opened {
         meta,
         log,
         boot: Boot {
             hard_state,
             snapshot: snapshot.map(|s| s.header),
+            dropped_terms,
             entries,
         },
         snapshots,

@@ -71,7 +71,7 @@ impl CoreConfig {
             heartbeat_tick: 2,
             snapshot_threshold: 1024,
             snapshot_trailing: 8192,
-            log_cache_bytes: 64 << 20,
+            log_cache_bytes: crate::storage::mem::DEFAULT_LOG_CACHE_BYTES,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             #[cfg(feature = "sim-bugs")]
@@ -279,7 +279,11 @@ pub struct Boot {
     pub hard_state: HardState,
     /// The latest snapshot's header, if any.
     pub snapshot: Option<SnapshotHeader>,
-    /// Entries after the snapshot.
+    /// Terms of the first entries after the snapshot, whose payloads were
+    /// left on disk at load (read back when needed).
+    pub dropped_terms: Vec<u64>,
+    /// The entries after those (all the entries after the snapshot when
+    /// nothing was dropped).
     pub entries: Vec<Entry>,
 }
 
@@ -342,11 +346,11 @@ impl<S: State> Core<S> {
         }
         let conf_state = meta.get_conf_state().clone();
         let mut hs = boot.hard_state;
-        let last = boot.entries.last().map_or(meta.index, |e| e.index);
+        let last = meta.index + (boot.dropped_terms.len() + boot.entries.len()) as u64;
         hs.commit = hs.commit.max(meta.index).min(last);
         let durable_commit = hs.commit;
         let snapshot_index = meta.index;
-        let mut storage = RaftLogView::new(hs, meta, boot.entries);
+        let mut storage = RaftLogView::with_dropped(hs, meta, boot.dropped_terms, boot.entries);
         storage.set_cache(snapshots.log_reader(), config.log_cache_bytes);
         let raft_config = raft::Config {
             id: config.id,
@@ -355,6 +359,9 @@ impl<S: State> Core<S> {
             applied: snapshot_index,
             max_size_per_msg: config.max_size_per_msg,
             max_inflight_msgs: config.max_inflight_msgs,
+            // Committed entries come in bounded batches, so applying a long
+            // log after a restart (read back from disk) never holds it all.
+            max_committed_size_per_ready: (config.log_cache_bytes / 4).max(config.max_size_per_msg),
             check_quorum: true,
             pre_vote: true,
             read_only_option: ReadOnlyOption::Safe,
@@ -864,6 +871,7 @@ impl<S: State> Core<S> {
         for _ in 0..64 {
             // Before taking the Ready, so a new round's heartbeats go out now.
             self.start_read_round();
+            self.check_read_failure(out);
             if self.failed.is_some() || !self.raw.has_ready() {
                 break;
             }
@@ -889,8 +897,26 @@ impl<S: State> Core<S> {
         self.failed = Some(why);
     }
 
+    /// Entries raft needed (to apply, or to decide on) could not be read
+    /// back from the log files: nothing decided from them may leave the core.
+    fn check_read_failure(&mut self, out: &mut Vec<Action>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(why) = self.raw.store().take_read_failure() {
+            warn!(error = %why, "consensus core failed");
+            self.fail(format!("log read failed: {why}"), out);
+        }
+    }
+
     fn process_one_ready(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
         let mut rd = self.raw.ready();
+        if let Some(why) = self.raw.store().take_read_failure() {
+            return Err(CoreError::Storage(crate::storage::StorageError::Corrupt {
+                path: std::path::PathBuf::new(),
+                detail: format!("log read failed: {why}"),
+            }));
+        }
         let committed = rd.take_committed_entries();
         // A membership change must never be forgotten by a restart: the
         // configuration comes from the snapshot plus the entries up to the

@@ -660,7 +660,15 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
         segment_size: config.segment_size,
         auto_recovery: config.auto_recovery,
     };
-    let opened = boot::open(disk, &raft_dir, options)?;
+    // A State that keeps its data on disk knows how far it applied: those
+    // entries are committed, so their payloads may stay on disk at load.
+    let opened = boot::open_bounded(
+        disk,
+        &raft_dir,
+        options,
+        storage::mem::DEFAULT_LOG_CACHE_BYTES,
+        state.applied_index(),
+    )?;
     for path in &opened.report.set_aside {
         warn!(path = %path.display(), "set aside by auto-recovery");
     }

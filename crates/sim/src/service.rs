@@ -241,9 +241,22 @@ impl ServiceNode {
             segment_size: SEGMENT_BYTES,
             auto_recovery: false,
         };
-        let opened = boot::open(shared, &self.raft_dir, options).map_err(storage_err)?;
+        // A tiny load budget, so restarts leave committed entries on disk
+        // and apply them through the read-back path.
+        let opened = boot::open_bounded(shared.clone(), &self.raft_dir, options, 256, 0)
+            .map_err(storage_err)?;
         let snapshot_index = opened.boot.snapshot.as_ref().map_or(0, |s| s.index);
         self.mirror.reset(snapshot_index);
+        let dropped = opened.boot.dropped_terms.len() as u64;
+        if dropped > 0 {
+            // The checker's mirror holds every entry: read those back.
+            let reader = dqlite_consensus::storage::LogReader::new(shared, &self.raft_dir);
+            let low = snapshot_index + 1;
+            let back = reader
+                .read(low, low + dropped, u64::MAX)
+                .map_err(storage_err)?;
+            self.mirror.append(&back);
+        }
         self.mirror.append(&opened.boot.entries);
         let config = CoreConfig {
             // Small thresholds so snapshots, compaction and snapshot

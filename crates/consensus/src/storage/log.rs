@@ -11,6 +11,7 @@
 //! corruption: an error, or with auto-recovery the damaged segment and
 //! everything after it are renamed aside (`*.corrupt`), never deleted.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -64,8 +65,12 @@ impl Open {
 /// What loading found.
 #[derive(Debug, Default)]
 pub struct LoadReport {
-    /// Entries after the given snapshot index, in order.
+    /// Entries after the given snapshot index, in order (with a budget: only
+    /// the tail after `dropped_terms`).
     pub entries: Vec<Entry>,
+    /// Terms of the entries right after the snapshot index whose payloads
+    /// were not kept in memory (see [`Log::open_bounded`]); `entries` follows.
+    pub dropped_terms: Vec<u64>,
     /// Bytes dropped from a torn tail of the open segment.
     pub torn_tail: bool,
     /// Files renamed aside by auto-recovery.
@@ -92,7 +97,11 @@ struct Scan {
     closed: Vec<Closed>,
     open: Option<(String, Option<Header>, Vec<u64>, u64)>,
     spares: Vec<String>,
-    entries: Vec<Entry>,
+    entries: VecDeque<Entry>,
+    /// Terms of the entries dropped from the front of `entries`.
+    dropped_terms: Vec<u64>,
+    /// Encoded size of `entries`.
+    kept_bytes: u64,
     corrupt_from: Option<(String, StorageError)>,
     torn_tail: bool,
     max_salt: u64,
@@ -135,7 +144,40 @@ fn read_segment(file: &dyn DiskFile, header: Header) -> std::io::Result<SegmentS
     }
 }
 
-fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageError> {
+/// How much of the log's payload loading keeps in memory.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    /// Drop payloads from the front while more than this many bytes are kept.
+    budget: u64,
+    /// ... but only of entries at or below this index.
+    upto: u64,
+}
+
+const KEEP_ALL: Keep = Keep {
+    budget: u64::MAX,
+    upto: 0,
+};
+
+impl Scan {
+    fn keep(&mut self, entries: Vec<Entry>, after_index: u64, keep: Keep) {
+        for e in entries.into_iter().filter(|e| e.index > after_index) {
+            self.kept_bytes += u64::from(protobuf::Message::compute_size(&e));
+            self.entries.push_back(e);
+            while self.kept_bytes > keep.budget {
+                match self.entries.front() {
+                    Some(f) if f.index <= keep.upto => {}
+                    _ => break,
+                }
+                if let Some(f) = self.entries.pop_front() {
+                    self.kept_bytes -= u64::from(protobuf::Message::compute_size(&f));
+                    self.dropped_terms.push(f.term);
+                }
+            }
+        }
+    }
+}
+
+fn scan(disk: &dyn Disk, dir: &Path, after_index: u64, keep: Keep) -> Result<Scan, StorageError> {
     let io = |e| StorageError::io(dir, e);
     let names = if disk.exists(dir) {
         disk.list(dir).map_err(io)?
@@ -148,7 +190,9 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageEr
         closed: Vec::new(),
         open: None,
         spares: Vec::new(),
-        entries: Vec::new(),
+        entries: VecDeque::new(),
+        dropped_terms: Vec::new(),
+        kept_bytes: 0,
         corrupt_from: None,
         torn_tail: false,
         max_salt: 0,
@@ -219,8 +263,7 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageEr
                         last - first + 1
                     ))
                 } else {
-                    out.entries
-                        .extend(entries.into_iter().filter(|e| e.index > after_index));
+                    out.keep(entries, after_index, keep);
                     None
                 }
             }
@@ -273,8 +316,7 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64) -> Result<Scan, StorageEr
                     warn!(segment = %name, why, good = entries.len(), "torn tail truncated");
                     out.torn_tail = true;
                 }
-                out.entries
-                    .extend(entries.into_iter().filter(|e| e.index > after_index));
+                out.keep(entries, after_index, keep);
                 offsets = offs;
                 end = valid_end;
             }
@@ -292,11 +334,11 @@ pub fn read_only(
     raft_dir: &Path,
     after_index: u64,
 ) -> Result<Vec<Entry>, StorageError> {
-    let s = scan(disk, &log_dir(raft_dir), after_index)?;
+    let s = scan(disk, &log_dir(raft_dir), after_index, KEEP_ALL)?;
     if let Some((_, err)) = s.corrupt_from {
         return Err(err);
     }
-    Ok(s.entries)
+    Ok(s.entries.into())
 }
 
 /// Reads entries back from the segment files, for the in-memory view
@@ -449,10 +491,31 @@ impl Log {
         options: LogOptions,
         after_index: u64,
     ) -> Result<(Log, LoadReport), StorageError> {
+        Self::open_bounded(disk, raft_dir, options, after_index, u64::MAX, 0)
+    }
+
+    /// Like [`Log::open`], keeping at most about `budget` bytes of entries in
+    /// memory while loading: payloads of entries at or below `drop_upto` (the
+    /// durable commit index: committed entries are never rewritten) leave
+    /// memory from the front, and only their terms are returned
+    /// ([`LoadReport::dropped_terms`]); they are read back from the segment
+    /// files through a [`LogReader`]. Every record is checked either way.
+    pub fn open_bounded(
+        disk: Arc<dyn Disk>,
+        raft_dir: &Path,
+        options: LogOptions,
+        after_index: u64,
+        budget: u64,
+        drop_upto: u64,
+    ) -> Result<(Log, LoadReport), StorageError> {
+        let keep = Keep {
+            budget,
+            upto: drop_upto,
+        };
         let dir = log_dir(raft_dir);
         let io = |e| StorageError::io(&dir, e);
         disk.create_dir_all(&dir).map_err(io)?;
-        let mut s = scan(disk.as_ref(), &dir, after_index)?;
+        let mut s = scan(disk.as_ref(), &dir, after_index, keep)?;
         let mut report = LoadReport {
             torn_tail: s.torn_tail,
             ..Default::default()
@@ -477,7 +540,7 @@ impl Log {
                 }
             }
             disk.sync_dir(&dir).map_err(io)?;
-            s = scan(disk.as_ref(), &dir, after_index)?;
+            s = scan(disk.as_ref(), &dir, after_index, keep)?;
             if let Some((_, err)) = s.corrupt_from {
                 return Err(err);
             }
@@ -495,12 +558,13 @@ impl Log {
                     .map_err(|e| StorageError::io(&path, e))?;
             }
         }
-        report.entries = std::mem::take(&mut s.entries);
+        report.entries = std::mem::take(&mut s.entries).into();
+        report.dropped_terms = std::mem::take(&mut s.dropped_terms);
         let last_index = report
             .entries
             .last()
             .map(|e| e.index)
-            .unwrap_or(after_index)
+            .unwrap_or(after_index + report.dropped_terms.len() as u64)
             .max(after_index);
         let mut next_salt = s.max_salt + 1;
         let open = match s.open {

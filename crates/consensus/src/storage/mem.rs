@@ -17,7 +17,11 @@ use super::log::LogReader;
 /// log. Entries that are applied (hence durable and committed) are evicted
 /// from the front of that suffix while it holds more than `cache_budget`
 /// bytes, once a [`LogReader`] is attached; [`Storage::entries`] reads them
-/// back from the segment files when a lagging follower needs them.
+/// back from the segment files when a lagging follower needs them. After a
+/// restart the suffix may also start above entries that are committed but
+/// not yet applied (their payloads stayed on disk at load, see
+/// [`RaftLogView::with_dropped`]); they are read back the same way when
+/// raft-rs applies them.
 #[derive(Debug)]
 pub struct RaftLogView {
     hard_state: HardState,
@@ -38,6 +42,9 @@ pub struct RaftLogView {
     /// Set when raft asked for a snapshot that must include a peer the
     /// latest one does not know (a joiner); the core then takes one.
     snapshot_wanted: std::cell::Cell<bool>,
+    /// Set when entries that raft needed to apply (or to decide on) could
+    /// not be read back; the core then stops with this error.
+    read_failure: std::cell::RefCell<Option<String>>,
 }
 
 impl Default for RaftLogView {
@@ -50,6 +57,11 @@ impl Default for RaftLogView {
     }
 }
 
+/// Bytes of entry payloads a node keeps in memory by default: the cache of
+/// the view ([`crate::CoreConfig::log_cache_bytes`]) and what loading the log
+/// at start keeps ([`crate::boot::open`]).
+pub const DEFAULT_LOG_CACHE_BYTES: u64 = 64 << 20;
+
 fn entry_size(e: &Entry) -> u64 {
     u64::from(protobuf::Message::compute_size(e))
 }
@@ -58,18 +70,34 @@ impl RaftLogView {
     /// A view starting from a snapshot (or nothing: index 0) and the entries
     /// that follow it.
     pub fn new(hard_state: HardState, snapshot: SnapshotMetadata, entries: Vec<Entry>) -> Self {
+        Self::with_dropped(hard_state, snapshot, Vec::new(), entries)
+    }
+
+    /// Like [`RaftLogView::new`] where only the terms of the first entries
+    /// after the snapshot are known (`dropped_terms`: their payloads stayed on
+    /// disk at load, see [`super::Log::open_bounded`]) and `entries` follow.
+    /// A reader must be attached ([`RaftLogView::set_cache`]) to serve them.
+    pub fn with_dropped(
+        hard_state: HardState,
+        snapshot: SnapshotMetadata,
+        dropped_terms: Vec<u64>,
+        entries: Vec<Entry>,
+    ) -> Self {
         let cached_bytes = entries.iter().map(entry_size).sum();
+        let mut terms: VecDeque<u64> = dropped_terms.into();
+        terms.extend(entries.iter().map(|e| e.term));
         RaftLogView {
             hard_state,
             offset_index: snapshot.index,
             offset_term: snapshot.term,
             snapshot,
-            terms: entries.iter().map(|e| e.term).collect(),
+            terms,
             entries: entries.into(),
             cached_bytes,
             cache_budget: u64::MAX,
             reader: None,
             snapshot_wanted: std::cell::Cell::new(false),
+            read_failure: std::cell::RefCell::new(None),
         }
     }
 
@@ -231,10 +259,18 @@ impl RaftLogView {
         (self.entries.len(), self.cached_bytes)
     }
 
+    /// Takes the error of a failed read-back that raft could not be answered
+    /// `Compacted` for (see [`Storage::entries`]).
+    pub fn take_read_failure(&self) -> Option<String> {
+        self.read_failure.borrow_mut().take()
+    }
+
     /// Entries `low..high` read back from the segment files, checked against
     /// the terms held in memory.
-    fn read_back(&self, low: u64, high: u64, max: u64) -> Option<Vec<Entry>> {
-        let reader = self.reader.as_ref()?;
+    fn read_back(&self, low: u64, high: u64, max: u64) -> Result<Vec<Entry>, String> {
+        let Some(reader) = self.reader.as_ref() else {
+            return Err(format!("entries {low}..{high} are not in memory"));
+        };
         match reader.read(low, high, max) {
             Ok(out) => {
                 for (i, e) in out.iter().enumerate() {
@@ -243,14 +279,17 @@ impl RaftLogView {
                             index = e.index,
                             "entry read back from the log does not match"
                         );
-                        return None;
+                        return Err(format!(
+                            "entry {} read back from the log does not match",
+                            e.index
+                        ));
                     }
                 }
-                Some(out)
+                Ok(out)
             }
             Err(e) => {
                 warn!(error = %e, low, high, "reading evicted entries back failed");
-                None
+                Err(format!("reading entries {low}..{high} back failed: {e}"))
             }
         }
     }
@@ -270,7 +309,7 @@ impl Storage for RaftLogView {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         if low <= self.offset_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
@@ -283,13 +322,27 @@ impl Storage for RaftLogView {
         let mut size = 0u64;
         let cache_first = self.cache_first();
         if low < cache_first {
-            // Evicted entries (applied, so durable): from the segment files.
-            // raft-rs panics on `Unavailable` here, so a failed or
-            // inconsistent read answers `Compacted`: the leader then sends
-            // the follower a snapshot instead. Never wrong data.
+            // Entries not in memory (evicted once applied, or left on disk
+            // at load: durable and committed either way) come from the
+            // segment files. A failed or inconsistent read is never data.
+            // raft-rs panics on `Unavailable`, so for a follower's appends
+            // (`can_async`) it answers `Compacted`: the leader then sends a
+            // snapshot instead. raft-rs also panics on any error when it
+            // collects committed entries to apply (and a few other
+            // synchronous reads), so there the answer is short (what could
+            // be read, maybe nothing: raft-rs accepts short answers) and the
+            // failure is recorded; the core stops with it before using the
+            // Ready ([`RaftLogView::take_read_failure`]).
             let upto = high.min(cache_first);
-            let Some(read) = self.read_back(low, upto, max) else {
-                return Err(raft::Error::Store(RaftStorageError::Compacted));
+            let read = match self.read_back(low, upto, max) {
+                Ok(read) => read,
+                Err(_) if context.can_async() => {
+                    return Err(raft::Error::Store(RaftStorageError::Compacted));
+                }
+                Err(why) => {
+                    self.read_failure.borrow_mut().get_or_insert(why);
+                    return Ok(Vec::new());
+                }
             };
             size = read.iter().map(entry_size).sum();
             let complete = read.len() as u64 == upto - low;
@@ -501,13 +554,20 @@ mod tests {
             reader.read(first, last + 1, u64::MAX),
             Err(crate::storage::StorageError::Corrupt { .. })
         ));
-        // raft-rs panics on `Unavailable`: the view answers `Compacted`
-        // (the leader sends a snapshot instead).
+        // raft-rs panics on `Unavailable`: for a follower's appends the view
+        // answers `Compacted` (the leader sends a snapshot instead).
+        let send = || GetEntriesContext::empty(true);
         assert_eq!(
-            view.entries(first, last + 1, None, ctx()),
+            view.entries(first, last + 1, None, send()),
             Err(raft::Error::Store(RaftStorageError::Compacted))
         );
-        assert!(view.entries(1, 61, None, ctx()).is_err());
+        assert!(view.entries(1, 61, None, send()).is_err());
+        assert_eq!(view.take_read_failure(), None);
+        // Where raft-rs panics on any error (applying committed entries), the
+        // answer is short and the failure is recorded for the core.
+        assert_eq!(view.entries(first, last + 1, None, ctx()), Ok(Vec::new()));
+        assert!(view.take_read_failure().is_some());
+        assert_eq!(view.take_read_failure(), None);
         // Entries before the damage are still served.
         assert_eq!(
             view.entries(1, first, None, ctx()).unwrap(),
@@ -515,6 +575,78 @@ mod tests {
         );
         // A missing segment is an error too.
         std::fs::remove_file(&path).unwrap();
-        assert!(view.entries(first, first + 1, None, ctx()).is_err());
+        assert!(view.entries(first, first + 1, None, send()).is_err());
+        assert!(view
+            .entries(first, first + 1, None, ctx())
+            .unwrap()
+            .is_empty());
+        assert!(view.take_read_failure().is_some());
+    }
+
+    #[test]
+    fn reopening_a_long_log_keeps_a_bounded_tail_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, _) = setup(dir.path(), 200);
+        let total: u64 = all.iter().map(entry_size).sum();
+        let budget = 5000;
+        assert!(total > 10 * budget);
+        let opts = LogOptions {
+            segment_size: 4096,
+            auto_recovery: false,
+        };
+        // Everything committed: only about `budget` bytes of payload stay.
+        let (log, report) =
+            Log::open_bounded(Arc::new(RealDisk), dir.path(), opts, 0, budget, 200).unwrap();
+        assert_eq!(log.last_index(), 200);
+        let kept: u64 = report.entries.iter().map(entry_size).sum();
+        assert!(kept <= budget, "{kept} bytes kept");
+        assert!(!report.entries.is_empty());
+        assert_eq!(report.dropped_terms.len() + report.entries.len(), 200);
+        assert_eq!(report.entries.last(), all.last());
+        let dropped = report.dropped_terms.len();
+        assert_eq!(
+            report.dropped_terms,
+            all[..dropped].iter().map(|e| e.term).collect::<Vec<_>>()
+        );
+        drop(log);
+        let mut view = RaftLogView::with_dropped(
+            HardState::default(),
+            SnapshotMetadata::default(),
+            report.dropped_terms,
+            report.entries,
+        );
+        view.set_cache(LogReader::new(Arc::new(RealDisk), dir.path()), budget);
+        assert_eq!(view.last_index(), 200);
+        assert!(view.cached().1 <= budget);
+        for e in &all {
+            assert_eq!(view.term(e.index).unwrap(), e.term);
+        }
+        // Every entry reads back identically, in one go and in pieces.
+        assert_eq!(view.entries(1, 201, None, ctx()).unwrap(), all);
+        let mut next = 1;
+        while next <= 200 {
+            let got = view.entries(next, 201, 2000, ctx()).unwrap();
+            assert!(!got.is_empty());
+            for e in &got {
+                assert_eq!(e, &all[e.index as usize - 1]);
+            }
+            next += got.len() as u64;
+        }
+        assert_eq!(view.take_read_failure(), None);
+
+        // Entries after the durable commit index always stay in memory.
+        let (_log, report) =
+            Log::open_bounded(Arc::new(RealDisk), dir.path(), opts, 0, budget, 150).unwrap();
+        assert_eq!(report.dropped_terms.len(), 150);
+        assert_eq!(report.entries, all[150..].to_vec());
+        // After a snapshot, only entries after it are counted.
+        let (_log, report) =
+            Log::open_bounded(Arc::new(RealDisk), dir.path(), opts, 120, budget, 200).unwrap();
+        assert_eq!(report.dropped_terms.len() + report.entries.len(), 80);
+        assert_eq!(report.entries.last(), all.last());
+        // Without a budget, everything.
+        let (_log, report) = Log::open(Arc::new(RealDisk), dir.path(), opts, 0).unwrap();
+        assert!(report.dropped_terms.is_empty());
+        assert_eq!(report.entries, all);
     }
 }
