@@ -16,9 +16,9 @@
 # there is used), TMPDIR (where the data directory goes).
 #
 # A running node keeps about 64 MiB of applied consensus log entries in memory
-# (older applied ones are read back from the log files); a restart reads
-# the entries after the last snapshot (up to threshold + trailing, each
-# about one transaction: rows × row-kib) into memory once. See
+# (older applied ones are read back from the log files); a restart also
+# keeps only about 64 MiB of the committed entries after the last snapshot
+# in memory, reading the rest back to apply them. See
 # docs/disk-mode.md for the trade-off with snapshot I/O.
 #
 # Everything started here is killed on exit (trap); every wait is bounded;
