@@ -723,6 +723,24 @@ impl<N: SimNode> Cluster<N> {
         Ok(())
     }
 
+    /// Crashes `victim` (losing unsynced writes, tearing the last one when
+    /// the options say so) and schedules its restart within `max_downtime`.
+    fn crash(&mut self, victim: NodeId, what: &str, max_downtime: u64) {
+        let mode = if self.options.torn_writes {
+            CrashMode::TornLastWrite
+        } else {
+            CrashMode::LoseUnsynced
+        };
+        self.record(format!("{what} node {victim} ({mode:?})"));
+        if let Some(slot) = self.nodes.get_mut(&victim) {
+            slot.node.crash(mode);
+            slot.up = false;
+            slot.incarnation += 1;
+        }
+        let downtime = self.rng.between(50, max_downtime);
+        self.scheduler.after(downtime, Event::Restart(victim));
+    }
+
     fn fault(&mut self) -> Result<(), Failure> {
         let ids: Vec<NodeId> = self
             .nodes
@@ -734,19 +752,7 @@ impl<N: SimNode> Cluster<N> {
         match self.rng.index(9) {
             0 | 1 => {
                 if let Some(&victim) = up.get(self.rng.index(up.len())) {
-                    let mode = if self.options.torn_writes {
-                        CrashMode::TornLastWrite
-                    } else {
-                        CrashMode::LoseUnsynced
-                    };
-                    self.record(format!("crash node {victim} ({mode:?})"));
-                    if let Some(slot) = self.nodes.get_mut(&victim) {
-                        slot.node.crash(mode);
-                        slot.up = false;
-                        slot.incarnation += 1;
-                    }
-                    let downtime = self.rng.between(50, 2_000);
-                    self.scheduler.after(downtime, Event::Restart(victim));
+                    self.crash(victim, "crash", 2_000);
                 }
             }
             2 | 3 => {
@@ -784,20 +790,8 @@ impl<N: SimNode> Cluster<N> {
                 // A power cut of several machines at once (a rack): unsynced
                 // data is lost on a majority together.
                 let count = up.len() / 2 + 1;
-                let mode = if self.options.torn_writes {
-                    CrashMode::TornLastWrite
-                } else {
-                    CrashMode::LoseUnsynced
-                };
                 for &victim in up.iter().take(count) {
-                    self.record(format!("power cut node {victim} ({mode:?})"));
-                    if let Some(slot) = self.nodes.get_mut(&victim) {
-                        slot.node.crash(mode);
-                        slot.up = false;
-                        slot.incarnation += 1;
-                    }
-                    let downtime = self.rng.between(50, 1_000);
-                    self.scheduler.after(downtime, Event::Restart(victim));
+                    self.crash(victim, "power cut", 1_000);
                 }
             }
             _ => {}

@@ -303,17 +303,6 @@ impl SimNode for RaftRsNode {
     }
 
     fn describe(m: &Message) -> String {
-        format!(
-            "{:?} {}->{} t{} i{} lt{} n{} c{} r{}",
-            m.get_msg_type(),
-            m.from,
-            m.to,
-            m.term,
-            m.index,
-            m.log_term,
-            m.entries.len(),
-            m.commit,
-            m.reject
-        )
+        crate::trace::describe_raft(m)
     }
 }

@@ -678,16 +678,8 @@ impl SimNode for ServiceNode {
     fn describe(message: &Wire) -> String {
         match message {
             Wire::Raft(m, snapshot) => format!(
-                "{:?} {}->{} t{} i{} lt{} n{} c{} r{}{}",
-                m.get_msg_type(),
-                m.from,
-                m.to,
-                m.term,
-                m.index,
-                m.log_term,
-                m.entries.len(),
-                m.commit,
-                m.reject,
+                "{}{}",
+                crate::trace::describe_raft(m),
                 if snapshot.is_some() { " +snapshot" } else { "" }
             ),
             Wire::SnapshotAck { from, to, ok } => format!("SnapshotAck {from}->{to} ok={ok}"),

@@ -79,6 +79,22 @@ impl Trace {
     }
 }
 
+/// One line describing a raft message, the same for every node type.
+pub fn describe_raft(m: &raft::eraftpb::Message) -> String {
+    format!(
+        "{:?} {}->{} t{} i{} lt{} n{} c{} r{}",
+        m.get_msg_type(),
+        m.from,
+        m.to,
+        m.term,
+        m.index,
+        m.log_term,
+        m.entries.len(),
+        m.commit,
+        m.reject
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
