@@ -32,13 +32,7 @@ fn exec(address: &str, sql: &str) {
 
 fn count(address: &str) -> i64 {
     with_db(address, async |db| {
-        let rows = db
-            .query("SELECT count(*) FROM t", ())
-            .await
-            .unwrap()
-            .all()
-            .await
-            .unwrap();
+        let rows = db.query_all("SELECT count(*) FROM t", ()).await.unwrap();
         rows[0].get(0).unwrap()
     })
 }

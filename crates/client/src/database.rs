@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 
 use dqlite_wire::{Request, Response};
 
-use crate::{Client, Config, Error, Params, Result, Rows};
+use crate::{Client, Config, Error, Params, Result, Row, Rows};
 
 /// What an executed statement did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,12 @@ impl Database {
             params: params.into_values(),
         };
         self.rows(&request).await
+    }
+
+    /// Runs one query and collects every row: for results known to be
+    /// small (a count, a lookup); stream larger ones with [`Database::query`].
+    pub async fn query_all(&mut self, sql: &str, params: impl Params) -> Result<Vec<Row>> {
+        self.query(sql, params).await?.all().await
     }
 
     /// Prepares one statement. Finalize it with [`Statement::finalize`]
@@ -231,6 +237,11 @@ impl Statement {
             params: params.into_values(),
         };
         db.rows(&request).await
+    }
+
+    /// Runs the statement as a query and collects every row (small results).
+    pub async fn query_all(&self, db: &mut Database, params: impl Params) -> Result<Vec<Row>> {
+        self.query(db, params).await?.all().await
     }
 
     /// Frees the statement on the server (FINALIZE).

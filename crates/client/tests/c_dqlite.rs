@@ -118,10 +118,7 @@ async fn the_client_works_against_c_dqlite() {
     .await
     .unwrap();
     let rows = db
-        .query("SELECT i, f, s, b, n, ts, ok FROM t ORDER BY id", ())
-        .await
-        .unwrap()
-        .all()
+        .query_all("SELECT i, f, s, b, n, ts, ok FROM t ORDER BY id", ())
         .await
         .unwrap();
     assert_eq!(
@@ -152,19 +149,13 @@ async fn the_client_works_against_c_dqlite() {
 
     // A result of many batches, then one abandoned early.
     let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT x FROM c";
-    let all = db
-        .query(sql, params![50_000])
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap();
+    let all = db.query_all(sql, params![50_000]).await.unwrap();
     assert_eq!(all.len(), 50_000);
     assert_eq!(all[49_999].get::<i64>(0).unwrap(), 50_000);
     let mut rows = db.query(sql, params![50_000]).await.unwrap();
     rows.next().await.unwrap().unwrap();
     drop(rows);
-    let one = db.query("SELECT 7", ()).await.unwrap().all().await.unwrap();
+    let one = db.query_all("SELECT 7", ()).await.unwrap();
     assert_eq!(one[0].get::<i64>(0).unwrap(), 7);
 
     // Prepared statements in a transaction; a dropped one rolls back.
@@ -176,13 +167,7 @@ async fn the_client_works_against_c_dqlite() {
     insert.exec(&mut tx, [11]).await.unwrap();
     drop(tx);
     insert.finalize(&mut db).await.unwrap();
-    let count: i64 = db
-        .query("SELECT count(*) FROM t", ())
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap()[0]
+    let count: i64 = db.query_all("SELECT count(*) FROM t", ()).await.unwrap()[0]
         .get(0)
         .unwrap();
     assert_eq!(count, 3);

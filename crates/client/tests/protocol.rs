@@ -633,13 +633,7 @@ async fn a_thousand_parameters_use_schema_one() {
         .await
         .unwrap();
     let params: Vec<Value> = (0..1000).map(Value::Integer).collect();
-    let rows = db
-        .query("SELECT ?+...", params)
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap();
+    let rows = db.query_all("SELECT ?+...", params).await.unwrap();
     assert_eq!(rows[0].get::<i64>(0).unwrap(), 499500);
     let params: Vec<Value> = (0..255).map(Value::Integer).collect();
     db.exec("X", params).await.unwrap();
@@ -711,13 +705,7 @@ async fn prepared_statements() {
     ));
     let r = stmt.exec(&mut db, [vec![1u8, 2]]).await.unwrap();
     assert_eq!(r.last_insert_id, 7);
-    let rows = stmt
-        .query(&mut db, params![None::<i64>])
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap();
+    let rows = stmt.query_all(&mut db, params![None::<i64>]).await.unwrap();
     assert_eq!(rows[0].get::<Option<i64>>(0).unwrap(), None);
     assert!(rows[0].get::<bool>(1).unwrap());
     stmt.finalize(&mut db).await.unwrap();

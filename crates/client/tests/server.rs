@@ -90,10 +90,7 @@ async fn every_value_type_round_trips() {
     .await
     .unwrap();
     let rows = db
-        .query("SELECT i, f, s, b, n, ts, ok FROM t ORDER BY id", ())
-        .await
-        .unwrap()
-        .all()
+        .query_all("SELECT i, f, s, b, n, ts, ok FROM t ORDER BY id", ())
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
@@ -122,7 +119,7 @@ async fn a_thousand_parameters_bind() {
     let mut db = open(&node, "params").await;
     let sql = format!("SELECT {}", vec!["?"; 1000].join(" + "));
     let params: Vec<Value> = (1..=1000).map(Value::Integer).collect();
-    let rows = db.query(&sql, params).await.unwrap().all().await.unwrap();
+    let rows = db.query_all(&sql, params).await.unwrap();
     assert_eq!(rows[0].get::<i64>(0).unwrap(), 500_500);
     db.exec("CREATE TABLE wide (v)", ()).await.unwrap();
     let sql = format!(
@@ -159,26 +156,14 @@ async fn a_large_result_streams_and_an_abandoned_one_is_interrupted() {
         rows.next().await.unwrap().unwrap();
     }
     drop(rows);
-    let one = db
-        .query("SELECT 42", ())
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap();
+    let one = db.query_all("SELECT 42", ()).await.unwrap();
     assert_eq!(one[0].get::<i64>(0).unwrap(), 42);
 
     // Closed explicitly, on a prepared statement that is then run again.
     let stmt = db.prepare(sql).await.unwrap();
     let rows = stmt.query(&mut db, params![N]).await.unwrap();
     rows.close().await.unwrap();
-    let all = stmt
-        .query(&mut db, params![3])
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap();
+    let all = stmt.query_all(&mut db, params![3]).await.unwrap();
     assert_eq!(all.len(), 3);
     stmt.finalize(&mut db).await.unwrap();
 }
@@ -210,23 +195,11 @@ async fn prepared_statements_and_transactions() {
     insert.exec(&mut tx, params![4, "four"]).await.unwrap();
     drop(tx);
 
-    let count: i64 = db
-        .query("SELECT count(*) FROM t", ())
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap()[0]
+    let count: i64 = db.query_all("SELECT count(*) FROM t", ()).await.unwrap()[0]
         .get(0)
         .unwrap();
     assert_eq!(count, 2);
-    let v: String = select
-        .query(&mut db, [2])
-        .await
-        .unwrap()
-        .all()
-        .await
-        .unwrap()[0]
+    let v: String = select.query_all(&mut db, [2]).await.unwrap()[0]
         .get(0)
         .unwrap();
     assert_eq!(v, "two");
