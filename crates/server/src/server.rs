@@ -122,21 +122,9 @@ impl Server {
             address: address.clone(),
         })?;
         let cluster = cluster(address.clone());
-        let shared = Arc::new(Shared {
-            databases,
-            cluster,
-            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
-            failure_domain: config.failure_domain,
-            weight: AtomicU64::new(0),
-        });
-        Ok(Server {
-            listener,
-            address,
-            shared,
-            config,
-            peers: None,
-            _dir: Some(dir),
-        })
+        let mut server = Self::from_listener(listener, address, config, databases, cluster, None);
+        server._dir = Some(dir);
+        Ok(server)
     }
 
     /// A server on an already-bound listener (see [`listen`]), for an
