@@ -100,4 +100,12 @@ mod tests {
         }
         assert!(is_bootstrap_id(1) && is_bootstrap_id(BOOTSTRAP_ID) && !is_bootstrap_id(2));
     }
+
+    #[test]
+    fn the_server_knows_the_stores_stale_commit_code() {
+        assert_eq!(
+            dqlite_server::sql::STORE_IOERR_STALE,
+            dqlite_store::vfs::code::IOERR_STALE
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use dqlite_wire::error::{SQLITE_ERROR, SQLITE_RANGE};
+use dqlite_wire::error::{SQLITE_BUSY, SQLITE_ERROR, SQLITE_RANGE};
 use dqlite_wire::{Response, RowsWriter, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Batch, Connection, Statement};
@@ -35,9 +35,22 @@ impl Failure {
     }
 }
 
+/// The replicated store's code for a commit rejected because it was built
+/// on a version another entry replaced (`dqlite_store::vfs::code::IOERR_STALE`).
+/// It is IOERR-class only so that SQLite drops its page cache; nothing was
+/// applied, so the client is told SQLITE_BUSY: retry the transaction.
+pub const STORE_IOERR_STALE: i32 = 10 | (42 << 8);
+
 impl From<rusqlite::Error> for Failure {
     fn from(err: rusqlite::Error) -> Self {
         match err {
+            rusqlite::Error::SqliteFailure(e, _) if e.extended_code == STORE_IOERR_STALE => {
+                Failure::new(
+                    SQLITE_BUSY,
+                    "database is locked: another transaction committed first and this one \
+                     was not applied; retry it",
+                )
+            }
             // SQLite's extended code and its own message, as dqlite sends.
             rusqlite::Error::SqliteFailure(e, msg) => Failure {
                 code: e.extended_code as u64,
@@ -383,6 +396,17 @@ mod tests {
             true
         })?;
         Ok(out)
+    }
+
+    #[test]
+    fn a_stale_commit_is_busy_for_the_client() {
+        let err = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(STORE_IOERR_STALE),
+            Some("disk I/O error".into()),
+        );
+        let f = Failure::from(err);
+        assert_eq!(f.code, SQLITE_BUSY);
+        assert!(f.message.contains("not applied"), "{}", f.message);
     }
 
     #[test]

@@ -93,8 +93,11 @@ impl MainFile {
         match outcome {
             Ok(true) => Ok(()),
             // Built on a version that is no longer current (another leader's
-            // entry was applied underneath): nothing was applied.
-            Ok(false) => Err(code::BUSY),
+            // entry was applied underneath): nothing was applied. SQLite has
+            // already marked our pages clean, and the entry that won raised
+            // the change counter from the same base, so only an IOERR-class
+            // code makes it drop them (pager_error) instead of reading them.
+            Ok(false) => Err(code::IOERR_STALE),
             Err(ProposeError::NotLeader) => Err(code::IOERR_NOT_LEADER),
             // The entry may or may not commit later: the outcome is unknown.
             Err(ProposeError::LeadershipLost | ProposeError::Timeout) => {

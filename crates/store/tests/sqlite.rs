@@ -180,6 +180,40 @@ fn vacuum_shrinks_and_changes_page_size() {
 struct Replicator {
     states: Mutex<(u64, Vec<StoreState>)>,
     fail: Mutex<Option<ProposeError>>,
+    /// Set: the next proposal answers `Timeout` and is held back, then
+    /// commits just before the proposal after it (a slow entry that lands
+    /// under a later transaction).
+    defer: Mutex<Deferral>,
+}
+
+#[derive(Default)]
+enum Deferral {
+    #[default]
+    Off,
+    Next,
+    Held(Vec<u8>),
+}
+
+impl Replicator {
+    fn new(states: Vec<StoreState>) -> Arc<Self> {
+        Arc::new(Self {
+            states: Mutex::new((0, states)),
+            fail: Mutex::new(None),
+            defer: Mutex::new(Deferral::Off),
+        })
+    }
+
+    fn commit(&self, entry: &[u8]) -> bool {
+        let mut guard = self.states.lock().unwrap();
+        guard.0 += 1;
+        let index = guard.0;
+        let mut satisfied = Vec::new();
+        for state in guard.1.iter_mut() {
+            satisfied.push(state.apply(index, entry));
+        }
+        assert!(satisfied.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
+        satisfied[0]
+    }
 }
 
 impl Proposer for Replicator {
@@ -187,15 +221,19 @@ impl Proposer for Replicator {
         if let Some(e) = self.fail.lock().unwrap().clone() {
             return Err(e);
         }
-        let mut guard = self.states.lock().unwrap();
-        guard.0 += 1;
-        let index = guard.0;
-        let mut satisfied = Vec::new();
-        for state in guard.1.iter_mut() {
-            satisfied.push(state.apply(index, &entry));
+        let deferral = std::mem::take(&mut *self.defer.lock().unwrap());
+        let held = match deferral {
+            Deferral::Next => {
+                *self.defer.lock().unwrap() = Deferral::Held(entry);
+                return Err(ProposeError::Timeout);
+            }
+            Deferral::Held(held) => Some(held),
+            Deferral::Off => None,
+        };
+        if let Some(held) = held {
+            assert!(self.commit(&held), "the held entry was current");
         }
-        assert!(satisfied.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
-        Ok(satisfied[0])
+        Ok(self.commit(&entry))
     }
 }
 
@@ -203,13 +241,11 @@ impl Proposer for Replicator {
 fn replicated_images_are_identical_and_snapshots_restore() {
     let leader = Store::memory().unwrap();
     let followers = [Store::memory().unwrap(), Store::memory().unwrap()];
-    let replicator = Arc::new(Replicator {
-        states: Mutex::new((
-            0,
-            vec![leader.state(), followers[0].state(), followers[1].state()],
-        )),
-        fail: Mutex::new(None),
-    });
+    let replicator = Replicator::new(vec![
+        leader.state(),
+        followers[0].state(),
+        followers[1].state(),
+    ]);
     leader.set_proposer(replicator.clone());
     let conn = leader.open("app.db").unwrap();
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
@@ -253,10 +289,7 @@ fn replicated_images_are_identical_and_snapshots_restore() {
 #[test]
 fn failed_commits_surface_the_dqlite_codes_and_change_nothing() {
     let store = Store::memory().unwrap();
-    let replicator = Arc::new(Replicator {
-        states: Mutex::new((0, vec![store.state()])),
-        fail: Mutex::new(None),
-    });
+    let replicator = Replicator::new(vec![store.state()]);
     store.set_proposer(replicator.clone());
     let conn = store.open("f.db").unwrap();
     conn.execute_batch("CREATE TABLE t (v)").unwrap();
@@ -276,6 +309,56 @@ fn failed_commits_surface_the_dqlite_codes_and_change_nothing() {
     conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
     assert_eq!(count(&conn, "t"), 1);
     integrity(&conn);
+}
+
+/// SQLite marks a transaction's pages clean before the commit point
+/// returns, and a stale entry raised the file change counter from the same
+/// base as the entry that won, so a commit rejected there must make SQLite
+/// drop its page cache, or the connection reads pages that never committed.
+#[test]
+fn a_rejected_commit_leaves_no_phantom_pages() {
+    let store = Store::memory().unwrap();
+    let replicator = Replicator::new(vec![store.state()]);
+    store.set_proposer(replicator.clone());
+    let a = store.open("p.db").unwrap();
+    a.execute_batch("CREATE TABLE t (v TEXT)").unwrap();
+    let b = store.open("p.db").unwrap();
+    assert_eq!(count(&b, "t"), 0, "b has the table's pages in its cache");
+
+    // a's insert times out in flight; it commits under b's insert, which
+    // was built on the version before it and is rejected.
+    *replicator.defer.lock().unwrap() = Deferral::Next;
+    let e = a.execute("INSERT INTO t VALUES ('slow')", []).unwrap_err();
+    assert_eq!(sqlite_code(e), 10506);
+    let e = b
+        .execute("INSERT INTO t VALUES ('phantom')", [])
+        .unwrap_err();
+    assert_eq!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::SystemIoFailure),
+        "an IOERR-class code, so that SQLite drops its cache: {e}"
+    );
+    assert_eq!(
+        sqlite_code(e),
+        dqlite_store::vfs::code::IOERR_STALE,
+        "told apart from other I/O errors"
+    );
+
+    let rows = |conn: &Connection| -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT v FROM t ORDER BY rowid").unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(
+        rows(&b),
+        ["slow"],
+        "b reads what committed, not its own rejected row"
+    );
+    assert_eq!(rows(&a), ["slow"]);
+    // b's next write builds on what committed.
+    b.execute("INSERT INTO t VALUES ('next')", []).unwrap();
+    assert_eq!(rows(&a), ["slow", "next"]);
+    integrity(&b);
 }
 
 #[test]

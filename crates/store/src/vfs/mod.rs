@@ -34,6 +34,10 @@ pub mod code {
     pub const IOERR_WRITE: c_int = 10 | (3 << 8);
     pub const IOERR_NOT_LEADER: c_int = 10 | (40 << 8);
     pub const IOERR_LEADERSHIP_LOST: c_int = 10 | (41 << 8);
+    /// dqlite-rs: the commit was rejected because it was built on a version
+    /// that another entry replaced; nothing was applied. IOERR-class so
+    /// that SQLite drops its page cache (the server answers SQLITE_BUSY).
+    pub const IOERR_STALE: c_int = 10 | (42 << 8);
 }
 
 /// SQLite lock levels (`SQLITE_LOCK_*`).
