@@ -89,6 +89,9 @@ pub struct CheckpointDb {
     pub name: String,
     /// Change sequence.
     pub seq: u64,
+    /// Version id (absent in records written before ids existed).
+    #[serde(default)]
+    pub id: u64,
     /// Page size.
     pub page_size: u32,
     /// Size in pages.
@@ -192,6 +195,7 @@ mod tests {
             databases: vec![CheckpointDb {
                 name: "a".into(),
                 seq: 3,
+                id: 9,
                 page_size: 4096,
                 pages: 2,
             }],

@@ -9,10 +9,17 @@ use crate::StoreError;
 pub struct Entry {
     /// Database name.
     pub database: String,
-    /// The database's change sequence the transaction was built on; an
-    /// entry whose base is not the current sequence is stale and is not
-    /// applied (on any node, so the outcome is the same everywhere).
+    /// The database's change sequence the transaction was built on.
     pub base: u64,
+    /// The id of the version the transaction was built on. An entry whose
+    /// base (sequence and id) is not the current version is stale and is
+    /// not applied, on any node alike; ids are unique, so everything built
+    /// on a rejected entry is rejected too, even if another entry brought
+    /// the database to the same sequence.
+    pub base_id: u64,
+    /// This entry's id: the id of the version it makes. Never 0 for a new
+    /// entry (0 is every version made before ids existed).
+    pub id: u64,
     /// Page size in bytes.
     pub page_size: u32,
     /// Database size in pages after the transaction.
@@ -22,7 +29,9 @@ pub struct Entry {
 }
 
 const MAGIC: u32 = 0x6471_7270; // "dqrp"
-const VERSION: u8 = 1;
+/// Version 2 added the base id and the entry id; version 1 entries (both
+/// ids 0) still decode, so old logs replay.
+const VERSION: u8 = 2;
 
 impl Entry {
     /// Serialises the entry.
@@ -34,6 +43,8 @@ impl Entry {
         out.extend_from_slice(&(self.database.len() as u32).to_le_bytes());
         out.extend_from_slice(self.database.as_bytes());
         out.extend_from_slice(&self.base.to_le_bytes());
+        out.extend_from_slice(&self.base_id.to_le_bytes());
+        out.extend_from_slice(&self.id.to_le_bytes());
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&self.pages_after.to_le_bytes());
         out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
@@ -53,7 +64,7 @@ impl Entry {
             ));
         }
         let version = r.take(1)?[0];
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(StoreError::Corrupt(format!(
                 "unknown entry version {version}"
             )));
@@ -62,6 +73,11 @@ impl Entry {
         let database = String::from_utf8(r.take(name_len)?.to_vec())
             .map_err(|_| StoreError::Corrupt("database name is not UTF-8".into()))?;
         let base = r.u64()?;
+        let (base_id, id) = if version == 1 {
+            (0, 0)
+        } else {
+            (r.u64()?, r.u64()?)
+        };
         let page_size = r.u32()?;
         let pages_after = r.u32()?;
         let count = r.u32()? as usize;
@@ -90,11 +106,25 @@ impl Entry {
         Ok(Entry {
             database,
             base,
+            base_id,
+            id,
             page_size,
             pages_after,
             pages,
         })
     }
+}
+
+/// A fresh entry id: random, never 0. Unique with overwhelming
+/// probability, and only ever compared with the one current version.
+pub fn new_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // std's RandomState is seeded from the OS once per thread and varies
+    // per instance: random bits without another dependency.
+    let id = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    id.max(1)
 }
 
 /// SQLite page sizes: powers of two from 512 to 65536.
@@ -140,13 +170,15 @@ mod tests {
     fn entry() -> impl Strategy<Value = Entry> {
         (
             "[a-z.]{0,12}",
-            any::<u64>(),
+            any::<(u64, u64, u64)>(),
             prop::sample::select(vec![512u32, 1024, 4096]),
             prop::collection::btree_map(1u32..50, any::<u8>(), 0..6),
         )
-            .prop_map(|(database, base, page_size, pages)| Entry {
+            .prop_map(|(database, (base, base_id, id), page_size, pages)| Entry {
                 database,
                 base,
+                base_id,
+                id,
                 page_size,
                 pages_after: 50,
                 pages: pages
@@ -160,6 +192,18 @@ mod tests {
         #[test]
         fn round_trips(e in entry()) {
             prop_assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
+        }
+
+        #[test]
+        fn version_1_entries_decode_with_zero_ids(mut e in entry()) {
+            e.base_id = 0;
+            e.id = 0;
+            let mut v1 = e.encode();
+            v1[4] = 1;
+            // Version 1 had no ids: cut them out after name and base.
+            let at = 4 + 1 + 4 + e.database.len() + 8;
+            v1.drain(at..at + 16);
+            prop_assert_eq!(Entry::decode(&v1).unwrap(), e);
         }
 
         #[test]

@@ -2,9 +2,9 @@
 //! node (leader included), log replay and snapshot restore go through.
 //!
 //! Snapshot format (little-endian): magic `dqrs`, version byte, database
-//! count; per database its name, change sequence, page size, size in
-//! pages and stored page count, then each stored page as its number and
-//! bytes. Written page by page into the consensus snapshot stream, never as
+//! count; per database its name, change sequence, version id (since format
+//! 2), page size, size in pages and stored page count, then each stored
+//! page as its number and bytes. Written page by page into the consensus snapshot stream, never as
 //! one buffer, and in disk mode restored page by page into a file, so
 //! neither side holds a database in memory.
 
@@ -18,7 +18,7 @@ use crate::entry::{valid_page_size, Entry};
 use crate::Shared;
 
 const MAGIC: &[u8; 4] = b"dqrs";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Applies committed entries to a [`crate::Store`].
 pub struct StoreState {
@@ -93,6 +93,7 @@ impl State for StoreState {
             out.write_all(&(name.len() as u32).to_le_bytes())?;
             out.write_all(name.as_bytes())?;
             out.write_all(&v.seq.to_le_bytes())?;
+            out.write_all(&v.id.to_le_bytes())?;
             out.write_all(&v.page_size.to_le_bytes())?;
             out.write_all(&v.pages.to_le_bytes())?;
             let stored = if v.page_size == 0 { 0 } else { v.pages };
@@ -112,7 +113,8 @@ impl State for StoreState {
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
         let mut magic = [0u8; 5];
         input.read_exact(&mut magic)?;
-        if &magic[..4] != MAGIC || magic[4] != VERSION {
+        let format = magic[4];
+        if &magic[..4] != MAGIC || !(1..=VERSION).contains(&format) {
             return Err(invalid("not a dqlite-rs store snapshot"));
         }
         let count = read_u32(input)?;
@@ -127,6 +129,7 @@ impl State for StoreState {
             let name =
                 String::from_utf8(name).map_err(|_| invalid("database name is not UTF-8"))?;
             let seq = read_u64(input)?;
+            let id = if format >= 2 { read_u64(input)? } else { 0 };
             let page_size = read_u32(input)?;
             let pages = read_u32(input)?;
             let stored = read_u32(input)?;
@@ -150,7 +153,7 @@ impl State for StoreState {
                 input.read_exact(&mut page)?;
                 restorer.page(pgno, page)?;
             }
-            versions.push((name, restorer.finish(seq, page_size, pages)?));
+            versions.push((name, restorer.finish((seq, id), page_size, pages)?));
         }
         self.shared.replace_all(versions, index)?;
         self.applied = index;

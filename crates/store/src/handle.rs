@@ -77,6 +77,8 @@ impl MainFile {
         let entry = Entry {
             database: self.db.name.clone(),
             base: base.seq,
+            base_id: base.id,
+            id: crate::entry::new_id(),
             page_size,
             pages_after,
             pages,

@@ -229,6 +229,7 @@ impl Shared {
                 file.finish(v.pages, v.page_size)?;
                 st.current = Arc::new(Version {
                     seq: v.seq,
+                    id: v.id,
                     page_size: v.page_size,
                     pages: v.pages,
                     data: OrdMap::new(),
@@ -238,6 +239,7 @@ impl Shared {
             record.databases.push(CheckpointDb {
                 name: db.name.clone(),
                 seq: v.seq,
+                id: v.id,
                 page_size: v.page_size,
                 pages: v.pages,
             });
@@ -275,6 +277,7 @@ impl Shared {
                 .map(|(name, v)| CheckpointDb {
                     name: name.clone(),
                     seq: v.seq,
+                    id: v.id,
                     page_size: v.page_size,
                     pages: v.pages,
                 })
@@ -381,6 +384,7 @@ impl Store {
                 BaseFile::open(&path).map_err(io(format!("cannot open {}", path.display())))?;
             let version = Version {
                 seq: db.seq,
+                id: db.id,
                 page_size: db.page_size,
                 pages: db.pages,
                 data: OrdMap::new(),
@@ -500,7 +504,12 @@ impl Restorer {
         }
     }
 
-    pub(crate) fn finish(self, seq: u64, page_size: u32, pages: u32) -> std::io::Result<Version> {
+    pub(crate) fn finish(
+        self,
+        (seq, id): (u64, u64),
+        page_size: u32,
+        pages: u32,
+    ) -> std::io::Result<Version> {
         let (data, base) = match self {
             Restorer::Memory(map) => (map, None),
             Restorer::Disk(file) => {
@@ -510,6 +519,7 @@ impl Restorer {
         };
         Ok(Version {
             seq,
+            id,
             page_size,
             pages,
             data,

@@ -21,6 +21,10 @@ use crate::entry::Entry;
 pub struct Version {
     /// How many transactions have been applied to this database.
     pub seq: u64,
+    /// The id of the entry that made this version (0 for an empty database
+    /// and for versions made before ids existed): with `seq`, what an entry
+    /// must name as its base to apply.
+    pub id: u64,
     /// Page size in bytes (0 while the database is empty).
     pub page_size: u32,
     /// Size in pages.
@@ -55,7 +59,7 @@ impl Version {
     /// The next version with `entry` applied, or `None` if the entry was
     /// built on another version (stale): the caller applies nothing.
     pub fn apply(&self, entry: &Entry) -> Option<Version> {
-        if entry.base != self.seq {
+        if entry.base != self.seq || entry.base_id != self.id {
             return None;
         }
         // A new page size (VACUUM after PRAGMA page_size) rewrites every
@@ -77,6 +81,7 @@ impl Version {
         }
         Some(Version {
             seq: self.seq + 1,
+            id: entry.id,
             page_size: entry.page_size,
             pages: entry.pages_after,
             data,
@@ -144,9 +149,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn entry(base: u64, pages_after: u32, pages: &[(u32, u8)]) -> Entry {
+        // Ids follow the sequence: entry `base` makes version `base + 1`.
         Entry {
             database: "d".into(),
             base,
+            base_id: base,
+            id: base + 1,
             page_size: 512,
             pages_after,
             pages: pages.iter().map(|&(n, b)| (n, vec![b; 512])).collect(),
@@ -163,6 +171,30 @@ mod tests {
             v0.apply(&entry(0, 1, &[(1, 3)])).is_some(),
             "old versions stay usable"
         );
+    }
+
+    #[test]
+    fn an_entry_built_on_a_rejected_one_is_rejected_too() {
+        // e1 and x both build on version 1; x wins. e2 was built on e1, so
+        // it names sequence 2 like x's version, but not its id.
+        let v1 = Version::default().apply(&entry(0, 1, &[(1, 1)])).unwrap();
+        let x = Entry {
+            id: 100,
+            ..entry(1, 1, &[(1, 2)])
+        };
+        let e1 = Entry {
+            id: 200,
+            ..entry(1, 1, &[(1, 3)])
+        };
+        let e2 = Entry {
+            base_id: 200,
+            id: 201,
+            ..entry(2, 1, &[(1, 4)])
+        };
+        let v2 = v1.apply(&x).unwrap();
+        assert!(v2.apply(&e1).is_none());
+        assert!(v2.apply(&e2).is_none(), "same sequence, other lineage");
+        assert_eq!(v1.apply(&e1).unwrap().apply(&e2).unwrap().id, 201);
     }
 
     #[test]
