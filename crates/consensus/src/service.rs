@@ -375,6 +375,27 @@ impl Service {
         }
     }
 
+    /// Hands `instruction` to the log without waiting for it: calls made
+    /// one after another reach the log in that order, so a caller can keep
+    /// many in flight. The returned future resolves once the instruction is
+    /// applied here (whether the State found it satisfied) or has failed.
+    pub fn submit(
+        &self,
+        instruction: Vec<u8>,
+    ) -> Result<impl std::future::Future<Output = Result<bool, Error>> + Send + 'static, Error>
+    {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Propose(Proposal::State(instruction), tx))?;
+        let this = self.clone();
+        Ok(async move {
+            match rx.await {
+                Err(_) => Err(Error::Stopped),
+                Ok(Ok(outcome)) => Ok(outcome.satisfied),
+                Ok(Err(e)) => Err(Error::from_propose(e, &this.status())),
+            }
+        })
+    }
+
     /// Replicates `instruction` and returns whether the State found it
     /// satisfied. Only the leader accepts; a dropped proposal or lost
     /// leadership is an error, never a hang.

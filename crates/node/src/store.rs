@@ -5,8 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite_consensus::{Error, Service};
+use dqlite_server::sql::Failure;
 use dqlite_server::Databases;
-use dqlite_store::{ProposeError, Proposer, Store};
+use dqlite_store::SettleError;
+use dqlite_store::{OnFailure, ProposeError, Proposer, Store};
+use dqlite_wire::error::{
+    SQLITE_BUSY, SQLITE_IOERR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+};
 use rusqlite::Connection;
 
 /// [`Databases`] over the replicated store.
@@ -20,10 +25,26 @@ impl Databases for StoreDatabases {
     fn open_existing(&self, name: &str) -> rusqlite::Result<Option<Connection>> {
         self.0.open_existing(name)
     }
+
+    fn settle(&self) -> Result<(), Failure> {
+        dqlite_store::settle(SETTLE_TIMEOUT).map_err(|e| {
+            let code = match e {
+                SettleError::Stale => SQLITE_BUSY,
+                SettleError::NotLeader => SQLITE_IOERR_NOT_LEADER,
+                SettleError::LeadershipLost => SQLITE_IOERR_LEADERSHIP_LOST,
+                SettleError::Other(_) => SQLITE_IOERR,
+            };
+            Failure::new(code, e.to_string())
+        })
+    }
 }
 
-/// Proposes the store's commit entries through the service. Called on a
-/// SQLite (blocking) thread, so it may block on the runtime.
+/// Longer than the proposer's own timeout, which resolves every entry.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Proposes the store's commit entries through the service, without
+/// waiting for them: the store learns of success when the entry is applied,
+/// and of failure through the callback.
 pub(crate) struct ServiceProposer {
     pub service: Service,
     pub runtime: tokio::runtime::Handle,
@@ -31,22 +52,34 @@ pub(crate) struct ServiceProposer {
     pub timeout: Duration,
 }
 
+fn propose_error(e: Error) -> ProposeError {
+    match e {
+        // Nothing was appended: safe to retry on the leader.
+        Error::NotLeader { .. } | Error::Dropped | Error::Uninitialized => ProposeError::NotLeader,
+        Error::LeadershipLost => ProposeError::LeadershipLost,
+        Error::Timeout => ProposeError::Timeout,
+        other => ProposeError::Other(other.to_string()),
+    }
+}
+
 impl Proposer for ServiceProposer {
-    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError> {
+    fn propose(&self, entry: Vec<u8>, failed: OnFailure) {
         if !self.service.is_leader() {
-            return Err(ProposeError::NotLeader);
+            return failed(ProposeError::NotLeader);
         }
-        let result = self
-            .runtime
-            .block_on(self.service.exec(entry, self.timeout));
-        result.map_err(|e| match e {
-            // Nothing was appended: safe to retry on the leader.
-            Error::NotLeader { .. } | Error::Dropped | Error::Uninitialized => {
-                ProposeError::NotLeader
+        // Handed over here, on the writer's thread, so the entries of a
+        // database reach the log in the order they were built.
+        let outcome = match self.service.submit(entry) {
+            Ok(outcome) => outcome,
+            Err(e) => return failed(propose_error(e)),
+        };
+        let timeout = self.timeout;
+        self.runtime.spawn(async move {
+            match tokio::time::timeout(timeout, outcome).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => failed(propose_error(e)),
+                Err(_) => failed(ProposeError::Timeout),
             }
-            Error::LeadershipLost => ProposeError::LeadershipLost,
-            Error::Timeout => ProposeError::Timeout,
-            other => ProposeError::Other(other.to_string()),
-        })
+        });
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::dir::db_file_name;
+use crate::sql::Failure;
 
 /// A source of SQLite connections to named databases.
 pub trait Databases: Send + Sync + 'static {
@@ -16,6 +17,15 @@ pub trait Databases: Send + Sync + 'static {
 
     /// Opens a connection to `name` only if the database exists.
     fn open_existing(&self, name: &str) -> rusqlite::Result<Option<Connection>>;
+
+    /// Called on the SQL thread after a statement ran and before any of
+    /// its response leaves: blocks until everything the statement wrote or
+    /// read is committed, or fails with what the client must be told
+    /// instead. Databases whose commits are durable when SQLite returns
+    /// have nothing to wait for.
+    fn settle(&self) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 /// Databases as files under `<dir>/db/`, in WAL mode with a full fsync at

@@ -97,17 +97,24 @@ fn internal(what: &str) -> Failure {
     Failure::new(SQLITE_IOERR, format!("internal error: {what}"))
 }
 
-/// Runs `f` on a blocking thread with the connection locked.
+/// Runs `f` on a blocking thread with the connection locked, and answers
+/// only once what it wrote or read has committed. Even an error waits: it
+/// may have been caused by data that then never commits (a constraint hit
+/// on a row still in flight), and then the client is told that instead.
 async fn with_conn<T: Send + 'static>(
+    databases: &Arc<dyn Databases>,
     conn: &Arc<Mutex<Connection>>,
     f: impl FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
 ) -> Result<T, Failure> {
     let conn = Arc::clone(conn);
+    let databases = Arc::clone(databases);
     tokio::task::spawn_blocking(move || {
         let guard = conn
             .lock()
             .map_err(|_| internal("connection lock poisoned"))?;
-        f(&guard)
+        let result = f(&guard);
+        databases.settle()?;
+        result
     })
     .await
     .map_err(|_| internal("SQL task failed"))?
@@ -192,27 +199,27 @@ impl Gateway {
                 self.leader_barrier().await?;
                 let (open, prepared) = self.stmt(db, stmt)?;
                 let sql = prepared.sql.clone();
-                let result = with_conn(&open.conn, move |c| sql::exec(c, &sql, &params)).await;
+                let result = with_conn(&self.shared.databases, &open.conn, move |c| sql::exec(c, &sql, &params)).await;
                 one(result.map_or_else(Failure::into_response, sql::ExecResult::into_response))
             }
             Request::ExecSql { db, sql, params } => {
                 self.leader_barrier().await?;
                 let open = self.db(db)?;
-                let result = with_conn(&open.conn, move |c| sql::exec_sql(c, &sql, &params)).await;
+                let result = with_conn(&self.shared.databases, &open.conn, move |c| sql::exec_sql(c, &sql, &params)).await;
                 one(result.map_or_else(Failure::into_response, sql::ExecResult::into_response))
             }
             Request::Query { db, stmt, params } => {
                 self.leader_barrier().await?;
                 let (open, prepared) = self.stmt(db, stmt)?;
                 let sql = prepared.sql.clone();
-                Ok(Reply::Rows(spawn_query(open, move |c, stop, sink| {
+                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
                     sql::query(c, &sql, &params, stop, sink)
                 })))
             }
             Request::QuerySql { db, sql, params } => {
                 self.leader_barrier().await?;
                 let open = self.db(db)?;
-                Ok(Reply::Rows(spawn_query(open, move |c, stop, sink| {
+                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
                     sql::query_sql(c, &sql, &params, stop, sink)
                 })))
             }
@@ -335,9 +342,11 @@ impl Gateway {
     ) -> Result<Response, Response> {
         self.require_leader()?;
         let open = self.db(db)?;
-        let prepared = with_conn(&open.conn, move |c| sql::prepare(c, &sql, with_tail))
-            .await
-            .map_err(Failure::into_response)?;
+        let prepared = with_conn(&self.shared.databases, &open.conn, move |c| {
+            sql::prepare(c, &sql, with_tail)
+        })
+        .await
+        .map_err(Failure::into_response)?;
         let params = prepared.params;
         let tail = prepared.tail;
         let Some(open) = self.db.as_mut() else {
@@ -370,7 +379,9 @@ impl Gateway {
             };
             // The image with the WAL merged in, as current dqlite dumps it;
             // the WAL file is then empty.
-            let image = conn.serialize(rusqlite::DatabaseName::Main)?;
+            let image = conn.serialize(rusqlite::DatabaseName::Main);
+            databases.settle()?;
+            let image = image?;
             Ok(Some(vec![
                 File {
                     name: name.clone(),
@@ -399,7 +410,11 @@ impl Gateway {
 type QueryFn =
     dyn FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>) -> Result<(), Failure> + Send;
 
+/// Runs a query on a blocking thread. No batch leaves before what the
+/// query read has committed; the snapshot is taken at its first step, so
+/// once the first batch may go, all of them may.
 fn spawn_query(
+    databases: &Arc<dyn Databases>,
     open: &OpenDb,
     run: impl FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>) -> Result<(), Failure>
         + Send
@@ -410,13 +425,24 @@ fn spawn_query(
     let stop = Arc::new(AtomicBool::new(false));
     let conn = Arc::clone(&open.conn);
     let task_stop = Arc::clone(&stop);
+    let databases = Arc::clone(databases);
     let done = tokio::task::spawn_blocking(move || {
         let guard = conn
             .lock()
             .map_err(|_| internal("connection lock poisoned"))?;
-        run(&guard, &task_stop, &mut |batch| {
+        let mut unsettled = None;
+        let result = run(&guard, &task_stop, &mut |batch| {
+            if let Err(f) = databases.settle() {
+                unsettled = Some(f);
+                return false;
+            }
             tx.blocking_send(batch).is_ok()
-        })
+        });
+        databases.settle()?;
+        match unsettled {
+            Some(f) => Err(f),
+            None => result,
+        }
     });
     RowsStream {
         batches: rx,

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dqlite_consensus::State;
-use dqlite_store::{ProposeError, Proposer, Store, StoreState};
+use dqlite_store::{OnFailure, Proposer, Store, StoreState};
 use rusqlite::Connection;
 
 const MIB: u64 = 1 << 20;
@@ -38,11 +38,11 @@ struct Applier {
 }
 
 impl Proposer for Applier {
-    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError> {
+    fn propose(&self, entry: Vec<u8>, _failed: OnFailure) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (index, state) = &mut *guard;
         *index += 1;
-        Ok(state.apply(*index, &entry))
+        state.apply(*index, &entry);
     }
 }
 

@@ -2,15 +2,23 @@
 //! version it reads (its read snapshot), and the pages it has written but
 //! not committed (its overlay). The overlay is handed to consensus at the
 //! commit point and dropped on rollback.
+//!
+//! SQLite's page cache outlives a transaction: at the start of the next one
+//! SQLite reads 16 bytes at offset 24 (change counter and friends) and
+//! keeps its cache if they did not change. A version that never commits
+//! (a rejected or dropped speculative entry) can carry the same bytes as
+//! the version that replaced it, so a handle that saw one answers that
+//! read with bytes that differ, and SQLite drops its cache.
 
 use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::sync::Arc;
 
+use crate::chain::{self, SettleError, Spec, Ticket};
 use crate::entry::{valid_page_size, Entry};
 use crate::pages::{read_at, Version};
 use crate::vfs::{code, lock, Code, File, FCNTL_COMMIT_PHASETWO};
-use crate::{Db, ProposeError, Shared};
+use crate::{Db, Shared};
 
 /// Pages written by this handle's open write transaction.
 #[derive(Debug, Default)]
@@ -28,7 +36,15 @@ pub(crate) struct MainFile {
     level: c_int,
     snapshot: Option<Arc<Version>>,
     overlay: Overlay,
+    /// The newest speculative entry this handle read or wrote: if it fails,
+    /// SQLite's cache holds pages that never committed.
+    seen: Option<Arc<Ticket>>,
+    /// Make SQLite's next cache check fail (see the module comment).
+    reset_cache: bool,
 }
+
+/// Where SQLite reads the bytes that tell it whether its cache is valid.
+const CACHE_CHECK: (u64, usize) = (24, 16);
 
 impl MainFile {
     pub(crate) fn new(shared: Arc<Shared>, db: Arc<Db>, id: u64) -> Self {
@@ -39,7 +55,24 @@ impl MainFile {
             level: lock::NONE,
             snapshot: None,
             overlay: Overlay::default(),
+            seen: None,
+            reset_cache: false,
         }
+    }
+
+    /// Takes the read snapshot: the head of the database's chain. A
+    /// speculative head is recorded so the statement's response waits for it.
+    fn take_snapshot(&mut self) {
+        if self.seen.as_ref().is_some_and(|t| t.failed()) {
+            self.reset_cache = true;
+            self.seen = None;
+        }
+        let (version, ticket) = self.db.lock().head();
+        if let Some(t) = ticket {
+            chain::touch(&t);
+            self.seen = Some(t);
+        }
+        self.snapshot = Some(version);
     }
 
     /// The committed version this handle reads under.
@@ -55,8 +88,10 @@ impl MainFile {
         self.overlay.pages_after.unwrap_or(base.pages)
     }
 
-    /// The commit point: replicate the overlay and wait until it is
-    /// applied. Whatever the outcome, the overlay is spent.
+    /// The commit point: the overlay becomes the next entry of the
+    /// database's chain and is handed to consensus; the response of the
+    /// statement waits for it ([`chain::settle`]), the next transaction does
+    /// not. Whatever the outcome, the overlay is spent.
     fn commit(&mut self) -> Result<(), Code> {
         let overlay = std::mem::take(&mut self.overlay);
         let base = self.base();
@@ -83,29 +118,44 @@ impl MainFile {
             pages_after,
             pages,
         };
-        // SQLite reads nothing while the commit is in flight: release the
-        // old version so that a disk-mode checkpoint triggered by this very
-        // entry's apply is not held back by it.
+        let ticket = Arc::new(Ticket::default());
+        {
+            let mut st = self.db.lock();
+            let (head, _) = st.head();
+            // An entry applied since RESERVED dropped the chain under us:
+            // this one would be rejected, so it is not even proposed.
+            let Some(next) = (head.seq, head.id)
+                .eq(&(base.seq, base.id))
+                .then(|| base.apply(&entry))
+                .flatten()
+            else {
+                return Err(code::IOERR_STALE);
+            };
+            st.chain.push(Spec {
+                id: entry.id,
+                version: Arc::new(next),
+                ticket: Arc::clone(&ticket),
+            });
+        }
+        // Release the old version so that a disk-mode checkpoint triggered
+        // by this very entry's apply is not held back by it.
         drop(base);
         self.snapshot = None;
-        let outcome = self.shared.commit(entry);
-        // We hold the write lock, so on success the current version is
-        // exactly our commit; read it from now on.
-        self.snapshot = Some(self.db.current());
-        match outcome {
-            Ok(true) => Ok(()),
-            // Built on a version that is no longer current (another leader's
-            // entry was applied underneath): nothing was applied. SQLite has
-            // already marked our pages clean, and the entry that won raised
-            // the change counter from the same base, so only an IOERR-class
-            // code makes it drop them (pager_error) instead of reading them.
-            Ok(false) => Err(code::IOERR_STALE),
-            Err(ProposeError::NotLeader) => Err(code::IOERR_NOT_LEADER),
-            // The entry may or may not commit later: the outcome is unknown.
-            Err(ProposeError::LeadershipLost | ProposeError::Timeout) => {
-                Err(code::IOERR_LEADERSHIP_LOST)
-            }
-            Err(ProposeError::Other(msg)) => {
+        self.shared.propose(&self.db, entry);
+        chain::touch(&ticket);
+        // A failure known at once is answered at once. SQLite has already
+        // marked our pages clean and another entry may have raised the
+        // change counter from the same base, so only an IOERR-class code
+        // makes it drop them (pager_error) instead of reading them later.
+        let failure = ticket.failure();
+        self.seen = Some(ticket);
+        self.snapshot = Some(self.db.lock().head().0);
+        match failure {
+            None => Ok(()),
+            Some(SettleError::Stale) => Err(code::IOERR_STALE),
+            Some(SettleError::NotLeader) => Err(code::IOERR_NOT_LEADER),
+            Some(SettleError::LeadershipLost) => Err(code::IOERR_LEADERSHIP_LOST),
+            Some(SettleError::Other(msg)) => {
                 tracing::warn!(database = %self.db.name, "commit failed: {msg}");
                 Err(code::IOERR)
             }
@@ -129,6 +179,10 @@ impl File for MainFile {
             tracing::error!(database = %self.db.name, "cannot read the database file: {e}");
             code::IOERR_READ
         })?;
+        if self.reset_cache && (offset, buf.len()) == CACHE_CHECK {
+            self.reset_cache = false;
+            buf.iter_mut().for_each(|b| *b = !*b);
+        }
         Ok(got == buf.len())
     }
 
@@ -182,7 +236,7 @@ impl File for MainFile {
         }
         if level == lock::SHARED {
             // The read snapshot: what this read transaction will see.
-            self.snapshot = Some(self.db.current());
+            self.take_snapshot();
         } else if self.level < lock::RESERVED {
             let mut st = self.db.lock();
             if st.writer.is_some_and(|w| w != self.id) {
@@ -190,8 +244,8 @@ impl File for MainFile {
             }
             // Writing on top of an old snapshot would lose the commits made
             // since; SQLite answers BUSY and the transaction starts over.
-            let current = st.current.seq;
-            if self.snapshot.as_ref().map(|s| s.seq) != Some(current) {
+            let (head, _) = st.head();
+            if self.snapshot.as_ref().map(|s| (s.seq, s.id)) != Some((head.seq, head.id)) {
                 return Err(code::BUSY);
             }
             st.writer = Some(self.id);
@@ -210,8 +264,11 @@ impl File for MainFile {
             self.overlay = Overlay::default();
         }
         match level {
-            lock::NONE => self.snapshot = None,
-            lock::SHARED if self.level > lock::SHARED => self.snapshot = Some(self.db.current()),
+            lock::NONE => {
+                self.snapshot = None;
+                self.reset_cache = false;
+            }
+            lock::SHARED if self.level > lock::SHARED => self.take_snapshot(),
             _ => {}
         }
         self.level = level;

@@ -10,6 +10,9 @@
 //!   pages; readers keep theirs, so they never block the writer).
 //! - `handle`: one SQLite file handle: locks, read snapshot, overlay,
 //!   commit.
+//! - [`chain`]: each database's entries in flight (the speculative chain
+//!   new transactions build on), their tickets, and [`settle`], which
+//!   holds a response until what its statement wrote or read commits.
 //! - [`vfs`]: the SQLite VFS; its `ffi` module holds the crate's only
 //!   unsafe code.
 //! - [`fsm`]: the consensus [`dqlite_consensus::State`]: apply, snapshot,
@@ -20,11 +23,13 @@
 //! let store = dqlite_store::Store::memory().unwrap();
 //! let conn = store.open("app.db").unwrap();
 //! conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)").unwrap();
+//! dqlite_store::settle(std::time::Duration::from_secs(1)).unwrap();
 //! assert_eq!(store.seq("app.db"), Some(2));
 //! ```
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod chain;
 pub mod disk;
 pub mod entry;
 pub mod fsm;
@@ -43,6 +48,7 @@ use imbl::OrdMap;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use chain::{pending, settle, Pending, SettleError};
 pub use fsm::StoreState;
 
 use disk::{BaseFile, Checkpoint, CheckpointDb, DiskDir};
@@ -88,12 +94,19 @@ pub enum ProposeError {
     Other(String),
 }
 
+/// Told when a proposed entry fails before it is applied here.
+pub type OnFailure = Box<dyn FnOnce(ProposeError) + Send>;
+
 /// Replicates entries. Called on a SQLite (blocking) thread at the commit
-/// point; it blocks until the entry is applied locally.
+/// point, by the database's one writer, so the entries of a database are
+/// proposed one at a time in the order they were built: it must hand the
+/// entry over in that order and not wait for it to commit.
 pub trait Proposer: Send + Sync + 'static {
-    /// Replicates `entry`: `Ok(true)` once applied, `Ok(false)` if it was
-    /// applied as stale (nothing changed).
-    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError>;
+    /// Hands `entry` to consensus. Its success is seen when it is applied
+    /// through [`StoreState`]; if it fails before that (refused, dropped,
+    /// leadership lost, no outcome in time), call `failed`, at once or
+    /// later, from any thread.
+    fn propose(&self, entry: Vec<u8>, failed: OnFailure);
 }
 
 /// One database: its current version and who may write it.
@@ -103,7 +116,10 @@ pub(crate) struct Db {
 }
 
 pub(crate) struct DbState {
+    /// The committed version.
     pub(crate) current: Arc<Version>,
+    /// Entries in flight above `current` (on the leader).
+    pub(crate) chain: chain::Chain,
     /// The handle holding the RESERVED lock, if any.
     pub(crate) writer: Option<u64>,
     /// Disk mode: versions replaced since the last checkpoint. While one
@@ -117,6 +133,7 @@ impl Db {
             name: name.to_owned(),
             state: Mutex::new(DbState {
                 current: Arc::new(version),
+                chain: chain::Chain::default(),
                 writer: None,
                 older: Vec::new(),
             }),
@@ -132,6 +149,17 @@ impl Db {
 
     pub(crate) fn current(&self) -> Arc<Version> {
         Arc::clone(&self.lock().current)
+    }
+}
+
+impl DbState {
+    /// What a new transaction reads: the newest version in flight (and its
+    /// ticket), or the committed one.
+    pub(crate) fn head(&self) -> (Arc<Version>, Option<Arc<chain::Ticket>>) {
+        match self.chain.head() {
+            Some((v, t)) => (Arc::clone(v), Some(Arc::clone(t))),
+            None => (Arc::clone(&self.current), None),
+        }
     }
 }
 
@@ -175,7 +203,7 @@ impl Shared {
     pub(crate) fn apply(&self, entry: &Entry) -> bool {
         let db = self.db(&entry.database);
         let mut st = db.lock();
-        match st.current.apply(entry) {
+        let ok = match st.current.apply(entry) {
             Some(next) => {
                 let old = std::mem::replace(&mut st.current, Arc::new(next));
                 if self.disk.is_some() {
@@ -186,7 +214,9 @@ impl Shared {
                 true
             }
             None => false,
-        }
+        };
+        st.chain.applied(entry.id, ok);
+        ok
     }
 
     /// Disk mode: whether enough changed pages are in memory to checkpoint.
@@ -297,7 +327,11 @@ impl Shared {
         for (name, version) in versions {
             seen.insert(name.clone());
             match dbs.get(&name) {
-                Some(db) => db.lock().current = Arc::new(version),
+                Some(db) => {
+                    let mut st = db.lock();
+                    st.current = Arc::new(version);
+                    st.chain.clear(SettleError::LeadershipLost);
+                }
                 None => {
                     dbs.insert(name.clone(), Arc::new(Db::new(&name, version)));
                 }
@@ -305,7 +339,9 @@ impl Shared {
         }
         for (name, db) in dbs.iter() {
             if !seen.contains(name) {
-                db.lock().current = Arc::new(Version::default());
+                let mut st = db.lock();
+                st.current = Arc::new(Version::default());
+                st.chain.clear(SettleError::LeadershipLost);
             }
         }
         Ok(())
@@ -321,15 +357,30 @@ impl Shared {
         out
     }
 
-    fn commit(&self, entry: Entry) -> Result<bool, ProposeError> {
+    /// Hands an entry of `db`'s chain to consensus, or, without a
+    /// proposer, applies it at once.
+    fn propose(&self, db: &Arc<Db>, entry: Entry) {
         let proposer = self
             .proposer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match proposer {
-            Some(p) => p.propose(entry.encode()),
-            None => Ok(self.apply(&entry)),
+            Some(p) => {
+                let db = Arc::downgrade(db);
+                let id = entry.id;
+                p.propose(
+                    entry.encode(),
+                    Box::new(move |e| {
+                        if let Some(db) = db.upgrade() {
+                            db.lock().chain.failed(id, e.into());
+                        }
+                    }),
+                );
+            }
+            None => {
+                self.apply(&entry);
+            }
         }
     }
 }
@@ -353,10 +404,23 @@ impl vfs::Backend for BackendHandle {
 pub struct Store {
     shared: Arc<Shared>,
     registration: vfs::Registration,
-    busy_timeout: Duration,
 }
 
 static STORES: AtomicU64 = AtomicU64::new(0);
+
+/// SQLite's own busy handler sleeps 1 ms or more at a time. A commit here
+/// returns as soon as its entry is handed to consensus, so the writer slot
+/// is held for microseconds: a waiting writer first yields, then naps
+/// briefly, and gives up with SQLITE_BUSY after about a second.
+fn retry_busy(attempt: i32) -> bool {
+    match attempt {
+        0..64 => std::thread::yield_now(),
+        64..256 => std::thread::sleep(Duration::from_micros(100)),
+        256..1200 => std::thread::sleep(Duration::from_millis(1)),
+        _ => return false,
+    }
+    true
+}
 
 impl Store {
     /// A store holding its databases in memory; they persist through
@@ -416,7 +480,6 @@ impl Store {
         Ok(Arc::new(Store {
             shared,
             registration,
-            busy_timeout: Duration::from_secs(1),
         }))
     }
 
@@ -436,7 +499,7 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags_and_vfs(name, flags, self.registration.name())?;
-        conn.busy_timeout(self.busy_timeout)?;
+        conn.busy_handler(Some(retry_busy))?;
         // The journal only serves rollback inside this process: the page
         // store, not a journal file, is what survives a crash.
         conn.pragma_update(None, "journal_mode", "MEMORY")?;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use dqlite_consensus::State;
-use dqlite_store::{ProposeError, Proposer, Store, StoreState};
+use dqlite_store::{OnFailure, Proposer, Store, StoreState};
 use rusqlite::Connection;
 
 /// Stands in for consensus: numbers entries, keeps them as the log, and
@@ -30,11 +30,11 @@ impl Log {
 }
 
 impl Proposer for Log {
-    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError> {
+    fn propose(&self, entry: Vec<u8>, _failed: OnFailure) {
         let mut entries = self.entries.lock().unwrap();
         entries.push(entry.clone());
         let index = entries.len() as u64;
-        Ok(self.state.lock().unwrap().apply(index, &entry))
+        self.state.lock().unwrap().apply(index, &entry);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dqlite_consensus::State;
-use dqlite_store::{ProposeError, Proposer, Store, StoreState};
+use dqlite_store::{OnFailure, ProposeError, Proposer, Store, StoreState};
 use rusqlite::{Connection, ErrorCode};
 
 fn count(conn: &Connection, table: &str) -> i64 {
@@ -217,15 +217,15 @@ impl Replicator {
 }
 
 impl Proposer for Replicator {
-    fn propose(&self, entry: Vec<u8>) -> Result<bool, ProposeError> {
+    fn propose(&self, entry: Vec<u8>, failed: OnFailure) {
         if let Some(e) = self.fail.lock().unwrap().clone() {
-            return Err(e);
+            return failed(e);
         }
         let deferral = std::mem::take(&mut *self.defer.lock().unwrap());
         let held = match deferral {
             Deferral::Next => {
                 *self.defer.lock().unwrap() = Deferral::Held(entry);
-                return Err(ProposeError::Timeout);
+                return failed(ProposeError::Timeout);
             }
             Deferral::Held(held) => Some(held),
             Deferral::Off => None,
@@ -233,7 +233,7 @@ impl Proposer for Replicator {
         if let Some(held) = held {
             assert!(self.commit(&held), "the held entry was current");
         }
-        Ok(self.commit(&entry))
+        self.commit(&entry);
     }
 }
 

@@ -1,0 +1,300 @@
+//! The speculative chain of a database: entries handed to consensus and not
+//! yet applied here, each with the version it makes. New transactions read
+//! and build on the chain's head, so the next write starts while the
+//! previous one replicates; nothing a statement wrote or read from the
+//! chain may leave the node before it commits, which is what [`settle`]
+//! waits for.
+//!
+//! Entries name the exact version they were built on, so when one is
+//! rejected at apply (or never reaches consensus) everything after it is
+//! rejected too, on every node alike; the chain is then dropped from that
+//! entry and each ticket from it fails with the same error.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::pages::Version;
+use crate::ProposeError;
+
+/// Why what a statement wrote or read did not commit: what its response
+/// answers instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// Built on a version that another entry replaced: nothing was
+    /// applied; retry the transaction.
+    #[error("another transaction committed first and this one was not applied; retry it")]
+    Stale,
+    /// Never reached consensus here: nothing was applied; retry on the
+    /// leader.
+    #[error("not leader")]
+    NotLeader,
+    /// Leadership was lost (or no outcome in time): the write may or may
+    /// not have been applied.
+    #[error("leadership lost: the write may or may not have been applied")]
+    LeadershipLost,
+    /// Anything else; the outcome is unknown.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<ProposeError> for SettleError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader => SettleError::NotLeader,
+            ProposeError::LeadershipLost | ProposeError::Timeout => SettleError::LeadershipLost,
+            ProposeError::Other(m) => SettleError::Other(m),
+        }
+    }
+}
+
+/// The outcome of one speculative entry, shared by its writer, every
+/// reader of its version, and the chain.
+#[derive(Debug, Default)]
+pub(crate) struct Ticket {
+    outcome: Mutex<Option<Result<(), SettleError>>>,
+    done: Condvar,
+}
+
+impl Ticket {
+    fn outcome(&self) -> MutexGuard<'_, Option<Result<(), SettleError>>> {
+        self.outcome.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resolve(&self, result: Result<(), SettleError>) {
+        let mut o = self.outcome();
+        if o.is_none() {
+            *o = Some(result);
+            self.done.notify_all();
+        }
+    }
+
+    /// Whether the entry is known not to have committed.
+    pub(crate) fn failed(&self) -> bool {
+        matches!(*self.outcome(), Some(Err(_)))
+    }
+
+    /// The failure, if it failed already.
+    pub(crate) fn failure(&self) -> Option<SettleError> {
+        match &*self.outcome() {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn wait(&self, deadline: Instant) -> Result<(), SettleError> {
+        let mut o = self.outcome();
+        loop {
+            if let Some(r) = &*o {
+                return r.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SettleError::LeadershipLost);
+            }
+            o = self
+                .done
+                .wait_timeout(o, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// One entry in flight.
+pub(crate) struct Spec {
+    pub(crate) id: u64,
+    pub(crate) version: Arc<Version>,
+    pub(crate) ticket: Arc<Ticket>,
+}
+
+/// A database's entries in flight, oldest first.
+#[derive(Default)]
+pub(crate) struct Chain {
+    specs: VecDeque<Spec>,
+}
+
+impl Chain {
+    /// The newest speculative version and its ticket, if any.
+    pub(crate) fn head(&self) -> Option<(&Arc<Version>, &Arc<Ticket>)> {
+        self.specs.back().map(|s| (&s.version, &s.ticket))
+    }
+
+    pub(crate) fn push(&mut self, spec: Spec) {
+        self.specs.push_back(spec);
+    }
+
+    /// Entry `id` was applied here. The chain's oldest entry committed; any
+    /// other entry applied means the chain was built on a replaced version.
+    pub(crate) fn applied(&mut self, id: u64, ok: bool) {
+        match self.specs.front() {
+            Some(front) if front.id == id && ok => {
+                if let Some(s) = self.specs.pop_front() {
+                    s.ticket.resolve(Ok(()));
+                }
+            }
+            Some(_) if ok || self.specs.iter().any(|s| s.id == id) => {
+                self.fail_from(0, SettleError::Stale)
+            }
+            _ => {}
+        }
+    }
+
+    /// Entry `id` failed before it was applied: it and everything built on
+    /// it fail alike.
+    pub(crate) fn failed(&mut self, id: u64, err: SettleError) {
+        if let Some(pos) = self.specs.iter().position(|s| s.id == id) {
+            self.fail_from(pos, err);
+        }
+    }
+
+    /// Leadership is gone (or the database was replaced): drop everything.
+    pub(crate) fn clear(&mut self, err: SettleError) {
+        self.fail_from(0, err);
+    }
+
+    fn fail_from(&mut self, pos: usize, err: SettleError) {
+        for s in self.specs.drain(pos..) {
+            s.ticket.resolve(Err(err.clone()));
+        }
+    }
+}
+
+thread_local! {
+    /// Tickets the SQLite work on this thread wrote or read since the last
+    /// [`settle`]. A statement runs on one thread from start to response,
+    /// and the VFS is called on that thread, so this is where the handle
+    /// leaves what the response must wait for.
+    static TOUCHED: RefCell<Vec<Arc<Ticket>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records that this thread's current statement depends on `ticket`.
+pub(crate) fn touch(ticket: &Arc<Ticket>) {
+    TOUCHED.with(|t| {
+        let mut t = t.borrow_mut();
+        if !t.iter().any(|x| Arc::ptr_eq(x, ticket)) {
+            t.push(Arc::clone(ticket));
+        }
+    });
+}
+
+/// Blocks until every speculative entry that this thread's SQLite work
+/// wrote or read since the last call has committed, or says why one did
+/// not. Past `timeout` the outcome is unknown (`LeadershipLost`). Always
+/// forgets what it waited for.
+pub fn settle(timeout: Duration) -> Result<(), SettleError> {
+    pending().wait(timeout)
+}
+
+/// Takes what this thread's SQLite work wrote or read since the last call,
+/// to wait for later.
+pub fn pending() -> Pending {
+    Pending(TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut())))
+}
+
+/// Speculative entries a statement depends on.
+#[derive(Debug, Default)]
+pub struct Pending(Vec<Arc<Ticket>>);
+
+impl Pending {
+    /// Blocks until all committed, or one failed, or `timeout`.
+    pub fn wait(self, timeout: Duration) -> Result<(), SettleError> {
+        let deadline = Instant::now() + timeout;
+        for ticket in self.0 {
+            ticket.wait(deadline)?;
+        }
+        Ok(())
+    }
+
+    /// The outcome without waiting: `None` while one is still in flight.
+    pub fn outcome(&self) -> Option<Result<(), SettleError>> {
+        let outcomes: Vec<_> = self.0.iter().map(|t| t.outcome().clone()).collect();
+        if let Some(e) = outcomes.iter().flatten().find_map(|o| o.clone().err()) {
+            return Some(Err(e));
+        }
+        outcomes
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|_| Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: u64) -> Spec {
+        Spec {
+            id,
+            version: Arc::new(Version::default()),
+            ticket: Arc::new(Ticket::default()),
+        }
+    }
+
+    fn outcomes(tickets: &[Arc<Ticket>]) -> Vec<Option<Result<(), SettleError>>> {
+        tickets.iter().map(|t| t.outcome().clone()).collect()
+    }
+
+    #[test]
+    fn entries_commit_in_order_and_a_rejection_fails_the_rest() {
+        let mut chain = Chain::default();
+        let specs: Vec<Spec> = (1..=3).map(spec).collect();
+        let tickets: Vec<_> = specs.iter().map(|s| Arc::clone(&s.ticket)).collect();
+        specs.into_iter().for_each(|s| chain.push(s));
+        chain.applied(1, true);
+        chain.applied(2, false);
+        assert_eq!(
+            outcomes(&tickets),
+            [
+                Some(Ok(())),
+                Some(Err(SettleError::Stale)),
+                Some(Err(SettleError::Stale))
+            ]
+        );
+        assert!(chain.head().is_none());
+    }
+
+    #[test]
+    fn a_foreign_entry_fails_the_chain_and_a_failure_fails_what_follows() {
+        let mut chain = Chain::default();
+        let specs: Vec<Spec> = (1..=3).map(spec).collect();
+        let tickets: Vec<_> = specs.iter().map(|s| Arc::clone(&s.ticket)).collect();
+        specs.into_iter().for_each(|s| chain.push(s));
+        chain.failed(2, SettleError::LeadershipLost);
+        assert_eq!(
+            outcomes(&tickets)[1..],
+            [
+                Some(Err(SettleError::LeadershipLost)),
+                Some(Err(SettleError::LeadershipLost))
+            ]
+        );
+        assert!(
+            tickets[0].outcome().is_none(),
+            "older entries stay in flight"
+        );
+        chain.applied(99, true);
+        assert_eq!(outcomes(&tickets)[0], Some(Err(SettleError::Stale)));
+        // A rejected entry that is not ours leaves an empty chain alone.
+        chain.applied(98, false);
+    }
+
+    #[test]
+    fn settle_waits_for_the_outcome_and_forgets_it() {
+        let t = Arc::new(Ticket::default());
+        touch(&t);
+        touch(&t);
+        let t2 = Arc::clone(&t);
+        let resolver = std::thread::spawn(move || t2.resolve(Err(SettleError::NotLeader)));
+        assert_eq!(settle(Duration::from_secs(10)), Err(SettleError::NotLeader));
+        resolver.join().unwrap();
+        assert_eq!(settle(Duration::from_secs(10)), Ok(()), "nothing left");
+        let pending = Arc::new(Ticket::default());
+        touch(&pending);
+        assert_eq!(
+            settle(Duration::from_millis(10)),
+            Err(SettleError::LeadershipLost),
+            "no outcome in time is an unknown outcome"
+        );
+    }
+}
