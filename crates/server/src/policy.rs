@@ -228,5 +228,21 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "memory");
         assert_eq!(take_refusal(), None);
+        // The table-valued form compiles the PRAGMA inside, which the
+        // authorizer sees too: reads work, denied pragmas stay denied.
+        let err = conn
+            .query_row("SELECT * FROM pragma_locking_mode", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::AuthorizationForStatementDenied),
+            "{err}"
+        );
+        let mode: String = conn
+            .query_row("SELECT * FROM pragma_journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "memory");
     }
 }
