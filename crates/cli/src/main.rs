@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cluster;
+mod logging;
 mod node;
 mod recover;
 mod shell;
@@ -37,7 +38,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Only `node` has logging flags; the other subcommands follow RUST_LOG.
+    let logging = match &cli.command {
+        Command::Node(args) => logging::init(args.log_level.as_deref(), args.log_format),
+        _ => logging::init(None, logging::LogFormat::Text),
+    };
+    if let Err(err) = logging {
+        eprintln!("Error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Shell(args) => shell::run(args),
@@ -52,15 +61,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr, at `info` unless `RUST_LOG` says otherwise.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }

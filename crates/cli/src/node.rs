@@ -13,6 +13,8 @@ use dqlite_node::{Node, Options, TlsConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
+use crate::logging::LogFormat;
+
 /// Node arguments. With none, a node bootstraps a one-node cluster on
 /// 127.0.0.1:9001 with its data in ./dqlite-data.
 #[derive(Debug, clap::Args)]
@@ -65,6 +67,14 @@ pub struct Args {
     /// This node's private key (PEM).
     #[arg(long, requires = "tls_ca")]
     pub tls_key: Option<PathBuf>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or tracing
+    /// directives such as `info,dqlite_consensus=debug`). Takes precedence
+    /// over RUST_LOG; without either, `info`.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn tls(args: &Args) -> anyhow::Result<Option<TlsConfig>> {

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::databases::Databases;
+use crate::policy;
 use crate::sql::{self, Failure, Prepared};
 
 /// What every connection shares.
@@ -319,11 +320,16 @@ impl Gateway {
         self.require_leader()?;
         let databases = Arc::clone(&self.shared.databases);
         let db_name = name.clone();
-        let conn =
-            tokio::task::spawn_blocking(move || databases.open(&db_name).map_err(Failure::from))
-                .await
-                .map_err(|_| internal("open task failed").into_response())?
-                .map_err(Failure::into_response)?;
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = databases.open(&db_name).map_err(Failure::from)?;
+            // After the store set its own pragmas: the policy is for
+            // client SQL only.
+            policy::install(&conn);
+            Ok::<_, Failure>(conn)
+        })
+        .await
+        .map_err(|_| internal("open task failed").into_response())?
+        .map_err(Failure::into_response)?;
         let interrupt = Arc::new(conn.get_interrupt_handle());
         self.db = Some(OpenDb {
             name,

@@ -6,6 +6,7 @@
 //! - `conn`: one connection; framing, the request loop, streaming.
 //! - `gateway`: one client session; what each request does.
 //! - [`sql`]: SQL execution on a SQLite connection (blocking threads).
+//! - [`policy`]: what client SQL may not do (denied pragmas, ATTACH).
 //! - [`databases`]: where SQLite connections come from; the seam where
 //!   the replicated page store plugs in.
 //! - [`cluster`]: leadership and membership as the gateway sees them.
@@ -21,6 +22,7 @@ pub mod dir;
 mod error;
 mod gateway;
 pub mod peer;
+pub mod policy;
 pub mod server;
 pub mod sql;
 

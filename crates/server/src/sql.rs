@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use dqlite_wire::error::{SQLITE_BUSY, SQLITE_ERROR, SQLITE_RANGE};
+use dqlite_wire::error::{SQLITE_AUTH, SQLITE_BUSY, SQLITE_ERROR, SQLITE_RANGE};
 use dqlite_wire::{Response, RowsWriter, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Batch, Connection, Statement};
@@ -50,6 +50,16 @@ impl From<rusqlite::Error> for Failure {
                     "database is locked: another transaction committed first and this one \
                      was not applied; retry it",
                 )
+            }
+            // The client policy refused the statement: say which pragma
+            // (SQLite's own message is a bare "not authorized").
+            rusqlite::Error::SqliteFailure(e, _)
+            | rusqlite::Error::SqlInputError { error: e, .. }
+                if e.extended_code == SQLITE_AUTH as i32 =>
+            {
+                let message = crate::policy::take_refusal()
+                    .map_or_else(|| "not authorized".to_owned(), |r| r.message());
+                Failure::new(SQLITE_AUTH, message)
             }
             // SQLite's extended code and its own message, as dqlite sends.
             rusqlite::Error::SqliteFailure(e, msg) => Failure {
@@ -202,20 +212,19 @@ fn bind(stmt: &mut Statement<'_>, params: &[Value]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// More values than placeholders: SQLite's own answer to binding past the
+/// last one (what `sqlite3_bind_*` returns), which go-dqlite checks for.
+fn too_many_params() -> Failure {
+    Failure::new(SQLITE_RANGE, "column index out of range")
+}
+
 /// Binds every parameter of a single-statement request, after clearing
 /// what an earlier execution bound; more values than placeholders is an
 /// error before anything runs.
 fn bind_all(stmt: &mut Statement<'_>, params: &[Value]) -> Result<(), Failure> {
     stmt.clear_bindings();
-    let want = stmt.parameter_count();
-    if params.len() > want {
-        return Err(Failure::new(
-            SQLITE_RANGE,
-            format!(
-                "too many parameters: the statement has {want} placeholders, {} were given",
-                params.len()
-            ),
-        ));
+    if params.len() > stmt.parameter_count() {
+        return Err(too_many_params());
     }
     bind(stmt, params)
 }
@@ -243,14 +252,37 @@ pub fn exec(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult
 /// Runs every statement of `sql` in order (EXEC_SQL), handing the
 /// parameters out in sequence, each statement taking as many as it has
 /// placeholders, as current dqlite does.
+///
+/// Values left over after the last statement are an error raised before
+/// that statement runs: the next statement is compiled ahead to learn
+/// whether there is one. A statement that cannot compile yet (it uses a
+/// table an earlier one creates) counts as one and is compiled again when
+/// its turn comes.
 pub fn exec_sql(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
     let mut batch = Batch::new(conn, sql);
     let mut rest = params;
-    while let Some(mut stmt) = batch.next()? {
+    let mut current = batch.next()?;
+    while let Some(mut stmt) = current {
         let n = stmt.parameter_count().min(rest.len());
         bind(&mut stmt, &rest[..n])?;
         rest = &rest[n..];
+        let ahead = batch.next();
+        if matches!(ahead, Ok(None)) && !rest.is_empty() {
+            return Err(too_many_params());
+        }
         run_to_completion(&mut stmt)?;
+        drop(stmt);
+        current = match ahead {
+            Ok(next) => next,
+            Err(_) => {
+                // Whatever the early compile recorded is stale now.
+                crate::policy::take_refusal();
+                batch.next()?
+            }
+        };
+    }
+    if !rest.is_empty() {
+        return Err(too_many_params());
     }
     Ok(ExecResult::of(conn))
 }
@@ -325,9 +357,9 @@ fn to_value(kind: ColumnKind, v: ValueRef<'_>) -> Value {
     match (kind, v) {
         (ColumnKind::Time, ValueRef::Integer(n)) => Value::UnixTime(n),
         (ColumnKind::Time, ValueRef::Text(t)) => Value::Iso8601(text(t)),
-        (ColumnKind::Time, ValueRef::Null) => Value::Iso8601(String::new()),
         (ColumnKind::Boolean, ValueRef::Integer(n)) => Value::Boolean(n != 0),
-        (ColumnKind::Boolean, ValueRef::Null) => Value::Boolean(false),
+        // NULL stays NULL whatever the declared type (C dqlite sends false
+        // and an empty ISO-8601 string, losing the difference).
         (_, ValueRef::Integer(n)) => Value::Integer(n),
         (_, ValueRef::Real(f)) => Value::Float(f),
         (_, ValueRef::Text(t)) => Value::Text(text(t)),
@@ -470,7 +502,35 @@ mod tests {
         let c = conn();
         assert_eq!(exec(&c, "SELECT 1", &[]).unwrap_err().code, SQLITE_ERROR);
         let err = exec(&c, "SELECT ?", &[Value::Null, Value::Null]).unwrap_err();
+        assert_eq!(err, too_many_params());
         assert_eq!(err.code, SQLITE_RANGE);
+        assert_eq!(err.message, "column index out of range");
+    }
+
+    #[test]
+    fn leftover_params_fail_exec_sql_before_the_last_statement_runs() {
+        let c = conn();
+        exec_sql(&c, "CREATE TABLE t(a)", &[]).unwrap();
+        let two = [Value::Integer(1), Value::Integer(2)];
+        assert_eq!(
+            exec_sql(&c, "INSERT INTO t VALUES (?)", &two),
+            Err(too_many_params())
+        );
+        assert_eq!(
+            exec_sql(&c, "INSERT INTO t VALUES (1)", &two[..1]),
+            Err(too_many_params())
+        );
+        let rows = collect(&c, "SELECT count(*) FROM t", &[]).unwrap();
+        assert_eq!(rows[0].rows, vec![vec![Value::Integer(0)]]);
+        // A statement that compiles only after an earlier one ran still
+        // gets its values.
+        exec_sql(&c, "CREATE TABLE u(b); INSERT INTO u VALUES (?)", &two[..1]).unwrap();
+        let rows = collect(&c, "SELECT b FROM u", &[]).unwrap();
+        assert_eq!(rows[0].rows, vec![vec![Value::Integer(1)]]);
+        assert_eq!(
+            collect(&c, "SELECT ?", &two).unwrap_err(),
+            too_many_params()
+        );
     }
 
     #[test]
@@ -503,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn declared_types_map_to_time_and_boolean() {
+    fn declared_types_map_to_time_and_boolean_and_null_stays_null() {
         let c = conn();
         exec_sql(&c, "CREATE TABLE t(ts DATETIME, d date, ok BOOLEAN)", &[]).unwrap();
         exec_sql(
@@ -521,11 +581,7 @@ mod tests {
                     Value::Iso8601("2020-01-01".into()),
                     Value::Boolean(true)
                 ],
-                vec![
-                    Value::Iso8601(String::new()),
-                    Value::Iso8601(String::new()),
-                    Value::Boolean(false)
-                ],
+                vec![Value::Null, Value::Null, Value::Null],
             ]
         );
     }

@@ -10,6 +10,9 @@ pub const SQLITE_IOERR: u64 = 10;
 pub const SQLITE_NOTFOUND: u64 = 12;
 /// `SQLITE_PROTOCOL`.
 pub const SQLITE_PROTOCOL: u64 = 15;
+/// `SQLITE_AUTH`: the statement was refused when compiled (a denied
+/// pragma, ATTACH of a file).
+pub const SQLITE_AUTH: u64 = 23;
 /// `SQLITE_RANGE`.
 pub const SQLITE_RANGE: u64 = 25;
 /// Not the leader: safe to retry on the leader.

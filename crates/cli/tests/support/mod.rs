@@ -128,6 +128,11 @@ impl Node {
     /// Retries on a fresh port if the process exits early (e.g. the port was
     /// taken in between). Panics with the node's log on failure.
     pub fn start(id: u64) -> Node {
+        Node::start_with(id, &[], &[])
+    }
+
+    /// [`Node::start`] with extra `node` arguments and environment.
+    pub fn start_with(id: u64, extra_args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut last_error = String::new();
         for attempt in 1..=3 {
             let tmp = tempfile::Builder::new()
@@ -143,6 +148,8 @@ impl Node {
                 .args(["node", "--id", &id.to_string(), "--address", &address])
                 .arg("--dir")
                 .arg(&dir)
+                .args(extra_args)
+                .envs(env.iter().copied())
                 .env("RUST_BACKTRACE", "1")
                 .stdin(Stdio::null())
                 .stdout(log)
