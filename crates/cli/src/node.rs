@@ -2,7 +2,8 @@
 //!
 //! A node with an empty directory joins through `--join`, or bootstraps a
 //! new cluster when its id is 1 or BOOTSTRAP_ID; a node with data restarts
-//! into its cluster.
+//! into its cluster. A directory that once tried to join never bootstraps
+//! by itself: it needs `--join` again, or `--bootstrap`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,10 @@ pub struct Args {
     /// when the directory is empty.
     #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
     pub join: Vec<String>,
+    /// Start a new cluster even if the directory once tried to join one
+    /// (or with an id that would otherwise wait to be added).
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
     /// Keep databases on disk instead of in memory.
     #[arg(long)]
     pub disk_mode: bool,
@@ -84,8 +89,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.network_latency_ms == 0 {
         anyhow::bail!("--network-latency-ms must be at least 1");
     }
+    if args.id == Some(0) {
+        anyhow::bail!(
+            "--id 0 is not a node id: pass a positive id, or leave --id out \
+             (1 for a new cluster; with --join the cluster allocates one)"
+        );
+    }
     let mut options = Options::default()
         .with_join(args.join.clone())
+        .with_bootstrap(args.bootstrap)
         .with_disk_mode(args.disk_mode)
         .with_failure_domain(args.failure_domain)
         .with_network_latency(Duration::from_millis(args.network_latency_ms))

@@ -174,7 +174,7 @@ impl Shell {
         match result {
             Ok(flow) => flow,
             Err(err) => {
-                eprintln!("Error: {err:#}");
+                eprintln!("Error: {}", crate::error_text(&err));
                 self.failed = true;
                 Flow::Continue
             }
