@@ -13,25 +13,6 @@ mod node;
 mod recover;
 mod shell;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_text_says_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
-        let err = anyhow::Error::new(io)
-            .context("cannot listen on 127.0.0.1:1: Address already in use")
-            .context("cannot start node");
-        assert_eq!(
-            error_text(&err),
-            "cannot start node: cannot listen on 127.0.0.1:1: Address already in use"
-        );
-        let err = anyhow::anyhow!("root").context("outer");
-        assert_eq!(error_text(&err), "outer: root");
-    }
-}
-
 /// A distributed SQLite engine, wire-compatible with dqlite.
 #[derive(Debug, Parser)]
 #[command(name = "dqlite-rs", version, about)]
@@ -100,4 +81,23 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let err = anyhow::Error::new(io)
+            .context("cannot listen on 127.0.0.1:1: Address already in use")
+            .context("cannot start node");
+        assert_eq!(
+            error_text(&err),
+            "cannot start node: cannot listen on 127.0.0.1:1: Address already in use"
+        );
+        let err = anyhow::anyhow!("root").context("outer");
+        assert_eq!(error_text(&err), "outer: root");
+    }
 }

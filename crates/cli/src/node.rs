@@ -115,12 +115,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut node = Node::new(id, args.address, args.dir.clone(), options);
-        node.start().await.with_context(|| {
-            format!(
-                "cannot start node with data directory {}",
+        if let Err(err) = node.start().await {
+            let err = anyhow::Error::new(err);
+            let in_use = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+            });
+            let hint = if in_use {
+                " (another process holds the port: stop it, or choose another --address)"
+            } else {
+                ""
+            };
+            return Err(err.context(format!(
+                "cannot start node with data directory {}{hint}",
                 args.dir.display()
-            )
-        })?;
+            )));
+        }
         info!(
             "dqlite-rs node {} listening on {} (clients dial {}), data in {}",
             node.id(),

@@ -44,7 +44,8 @@ fn a_port_in_use_fails_and_leaves_no_directory() {
     assert_eq!(
         error_line(&out),
         format!(
-            "Error: cannot start node with data directory {}: cannot listen on {address}: \
+            "Error: cannot start node with data directory {} (another process holds the port: \
+             stop it, or choose another --address): cannot listen on {address}: \
              Address already in use (os error 98)",
             dir.display()
         )
