@@ -105,6 +105,8 @@ prerequisites() {
         missing+=(g++)
     fi
     command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+    # A terminal for the shell's interactive test (crates/cli/tests/shell_tty.rs).
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi

@@ -57,8 +57,45 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("Error: {err:#}");
+            eprintln!("Error: {}", error_text(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, `: `-separated, leaving out a
+/// cause whose text the line already holds (errors that print their
+/// source and also return it would otherwise say it twice).
+pub(crate) fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let err = anyhow::Error::new(io)
+            .context("cannot listen on 127.0.0.1:1: Address already in use")
+            .context("cannot start node");
+        assert_eq!(
+            error_text(&err),
+            "cannot start node: cannot listen on 127.0.0.1:1: Address already in use"
+        );
+        let err = anyhow::anyhow!("root").context("outer");
+        assert_eq!(error_text(&err), "outer: root");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A node with an empty directory joins through `--join`, or bootstraps a
 //! new cluster when its id is 1 or BOOTSTRAP_ID; a node with data restarts
-//! into its cluster.
+//! into its cluster. A directory that once tried to join never bootstraps
+//! by itself: it needs `--join` again, or `--bootstrap`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,10 @@ pub struct Args {
     /// when the directory is empty.
     #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
     pub join: Vec<String>,
+    /// Start a new cluster even if the directory once tried to join one
+    /// (or with an id that would otherwise wait to be added).
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
     /// Keep databases on disk instead of in memory.
     #[arg(long)]
     pub disk_mode: bool,
@@ -94,8 +99,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.network_latency_ms == 0 {
         anyhow::bail!("--network-latency-ms must be at least 1");
     }
+    if args.id == Some(0) {
+        anyhow::bail!(
+            "--id 0 is not a node id: pass a positive id, or leave --id out \
+             (1 for a new cluster; with --join the cluster allocates one)"
+        );
+    }
     let mut options = Options::default()
         .with_join(args.join.clone())
+        .with_bootstrap(args.bootstrap)
         .with_disk_mode(args.disk_mode)
         .with_failure_domain(args.failure_domain)
         .with_network_latency(Duration::from_millis(args.network_latency_ms))
@@ -113,12 +125,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut node = Node::new(id, args.address, args.dir.clone(), options);
-        node.start().await.with_context(|| {
-            format!(
-                "cannot start node with data directory {}",
+        if let Err(err) = node.start().await {
+            let err = anyhow::Error::new(err);
+            let in_use = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+            });
+            let hint = if in_use {
+                " (another process holds the port: stop it, or choose another --address)"
+            } else {
+                ""
+            };
+            return Err(err.context(format!(
+                "cannot start node with data directory {}{hint}",
                 args.dir.display()
-            )
-        })?;
+            )));
+        }
         info!(
             "dqlite-rs node {} listening on {} (clients dial {}), data in {}",
             node.id(),

@@ -65,11 +65,11 @@ fn a_script_on_stdin_runs_every_line_and_survives_errors() {
     let node = Node::start(1);
     let work = tempfile::tempdir().unwrap();
     let script = format!(
-        "CREATE TABLE t (i INTEGER, f REAL, s TEXT, b BLOB, n)\n\
-         INSERT INTO t VALUES (9223372036854775807, 1.5, 'héllo ✓', x'00ff', NULL)\n\
-         INSERT INTO t VALUES (-9223372036854775808, -0.5, '', x'', 3)\n\
-         SELECT * FROM t\n\
-         SELEC 1\n\
+        "CREATE TABLE t (i INTEGER, f REAL, s TEXT, b BLOB, n);\n\
+         INSERT INTO t VALUES (9223372036854775807, 1.5, 'héllo ✓', x'00ff', NULL);\n\
+         INSERT INTO t VALUES (-9223372036854775808, -0.5, '', x'', 3);\n\
+         SELECT * FROM t;\n\
+         SELEC 1;\n\
          \n\
          .leader\n\
          .cluster\n\
@@ -77,7 +77,7 @@ fn a_script_on_stdin_runs_every_line_and_survives_errors() {
          .describe {a}\n\
          .nope\n\
          .dump\n\
-         SELECT count(*) AS n FROM t\n\
+         SELECT count(*) AS n FROM t;\n\
          .quit\n\
          SELECT 'not reached'\n",
         a = node.address
@@ -115,8 +115,8 @@ wrote {d}/demo (",
 #[test]
 fn json_output_is_json() {
     let node = Node::start(1);
-    let script = "CREATE TABLE t (k TEXT, v)\n\
-                  INSERT INTO t VALUES ('a', 1.25), ('b\"', NULL), ('c', x'0a')\n\
+    let script = "CREATE TABLE t (k TEXT, v);\n\
+                  INSERT INTO t VALUES ('a', 1.25), ('b\"', NULL), ('c', x'0a');\n\
                   SELECT k, v FROM t ORDER BY k\n";
     let out = shell(&node, &["-f", "json", "demo"], Some(script), None);
     assert!(out.success(), "{}", out.describe());
@@ -153,4 +153,77 @@ fn an_unreachable_cluster_fails_within_the_timeout() {
     assert!(!out.success(), "{}", out.describe());
     assert!(out.elapsed < Duration::from_secs(10), "{}", out.describe());
     assert!(out.stderr.contains("no leader found"), "{}", out.describe());
+}
+
+#[test]
+fn statements_span_lines_and_share_lines() {
+    let node = Node::start(1);
+    // A statement over three lines, a trigger whose body holds `;`, two
+    // statements and a comment on one line, and a last statement without
+    // its `;` (run at the end of the input).
+    let script = "CREATE TABLE t (\n  id INTEGER PRIMARY KEY,\n  name TEXT);\n\
+                  CREATE TABLE log (n);\n\
+                  CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  INSERT INTO log VALUES (new.id);\nEND;\n\
+                  INSERT INTO t (name) VALUES ('a;b'); SELECT name FROM t; -- done\n\
+                  SELECT count(*) AS logged\nFROM log";
+    let out = shell(&node, &["demo"], Some(script), None);
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(out.stdout, "name\n----\na;b\nlogged\n------\n     1\n");
+    // -c takes several statements too, and goes on after a failing one.
+    let out = shell(
+        &node,
+        &["demo", "-c", "SELECT 1 AS a; SELEC 2; SELECT 3 AS c"],
+        None,
+        None,
+    );
+    assert!(!out.success(), "{}", out.describe());
+    assert_eq!(out.stdout, "a\n-\n1\nc\n-\n3\n", "{}", out.describe());
+    assert!(out.stderr.contains("syntax error"), "{}", out.describe());
+}
+
+#[test]
+fn dot_commands_for_modes_timer_files_and_schema() {
+    let node = Node::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("setup.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE b (x);\nCREATE VIEW v AS\n  SELECT x FROM b;\nINSERT INTO b VALUES (1), ('q,\"');\n.quit\nSELECT 'not reached';\n",
+    )
+    .unwrap();
+    let script = format!(
+        ".read {}\n.tables\n.schema b\n.mode csv\nSELECT x, NULL AS n FROM b ORDER BY rowid;\n\
+         .mode line\nSELECT 1 AS one, 'two' AS second;\n.mode json\nSELECT 5 AS five;\n\
+         .mode tabular\n.timer on\nSELECT 7 AS seven;\n.timer off\nSELECT 8 AS eight;\n\
+         .read {}/missing.sql\n",
+        file.display(),
+        work.path().display()
+    );
+    let out = shell(&node, &["demo"], Some(&script), None);
+    let expected = concat!(
+        "b\nv\nCREATE TABLE b (x);\n",
+        "x,n\n1,\n\"q,\"\"\",\n",
+        "   one = 1\nsecond = two\n",
+        "[\n{\"five\":5}\n]\n",
+        "seven\n-----\n    7\n",
+    );
+    assert!(out.stdout.starts_with(expected), "{}", out.describe());
+    let rest = &out.stdout[expected.len()..];
+    assert!(rest.starts_with("Run Time: real "), "{}", out.describe());
+    assert!(
+        rest.ends_with("\neight\n-----\n    8\n"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains("not reached"), "{}", out.describe());
+    // Only the missing file failed.
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.starts_with(&format!(
+            "Error: cannot read {}/missing.sql: No such file",
+            work.path().display()
+        )),
+        "{}",
+        out.describe()
+    );
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::boot;
 use crate::core::{Core, CoreConfig, MemberRequest, Outcome, Proposal, ProposeError};
@@ -20,6 +20,13 @@ use crate::transport::client::{self, full};
 use crate::transport::server::{BoxFuture, JoinRefusal, JoinRequest, JoinResponse, PeerService};
 use crate::transport::{Feedback, HttpTransport, RaftHttp, TlsConfig, Transport};
 use crate::State;
+
+/// How long a join keeps trying before it gives up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause between join attempts (they start at 5 ticks).
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often a join that keeps failing logs a summary.
+const JOIN_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 /// Service settings.
 #[derive(Clone)]
@@ -306,8 +313,15 @@ impl Service {
             id: self.inner.config.id,
         };
         let body = serde_json::to_vec(&request).map_err(|e| Error::Join(e.to_string()))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let started = Instant::now();
+        let deadline = started + JOIN_TIMEOUT;
         let mut target = boot_address.to_string();
+        // Retries back off, and the log gets the first failure and then a
+        // summary now and then, not a line per attempt.
+        let mut delay = self.inner.config.network_latency * 5;
+        let mut failures = 0u32;
+        let mut last_error = String::new();
+        let mut next_summary = started + JOIN_SUMMARY_EVERY;
         // Bounded by the deadline and the attempt count.
         for _ in 0..200 {
             if Instant::now() > deadline {
@@ -339,14 +353,32 @@ impl Service {
                         }
                         _ => {}
                     }
-                    warn!(code = %refusal.code, message = %refusal.message, "join refused; retrying");
+                    last_error = format!("refused ({}): {}", refusal.code, refusal.message);
                 }
-                Err(e) => warn!(error = %e, "join attempt failed; retrying"),
+                Err(e) => last_error = e.to_string(),
             }
-            tokio::time::sleep(self.inner.config.network_latency * 5).await;
+            failures += 1;
+            if failures == 1 {
+                warn!(via = %target, error = %last_error, "cannot join yet; retrying");
+            } else if Instant::now() >= next_summary {
+                warn!(
+                    via = %target,
+                    attempts = failures,
+                    seconds = started.elapsed().as_secs(),
+                    last_error = %last_error,
+                    "still cannot join; retrying"
+                );
+                next_summary = Instant::now() + JOIN_SUMMARY_EVERY;
+            } else {
+                debug!(via = %target, error = %last_error, "join attempt failed");
+            }
+            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+            delay = (delay * 2).min(JOIN_RETRY_MAX);
         }
         Err(Error::Join(format!(
-            "no member at {boot_address} accepted the join in time"
+            "no member at {boot_address} accepted the join within {} s \
+             ({failures} attempts; last: {last_error})",
+            JOIN_TIMEOUT.as_secs()
         )))
     }
 

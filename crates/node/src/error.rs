@@ -19,6 +19,23 @@ pub enum NodeError {
     /// Joining the cluster failed through every listed member.
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    /// A file-system operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory given to an offline helper holds no node.
+    #[error("{dir} does not hold a dqlite-rs node ({reason}); pass the data directory of a stopped node")]
+    NotANode {
+        /// The directory.
+        dir: String,
+        /// What is missing.
+        reason: &'static str,
+    },
     /// The replicated store failed.
     #[error("store: {0}")]
     Store(String),

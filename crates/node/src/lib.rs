@@ -45,7 +45,7 @@ pub use dqlite_consensus::offline::LastEntryInfo;
 pub use dqlite_consensus::transport::TlsConfig;
 pub use dqlite_wire::{NodeInfo, Role};
 pub use error::NodeError;
-pub use node::{Node, Options};
+pub use node::{Node, Options, JOIN_MARKER};
 pub use offline::{adopt_copied_directory, read_last_entry_info, reconfigure_membership_ext};
 pub use sqlite::{set_sqlite_threading_mode, ThreadingMode};
 

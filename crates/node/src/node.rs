@@ -19,6 +19,12 @@ use crate::peers::RaftPeers;
 use crate::store::{ServiceProposer, StoreDatabases};
 use crate::{is_bootstrap_id, NodeError};
 
+/// A file a node writes into its directory before it first tries to join
+/// a cluster and never removes: such a directory must not bootstrap a new
+/// cluster by itself, or a rerun without `--join` after a failed join
+/// would split the user's cluster in two.
+pub const JOIN_MARKER: &str = "join-attempted";
+
 /// Node options; every one has a default.
 ///
 /// ```
@@ -37,6 +43,9 @@ pub struct Options {
     pub bind_address: Option<String>,
     /// Members to join through when the directory is empty.
     pub join: Vec<String>,
+    /// Bootstrap a new cluster even when the id is not a bootstrap id or
+    /// the directory once tried to join a cluster (without `join` only).
+    pub bootstrap: bool,
     /// Keep databases on disk rather than in memory.
     pub disk_mode: bool,
     /// Reported by DESCRIBE; used to spread roles over failure domains.
@@ -65,6 +74,7 @@ impl Default for Options {
         Options {
             bind_address: None,
             join: Vec::new(),
+            bootstrap: false,
             disk_mode: false,
             failure_domain: 0,
             network_latency: Duration::from_millis(20),
@@ -87,6 +97,11 @@ impl Options {
     /// Join through any of these members when the directory is empty.
     pub fn with_join<S: Into<String>>(mut self, members: impl IntoIterator<Item = S>) -> Self {
         self.join = members.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Bootstrap a new cluster whatever the id or the directory's past.
+    pub fn with_bootstrap(mut self, on: bool) -> Self {
+        self.bootstrap = on;
         self
     }
     /// Keep databases on disk.
@@ -197,7 +212,12 @@ impl Node {
     /// Starts serving. With data in the directory the node rejoins its
     /// cluster; otherwise it joins through [`Options::join`], or
     /// bootstraps a new cluster when its id is 1 or [`crate::BOOTSTRAP_ID`];
-    /// any other node waits until it is added.
+    /// any other node waits until it is added. A directory that once
+    /// tried to join ([`JOIN_MARKER`]) bootstraps only with
+    /// [`Options::bootstrap`].
+    ///
+    /// A start that fails before any join attempt removes the directory
+    /// if it created it, so nothing half-made is left behind.
     pub async fn start(&mut self) -> Result<(), NodeError> {
         if self.running.is_some() {
             return Err(NodeError::Misuse("the node is already started".into()));
@@ -205,6 +225,23 @@ impl Node {
         if self.options.network_latency.is_zero() {
             return Err(NodeError::Misuse("network latency must be positive".into()));
         }
+        if self.options.bootstrap && !self.options.join.is_empty() {
+            return Err(NodeError::Misuse(
+                "bootstrap a new cluster or join one, not both".into(),
+            ));
+        }
+        let created = !self.dir.exists();
+        let result = self.start_in_dir().await;
+        // After a join attempt the directory stays: it records the attempt.
+        if result.is_err() && created && !self.dir.join(JOIN_MARKER).exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                warn!(dir = %self.dir.display(), error = %e, "cannot remove the data directory of a failed start");
+            }
+        }
+        result
+    }
+
+    async fn start_in_dir(&mut self) -> Result<(), NodeError> {
         let dir = DataDir::open(&self.dir)?;
         let existing = dir.read_node()?;
         if let Some(record) = &existing {
@@ -312,7 +349,17 @@ impl Node {
                     .and_then(|r| r.ok().map(|s| s.id))
             }
         };
+        let marker = self.dir.join(JOIN_MARKER);
+        let join_attempted = marker.exists();
         if !self.options.join.is_empty() {
+            if !join_attempted {
+                std::fs::write(&marker, self.options.join.join(",")).map_err(|source| {
+                    NodeError::Io {
+                        context: format!("cannot write {}", marker.display()),
+                        source,
+                    }
+                })?;
+            }
             let mut errors = Vec::new();
             for member in &self.options.join {
                 match service.join(member).await {
@@ -326,11 +373,18 @@ impl Node {
             if !errors.is_empty() {
                 return Err(NodeError::Join(errors.join("; ")));
             }
-        } else if is_bootstrap_id(self.id) {
+        } else if self.options.bootstrap || (is_bootstrap_id(self.id) && !join_attempted) {
             match service.init().await {
                 Ok(()) | Err(dqlite_consensus::Error::ExistingCluster) => {}
                 Err(e) => return Err(e.into()),
             }
+        } else if join_attempted && !restarted {
+            return Err(NodeError::Misuse(format!(
+                "data directory {} once tried to join a cluster, so it does not start a new \
+                 one by itself: rerun with --join ADDRESS of a member, or with --bootstrap to \
+                 start a new cluster anyway, or use an empty directory",
+                self.dir.display()
+            )));
         } else if !restarted {
             info!(
                 id = self.id,

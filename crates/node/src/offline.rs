@@ -11,6 +11,23 @@ use dqlite_wire::{NodeInfo, Role};
 
 use crate::NodeError;
 
+/// Refuses a directory that has never held a node (missing, or without
+/// the `node.json` every started node writes), rather than reading an
+/// empty log from it.
+fn require_node(dir: &Path) -> Result<(), NodeError> {
+    let missing = |reason| NodeError::NotANode {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    if !dir.is_dir() {
+        return Err(missing("no such directory"));
+    }
+    if !dir.join("node.json").is_file() {
+        return Err(missing("no node.json in it"));
+    }
+    Ok(())
+}
+
 /// Holds the directory's lock so that no node starts on it meanwhile.
 /// A directory without a lock file has never held a node: nothing to lock.
 fn lock(dir: &Path) -> Result<Option<std::fs::File>, NodeError> {
@@ -48,6 +65,7 @@ fn lock(dir: &Path) -> Result<Option<std::fs::File>, NodeError> {
 /// # Ok::<(), dqlite_node::NodeError>(())
 /// ```
 pub fn read_last_entry_info(dir: &Path) -> Result<LastEntryInfo, NodeError> {
+    require_node(dir)?;
     let _lock = lock(dir)?;
     Ok(offline::read_last_entry_info(Arc::new(RealDisk), dir)?)
 }
@@ -86,6 +104,7 @@ pub fn reconfigure_membership_ext(
             "the new membership needs at least one node".into(),
         ));
     }
+    require_node(dir)?;
     let _lock = lock(dir)?;
     let nodes = nodes.iter().map(to_consensus).collect();
     Ok(offline::reconfigure_membership(
@@ -105,6 +124,7 @@ pub fn reconfigure_membership_ext(
 /// # Ok::<(), dqlite_node::NodeError>(())
 /// ```
 pub fn adopt_copied_directory(dir: &Path, id: u64, address: &str) -> Result<(), NodeError> {
+    require_node(dir)?;
     let data = dqlite_server::dir::DataDir::open(dir)?;
     offline::adopt_copy(Arc::new(RealDisk), dir, id)?;
     data.write_node(&dqlite_server::dir::NodeRecord {

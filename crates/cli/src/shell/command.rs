@@ -1,9 +1,13 @@
-//! What a line of input asks for: a dot-command or SQL, and for SQL
+//! What input asks for: a dot-command or a SQL statement, and for SQL
 //! whether it returns rows. Pure, unit-tested.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-/// One parsed input line.
+use super::format::Format;
+
+/// One parsed command: a dot-command line or one SQL statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Nothing to do (blank line).
@@ -24,6 +28,16 @@ pub enum Command {
     Dump(Option<String>),
     /// `.remove ADDR`
     Remove(String),
+    /// `.timer on|off`
+    Timer(bool),
+    /// `.mode FORMAT`
+    Mode(Format),
+    /// `.read FILE`
+    Read(PathBuf),
+    /// `.tables`
+    Tables,
+    /// `.schema [TABLE]`: a `LIKE` pattern on the table name.
+    Schema(Option<String>),
     /// SQL run as a query (rows are printed).
     Query(String),
     /// SQL run as a statement (nothing printed).
@@ -39,23 +53,34 @@ pub const HELP: &str = "\
 .exit, .quit          leave the shell
 .help                 show this help
 .leader               show the leader's address
+.mode MODE            output as tabular, json, csv or line
+.read FILE            run the SQL and dot-commands in FILE
 .remove ADDR          remove the node at ADDR from the cluster
+.schema [TABLE]       show the CREATE statements (of tables like TABLE)
+.tables               list the tables and views
+.timer on|off         show how long each SQL statement took
 .weight ADDR N        set the weight of the node at ADDR to N
-Anything else is SQL, one statement (or several, for statements that
-return no rows) per line.";
+Anything else is SQL: a statement ends with `;` and may span lines;
+several statements on a line run in order. Ctrl-C stops the running
+statement, Ctrl-D leaves.";
 
-/// Parses one line.
+/// One SQL statement as a command.
+pub fn statement(sql: &str) -> Command {
+    let sql = sql.trim();
+    if sql.is_empty() || sql == ";" {
+        Command::Nothing
+    } else if returns_rows(sql) {
+        Command::Query(sql.to_owned())
+    } else {
+        Command::Exec(sql.to_owned())
+    }
+}
+
+/// Parses one line: a dot-command, or else one SQL statement.
 pub fn parse(line: &str) -> anyhow::Result<Command> {
     let line = line.trim();
-    if line.is_empty() {
-        return Ok(Command::Nothing);
-    }
     if !line.starts_with('.') {
-        return Ok(if returns_rows(line) {
-            Command::Query(line.to_owned())
-        } else {
-            Command::Exec(line.to_owned())
-        });
+        return Ok(statement(line));
     }
     let mut words = line.split_whitespace();
     let name = words.next().unwrap_or_default().to_ascii_lowercase();
@@ -97,6 +122,39 @@ pub fn parse(line: &str) -> anyhow::Result<Command> {
         ".remove" => {
             arity(1, ".remove ADDR")?;
             Command::Remove(args[0].to_owned())
+        }
+        ".timer" => {
+            arity(1, ".timer on|off")?;
+            match args[0].to_ascii_lowercase().as_str() {
+                "on" => Command::Timer(true),
+                "off" => Command::Timer(false),
+                _ => bail!("usage: .timer on|off"),
+            }
+        }
+        ".mode" => {
+            arity(1, ".mode tabular|json|csv|line")?;
+            match Format::from_name(args[0]) {
+                Some(format) => Command::Mode(format),
+                None => bail!("unknown mode {:?}; use tabular, json, csv or line", args[0]),
+            }
+        }
+        ".read" => {
+            // The rest of the line, so a path may hold spaces.
+            let path = line[name.len()..].trim();
+            if path.is_empty() {
+                bail!("usage: .read FILE");
+            }
+            Command::Read(PathBuf::from(path))
+        }
+        ".tables" => {
+            arity(0, ".tables")?;
+            Command::Tables
+        }
+        ".schema" => {
+            if args.len() > 1 {
+                bail!("usage: .schema [TABLE]");
+            }
+            Command::Schema(args.first().map(|a| a.to_string()))
         }
         other => bail!("unknown command {other}; try .help"),
     })
@@ -223,6 +281,21 @@ mod tests {
             Command::Dump(Some("a:1".into()))
         );
         assert_eq!(parse(".remove a:1").unwrap(), Command::Remove("a:1".into()));
+        assert_eq!(parse(".timer ON").unwrap(), Command::Timer(true));
+        assert_eq!(parse(".timer off").unwrap(), Command::Timer(false));
+        assert_eq!(parse(".mode csv").unwrap(), Command::Mode(Format::Csv));
+        assert_eq!(
+            parse(".read my file.sql").unwrap(),
+            Command::Read("my file.sql".into())
+        );
+        assert_eq!(parse(".tables").unwrap(), Command::Tables);
+        assert_eq!(parse(".schema").unwrap(), Command::Schema(None));
+        assert_eq!(
+            parse(".schema t%").unwrap(),
+            Command::Schema(Some("t%".into()))
+        );
+        assert_eq!(statement(" ; "), Command::Nothing);
+        assert_eq!(statement("SELECT 1;"), Command::Query("SELECT 1;".into()));
         assert_eq!(
             parse("SELECT 1").unwrap(),
             Command::Query("SELECT 1".into())
@@ -241,6 +314,10 @@ mod tests {
         assert!(parse(".weight a:1 x").is_err());
         assert!(parse(".dump a b").is_err());
         assert!(parse(".leader extra").is_err());
+        assert!(parse(".timer maybe").is_err());
+        assert!(parse(".mode box").is_err());
+        assert!(parse(".read").is_err());
+        assert!(parse(".schema a b").is_err());
         let err = parse(".nope").unwrap_err().to_string();
         assert_eq!(err, "unknown command .nope; try .help");
     }

@@ -1,7 +1,8 @@
-//! Output formats of the shell: an aligned table and JSON. Pure: values
-//! in, bytes out to any `Write`, so every value type is unit-tested here.
+//! Output formats of the shell: an aligned table, JSON, CSV and one line
+//! per value. Pure: values in, bytes out to any `Write`, so every value
+//! type is unit-tested here.
 //!
-//! Both formats stream. JSON writes each row as it comes. The table needs
+//! Every format streams. JSON, CSV and line write each row as it comes. The table needs
 //! column widths, so it holds back the first [`WIDTH_SAMPLE_ROWS`] rows to
 //! measure them, then prints those and streams the rest with the same
 //! widths (a longer cell later just pushes its line out); a result of any
@@ -22,6 +23,29 @@ pub enum Format {
     Tabular,
     /// A JSON array of objects, one row per line.
     Json,
+    /// Comma-separated values with a header line (RFC 4180 quoting).
+    Csv,
+    /// One `column = value` line per value, a blank line between rows.
+    Line,
+}
+
+impl Format {
+    /// The name `-f` and `.mode` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tabular => "tabular",
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Line => "line",
+        }
+    }
+
+    /// The format called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Format> {
+        [Format::Tabular, Format::Json, Format::Csv, Format::Line]
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(name))
+    }
 }
 
 /// Writes one result set in the chosen format.
@@ -30,6 +54,10 @@ pub enum ResultWriter<W: Write> {
     Table(TableWriter<W>),
     /// See [`JsonWriter`].
     Json(JsonWriter<W>),
+    /// See [`CsvWriter`].
+    Csv(CsvWriter<W>),
+    /// See [`LineWriter`].
+    Line(LineWriter<W>),
 }
 
 impl<W: Write> ResultWriter<W> {
@@ -38,6 +66,8 @@ impl<W: Write> ResultWriter<W> {
         Ok(match format {
             Format::Tabular => ResultWriter::Table(TableWriter::new(out, columns)),
             Format::Json => ResultWriter::Json(JsonWriter::new(out, columns)?),
+            Format::Csv => ResultWriter::Csv(CsvWriter::new(out, columns)?),
+            Format::Line => ResultWriter::Line(LineWriter::new(out, columns)),
         })
     }
 
@@ -46,6 +76,8 @@ impl<W: Write> ResultWriter<W> {
         match self {
             ResultWriter::Table(t) => t.row(values),
             ResultWriter::Json(j) => j.row(values),
+            ResultWriter::Csv(c) => c.row(values),
+            ResultWriter::Line(l) => l.row(values),
         }
     }
 
@@ -54,6 +86,8 @@ impl<W: Write> ResultWriter<W> {
         match self {
             ResultWriter::Table(t) => t.finish(),
             ResultWriter::Json(j) => j.finish(),
+            ResultWriter::Csv(c) => c.finish(),
+            ResultWriter::Line(l) => l.finish(),
         }
     }
 }
@@ -203,6 +237,91 @@ impl<W: Write> JsonWriter<W> {
         } else {
             writeln!(self.out, "\n]")?;
         }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// CSV (RFC 4180): a header line, then one line per row; a field is
+/// quoted when it holds a comma, a quote or a line break, NULL is empty,
+/// blobs are hex.
+pub struct CsvWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> CsvWriter<W> {
+    /// Writes the header line.
+    pub fn new(mut out: W, columns: &[String]) -> io::Result<Self> {
+        let header: Vec<String> = columns.iter().map(|c| csv_field(c)).collect();
+        writeln!(out, "{}", header.join(","))?;
+        Ok(CsvWriter { out })
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, values: &[Value]) -> io::Result<()> {
+        let fields: Vec<String> = values
+            .iter()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                Value::Blob(b) => hex(b),
+                other => csv_field(&display_value(other)),
+            })
+            .collect();
+        writeln!(self.out, "{}", fields.join(","))
+    }
+
+    /// Ends the result.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// SQLite's `.mode line`: each value on its own line as `name = value`,
+/// names right-aligned, a blank line between rows.
+pub struct LineWriter<W: Write> {
+    out: W,
+    columns: Vec<String>,
+    width: usize,
+    rows: u64,
+}
+
+impl<W: Write> LineWriter<W> {
+    /// A result with these columns.
+    pub fn new(out: W, columns: &[String]) -> Self {
+        let columns: Vec<String> = columns.iter().map(|c| escape_control(c)).collect();
+        let width = columns.iter().map(|c| c.width()).max().unwrap_or(0);
+        LineWriter {
+            out,
+            columns,
+            width,
+            rows: 0,
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, values: &[Value]) -> io::Result<()> {
+        if self.rows > 0 {
+            writeln!(self.out)?;
+        }
+        for (name, value) in self.columns.iter().zip(values) {
+            let pad = " ".repeat(self.width.saturating_sub(name.width()));
+            writeln!(self.out, "{pad}{name} = {}", table_cell(value).text)?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Ends the result.
+    pub fn finish(mut self) -> io::Result<W> {
         self.out.flush()?;
         Ok(self.out)
     }
@@ -446,6 +565,37 @@ i                    | f       | s       | b         | n    | t                 
         let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed.as_array().unwrap().len(), 2);
         assert_eq!(json(&["a"], &[]), "[]\n");
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let mut c = CsvWriter::new(Vec::new(), &cols(&["a", "b,c"])).unwrap();
+        c.row(&[Value::Text("x\"y".into()), Value::Null]).unwrap();
+        c.row(&[Value::Integer(1), Value::Text("l1\nl2".into())])
+            .unwrap();
+        c.row(&[Value::Blob(vec![1, 0xab]), Value::Float(2.0)])
+            .unwrap();
+        let out = String::from_utf8(c.finish().unwrap()).unwrap();
+        assert_eq!(out, "a,\"b,c\"\n\"x\"\"y\",\n1,\"l1\nl2\"\n01ab,2.0\n");
+    }
+
+    #[test]
+    fn line_mode_aligns_names() {
+        let mut l = LineWriter::new(Vec::new(), &cols(&["id", "name"]));
+        l.row(&[Value::Integer(1), Value::Text("a".into())])
+            .unwrap();
+        l.row(&[Value::Integer(2), Value::Null]).unwrap();
+        let out = String::from_utf8(l.finish().unwrap()).unwrap();
+        assert_eq!(out, "  id = 1\nname = a\n\n  id = 2\nname = NULL\n");
+    }
+
+    #[test]
+    fn format_names_round_trip() {
+        for f in [Format::Tabular, Format::Json, Format::Csv, Format::Line] {
+            assert_eq!(Format::from_name(f.name()), Some(f));
+        }
+        assert_eq!(Format::from_name("CSV"), Some(Format::Csv));
+        assert_eq!(Format::from_name("box"), None);
     }
 
     #[test]

@@ -3,17 +3,45 @@
 //! The SQL connection is opened lazily and dropped after any error that
 //! leaves it unusable (leadership change, broken socket), so the next
 //! command runs leader discovery again: the shell rides over a failover.
+//!
+//! Interrupting: the shell's Ctrl-C handler sets a shared flag. A result
+//! being streamed checks it before each row and ends with INTERRUPT, which
+//! leaves the connection usable. A call still waiting for its answer is
+//! abandoned instead (dqlite's INTERRUPT only stops a streaming result):
+//! the connection is closed and the next statement opens a new one.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dqlite_client::{Client, Config, Database, Error};
+use dqlite_client::{Client, Config, Database, Error, Value};
 use dqlite_wire::error::SQLITE_ERROR;
 use serde_json::json;
 
 use super::command::{Command, HELP};
-use super::format::{Format, ResultWriter, TableWriter};
+use super::format::{Format, ResultWriter};
+
+/// How often a call waiting for its answer looks at the interrupt flag.
+const INTERRUPT_POLL: Duration = Duration::from_millis(20);
+
+/// A command stopped by Ctrl-C.
+#[derive(Debug, thiserror::Error)]
+pub enum Interrupted {
+    /// A streaming result was ended with INTERRUPT; the connection is fine.
+    #[error("interrupted")]
+    Result,
+    /// A call was abandoned before its answer; whether a write in it was
+    /// applied is unknown.
+    #[error(
+        "interrupted before the server answered; the statement may or may not have run \
+         (the next statement reconnects)"
+    )]
+    Call,
+}
 
 /// What the caller should do after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,16 +56,28 @@ pub struct Session {
     format: Format,
     config: Config,
     db: Option<Database>,
+    /// `.timer on`: print each SQL statement's run time.
+    timer: bool,
+    /// Set by Ctrl-C; cleared by the shell before each input.
+    interrupt: Arc<AtomicBool>,
 }
 
 impl Session {
-    pub fn new(servers: Vec<String>, database: String, format: Format, config: Config) -> Self {
+    pub fn new(
+        servers: Vec<String>,
+        database: String,
+        format: Format,
+        config: Config,
+        interrupt: Arc<AtomicBool>,
+    ) -> Self {
         Session {
             servers,
             database,
             format,
             config,
             db: None,
+            timer: false,
+            interrupt,
         }
     }
 
@@ -57,24 +97,24 @@ impl Session {
             Command::Cluster => {
                 let nodes = self.leader_client().await?.cluster().await?;
                 match self.format {
-                    Format::Tabular => {
-                        let columns = ["id", "address", "role"].map(String::from);
-                        let mut table = TableWriter::new(&mut *out, &columns);
-                        for n in &nodes {
-                            table.row(&[
-                                dqlite_client::Value::Text(format!("{:x}", n.id)),
-                                dqlite_client::Value::Text(n.address.clone()),
-                                dqlite_client::Value::Text(n.role.name().to_owned()),
-                            ])?;
-                        }
-                        table.finish()?;
-                    }
                     Format::Json => {
                         let list: Vec<_> = nodes
                             .iter()
                             .map(|n| json!({"id": n.id, "address": n.address, "role": n.role.name()}))
                             .collect();
                         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+                    }
+                    format => {
+                        let columns = ["id", "address", "role"].map(String::from);
+                        let mut writer = ResultWriter::new(format, &mut *out, &columns)?;
+                        for n in &nodes {
+                            writer.row(&[
+                                Value::Text(format!("{:x}", n.id)),
+                                Value::Text(n.address.clone()),
+                                Value::Text(n.role.name().to_owned()),
+                            ])?;
+                        }
+                        writer.finish()?;
                     }
                 }
             }
@@ -84,9 +124,6 @@ impl Session {
                     .describe()
                     .await?;
                 match self.format {
-                    Format::Tabular => {
-                        writeln!(out, "{address}|{}|{}", meta.failure_domain, meta.weight)?
-                    }
                     Format::Json => writeln!(
                         out,
                         "{}",
@@ -96,6 +133,7 @@ impl Session {
                             "weight": meta.weight,
                         }))?
                     )?,
+                    _ => writeln!(out, "{address}|{}|{}", meta.failure_domain, meta.weight)?,
                 }
             }
             Command::Weight(address, weight) => {
@@ -129,17 +167,75 @@ impl Session {
                     writeln!(out, "wrote {} ({} bytes)", path.display(), file.data.len())?;
                 }
             }
-            Command::Query(sql) => self.query(&sql, out).await?,
-            Command::Exec(sql) => self.exec(&sql).await?,
+            Command::Query(sql) => {
+                let started = Instant::now();
+                let result = self.query(&sql, out).await;
+                self.report_time(started, out)?;
+                result?
+            }
+            Command::Exec(sql) => {
+                let started = Instant::now();
+                let result = self.exec(&sql).await;
+                self.report_time(started, out)?;
+                result?
+            }
+            Command::Timer(on) => self.timer = on,
+            Command::Mode(format) => self.format = format,
+            Command::Tables => {
+                let sql = "SELECT name FROM sqlite_schema \
+                           WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' \
+                           ORDER BY name";
+                for name in self.column_of(sql, Vec::new()).await? {
+                    writeln!(out, "{name}")?;
+                }
+            }
+            Command::Schema(table) => {
+                let sql = "SELECT sql FROM sqlite_schema \
+                           WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' \
+                           AND tbl_name LIKE ? ORDER BY tbl_name, type DESC, name";
+                let pattern = Value::Text(table.unwrap_or_else(|| "%".to_owned()));
+                for sql in self.column_of(sql, vec![pattern]).await? {
+                    writeln!(out, "{sql};")?;
+                }
+            }
+            // The shell reads the file: it owns where input comes from.
+            Command::Read(_) => bail!(".read runs only from the shell's input"),
         }
         Ok(Flow::Continue)
     }
 
+    /// With `.timer on`, prints how long a SQL command took.
+    fn report_time(&self, started: Instant, out: &mut dyn Write) -> std::io::Result<()> {
+        if self.timer {
+            writeln!(out, "Run Time: real {:.3}", started.elapsed().as_secs_f64())?;
+        }
+        Ok(())
+    }
+
+    /// The first column of a small query's rows, as text.
+    async fn column_of(&mut self, sql: &str, params: Vec<Value>) -> anyhow::Result<Vec<String>> {
+        let db = self.database().await?;
+        let result = db
+            .query_all(sql, params)
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| r.get::<String>(0).map_err(anyhow::Error::from))
+                    .collect()
+            });
+        self.checked(result)
+    }
+
     async fn query(&mut self, sql: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         let format = self.format;
+        let interrupt = self.interrupt.clone();
         let db = self.database().await?;
         let result = async {
-            let mut rows = db.query(sql, ()).await?;
+            let Some(rows) = until_interrupted(&interrupt, db.query(sql, ())).await else {
+                return Err(Interrupted::Call.into());
+            };
+            let mut rows = rows?;
             if rows.columns().is_empty() {
                 // A statement without result columns (current servers).
                 while rows.next().await?.is_some() {}
@@ -147,6 +243,12 @@ impl Session {
             }
             let mut writer = ResultWriter::new(format, &mut *out, rows.columns())?;
             while let Some(row) = rows.next().await? {
+                if interrupt.load(Ordering::Relaxed) {
+                    // Ends the result with INTERRUPT: the connection stays.
+                    drop(writer);
+                    rows.close().await?;
+                    return Err(Interrupted::Result.into());
+                }
                 writer.row(row.values())?;
             }
             writer.finish()?;
@@ -162,22 +264,23 @@ impl Session {
     }
 
     async fn exec(&mut self, sql: &str) -> anyhow::Result<()> {
+        let interrupt = self.interrupt.clone();
         let db = self.database().await?;
-        let result = db
-            .exec(sql, ())
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from);
+        let result = match until_interrupted(&interrupt, db.exec(sql, ())).await {
+            Some(result) => result.map(|_| ()).map_err(anyhow::Error::from),
+            None => Err(Interrupted::Call.into()),
+        };
         self.checked(result)
     }
 
     /// Drops the connection after errors that leave it unusable.
-    fn checked(&mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    fn checked<T>(&mut self, result: anyhow::Result<T>) -> anyhow::Result<T> {
         if let Err(err) = &result {
-            if err
+            let broken = err
                 .downcast_ref::<Error>()
-                .is_some_and(Error::needs_reconnect)
-            {
+                .is_some_and(Error::needs_reconnect);
+            let abandoned = matches!(err.downcast_ref::<Interrupted>(), Some(Interrupted::Call));
+            if broken || abandoned {
                 self.db = None;
             }
         }
@@ -186,14 +289,32 @@ impl Session {
 
     async fn database(&mut self) -> anyhow::Result<&mut Database> {
         if self.db.is_none() {
-            let db = Database::connect_with(&self.servers, &self.database, &self.config).await?;
-            self.db = Some(db);
+            let connect = Database::connect_with(&self.servers, &self.database, &self.config);
+            let Some(db) = until_interrupted(&self.interrupt, connect).await else {
+                bail!(Interrupted::Result);
+            };
+            self.db = Some(db?);
         }
         self.db.as_mut().context("no connection")
     }
 
     async fn leader_client(&self) -> anyhow::Result<Client> {
         Ok(Client::find_leader(&self.servers, &self.config).await?)
+    }
+}
+
+/// Runs `call` unless Ctrl-C comes first (`None` then; `call` is dropped).
+async fn until_interrupted<F: Future>(flag: &AtomicBool, call: F) -> Option<F::Output> {
+    let interrupted = async {
+        // Ends when the flag is set; the select ends it otherwise.
+        while !flag.load(Ordering::Relaxed) {
+            tokio::time::sleep(INTERRUPT_POLL).await;
+        }
+    };
+    tokio::select! {
+        biased;
+        output = call => Some(output),
+        () = interrupted => None,
     }
 }
 
