@@ -232,16 +232,25 @@ mod tests {
         }
     }
 
+    /// A chain of entries 1..=n and their tickets.
+    fn chain_of(n: u64) -> (Chain, Vec<Arc<Ticket>>) {
+        let mut chain = Chain::default();
+        let mut tickets = Vec::new();
+        for id in 1..=n {
+            let s = spec(id);
+            tickets.push(Arc::clone(&s.ticket));
+            chain.push(s);
+        }
+        (chain, tickets)
+    }
+
     fn outcomes(tickets: &[Arc<Ticket>]) -> Vec<Option<Result<(), SettleError>>> {
         tickets.iter().map(|t| t.outcome().clone()).collect()
     }
 
     #[test]
     fn entries_commit_in_order_and_a_rejection_fails_the_rest() {
-        let mut chain = Chain::default();
-        let specs: Vec<Spec> = (1..=3).map(spec).collect();
-        let tickets: Vec<_> = specs.iter().map(|s| Arc::clone(&s.ticket)).collect();
-        specs.into_iter().for_each(|s| chain.push(s));
+        let (mut chain, tickets) = chain_of(3);
         chain.applied(1, true);
         chain.applied(2, false);
         assert_eq!(
@@ -257,10 +266,7 @@ mod tests {
 
     #[test]
     fn a_foreign_entry_fails_the_chain_and_a_failure_fails_what_follows() {
-        let mut chain = Chain::default();
-        let specs: Vec<Spec> = (1..=3).map(spec).collect();
-        let tickets: Vec<_> = specs.iter().map(|s| Arc::clone(&s.ticket)).collect();
-        specs.into_iter().for_each(|s| chain.push(s));
+        let (mut chain, tickets) = chain_of(3);
         chain.failed(2, SettleError::LeadershipLost);
         assert_eq!(
             outcomes(&tickets)[1..],
