@@ -547,3 +547,49 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A leader cut off from its followers must not answer anything it read:
+/// a write that commits nothing (EXEC reads first and confirms leadership
+/// after), a query, and a write (which can never commit) all fail, and the
+/// write's failure says the outcome is unknown.
+#[test]
+fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
+    let cluster = Cluster::start(3, &[]);
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let leader_addr = cluster.nodes[leader].address.clone();
+    let followers: Vec<u32> = (0..3)
+        .filter(|i| *i != leader)
+        .filter_map(|i| cluster.nodes[i].pid())
+        .collect();
+    let rt = runtime();
+    let mut db = rt.block_on(async {
+        let client = dqlite_client::Client::connect(&leader_addr, &client_config())
+            .await
+            .unwrap();
+        client.open("cut").await.unwrap()
+    });
+    rt.block_on(async {
+        db.exec("CREATE TABLE t (v)", ()).await.unwrap();
+        db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
+    });
+    for pid in &followers {
+        send_signal(*pid, "STOP");
+    }
+    let read_exec = rt.block_on(db.exec("UPDATE t SET v = v WHERE v = 42", ()));
+    let query = rt.block_on(db.query_all("SELECT v FROM t", ()));
+    let write = rt.block_on(db.exec("INSERT INTO t VALUES (2)", ()));
+    for pid in &followers {
+        send_signal(*pid, "CONT");
+    }
+    // A node that steps down closes its clients' connections: that is an
+    // answer too, as long as nothing read or written comes back.
+    let refused =
+        |e: &dqlite_client::Error| matches!(e.code(), Some(10250 | 10506)) || e.needs_reconnect();
+    let err = read_exec.expect_err("a read-only EXEC on a cut-off leader");
+    assert!(refused(&err), "expected a leadership error, got {err:?}");
+    let err = query.expect_err("a query on a cut-off leader");
+    assert!(refused(&err), "expected a leadership error, got {err:?}");
+    let err = write.expect_err("a write on a cut-off leader");
+    assert!(refused(&err), "expected a leadership error, got {err:?}");
+}

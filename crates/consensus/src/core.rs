@@ -304,6 +304,9 @@ pub struct Core<S: State> {
     snapshot_index: u64,
     last_promotion_tick: u64,
     leader_seen: (u64, u64, StateRole),
+    /// This leader has applied an entry of its own term, so every entry
+    /// committed in earlier terms is applied here too.
+    caught_up_in_term: bool,
     election_rng: Option<ElectionRng>,
     failed: Option<String>,
     removed: bool,
@@ -386,6 +389,7 @@ impl<S: State> Core<S> {
             snapshot_index,
             last_promotion_tick: 0,
             leader_seen,
+            caught_up_in_term: false,
             election_rng: None,
             failed: None,
             removed: false,
@@ -428,6 +432,14 @@ impl<S: State> Core<S> {
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Whether this node leads and has applied an entry of its own term:
+    /// its state then holds every entry committed before its term, so a
+    /// read served from it and followed by a confirmation of leadership
+    /// (a read index) is linearizable.
+    pub fn caught_up_in_term(&self) -> bool {
+        self.caught_up_in_term && self.is_leader()
     }
 
     /// The raft role.
@@ -763,6 +775,7 @@ impl<S: State> Core<S> {
             let t = rng(min, max).clamp(min, max - 1);
             self.raw.raft.set_randomized_election_timeout(t);
         }
+        self.caught_up_in_term = false;
         let was_leader = self.leader_seen.2 == StateRole::Leader;
         if was_leader && now.2 != StateRole::Leader {
             // Appended but not applied: the outcome is unknown to us now.
@@ -1047,6 +1060,9 @@ impl<S: State> Core<S> {
         let index = entry.index;
         if index <= self.applied {
             return Ok(());
+        }
+        if entry.term == self.raw.raft.term && self.is_leader() {
+            self.caught_up_in_term = true;
         }
         let mut outcome = Outcome {
             index,

@@ -54,6 +54,9 @@ pub struct Status {
     pub term: u64,
     /// Whether this node leads.
     pub is_leader: bool,
+    /// This leader has applied an entry of its own term
+    /// ([`crate::core::Core::caught_up_in_term`]).
+    pub caught_up_in_term: bool,
     /// The cluster registry as applied here.
     pub cluster: ClusterMeta,
     /// Applied index.
@@ -342,6 +345,7 @@ impl<S: State> Driver<S> {
             leader: core.leader(),
             term: core.term(),
             is_leader: core.role() == StateRole::Leader,
+            caught_up_in_term: core.caught_up_in_term(),
             cluster: core.cluster().clone(),
             applied: core.applied_index(),
             commit: core.commit_index(),

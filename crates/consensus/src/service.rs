@@ -563,7 +563,14 @@ impl Service {
 
     /// Whether this node leads.
     pub fn is_leader(&self) -> bool {
-        self.status().is_leader
+        self.inner.status.borrow().is_leader
+    }
+
+    /// Whether this node leads and has applied an entry of its own term,
+    /// so that a read served from its state and then confirmed by
+    /// [`Service::wait_read`] is linearizable.
+    pub fn caught_up_in_term(&self) -> bool {
+        self.inner.status.borrow().caught_up_in_term
     }
 
     /// The members (id, address, role) as applied here.

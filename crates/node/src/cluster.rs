@@ -121,6 +121,10 @@ impl Cluster for RaftCluster {
         self.service.is_leader()
     }
 
+    fn barrier_after(&self) -> bool {
+        self.service.caught_up_in_term()
+    }
+
     fn leader(&self) -> Option<NodeInfo> {
         let status = self.service.status();
         status.cluster.nodes.get(&status.leader).map(wire_node)

@@ -26,7 +26,7 @@ impl Databases for StoreDatabases {
         self.0.open_existing(name)
     }
 
-    fn settle(&self) -> Result<(), Failure> {
+    fn settle(&self) -> Result<bool, Failure> {
         dqlite_store::settle(SETTLE_TIMEOUT).map_err(|e| {
             let code = match e {
                 SettleError::Stale => SQLITE_BUSY,

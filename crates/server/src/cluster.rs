@@ -53,6 +53,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// Waits until this node has applied everything committed before the
     /// call, confirmed with a quorum: reads after it are linearizable.
     async fn barrier(&self) -> Result<(), ClusterError>;
+    /// Whether a statement may run before its barrier, with the barrier
+    /// taken after it instead: true when this node leads and its state
+    /// already holds every entry committed in earlier terms. A statement
+    /// that commits an entry of its own needs no barrier at all (the
+    /// commit proves the leadership it read under).
+    fn barrier_after(&self) -> bool {
+        false
+    }
     /// Adds a node as a spare.
     async fn add(&self, id: u64, address: &str) -> Result<(), ClusterError>;
     /// Changes a node's role.

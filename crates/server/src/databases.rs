@@ -21,10 +21,12 @@ pub trait Databases: Send + Sync + 'static {
     /// Called on the SQL thread after a statement ran and before any of
     /// its response leaves: blocks until everything the statement wrote or
     /// read is committed, or fails with what the client must be told
-    /// instead. Databases whose commits are durable when SQLite returns
-    /// have nothing to wait for.
-    fn settle(&self) -> Result<(), Failure> {
-        Ok(())
+    /// instead. `Ok(true)` when the statement committed an entry of its
+    /// own through consensus (its commit proves leadership). Databases
+    /// whose commits are durable when SQLite returns have nothing to wait
+    /// for.
+    fn settle(&self) -> Result<bool, Failure> {
+        Ok(false)
     }
 }
 

@@ -102,11 +102,12 @@ fn internal(what: &str) -> Failure {
 /// only once what it wrote or read has committed. Even an error waits: it
 /// may have been caused by data that then never commits (a constraint hit
 /// on a row still in flight), and then the client is told that instead.
+/// Also says whether `f` committed an entry of its own.
 async fn with_conn<T: Send + 'static>(
     databases: &Arc<dyn Databases>,
     conn: &Arc<Mutex<Connection>>,
     f: impl FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
-) -> Result<T, Failure> {
+) -> Result<(T, bool), Failure> {
     let conn = Arc::clone(conn);
     let databases = Arc::clone(databases);
     tokio::task::spawn_blocking(move || {
@@ -114,8 +115,8 @@ async fn with_conn<T: Send + 'static>(
             .lock()
             .map_err(|_| internal("connection lock poisoned"))?;
         let result = f(&guard);
-        databases.settle()?;
-        result
+        let wrote = databases.settle()?;
+        result.map(|r| (r, wrote))
     })
     .await
     .map_err(|_| internal("SQL task failed"))?
@@ -149,6 +150,32 @@ impl Gateway {
             return Ok(());
         }
         self.cluster().barrier().await.map_err(cluster_failure)
+    }
+
+    /// Runs an EXEC. A statement that commits an entry needs no read
+    /// barrier: the entry applies only on the version it read, so its
+    /// commit proves that what it read was current. When this leader holds
+    /// every entry of earlier terms, the statement therefore runs at once,
+    /// and only one that committed nothing confirms leadership afterwards,
+    /// before its answer leaves; otherwise the barrier comes first.
+    async fn exec(
+        &self,
+        db: u64,
+        run: impl FnOnce(&Connection) -> Result<sql::ExecResult, Failure> + Send + 'static,
+    ) -> Result<Response, Response> {
+        let in_transaction = self.in_transaction();
+        let barrier_after = !in_transaction && self.cluster().barrier_after();
+        if barrier_after {
+            self.require_leader()?;
+        } else {
+            self.leader_barrier().await?;
+        }
+        let open = self.db(db)?;
+        let result = with_conn(&self.shared.databases, &open.conn, run).await;
+        if barrier_after && !matches!(result, Ok((_, true))) {
+            self.cluster().barrier().await.map_err(cluster_failure)?;
+        }
+        Ok(result.map_or_else(Failure::into_response, |(r, _)| r.into_response()))
     }
 
     fn in_transaction(&self) -> bool {
@@ -197,17 +224,11 @@ impl Gateway {
             Request::Open { name, .. } => self.open(name).await.map(Reply::One),
             Request::Prepare { db, sql, with_tail } => self.prepare(db, sql, with_tail).await.map(Reply::One),
             Request::Exec { db, stmt, params } => {
-                self.leader_barrier().await?;
-                let (open, prepared) = self.stmt(db, stmt)?;
-                let sql = prepared.sql.clone();
-                let result = with_conn(&self.shared.databases, &open.conn, move |c| sql::exec(c, &sql, &params)).await;
-                one(result.map_or_else(Failure::into_response, sql::ExecResult::into_response))
+                let sql = self.stmt(db, stmt)?.1.sql.clone();
+                self.exec(u64::from(db), move |c| sql::exec(c, &sql, &params)).await.map(Reply::One)
             }
             Request::ExecSql { db, sql, params } => {
-                self.leader_barrier().await?;
-                let open = self.db(db)?;
-                let result = with_conn(&self.shared.databases, &open.conn, move |c| sql::exec_sql(c, &sql, &params)).await;
-                one(result.map_or_else(Failure::into_response, sql::ExecResult::into_response))
+                self.exec(db, move |c| sql::exec_sql(c, &sql, &params)).await.map(Reply::One)
             }
             Request::Query { db, stmt, params } => {
                 self.leader_barrier().await?;
@@ -348,7 +369,7 @@ impl Gateway {
     ) -> Result<Response, Response> {
         self.require_leader()?;
         let open = self.db(db)?;
-        let prepared = with_conn(&self.shared.databases, &open.conn, move |c| {
+        let (prepared, _) = with_conn(&self.shared.databases, &open.conn, move |c| {
             sql::prepare(c, &sql, with_tail)
         })
         .await

@@ -166,15 +166,17 @@ thread_local! {
     /// [`settle`]. A statement runs on one thread from start to response,
     /// and the VFS is called on that thread, so this is where the handle
     /// leaves what the response must wait for.
-    static TOUCHED: RefCell<Vec<Arc<Ticket>>> = const { RefCell::new(Vec::new()) };
+    static TOUCHED: RefCell<Pending> = const { RefCell::new(Pending { tickets: Vec::new(), wrote: false }) };
 }
 
-/// Records that this thread's current statement depends on `ticket`.
-pub(crate) fn touch(ticket: &Arc<Ticket>) {
+/// Records that this thread's current statement depends on `ticket`: it
+/// read the version the entry makes, or (`own`) committed the entry.
+pub(crate) fn touch(ticket: &Arc<Ticket>, own: bool) {
     TOUCHED.with(|t| {
         let mut t = t.borrow_mut();
-        if !t.iter().any(|x| Arc::ptr_eq(x, ticket)) {
-            t.push(Arc::clone(ticket));
+        t.wrote |= own;
+        if !t.tickets.iter().any(|x| Arc::ptr_eq(x, ticket)) {
+            t.tickets.push(Arc::clone(ticket));
         }
     });
 }
@@ -182,34 +184,45 @@ pub(crate) fn touch(ticket: &Arc<Ticket>) {
 /// Blocks until every speculative entry that this thread's SQLite work
 /// wrote or read since the last call has committed, or says why one did
 /// not. Past `timeout` the outcome is unknown (`LeadershipLost`). Always
-/// forgets what it waited for.
-pub fn settle(timeout: Duration) -> Result<(), SettleError> {
-    pending().wait(timeout)
+/// forgets what it waited for. `Ok(true)`: the work committed an entry of
+/// its own, whose commit proves the leadership it read under.
+pub fn settle(timeout: Duration) -> Result<bool, SettleError> {
+    let pending = pending();
+    let wrote = pending.wrote;
+    pending.wait(timeout).map(|()| wrote)
 }
 
 /// Takes what this thread's SQLite work wrote or read since the last call,
 /// to wait for later.
 pub fn pending() -> Pending {
-    Pending(TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut())))
+    TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut()))
 }
 
 /// Speculative entries a statement depends on.
 #[derive(Debug, Default)]
-pub struct Pending(Vec<Arc<Ticket>>);
+pub struct Pending {
+    tickets: Vec<Arc<Ticket>>,
+    wrote: bool,
+}
 
 impl Pending {
     /// Blocks until all committed, or one failed, or `timeout`.
     pub fn wait(self, timeout: Duration) -> Result<(), SettleError> {
         let deadline = Instant::now() + timeout;
-        for ticket in self.0 {
+        for ticket in self.tickets {
             ticket.wait(deadline)?;
         }
         Ok(())
     }
 
+    /// Whether the work committed an entry of its own.
+    pub fn wrote(&self) -> bool {
+        self.wrote
+    }
+
     /// The outcome without waiting: `None` while one is still in flight.
     pub fn outcome(&self) -> Option<Result<(), SettleError>> {
-        let outcomes: Vec<_> = self.0.iter().map(|t| t.outcome().clone()).collect();
+        let outcomes: Vec<_> = self.tickets.iter().map(|t| t.outcome().clone()).collect();
         if let Some(e) = outcomes.iter().flatten().find_map(|o| o.clone().err()) {
             return Some(Err(e));
         }
@@ -288,15 +301,15 @@ mod tests {
     #[test]
     fn settle_waits_for_the_outcome_and_forgets_it() {
         let t = Arc::new(Ticket::default());
-        touch(&t);
-        touch(&t);
+        touch(&t, false);
+        touch(&t, true);
         let t2 = Arc::clone(&t);
         let resolver = std::thread::spawn(move || t2.resolve(Err(SettleError::NotLeader)));
         assert_eq!(settle(Duration::from_secs(10)), Err(SettleError::NotLeader));
         resolver.join().unwrap();
-        assert_eq!(settle(Duration::from_secs(10)), Ok(()), "nothing left");
+        assert_eq!(settle(Duration::from_secs(10)), Ok(false), "nothing left");
         let pending = Arc::new(Ticket::default());
-        touch(&pending);
+        touch(&pending, false);
         assert_eq!(
             settle(Duration::from_millis(10)),
             Err(SettleError::LeadershipLost),

@@ -69,7 +69,7 @@ impl MainFile {
         }
         let (version, ticket) = self.db.lock().head();
         if let Some(t) = ticket {
-            chain::touch(&t);
+            chain::touch(&t, false);
             self.seen = Some(t);
         }
         self.snapshot = Some(version);
@@ -142,7 +142,7 @@ impl MainFile {
         drop(base);
         self.snapshot = None;
         self.shared.propose(&self.db, entry);
-        chain::touch(&ticket);
+        chain::touch(&ticket, true);
         // A failure known at once is answered at once. SQLite has already
         // marked our pages clean and another entry may have raised the
         // change counter from the same base, so only an IOERR-class code

@@ -23,7 +23,7 @@
 //! let store = dqlite_store::Store::memory().unwrap();
 //! let conn = store.open("app.db").unwrap();
 //! conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)").unwrap();
-//! dqlite_store::settle(std::time::Duration::from_secs(1)).unwrap();
+//! assert!(dqlite_store::settle(std::time::Duration::from_secs(1)).unwrap());
 //! assert_eq!(store.seq("app.db"), Some(2));
 //! ```
 #![deny(missing_docs)]

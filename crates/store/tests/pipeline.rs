@@ -260,6 +260,7 @@ fn readers_of_speculative_rows_wait_and_fail_with_their_writer() {
 
     w.execute("INSERT INTO kv VALUES (1, 1)", []).unwrap();
     let wrote = pending();
+    assert!(wrote.wrote());
     assert_eq!(
         wrote.outcome(),
         None,
@@ -269,6 +270,7 @@ fn readers_of_speculative_rows_wait_and_fail_with_their_writer() {
     let wrote2 = pending();
     assert_eq!(rows(&r), Rows::from([(1, 1), (2, 2)]), "the chain's head");
     let read = pending();
+    assert!(!read.wrote());
     assert_eq!(read.outcome(), None, "the reader waits for the rows it saw");
     cluster.apply();
     assert_eq!(wrote.outcome(), Some(Ok(())));
