@@ -593,3 +593,95 @@ fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
     let err = write.expect_err("a write on a cut-off leader");
     assert!(refused(&err), "expected a leadership error, got {err:?}");
 }
+
+/// Databases are independent: while eight clients keep one database's
+/// commit pipeline full, another database's writes go through in between
+/// rather than after the burst (C dqlite before 1.18 queued them behind
+/// it). Order, not time, is asserted: the second database's writes all
+/// finish while the burst is still running.
+#[test]
+fn a_burst_on_one_database_does_not_stall_another() {
+    let cluster = Cluster::start(3, &[]);
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let leader_addr = cluster.nodes[leader].address.clone();
+    let rt = runtime();
+    let open = |name: &'static str| {
+        let addr = leader_addr.clone();
+        async move {
+            let client = dqlite_client::Client::connect(&addr, &client_config())
+                .await
+                .unwrap();
+            client.open(name).await.unwrap()
+        }
+    };
+    rt.block_on(async {
+        for name in ["burst", "quiet"] {
+            open(name)
+                .await
+                .exec("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)", ())
+                .await
+                .unwrap();
+        }
+    });
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let burst: Vec<_> = (0..8)
+        .map(|w| {
+            let mut db = rt.block_on(open("burst"));
+            let running = running.clone();
+            rt.spawn(async move {
+                let mut written = 0u32;
+                // Bounded: until the quiet writer is done, at most 5,000.
+                while running.load(std::sync::atomic::Ordering::Relaxed) && written < 5_000 {
+                    db.exec(
+                        "INSERT INTO t (v) VALUES (?)",
+                        dqlite_client::params![vec![w as u8; 1024]],
+                    )
+                    .await
+                    .unwrap();
+                    written += 1;
+                }
+                written
+            })
+        })
+        .collect();
+    let mut quiet = rt.block_on(open("quiet"));
+    rt.block_on(async {
+        // Let the burst get going: its first rows are committed.
+        let mut probe = open("burst").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = probe.query_all("SELECT count(*) FROM t", ()).await.unwrap();
+            if rows[0].get::<i64>(0).unwrap() >= 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the burst did not start");
+        }
+        for i in 0..50i64 {
+            quiet
+                .exec(
+                    "INSERT INTO t VALUES (?, ?)",
+                    dqlite_client::params![i, vec![0u8; 16]],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let burst_still_running = burst.iter().all(|h| !h.is_finished());
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let written: Vec<u32> = rt.block_on(async {
+        let mut out = Vec::new();
+        for h in burst {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    assert!(
+        burst_still_running,
+        "the quiet database's 50 writes waited for the burst to end (burst wrote {written:?})"
+    );
+    let rows = rt
+        .block_on(quiet.query_all("SELECT count(*) FROM t", ()))
+        .unwrap();
+    assert_eq!(rows[0].get::<i64>(0).unwrap(), 50);
+}
