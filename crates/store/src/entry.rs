@@ -2,6 +2,8 @@
 //! changed. Encoded by hand (little-endian, length-prefixed) so that the
 //! format is fixed and every decode is bounds-checked.
 
+use std::sync::Arc;
+
 use crate::StoreError;
 
 /// One committed transaction of one database.
@@ -25,7 +27,9 @@ pub struct Entry {
     /// Database size in pages after the transaction.
     pub pages_after: u32,
     /// Changed pages, by 1-based page number, each `page_size` bytes.
-    pub pages: Vec<(u32, Vec<u8>)>,
+    /// Shared, so that the page SQLite wrote becomes the entry and the
+    /// version it makes without a copy.
+    pub pages: Vec<(u32, Arc<[u8]>)>,
 }
 
 const MAGIC: u32 = 0x6471_7270; // "dqrp"
@@ -101,7 +105,7 @@ impl Entry {
                     "page {pgno} outside a database of {pages_after} pages"
                 )));
             }
-            pages.push((pgno, r.take(page_size as usize)?.to_vec()));
+            pages.push((pgno, Arc::from(r.take(page_size as usize)?)));
         }
         Ok(Entry {
             database,
@@ -183,7 +187,7 @@ mod tests {
                 pages_after: 50,
                 pages: pages
                     .into_iter()
-                    .map(|(n, b)| (n, vec![b; page_size as usize]))
+                    .map(|(n, b)| (n, Arc::from(vec![b; page_size as usize])))
                     .collect(),
             })
     }

@@ -100,11 +100,10 @@ impl MainFile {
         // SQLite rewrites pages it did not change (journal playback, spills
         // of clean pages); only real changes are replicated.
         let same_size = page_size == base.page_size;
-        let pages: Vec<(u32, Vec<u8>)> = overlay
+        let pages: Vec<(u32, Arc<[u8]>)> = overlay
             .pages
             .into_iter()
             .filter(|(n, p)| !(same_size && matches!(base.page(*n), Ok(Some(b)) if b[..] == p[..])))
-            .map(|(n, p)| (n, p.to_vec()))
             .collect();
         if pages.is_empty() && pages_after == base.pages && same_size {
             return Ok(());

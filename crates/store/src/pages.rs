@@ -71,7 +71,7 @@ impl Version {
             OrdMap::new()
         };
         for (pgno, page) in &entry.pages {
-            data.insert(*pgno, Arc::from(page.as_slice()));
+            data.insert(*pgno, Arc::clone(page));
         }
         if entry.pages_after < self.pages {
             // Drop everything past the new end: split at the first page
@@ -157,7 +157,10 @@ mod tests {
             id: base + 1,
             page_size: 512,
             pages_after,
-            pages: pages.iter().map(|&(n, b)| (n, vec![b; 512])).collect(),
+            pages: pages
+                .iter()
+                .map(|&(n, b)| (n, Arc::from(vec![b; 512])))
+                .collect(),
         }
     }
 
