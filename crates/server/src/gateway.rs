@@ -5,8 +5,10 @@
 //! framed ROWS messages that the connection writes as they come, so a large
 //! result is never held whole.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dqlite_wire::error::{
     DQLITE_NOTFOUND, DQLITE_PARSE, SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR, SQLITE_NOTFOUND,
@@ -31,7 +33,21 @@ pub(crate) struct Shared {
     pub failure_domain: u64,
     /// Set by WEIGHT, reported by DESCRIBE; kept in memory, as dqlite does.
     pub weight: AtomicU64,
+    /// Per database, the queue of statements that may write, served in
+    /// arrival order.
+    pub writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+impl Shared {
+    fn writer_queue(&self, database: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(writers.entry(database.to_owned()).or_default())
+    }
+}
+
+/// How long a statement waits for the writers queued ahead of it before it
+/// is answered SQLITE_BUSY, like SQLite's busy timeout.
+const WRITER_WAIT: Duration = Duration::from_secs(1);
 
 /// How a request is answered.
 pub(crate) enum Reply {
@@ -158,9 +174,15 @@ impl Gateway {
     /// every entry of earlier terms, the statement therefore runs at once,
     /// and only one that committed nothing confirms leadership afterwards,
     /// before its answer leaves; otherwise the barrier comes first.
+    ///
+    /// Outside a transaction, statements that may write wait their turn in
+    /// the database's queue (first come, first served) instead of colliding
+    /// in SQLite's lock and retrying; the turn ends when the statement has
+    /// run, before it waits for its commit, so the next one builds on it.
     async fn exec(
         &self,
         db: u64,
+        readonly: bool,
         run: impl FnOnce(&Connection) -> Result<sql::ExecResult, Failure> + Send + 'static,
     ) -> Result<Response, Response> {
         let in_transaction = self.in_transaction();
@@ -171,7 +193,26 @@ impl Gateway {
             self.leader_barrier().await?;
         }
         let open = self.db(db)?;
-        let result = with_conn(&self.shared.databases, &open.conn, run).await;
+        let turn = if in_transaction || readonly {
+            None
+        } else {
+            let queue = self.shared.writer_queue(&open.name);
+            let turn = tokio::time::timeout(WRITER_WAIT, queue.lock_owned())
+                .await
+                .map_err(|_| {
+                    Response::failure(
+                        SQLITE_BUSY,
+                        "database is locked: the writers queued ahead did not finish in time",
+                    )
+                })?;
+            Some(turn)
+        };
+        let result = with_conn(&self.shared.databases, &open.conn, move |c| {
+            let result = run(c);
+            drop(turn);
+            result
+        })
+        .await;
         if barrier_after && !matches!(result, Ok((_, true))) {
             self.cluster().barrier().await.map_err(cluster_failure)?;
         }
@@ -224,11 +265,12 @@ impl Gateway {
             Request::Open { name, .. } => self.open(name).await.map(Reply::One),
             Request::Prepare { db, sql, with_tail } => self.prepare(db, sql, with_tail).await.map(Reply::One),
             Request::Exec { db, stmt, params } => {
-                let sql = self.stmt(db, stmt)?.1.sql.clone();
-                self.exec(u64::from(db), move |c| sql::exec(c, &sql, &params)).await.map(Reply::One)
+                let prepared = self.stmt(db, stmt)?.1;
+                let (sql, readonly) = (prepared.sql.clone(), prepared.readonly);
+                self.exec(u64::from(db), readonly, move |c| sql::exec(c, &sql, &params)).await.map(Reply::One)
             }
             Request::ExecSql { db, sql, params } => {
-                self.exec(db, move |c| sql::exec_sql(c, &sql, &params)).await.map(Reply::One)
+                self.exec(db, false, move |c| sql::exec_sql(c, &sql, &params)).await.map(Reply::One)
             }
             Request::Query { db, stmt, params } => {
                 self.leader_barrier().await?;

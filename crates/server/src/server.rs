@@ -146,6 +146,7 @@ impl Server {
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             failure_domain: config.failure_domain,
             weight: AtomicU64::new(0),
+            writers: Default::default(),
         });
         Server {
             listener,

@@ -86,6 +86,9 @@ pub struct Prepared {
     pub params: u64,
     /// Byte offset of the tail, when the client asked for it.
     pub tail: Option<u64>,
+    /// The statement cannot write (SQLite's `sqlite3_stmt_readonly`; true
+    /// for BEGIN, COMMIT and ROLLBACK too).
+    pub readonly: bool,
 }
 
 /// RESULT of an execution.
@@ -131,6 +134,7 @@ pub fn prepare(conn: &Connection, sql: &str, with_tail: bool) -> Result<Prepared
     let mut batch = Batch::new(conn, sql);
     let stmt = batch.next()?.ok_or_else(empty_statement)?;
     let params = stmt.parameter_count() as u64;
+    let readonly = stmt.readonly();
     drop(stmt);
     if !with_tail {
         if batch.next()?.is_some() {
@@ -140,6 +144,7 @@ pub fn prepare(conn: &Connection, sql: &str, with_tail: bool) -> Result<Prepared
             sql: sql.to_owned(),
             params,
             tail: None,
+            readonly,
         });
     }
     let end = first_statement_end(conn, sql);
@@ -147,6 +152,7 @@ pub fn prepare(conn: &Connection, sql: &str, with_tail: bool) -> Result<Prepared
         sql: sql[..end].to_owned(),
         params,
         tail: Some(end as u64),
+        readonly,
     })
 }
 
