@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::gateway::{Gateway, Reply, RowsStream, Shared};
+use crate::gateway::{leadership_lost_failure, Gateway, Reply, RowsStream, Shared};
 
 /// A client that connects must say its protocol version within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,25 +70,30 @@ pub(crate) async fn serve<R, W>(
     let mut leadership = shared.cluster.leadership();
     let mut gateway = Gateway::new(shared, matches!(handshake, Handshake::Legacy));
     let mut pending: Option<Frame> = None;
+    // Whether the current loss of leadership was already handled, so the
+    // session is reset once per loss, not on every turn of the loop.
+    let mut reset_done = false;
     loop {
-        // A leader connection ends when this node steps down: its client
-        // then finds the new leader (dqlite's behaviour for open databases).
-        if gateway.database().is_some() && leadership.as_ref().is_some_and(|l| !*l.borrow()) {
+        // Leadership lost: the connection stays open (dqlite >= 1.18), its
+        // SQLite state is reset, and its statements answer NOT_LEADER until
+        // this node leads again; the client reconnects when it wants to.
+        let leads = leadership.as_mut().is_none_or(|l| *l.borrow_and_update());
+        if leads {
+            reset_done = false;
+        } else if !reset_done && gateway.database().is_some() {
             debug!(
                 database = gateway.database(),
-                "no longer leader: closing connection"
+                "no longer leader: resetting the session"
             );
-            break;
+            gateway.leadership_lost().await;
+            reset_done = true;
         }
         let has_db = gateway.database().is_some();
         let frame = match pending.take() {
             Some(f) => f,
             None => tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = lost_leadership(&mut leadership), if has_db => {
-                    debug!(database = gateway.database(), "leadership lost: closing connection");
-                    break;
-                }
+                _ = leadership_changed(&mut leadership), if has_db => continue,
                 next = frames.recv() => match next {
                     Some(Ok(f)) => f,
                     Some(Err(ReadEnd::TooLarge(len))) => {
@@ -156,6 +161,7 @@ async fn drive<W: AsyncWrite + Unpin>(
     leadership: &mut Option<watch::Receiver<bool>>,
 ) -> std::io::Result<Option<Frame>> {
     let mut pending = None;
+    let mut lost = false;
     let closed = || std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
     loop {
         tokio::select! {
@@ -184,15 +190,18 @@ async fn drive<W: AsyncWrite + Unpin>(
                 stream.interrupt();
                 return Err(closed());
             }
-            _ = lost_leadership(leadership) => {
+            // A query in flight when leadership goes fails with 10506;
+            // the connection stays.
+            _ = lost_leadership(leadership), if !lost => {
                 stream.interrupt();
-                return Err(closed());
+                lost = true;
             }
         }
     }
     let outcome = (&mut stream.done).await;
     match outcome {
         Ok(Ok(())) => {}
+        Ok(Err(_)) if lost => write(out, &leadership_lost_failure().into_response()).await?,
         Ok(Err(failure)) => write(out, &failure.into_response()).await?,
         Err(_) => {
             write(
@@ -237,12 +246,28 @@ async fn read_frames<R: AsyncRead + Unpin>(
     }
 }
 
-/// Resolves once leadership is (or already was) lost; never without a
-/// channel or once its sender is gone.
+/// Resolves once leadership turns false after the connection loop last
+/// looked; never without a channel or once its sender is gone.
 async fn lost_leadership(leadership: &mut Option<watch::Receiver<bool>>) {
     match leadership {
+        Some(rx) => loop {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if !*rx.borrow_and_update() {
+                return;
+            }
+        },
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves when leadership changes (true to false or back); never
+/// without a channel or once its sender is gone.
+async fn leadership_changed(leadership: &mut Option<watch::Receiver<bool>>) {
+    match leadership {
         Some(rx) => {
-            if rx.wait_for(|leads| !*leads).await.is_err() {
+            if rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         }
