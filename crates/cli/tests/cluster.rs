@@ -486,7 +486,8 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
         }
     };
     assert_eq!(values, [3]);
-    rt.block_on(db.exec("INSERT INTO t VALUES (4)", ())).unwrap();
+    rt.block_on(db.exec("INSERT INTO t VALUES (4)", ()))
+        .unwrap();
     let committed = rt.block_on(async {
         let mut other =
             dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
@@ -496,7 +497,10 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
             .get::<i64>(0)
             .unwrap()
     });
-    assert_eq!(committed, 2, "the INSERT was autocommitted, not in a stale transaction");
+    assert_eq!(
+        committed, 2,
+        "the INSERT was autocommitted, not in a stale transaction"
+    );
 
     // ADD as a spare, then REMOVE.
     let out = cli(&[

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::gateway::{leadership_lost_failure, Gateway, Reply, RowsStream, Shared};
+use crate::metrics::{statement_kind, ConnectionGuard, ServerMetrics};
 
 /// A client that connects must say its protocol version within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +68,8 @@ pub(crate) async fn serve<R, W>(
     let (tx, mut frames) = mpsc::channel(1);
     let reader_task = tokio::spawn(read_frames(reader, max_message, tx));
     let mut out = BufWriter::new(writer);
+    let metrics = shared.metrics.clone();
+    let _open = ConnectionGuard::new(&metrics.connections);
     let mut leadership = shared.cluster.leadership();
     let mut gateway = Gateway::new(shared, matches!(handshake, Handshake::Legacy));
     let mut pending: Option<Frame> = None;
@@ -99,7 +102,7 @@ pub(crate) async fn serve<R, W>(
                     Some(Err(ReadEnd::TooLarge(len))) => {
                         let msg = format!("message too large: {len} bytes, the limit is {max_message}");
                         warn!(database = gateway.database(), "closing connection: {msg}");
-                        let _ = write(&mut out, &Response::failure(DQLITE_PARSE, msg)).await;
+                        let _ = write(&mut out, &Response::failure(DQLITE_PARSE, msg), &metrics).await;
                         break;
                     }
                     Some(Err(ReadEnd::Closed)) | None => break,
@@ -113,6 +116,7 @@ pub(crate) async fn serve<R, W>(
                 if write(
                     &mut out,
                     &Response::failure(e.failure_code(), e.to_string()),
+                    &metrics,
                 )
                 .await
                 .is_err()
@@ -122,18 +126,28 @@ pub(crate) async fn serve<R, W>(
                 continue;
             }
         };
-        let result = match gateway.handle(request).await {
-            Reply::One(resp) => write(&mut out, &resp).await,
+        let kind = statement_kind(&request);
+        let (result, ok) = match gateway.handle(request).await {
+            Reply::One(resp) => {
+                let ok = !matches!(resp, Response::Failure { .. });
+                (write(&mut out, &resp, &metrics).await, ok)
+            }
             Reply::Rows(stream) => {
                 match drive(stream, &mut out, &mut frames, &cancel, &mut leadership).await {
-                    Ok(next) => {
+                    Ok((next, failure)) => {
                         pending = next;
-                        Ok(())
+                        match failure {
+                            Some(f) => (write(&mut out, &f, &metrics).await, false),
+                            None => (Ok(()), true),
+                        }
                     }
-                    Err(e) => Err(e),
+                    Err(e) => (Err(e), false),
                 }
             }
         };
+        if let Some(kind) = kind {
+            metrics.statement(kind, ok);
+        }
         if result.is_err() {
             break;
         }
@@ -144,7 +158,9 @@ pub(crate) async fn serve<R, W>(
 async fn write<W: AsyncWrite + Unpin>(
     out: &mut BufWriter<W>,
     resp: &Response,
+    metrics: &ServerMetrics,
 ) -> std::io::Result<()> {
+    metrics.response(resp);
     let mut buf = Vec::new();
     resp.encode(&mut buf);
     out.write_all(&buf).await?;
@@ -153,13 +169,14 @@ async fn write<W: AsyncWrite + Unpin>(
 
 /// Writes a query's batches as they come. A request that arrives meanwhile
 /// is kept for after the stream; an INTERRUPT also stops the query early.
+/// Returns that request and the FAILURE that ends the stream, if any.
 async fn drive<W: AsyncWrite + Unpin>(
     mut stream: RowsStream,
     out: &mut BufWriter<W>,
     frames: &mut mpsc::Receiver<Result<Frame, ReadEnd>>,
     cancel: &CancellationToken,
     leadership: &mut Option<watch::Receiver<bool>>,
-) -> std::io::Result<Option<Frame>> {
+) -> std::io::Result<(Option<Frame>, Option<Response>)> {
     let mut pending = None;
     let mut lost = false;
     let closed = || std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
@@ -198,23 +215,16 @@ async fn drive<W: AsyncWrite + Unpin>(
             }
         }
     }
-    let outcome = (&mut stream.done).await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) if lost => write(out, &leadership_lost_failure().into_response()).await?,
-        Ok(Err(failure)) => write(out, &failure.into_response()).await?,
-        Err(_) => {
-            write(
-                out,
-                &Response::failure(
-                    dqlite_wire::error::SQLITE_IOERR,
-                    "internal error: query task failed",
-                ),
-            )
-            .await?
-        }
-    }
-    Ok(pending)
+    let failure = match (&mut stream.done).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) if lost => Some(leadership_lost_failure().into_response()),
+        Ok(Err(failure)) => Some(failure.into_response()),
+        Err(_) => Some(Response::failure(
+            dqlite_wire::error::SQLITE_IOERR,
+            "internal error: query task failed",
+        )),
+    };
+    Ok((pending, failure))
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub failure_domain: u64,
     /// Set by WEIGHT, reported by DESCRIBE; kept in memory, as dqlite does.
     pub weight: AtomicU64,
+    /// Statements, connections and errors, for the embedder's metrics.
+    pub metrics: crate::metrics::ServerMetrics,
 }
 
 /// How a request is answered.
