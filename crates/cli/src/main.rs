@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backup;
 mod bench;
 mod cluster;
 mod logging;
@@ -34,6 +35,10 @@ enum Command {
     Recover(recover::Args),
     /// Run go-dqlite's dqlite-benchmark workloads against a cluster.
     Bench(bench::Args),
+    /// Write a consistent plain SQLite file of a live database.
+    Backup(backup::BackupArgs),
+    /// Load a SQLite file into a new database through the cluster.
+    Restore(backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,8 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Recover(args) => recover::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
     };
     match result {
         Ok(code) => code,

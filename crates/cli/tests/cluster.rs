@@ -413,12 +413,13 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
-fn admin_calls_and_step_down_closes_leader_connections() {
+fn admin_calls_and_a_leader_flip_keeps_connections() {
     let cluster = Cluster::start(3, &[]);
     let servers = cluster.servers();
     wait_voters(&servers, 3, Duration::from_secs(30));
     let leader = cluster.leader(Duration::from_secs(10));
     let leader_addr = cluster.nodes[leader].address.clone();
+    let (leader_id, _) = probe_leader(&leader_addr, Duration::from_secs(5)).unwrap();
 
     let rt = runtime();
     let mut db = rt.block_on(async {
@@ -427,19 +428,79 @@ fn admin_calls_and_step_down_closes_leader_connections() {
                 .await
                 .unwrap();
         db.exec("CREATE TABLE t (v)", ()).await.unwrap();
+        db.exec("BEGIN", ()).await.unwrap();
+        db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
         db
     });
 
-    // TRANSFER: another node leads, and the old leader ends the
-    // connection that had a database open, so its client rediscovers.
+    // TRANSFER mid-transaction: another node leads; the old leader keeps
+    // the connection (dqlite >= 1.18), rolls the transaction back, and
+    // COMMIT fails with a leadership error instead of a closed socket.
     let out = cli(&["cluster", "-s", &servers, "transfer"]);
     assert!(out.success(), "{}", out.describe());
     let new_leader = cluster.leader(Duration::from_secs(10));
     assert_ne!(new_leader, leader);
     let err = rt
-        .block_on(db.exec("INSERT INTO t VALUES (1)", ()))
-        .expect_err("the old leader's connection must be closed");
-    assert!(err.needs_reconnect(), "{err:?}");
+        .block_on(db.exec("COMMIT", ()))
+        .expect_err("a deposed leader cannot commit");
+    assert!(
+        matches!(err.code(), Some(10506 | 10250)),
+        "expected a leadership error, got {err:?}"
+    );
+    // The same connection answers the next statements with NOT_LEADER.
+    for sql in ["INSERT INTO t VALUES (2)", "SELECT count(*) FROM t"] {
+        let err = rt.block_on(db.exec(sql, ())).expect_err("not the leader");
+        assert_eq!(err.code(), Some(10250), "{sql}: {err:?}");
+    }
+
+    // A client that reconnects finds the new leader, where everything
+    // works and the rolled-back row never appears.
+    let new_addr = cluster.nodes[new_leader].address.clone();
+    rt.block_on(async {
+        let mut fresh =
+            dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
+                .await
+                .unwrap();
+        assert_eq!(fresh.client().address(), new_addr);
+        fresh.exec("INSERT INTO t VALUES (3)", ()).await.unwrap();
+        let rows = fresh.query_all("SELECT v FROM t", ()).await.unwrap();
+        let values: Vec<i64> = rows.iter().map(|r| r.get(0).unwrap()).collect();
+        assert_eq!(values, [3]);
+    });
+
+    // Leadership back on the first node: the connection that lived
+    // through both flips works again, outside any transaction.
+    let id = leader_id.to_string();
+    let out = cli(&["cluster", "-s", &servers, "transfer", &id]);
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(cluster.leader(Duration::from_secs(10)), leader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let values: Vec<i64> = loop {
+        match rt.block_on(db.query_all("SELECT v FROM t ORDER BY v", ())) {
+            Ok(rows) => break rows.iter().map(|r| r.get(0).unwrap()).collect(),
+            // The node may not have noticed it leads yet.
+            Err(e) if e.code() == Some(10250) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the old connection is unusable: {e:?}"),
+        }
+    };
+    assert_eq!(values, [3]);
+    rt.block_on(db.exec("INSERT INTO t VALUES (4)", ()))
+        .unwrap();
+    let committed = rt.block_on(async {
+        let mut other =
+            dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
+                .await
+                .unwrap();
+        other.query_all("SELECT count(*) FROM t", ()).await.unwrap()[0]
+            .get::<i64>(0)
+            .unwrap()
+    });
+    assert_eq!(
+        committed, 2,
+        "the INSERT was autocommitted, not in a stale transaction"
+    );
 
     // ADD as a spare, then REMOVE.
     let out = cli(&[
@@ -505,9 +566,9 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
     let started = Instant::now();
     let commit = rt.block_on(db.exec("COMMIT", ()));
     let commit_time = started.elapsed();
-    // The deposed leader closed its clients' database connections, and a
-    // new one is refused with NOT_LEADER.
-    let closed = rt.block_on(other.exec("INSERT INTO t VALUES (2)", ()));
+    // The deposed leader keeps its clients' connections and answers them
+    // NOT_LEADER; opening a database there is refused the same way.
+    let refused = rt.block_on(other.exec("INSERT INTO t VALUES (2)", ()));
     let reopened = rt.block_on(async {
         let client = dqlite_client::Client::connect(&leader_addr, &client_config())
             .await
@@ -523,14 +584,20 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
         Some(10506),
         "expected SQLITE_IOERR_LEADERSHIP_LOST, got {err:?} after {commit_time:?}"
     );
-    let err = closed.expect_err("a deposed leader cannot write");
-    assert!(err.needs_reconnect(), "{err:?}");
+    let err = refused.expect_err("a deposed leader cannot write");
+    assert_eq!(err.code(), Some(10250), "{err:?}");
     let err = reopened.expect_err("a deposed leader opens no database");
     assert_eq!(
         err.code(),
         Some(10250),
         "expected SQLITE_IOERR_NOT_LEADER, got {err:?}"
     );
+    // The connection whose commit failed is still there: it answers (a
+    // leadership error or, if this node leads again, the result).
+    match rt.block_on(db.query_all("SELECT 1", ())) {
+        Ok(_) => {}
+        Err(e) => assert!(matches!(e.code(), Some(10250 | 10506)), "{e:?}"),
+    }
     // The cluster serves again, through whichever node leads now.
     let servers = cluster.servers();
     let deadline = Instant::now() + Duration::from_secs(30);

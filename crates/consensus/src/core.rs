@@ -319,6 +319,8 @@ pub struct Core<S: State> {
     /// [`Action::Removed`] only once the rest of the cluster moved on
     /// (see [`Core::report_deferred_removal`]).
     removal_deferred: Option<u64>,
+    /// Where snapshot counts and durations go.
+    stats: Arc<crate::persist::Stats>,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -397,7 +399,13 @@ impl<S: State> Core<S> {
             durable_commit,
             commit_inflight: VecDeque::new(),
             removal_deferred: None,
+            stats: Arc::default(),
         })
+    }
+
+    /// Records snapshot counts and durations in `stats` from now on.
+    pub fn set_stats(&mut self, stats: Arc<crate::persist::Stats>) {
+        self.stats = stats;
     }
 
     /// Replaces raft-rs's randomized election timeout with draws from `rng`
@@ -1037,11 +1045,14 @@ impl<S: State> Core<S> {
             term = meta.term,
             "installing snapshot from leader"
         );
+        let started = std::time::Instant::now();
         let info = self.snapshots.find(meta.term, meta.index)?;
         let mut reader = self.snapshots.state_reader(&info)?;
         self.state
             .restore(meta.index, &mut reader)
             .map_err(|e| CoreError::State(e.to_string()))?;
+        self.stats
+            .snapshot(&crate::persist::SnapshotKind::INSTALLED, started.elapsed());
         self.cluster = info.header.cluster.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.raw.mut_store().apply_snapshot(meta.clone());
@@ -1268,7 +1279,10 @@ impl<S: State> Core<S> {
             cluster: self.cluster.clone(),
         };
         let state = &self.state;
+        let started = std::time::Instant::now();
         let info = self.snapshots.write(&header, &mut |w| state.snapshot(w))?;
+        self.stats
+            .snapshot(&crate::persist::SnapshotKind::TAKEN, started.elapsed());
         debug!(index, size = info.size, "snapshot taken");
         self.raw.mut_store().set_snapshot(header.metadata());
         self.snapshot_index = index;

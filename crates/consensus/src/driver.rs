@@ -117,13 +117,15 @@ pub fn spawn<S: State>(
     feedback: Receiver<Feedback>,
     tick: Duration,
     status_tx: watch::Sender<Status>,
+    stats: Arc<Stats>,
 ) -> std::io::Result<DriverHandle> {
     let (cmd_tx, cmd_rx) = bounded(QUEUE);
     let (peer_tx, peer_rx) = bounded(QUEUE);
     let (job_tx, job_rx) = unbounded();
     let (report_tx, report_rx) = unbounded();
     let status_rx = status_tx.subscribe();
-    let stats = Arc::new(Stats::default());
+    let mut core = core;
+    core.set_stats(Arc::clone(&stats));
     let shutdown = persister.shutdown.clone();
     let persist_stats = stats.clone();
     let persist_thread = std::thread::Builder::new()

@@ -14,7 +14,7 @@ use crate::boot;
 use crate::core::{Core, CoreConfig, MemberRequest, Outcome, Proposal, ProposeError};
 use crate::driver::{self, Command, DriverHandle, Status};
 use crate::membership::{NodeInfo, Role, ServiceCommand};
-use crate::persist::Persister;
+use crate::persist::{Persister, Stats};
 use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotStore, StorageError};
 use crate::transport::client::{self, full};
 use crate::transport::server::{BoxFuture, JoinRefusal, JoinRequest, JoinResponse, PeerService};
@@ -186,6 +186,8 @@ struct Inner {
     snapshots: SnapshotStore,
     runtime: tokio::runtime::Handle,
     shutdown: tokio::sync::Notify,
+    /// Log writer and snapshot statistics, kept across driver starts.
+    stats: Arc<Stats>,
 }
 
 /// A running coordination service. Cheap to clone.
@@ -236,6 +238,7 @@ impl Service {
             snapshots,
             runtime: tokio::runtime::Handle::current(),
             shutdown: tokio::sync::Notify::new(),
+            stats: Arc::default(),
         });
         let service = Service { inner };
         if let Some(listener) = listener {
@@ -586,9 +589,14 @@ impl Service {
     /// Entries written and fsyncs issued so far (group-commit ratio).
     pub fn io_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        lock(&self.inner.driver).as_ref().map_or((0, 0), |d| {
-            (d.stats.entries.load(Relaxed), d.stats.syncs.load(Relaxed))
-        })
+        let stats = &self.inner.stats;
+        (stats.entries.load(Relaxed), stats.syncs.load(Relaxed))
+    }
+
+    /// The log writer's and snapshots' statistics (fsync latency, entries
+    /// per fsync, snapshot counts and durations), for metrics.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.inner.stats)
     }
 
     /// Stops the node: the raft loop, the log writer (queued writes are
@@ -756,6 +764,7 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
         feedback_rx,
         config.network_latency,
         inner.status.clone(),
+        Arc::clone(&inner.stats),
     )?;
     Ok(handle)
 }

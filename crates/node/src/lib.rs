@@ -23,7 +23,9 @@
 //! - [`RaftCluster`] (`cluster.rs`): the server's view of the cluster
 //!   (leader, members, barrier, ADD/ASSIGN/REMOVE/TRANSFER) over the
 //!   consensus service.
-//! - `peers.rs`: `/raft/` peer traffic arriving on the client port.
+//! - `peers.rs`: HTTP arriving on the client port: `/raft/` peer traffic
+//!   and `GET /metrics`.
+//! - `metrics.rs`: the Prometheus registry and every metric's name.
 //! - `store.rs`: the replicated store as the server's databases, and
 //!   its commits proposed through the consensus service.
 //! - [`read_last_entry_info`], [`reconfigure_membership_ext`]
@@ -34,6 +36,7 @@
 
 mod cluster;
 mod error;
+mod metrics;
 mod node;
 mod offline;
 mod peers;

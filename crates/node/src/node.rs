@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::cluster::RaftCluster;
+use crate::metrics::NodeMetrics;
 use crate::peers::RaftPeers;
 use crate::store::{ServiceProposer, StoreDatabases};
 use crate::{is_bootstrap_id, NodeError};
@@ -288,6 +289,7 @@ impl Node {
             runtime: tokio::runtime::Handle::current(),
             timeout: Duration::from_secs(10),
         }));
+        let metrics = NodeMetrics::new(&service, &store, &server_config.metrics);
         let databases: Arc<dyn Databases> = Arc::new(StoreDatabases(Arc::clone(&store)));
         let cluster = Arc::new(RaftCluster::new(
             service.clone(),
@@ -301,7 +303,7 @@ impl Node {
             ),
             None => None,
         };
-        let peers = Arc::new(RaftPeers::new(service.http(), tls));
+        let peers = Arc::new(RaftPeers::new(service.http(), tls, metrics));
         let server = Server::from_listener(
             listener,
             address.clone(),

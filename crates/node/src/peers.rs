@@ -1,25 +1,40 @@
-//! Peer traffic on the client port: the server sniffs each connection and
-//! hands the non-dqlite ones here; they are `/raft/` HTTP, in TLS when the
-//! cluster uses TLS.
+//! HTTP on the client port: the server sniffs each connection and hands
+//! the non-dqlite ones here. They are `/raft/` peer traffic, or a scrape of
+//! `GET /metrics`; in TLS when the cluster uses TLS.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use dqlite_consensus::transport::{serve_connection, RaftHttp};
+use bytes::Bytes;
+use dqlite_consensus::transport::RaftHttp;
 use dqlite_server::peer::{sniff, BoxFuture, PeerHandler, Prefixed, Sniffed};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-/// Serves `/raft/` on connections handed over by the server.
+use crate::metrics::{NodeMetrics, CONTENT_TYPE};
+
+/// Serves `/raft/` and `/metrics` on connections handed over by the server.
 pub(crate) struct RaftPeers {
     pub http: RaftHttp,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl RaftPeers {
-    pub fn new(http: RaftHttp, tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>) -> Self {
+    pub fn new(
+        http: RaftHttp,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
         RaftPeers {
             http,
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            metrics,
         }
     }
 }
@@ -28,15 +43,16 @@ impl PeerHandler for RaftPeers {
     fn serve(&self, stream: Prefixed<TcpStream>) -> BoxFuture {
         let http = self.http.clone();
         let tls = self.tls.clone();
+        let metrics = Arc::clone(&self.metrics);
         let kind = stream
             .prefix()
             .try_into()
             .map_or(Sniffed::Unknown, |first: [u8; 8]| sniff(&first));
         Box::pin(async move {
             match (kind, tls) {
-                (Sniffed::Http, None) => serve_connection(stream, http).await,
+                (Sniffed::Http, None) => serve_http(stream, http, metrics).await,
                 (Sniffed::Tls, Some(acceptor)) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_connection(tls, http).await,
+                    Ok(tls) => serve_http(tls, http, metrics).await,
                     Err(e) => debug!(error = %e, "peer TLS handshake failed"),
                 },
                 // Plain HTTP when TLS is required, or TLS we cannot serve.
@@ -44,4 +60,50 @@ impl PeerHandler for RaftPeers {
             }
         })
     }
+}
+
+/// Serves HTTP/1.1 until the connection closes: `/metrics` here, the rest
+/// by the raft handler.
+async fn serve_http<I>(io: I, http: RaftHttp, metrics: Arc<NodeMetrics>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let http = http.clone();
+        let metrics = Arc::clone(&metrics);
+        async move {
+            if req.uri().path() == "/metrics" {
+                return Ok::<_, Infallible>(scrape(req.method(), &metrics));
+            }
+            Ok(http.handle(req).await)
+        }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await
+    {
+        debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+fn scrape(method: &Method, metrics: &NodeMetrics) -> Response<Full<Bytes>> {
+    let mut resp = if method == Method::GET || method == Method::HEAD {
+        let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(CONTENT_TYPE),
+        );
+        r
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"use GET\n")));
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r
+    };
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }

@@ -37,6 +37,10 @@ impl Databases for StoreDatabases {
             Failure::new(code, e.to_string())
         })
     }
+
+    fn forget(&self) {
+        drop(dqlite_store::pending());
+    }
 }
 
 /// Longer than the proposer's own timeout, which resolves every entry.

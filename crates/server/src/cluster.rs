@@ -70,8 +70,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// Hands leadership to `id` (0: let the cluster choose).
     async fn transfer(&self, id: u64) -> Result<(), ClusterError>;
     /// Whether this node leads, as a channel that changes when leadership
-    /// does. Connections with an open database end when it turns false, so
-    /// their clients rediscover the leader. `None`: leadership never
+    /// does. When it turns false, connections with an open database roll
+    /// back their open transaction and stay open, answering NOT_LEADER
+    /// (a statement in flight: LEADERSHIP_LOST). `None`: leadership never
     /// changes (a single node).
     fn leadership(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None

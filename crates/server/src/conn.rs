@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::gateway::{Gateway, Reply, RowsStream, Shared};
+use crate::gateway::{leadership_lost_failure, Gateway, Reply, RowsStream, Shared};
+use crate::metrics::{statement_kind, ConnectionGuard, ServerMetrics};
 
 /// A client that connects must say its protocol version within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,34 +68,41 @@ pub(crate) async fn serve<R, W>(
     let (tx, mut frames) = mpsc::channel(1);
     let reader_task = tokio::spawn(read_frames(reader, max_message, tx));
     let mut out = BufWriter::new(writer);
+    let metrics = shared.metrics.clone();
+    let _open = ConnectionGuard::new(&metrics.connections);
     let mut leadership = shared.cluster.leadership();
     let mut gateway = Gateway::new(shared, matches!(handshake, Handshake::Legacy));
     let mut pending: Option<Frame> = None;
+    // Whether the current loss of leadership was already handled, so the
+    // session is reset once per loss, not on every turn of the loop.
+    let mut reset_done = false;
     loop {
-        // A leader connection ends when this node steps down: its client
-        // then finds the new leader (dqlite's behaviour for open databases).
-        if gateway.database().is_some() && leadership.as_ref().is_some_and(|l| !*l.borrow()) {
+        // Leadership lost: the connection stays open (dqlite >= 1.18), its
+        // SQLite state is reset, and its statements answer NOT_LEADER until
+        // this node leads again; the client reconnects when it wants to.
+        let leads = leadership.as_mut().is_none_or(|l| *l.borrow_and_update());
+        if leads {
+            reset_done = false;
+        } else if !reset_done && gateway.database().is_some() {
             debug!(
                 database = gateway.database(),
-                "no longer leader: closing connection"
+                "no longer leader: resetting the session"
             );
-            break;
+            gateway.leadership_lost().await;
+            reset_done = true;
         }
         let has_db = gateway.database().is_some();
         let frame = match pending.take() {
             Some(f) => f,
             None => tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = lost_leadership(&mut leadership), if has_db => {
-                    debug!(database = gateway.database(), "leadership lost: closing connection");
-                    break;
-                }
+                _ = leadership_changed(&mut leadership), if has_db => continue,
                 next = frames.recv() => match next {
                     Some(Ok(f)) => f,
                     Some(Err(ReadEnd::TooLarge(len))) => {
                         let msg = format!("message too large: {len} bytes, the limit is {max_message}");
                         warn!(database = gateway.database(), "closing connection: {msg}");
-                        let _ = write(&mut out, &Response::failure(DQLITE_PARSE, msg)).await;
+                        let _ = write(&mut out, &Response::failure(DQLITE_PARSE, msg), &metrics).await;
                         break;
                     }
                     Some(Err(ReadEnd::Closed)) | None => break,
@@ -108,6 +116,7 @@ pub(crate) async fn serve<R, W>(
                 if write(
                     &mut out,
                     &Response::failure(e.failure_code(), e.to_string()),
+                    &metrics,
                 )
                 .await
                 .is_err()
@@ -117,18 +126,28 @@ pub(crate) async fn serve<R, W>(
                 continue;
             }
         };
-        let result = match gateway.handle(request).await {
-            Reply::One(resp) => write(&mut out, &resp).await,
+        let kind = statement_kind(&request);
+        let (result, ok) = match gateway.handle(request).await {
+            Reply::One(resp) => {
+                let ok = !matches!(resp, Response::Failure { .. });
+                (write(&mut out, &resp, &metrics).await, ok)
+            }
             Reply::Rows(stream) => {
                 match drive(stream, &mut out, &mut frames, &cancel, &mut leadership).await {
-                    Ok(next) => {
+                    Ok((next, failure)) => {
                         pending = next;
-                        Ok(())
+                        match failure {
+                            Some(f) => (write(&mut out, &f, &metrics).await, false),
+                            None => (Ok(()), true),
+                        }
                     }
-                    Err(e) => Err(e),
+                    Err(e) => (Err(e), false),
                 }
             }
         };
+        if let Some(kind) = kind {
+            metrics.statement(kind, ok);
+        }
         if result.is_err() {
             break;
         }
@@ -139,7 +158,9 @@ pub(crate) async fn serve<R, W>(
 async fn write<W: AsyncWrite + Unpin>(
     out: &mut BufWriter<W>,
     resp: &Response,
+    metrics: &ServerMetrics,
 ) -> std::io::Result<()> {
+    metrics.response(resp);
     let mut buf = Vec::new();
     resp.encode(&mut buf);
     out.write_all(&buf).await?;
@@ -148,14 +169,16 @@ async fn write<W: AsyncWrite + Unpin>(
 
 /// Writes a query's batches as they come. A request that arrives meanwhile
 /// is kept for after the stream; an INTERRUPT also stops the query early.
+/// Returns that request and the FAILURE that ends the stream, if any.
 async fn drive<W: AsyncWrite + Unpin>(
     mut stream: RowsStream,
     out: &mut BufWriter<W>,
     frames: &mut mpsc::Receiver<Result<Frame, ReadEnd>>,
     cancel: &CancellationToken,
     leadership: &mut Option<watch::Receiver<bool>>,
-) -> std::io::Result<Option<Frame>> {
+) -> std::io::Result<(Option<Frame>, Option<Response>)> {
     let mut pending = None;
+    let mut lost = false;
     let closed = || std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
     loop {
         tokio::select! {
@@ -184,28 +207,24 @@ async fn drive<W: AsyncWrite + Unpin>(
                 stream.interrupt();
                 return Err(closed());
             }
-            _ = lost_leadership(leadership) => {
+            // A query in flight when leadership goes fails with 10506;
+            // the connection stays.
+            _ = lost_leadership(leadership), if !lost => {
                 stream.interrupt();
-                return Err(closed());
+                lost = true;
             }
         }
     }
-    let outcome = (&mut stream.done).await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(failure)) => write(out, &failure.into_response()).await?,
-        Err(_) => {
-            write(
-                out,
-                &Response::failure(
-                    dqlite_wire::error::SQLITE_IOERR,
-                    "internal error: query task failed",
-                ),
-            )
-            .await?
-        }
-    }
-    Ok(pending)
+    let failure = match (&mut stream.done).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) if lost => Some(leadership_lost_failure().into_response()),
+        Ok(Err(failure)) => Some(failure.into_response()),
+        Err(_) => Some(Response::failure(
+            dqlite_wire::error::SQLITE_IOERR,
+            "internal error: query task failed",
+        )),
+    };
+    Ok((pending, failure))
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(
@@ -237,12 +256,28 @@ async fn read_frames<R: AsyncRead + Unpin>(
     }
 }
 
-/// Resolves once leadership is (or already was) lost; never without a
-/// channel or once its sender is gone.
+/// Resolves once leadership turns false after the connection loop last
+/// looked; never without a channel or once its sender is gone.
 async fn lost_leadership(leadership: &mut Option<watch::Receiver<bool>>) {
     match leadership {
+        Some(rx) => loop {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if !*rx.borrow_and_update() {
+                return;
+            }
+        },
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves when leadership changes (true to false or back); never
+/// without a channel or once its sender is gone.
+async fn leadership_changed(leadership: &mut Option<watch::Receiver<bool>>) {
+    match leadership {
         Some(rx) => {
-            if rx.wait_for(|leads| !*leads).await.is_err() {
+            if rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         }

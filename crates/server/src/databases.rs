@@ -28,6 +28,12 @@ pub trait Databases: Send + Sync + 'static {
     fn settle(&self) -> Result<bool, Failure> {
         Ok(false)
     }
+
+    /// Called on the SQL thread after work whose response nobody waits
+    /// for (a rollback on leadership loss): forgets what it wrote or read
+    /// without waiting, so that a later statement on the same thread does
+    /// not wait for it.
+    fn forget(&self) {}
 }
 
 /// Databases as files under `<dir>/db/`, in WAL mode with a full fsync at

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Per database, the queue of statements that may write, served in
     /// arrival order.
     pub writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Statements, connections and errors, for the embedder's metrics.
+    pub metrics: crate::metrics::ServerMetrics,
 }
 
 impl Shared {
@@ -92,6 +94,19 @@ pub(crate) struct Gateway {
     shared: Arc<Shared>,
     legacy: bool,
     db: Option<OpenDb>,
+    /// Leadership was lost with a transaction open and it was rolled
+    /// back: the session's next statement is told so (10506) even if this
+    /// node leads again by then, rather than running outside the
+    /// transaction the client believes it is in.
+    lost_transaction: bool,
+}
+
+/// What a statement in flight when leadership was lost answers.
+pub(crate) fn leadership_lost_failure() -> Failure {
+    Failure::new(
+        dqlite_wire::error::SQLITE_IOERR_LEADERSHIP_LOST,
+        "leadership lost: the statement may or may not have taken effect",
+    )
 }
 
 fn not_leader() -> Response {
@@ -144,7 +159,35 @@ impl Gateway {
             shared,
             legacy,
             db: None,
+            lost_transaction: false,
         }
+    }
+
+    /// This node stopped leading: roll back the session's open
+    /// transaction, so nothing uncommitted stays visible to it and the
+    /// store's writer slot is free for the next leader term. Statements
+    /// and the connection itself stay; they answer NOT_LEADER until this
+    /// node leads again.
+    pub(crate) async fn leadership_lost(&mut self) {
+        let Some(open) = &self.db else { return };
+        let conn = Arc::clone(&open.conn);
+        let databases = Arc::clone(&self.shared.databases);
+        let rolled_back = tokio::task::spawn_blocking(move || {
+            let Ok(conn) = conn.lock() else { return false };
+            if conn.is_autocommit() {
+                return false;
+            }
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::debug!("rollback after leadership loss: {e}");
+            }
+            // Nobody waits for what the rollback read: the entries are
+            // failing or committing without this session.
+            databases.forget();
+            true
+        })
+        .await
+        .unwrap_or(false);
+        self.lost_transaction |= rolled_back;
     }
 
     fn cluster(&self) -> &dyn Cluster {
@@ -158,14 +201,30 @@ impl Gateway {
     /// snapshot the transaction started on, which the barrier of its first
     /// statement already covered, and a COMMIT must reach consensus (and
     /// fail with leadership-lost there) rather than stop at a barrier.
-    async fn leader_barrier(&self) -> Result<(), Response> {
-        if !self.cluster().is_leader() {
-            return Err(not_leader());
-        }
+    async fn leader_barrier(&mut self) -> Result<(), Response> {
+        self.require_session()?;
         if self.in_transaction() {
             return Ok(());
         }
         self.cluster().barrier().await.map_err(cluster_failure)
+    }
+
+    /// Refuses a statement on a node that does not lead, and the first one
+    /// after this session's transaction was rolled back by a leadership
+    /// change.
+    fn require_session(&mut self) -> Result<(), Response> {
+        let leads = self.cluster().is_leader();
+        if std::mem::take(&mut self.lost_transaction) {
+            return Err(if leads {
+                leadership_lost_failure().into_response()
+            } else {
+                not_leader()
+            });
+        }
+        if !leads {
+            return Err(not_leader());
+        }
+        Ok(())
     }
 
     /// Runs an EXEC. A statement that commits an entry needs no read
@@ -180,7 +239,7 @@ impl Gateway {
     /// in SQLite's lock and retrying; the turn ends when the statement has
     /// run, before it waits for its commit, so the next one builds on it.
     async fn exec(
-        &self,
+        &mut self,
         db: u64,
         readonly: bool,
         run: impl FnOnce(&Connection) -> Result<sql::ExecResult, Failure> + Send + 'static,
@@ -188,7 +247,7 @@ impl Gateway {
         let in_transaction = self.in_transaction();
         let barrier_after = !in_transaction && self.cluster().barrier_after();
         if barrier_after {
-            self.require_leader()?;
+            self.require_session()?;
         } else {
             self.leader_barrier().await?;
         }

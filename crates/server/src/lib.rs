@@ -11,6 +11,7 @@
 //!   the replicated page store plugs in.
 //! - [`cluster`]: leadership and membership as the gateway sees them.
 //! - [`dir`]: the data directory, its lock and `node.json`.
+//! - [`metrics`]: statements, connections and errors, for Prometheus.
 //! - [`peer`]: the hook for peer traffic sharing the client port.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod databases;
 pub mod dir;
 mod error;
 mod gateway;
+pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod server;
@@ -29,5 +31,6 @@ pub mod sql;
 pub use cluster::{Cluster, ClusterError, SingleNode};
 pub use databases::{Databases, LocalDatabases};
 pub use error::ServerError;
+pub use metrics::ServerMetrics;
 pub use peer::{PeerHandler, Prefixed};
 pub use server::{listen, Server, ServerConfig};

@@ -21,6 +21,7 @@ use crate::conn::{self, parse_handshake};
 use crate::databases::{Databases, LocalDatabases};
 use crate::dir::{DataDir, NodeRecord};
 use crate::gateway::Shared;
+use crate::metrics::ServerMetrics;
 use crate::peer::{sniff, PeerHandler, Prefixed, Sniffed};
 use crate::ServerError;
 
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub heartbeat_timeout_ms: u64,
     /// Reported by DESCRIBE.
     pub failure_domain: u64,
+    /// Where the server counts statements, connections and errors; an
+    /// embedder that exports metrics passes the handles it registered.
+    pub metrics: ServerMetrics,
 }
 
 impl ServerConfig {
@@ -62,6 +66,7 @@ impl ServerConfig {
             busy_timeout: Duration::from_secs(1),
             heartbeat_timeout_ms: 15_000,
             failure_domain: 0,
+            metrics: ServerMetrics::default(),
         }
     }
 }
@@ -147,6 +152,7 @@ impl Server {
             failure_domain: config.failure_domain,
             weight: AtomicU64::new(0),
             writers: Default::default(),
+            metrics: config.metrics.clone(),
         });
         Server {
             listener,
@@ -156,6 +162,12 @@ impl Server {
             peers,
             _dir: None,
         }
+    }
+
+    /// The server's metrics (live handles: register them once, read them
+    /// at every scrape).
+    pub fn metrics(&self) -> ServerMetrics {
+        self.shared.metrics.clone()
     }
 
     /// The socket address actually bound.

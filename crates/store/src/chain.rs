@@ -107,6 +107,8 @@ pub(crate) struct Spec {
     pub(crate) id: u64,
     pub(crate) version: Arc<Version>,
     pub(crate) ticket: Arc<Ticket>,
+    /// When the entry was handed to consensus (its commit point).
+    pub(crate) handed: Instant,
 }
 
 /// A database's entries in flight, oldest first.
@@ -127,18 +129,21 @@ impl Chain {
 
     /// Entry `id` was applied here. The chain's oldest entry committed; any
     /// other entry applied means the chain was built on a replaced version.
-    pub(crate) fn applied(&mut self, id: u64, ok: bool) {
+    /// Returns when the entry that committed was handed over, if it was
+    /// this chain's.
+    pub(crate) fn applied(&mut self, id: u64, ok: bool) -> Option<Instant> {
         match self.specs.front() {
             Some(front) if front.id == id && ok => {
-                if let Some(s) = self.specs.pop_front() {
-                    s.ticket.resolve(Ok(()));
-                }
+                let s = self.specs.pop_front()?;
+                s.ticket.resolve(Ok(()));
+                return Some(s.handed);
             }
             Some(_) if ok || self.specs.iter().any(|s| s.id == id) => {
                 self.fail_from(0, SettleError::Stale)
             }
             _ => {}
         }
+        None
     }
 
     /// Entry `id` failed before it was applied: it and everything built on
@@ -242,6 +247,7 @@ mod tests {
             id,
             version: Arc::new(Version::default()),
             ticket: Arc::new(Ticket::default()),
+            handed: Instant::now(),
         }
     }
 

@@ -134,6 +134,7 @@ impl MainFile {
                 id: entry.id,
                 version: Arc::new(next),
                 ticket: Arc::clone(&ticket),
+                handed: std::time::Instant::now(),
             });
         }
         // Release the old version so that a disk-mode checkpoint triggered

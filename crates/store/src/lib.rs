@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use imbl::OrdMap;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -176,6 +177,8 @@ pub(crate) struct Shared {
     pending: AtomicU64,
     /// Disk mode: the generation of database files in use.
     generation: AtomicU64,
+    /// From each commit point of this node's transactions to its apply.
+    commit_seconds: Histogram,
 }
 
 /// A checkpoint is due once this many bytes of changed pages are held in
@@ -215,7 +218,9 @@ impl Shared {
             }
             None => false,
         };
-        st.chain.applied(entry.id, ok);
+        if let Some(handed) = st.chain.applied(entry.id, ok) {
+            self.commit_seconds.observe(handed.elapsed().as_secs_f64());
+        }
         ok
     }
 
@@ -473,6 +478,8 @@ impl Store {
             opened_at,
             pending: AtomicU64::new(0),
             generation: AtomicU64::new(generation),
+            // 100 µs to about 6.5 s.
+            commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 17)),
         });
         let name = format!("dqlite-rs-{}", STORES.fetch_add(1, Ordering::Relaxed));
         let registration = vfs::register(&name, Arc::new(BackendHandle(Arc::clone(&shared))))
@@ -541,6 +548,12 @@ impl Store {
     /// How many transactions database `name` has committed.
     pub fn seq(&self, name: &str) -> Option<u64> {
         self.shared.find(name).map(|db| db.current().seq)
+    }
+
+    /// Seconds from the commit point of each transaction committed through
+    /// this node to its apply here (a handle on the live histogram).
+    pub fn commit_seconds(&self) -> Histogram {
+        self.shared.commit_seconds.clone()
     }
 
     /// The names of every database this node holds.
