@@ -168,6 +168,9 @@ pub enum ProposeError {
     /// The disk is failing: writes are refused until it recovers.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// The disk is full: writes are refused until space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// The core stopped working after a fatal error.
     #[error("consensus core failed: {0}")]
     Failed(String),

@@ -130,6 +130,9 @@ pub enum Error {
     /// The disk is failing; writes are refused until it recovers.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// The disk is full; writes are refused until space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// Another membership change is in progress.
     #[error("another membership change is in progress")]
     ConfChangeInProgress,
@@ -166,6 +169,7 @@ impl Error {
             ProposeError::ReadTimeout => Error::Timeout,
             ProposeError::Failed(s) => Error::Core(s),
             ProposeError::StorageUnavailable(s) => Error::StorageUnavailable(s),
+            ProposeError::DiskFull(s) => Error::DiskFull(s),
         }
     }
 }

@@ -62,7 +62,24 @@ impl StorageError {
             source,
         }
     }
+
+    /// True when the disk is full (`ENOSPC`, or a quota exceeded): the
+    /// cure is freeing space, not repairing anything, so callers report it
+    /// apart from other I/O errors.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+                    || source.raw_os_error() == Some(ENOSPC)
+            }
+            _ => false,
+        }
+    }
 }
+
+/// `ENOSPC` on Linux; the simulator's disks answer it too.
+const ENOSPC: i32 = 28;
 
 /// The raft directory inside a node's data directory.
 pub fn raft_dir(data_dir: &Path) -> PathBuf {
