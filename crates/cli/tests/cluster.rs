@@ -441,6 +441,37 @@ fn admin_calls_and_step_down_closes_leader_connections() {
         .expect_err("the old leader's connection must be closed");
     assert!(err.needs_reconnect(), "{err:?}");
 
+    // Mistakes are explained: the leader cannot become the leader, and an
+    // unknown id lists the ids there are.
+    let all = members(&servers);
+    let leader_id = all
+        .iter()
+        .find(|m| m.1 == cluster.nodes[new_leader].address)
+        .map(|m| m.0)
+        .expect("the leader is a member");
+    let out = cli(&["cluster", "-s", &servers, "transfer", &leader_id.to_string()]);
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains(&format!("node {leader_id} is already the leader")),
+        "{}",
+        out.describe()
+    );
+    let mut ids: Vec<u64> = all.iter().map(|m| m.0).collect();
+    ids.sort_unstable();
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let unknown = format!("no node with id 7; members are {}", ids.join(", "));
+    for args in [["transfer", "7"], ["assign", "7"], ["remove", "7"]] {
+        let mut argv = vec!["cluster", "-s", &servers];
+        argv.extend(args);
+        if args[0] == "assign" {
+            argv.push("standby");
+        }
+        let out = cli(&argv);
+        assert!(!out.success(), "{}", out.describe());
+        assert!(out.stderr.contains(&unknown), "{args:?}: {}", out.describe());
+    }
+
     // ADD as a spare, then REMOVE.
     let out = cli(&[
         "cluster",
