@@ -275,8 +275,8 @@ impl Client {
 /// True when the listed `address` itself refused the connection (not a
 /// leader it named: that one may just be restarting).
 fn is_refused(err: &Error, address: &str) -> bool {
-    matches!(err, Error::Connect { address: a, source }
-        if a == address && source.kind() == std::io::ErrorKind::ConnectionRefused)
+    matches!(err, Error::Connect { address: a, cause }
+        if a == address && cause.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 fn leader_from(id: u64, address: String) -> Option<Leader> {

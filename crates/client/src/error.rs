@@ -83,12 +83,12 @@ pub enum Error {
         cause: Box<Error>,
     },
     /// Connecting to a node failed (refused, unreachable, ...).
-    #[error("cannot connect to {address}: {source}")]
+    #[error("cannot connect to {address}: {cause}")]
     Connect {
         /// The address dialled.
         address: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The peer answered with something that is not the dqlite protocol
     /// (an HTTP server, another service, garbage).
@@ -103,12 +103,12 @@ pub enum Error {
         detail: String,
     },
     /// A message from the server could not be decoded.
-    #[error("malformed message from {address}: {source}")]
+    #[error("malformed message from {address}: {cause}")]
     Decode {
         /// The server.
         address: String,
         /// The cause.
-        source: DecodeError,
+        cause: DecodeError,
     },
     /// The server broke the protocol (an unexpected response type, a
     /// result set whose batches disagree, ...).
@@ -140,12 +140,12 @@ pub enum Error {
         address: String,
     },
     /// Reading from or writing to the socket failed.
-    #[error("I/O error talking to {address}: {source}")]
+    #[error("I/O error talking to {address}: {cause}")]
     Io {
         /// The server.
         address: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An operation did not finish in time.
     #[error("{operation} with {address} timed out after {after:?}")]

@@ -85,9 +85,9 @@ impl Transport {
                 "abstract Unix socket addresses are not supported: {address}"
             )));
         }
-        let connect_error = |source| Error::Connect {
+        let connect_error = |cause| Error::Connect {
             address: address.to_owned(),
-            source,
+            cause,
         };
         let tcp = match timeout(config.dial_timeout, TcpStream::connect(address)).await {
             Ok(result) => result.map_err(connect_error)?,
@@ -157,7 +157,7 @@ impl Transport {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::BrokenPipe => Error::Closed { address },
-            _ => Error::Io { address, source },
+            _ => Error::Io { address, cause: source },
         }
     }
 
@@ -367,7 +367,7 @@ impl Transport {
             } else {
                 Error::Decode {
                     address: self.address.clone(),
-                    source,
+                    cause: source,
                 }
             }
         })
