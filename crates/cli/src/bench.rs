@@ -624,9 +624,8 @@ async fn create_table(s: &Settings, deadline: Instant) -> anyhow::Result<()> {
         let hopeless = matches!(err, Error::Unreachable { .. } | Error::NotDqlite { .. });
         let retry = !hopeless && (matches!(err, Error::Busy { .. }) || err.needs_reconnect());
         if !retry || Instant::now() >= deadline {
-            return Err(err).with_context(|| {
-                format!("cannot create the table in database {:?}", s.database)
-            });
+            return Err(err)
+                .with_context(|| format!("cannot create the table in database {:?}", s.database));
         }
         tokio::time::sleep(busy_pause(attempt, 1.0).max(RECONNECT_PAUSE)).await;
         attempt += 1;

@@ -363,10 +363,21 @@ mod tests {
 
     #[test]
     fn reads_are_told_apart_from_possible_writes() {
-        for sql in ["SELECT 1", "  select * from t", "-- c\nVALUES (1)", "/* x */ EXPLAIN SELECT 1", "BEGIN"] {
+        for sql in [
+            "SELECT 1",
+            "  select * from t",
+            "-- c\nVALUES (1)",
+            "/* x */ EXPLAIN SELECT 1",
+            "BEGIN",
+        ] {
             assert!(!may_write(sql), "{sql:?}");
         }
-        for sql in ["INSERT INTO t VALUES (1)", "COMMIT", "WITH x AS (SELECT 1) DELETE FROM t", "update t set v = 1"] {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "COMMIT",
+            "WITH x AS (SELECT 1) DELETE FROM t",
+            "update t set v = 1",
+        ] {
             assert!(may_write(sql), "{sql:?}");
         }
     }

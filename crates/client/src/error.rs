@@ -32,7 +32,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The node is not the leader (`SQLITE_IOERR_NOT_LEADER`, 10250, or
     /// the legacy 8202). Nothing was done: safe to retry on the leader.
-    #[error("{} is not the leader; nothing was done: retry on the leader", node_name(.address))]
+    #[error(
+        "{} is not the leader{}; nothing was done: retry on the leader",
+        node_name(.address),
+        server_detail(.message)
+    )]
     NotLeader {
         /// 10250 or 8202.
         code: u64,
@@ -229,6 +233,15 @@ fn node_name(address: &str) -> &str {
     }
 }
 
+/// The server's own words, unless they only repeat "not leader".
+fn server_detail(message: &str) -> String {
+    if message.is_empty() || message.eq_ignore_ascii_case("not leader") {
+        String::new()
+    } else {
+        format!(" ({message})")
+    }
+}
+
 fn at_node(address: &str) -> String {
     if address.is_empty() {
         String::new()
@@ -399,7 +412,10 @@ mod tests {
         assert!(Error::from_failure(12, String::new()).needs_reconnect());
         assert!(!Error::from_failure(5, String::new()).needs_reconnect());
         assert!(!Error::from_failure(1, String::new()).needs_reconnect());
-        assert!(Error::ConnectionBroken { address: "a:1".into() }.needs_reconnect());
+        assert!(Error::ConnectionBroken {
+            address: "a:1".into()
+        }
+        .needs_reconnect());
     }
 
     #[test]

@@ -157,7 +157,10 @@ impl Transport {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::BrokenPipe => Error::Closed { address },
-            _ => Error::Io { address, cause: source },
+            _ => Error::Io {
+                address,
+                cause: source,
+            },
         }
     }
 
@@ -334,10 +337,9 @@ impl Transport {
             // A first reply this large is not a dqlite reply at all (an
             // SSH banner, a TLS alert, ...): say so, not "too large".
             if first {
-                return Err(self.not_dqlite(format!(
-                    "its first reply starts with {}",
-                    printable(&raw)
-                )));
+                return Err(
+                    self.not_dqlite(format!("its first reply starts with {}", printable(&raw)))
+                );
             }
             return Err(Error::MessageTooLarge {
                 address: self.address.clone(),

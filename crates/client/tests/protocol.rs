@@ -242,10 +242,7 @@ async fn unreachable_servers_give_no_leader_within_the_bounds() {
         } => {
             assert_eq!(addresses.len(), 2);
             assert_eq!(*attempts, 8);
-            assert!(matches!(
-                last_error.as_deref(),
-                Some(Error::Connect { .. })
-            ));
+            assert!(matches!(last_error.as_deref(), Some(Error::Connect { .. })));
         }
         other => panic!("expected NoLeader, got {other}"),
     }

@@ -205,6 +205,10 @@ pub enum Input {
     Campaign,
     /// The caller gave up on this proposal (deadline).
     Abandon(ProposalId),
+    /// The leader refused this node's messages because it is no longer a
+    /// member. A removed node is not told otherwise: once the removal is
+    /// applied, nobody sends to it any more.
+    RemovedByLeader,
 }
 
 /// Work to persist before the messages that depend on it may leave.
@@ -573,6 +577,14 @@ impl<S: State> Core<S> {
                 }
             }
             Input::Abandon(id) => self.pending.retain(|_, p| p.id != id),
+            Input::RemovedByLeader => {
+                if !self.removed {
+                    info!("the leader no longer counts this node as a member");
+                    self.removed = true;
+                    self.removal_deferred = None;
+                    out.push(Action::Removed);
+                }
+            }
         }
         // Read rounds start in process_ready, so every read handed in
         // before it shares one round.

@@ -250,6 +250,7 @@ impl<S: State> Driver<S> {
     fn on_feedback(&mut self, f: Feedback, actions: &mut Vec<Action>) {
         match f {
             Feedback::Unreachable(id) => self.core.handle_input(Input::Unreachable(id), actions),
+            Feedback::Removed => self.core.handle_input(Input::RemovedByLeader, actions),
             Feedback::SnapshotSent { to, ok } => self
                 .core
                 .handle_input(Input::SnapshotSent { to, ok }, actions),

@@ -17,7 +17,9 @@ use crate::membership::{NodeInfo, Role, ServiceCommand};
 use crate::persist::Persister;
 use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotStore, StorageError};
 use crate::transport::client::{self, full};
-use crate::transport::server::{BoxFuture, JoinRefusal, JoinRequest, JoinResponse, PeerService};
+use crate::transport::server::{
+    BoxFuture, DeliverError, JoinRefusal, JoinRequest, JoinResponse, PeerService,
+};
 use crate::transport::{Feedback, HttpTransport, RaftHttp, TlsConfig, Transport};
 use crate::State;
 
@@ -679,9 +681,26 @@ impl Service {
 }
 
 impl PeerService for Service {
-    fn deliver(&self, messages: Vec<Message>) -> Result<(), &'static str> {
+    fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError> {
+        {
+            // Only the leader answers "removed": its registry is the one
+            // every committed change reached first. A node being added is
+            // in it before it ever talks raft; spares never do.
+            let status = self.inner.status.borrow();
+            if status.is_leader
+                && messages.iter().any(|m| {
+                    m.from != 0
+                        && m.from != status.id
+                        && !status.cluster.nodes.contains_key(&m.from)
+                })
+            {
+                return Err(DeliverError::SenderRemoved);
+            }
+        }
         let guard = lock(&self.inner.driver);
-        let d = guard.as_ref().ok_or("not initialized")?;
+        let d = guard
+            .as_ref()
+            .ok_or(DeliverError::Unavailable("not initialized"))?;
         for m in messages {
             // Full queue: drop; raft retransmits.
             let _ = d.peer_messages.try_send(m);

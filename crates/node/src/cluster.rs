@@ -3,6 +3,8 @@
 //! read barrier, and the admin requests with dqlite's semantics.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +27,8 @@ pub struct RaftCluster {
     /// leading: a few election timeouts.
     barrier_timeout: Duration,
     leadership: watch::Receiver<bool>,
+    /// Set once the service reports this node removed from the cluster.
+    removed: Arc<AtomicBool>,
 }
 
 fn wire_role(role: dqlite_consensus::Role) -> Role {
@@ -69,9 +73,15 @@ impl RaftCluster {
     pub fn new(service: Service, address: String, latency: Duration) -> Self {
         let (tx, rx) = watch::channel(service.is_leader());
         let mut status = service.watch();
+        let removed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&removed);
         tokio::spawn(async move {
             loop {
-                let leads = status.borrow_and_update().is_leader;
+                let (leads, gone) = {
+                    let s = status.borrow_and_update();
+                    (s.is_leader, s.removed)
+                };
+                flag.store(gone, Ordering::Relaxed);
                 tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
                 if status.changed().await.is_err() || tx.is_closed() {
                     break;
@@ -89,6 +99,7 @@ impl RaftCluster {
             // an election plus the new leader's first commit.
             barrier_timeout: (latency * 60).max(Duration::from_secs(1)),
             leadership: rx,
+            removed,
         }
     }
 
@@ -98,6 +109,23 @@ impl RaftCluster {
 }
 
 type Members = BTreeMap<u64, dqlite_consensus::NodeInfo>;
+
+/// What clients of a removed node are told: where to go instead.
+fn removed_message(id: u64, address: &str, nodes: &Members) -> String {
+    let others: Vec<&str> = nodes
+        .values()
+        .filter(|n| n.id != id)
+        .map(|n| n.address.as_str())
+        .collect();
+    if others.is_empty() {
+        format!("node {id} ({address}) was removed from the cluster and serves no clients")
+    } else {
+        format!(
+            "node {id} ({address}) was removed from the cluster; connect to its members instead: {}",
+            others.join(", ")
+        )
+    }
+}
 
 /// "1, 2, 3": the ids a user could have meant.
 fn member_ids(nodes: &Members) -> String {
@@ -294,6 +322,18 @@ impl Cluster for RaftCluster {
     fn leadership(&self) -> Option<watch::Receiver<bool>> {
         Some(self.leadership.clone())
     }
+
+    fn removed(&self) -> Option<String> {
+        if !self.removed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let status = self.service.status();
+        Some(removed_message(
+            status.id,
+            &self.address,
+            &status.cluster.nodes,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -362,7 +402,10 @@ mod tests {
             text(check_assign(&nodes, 2, R::Voter)),
             "node 2 is already a voter"
         );
-        assert_eq!(check_assign(&nodes, 3, R::Voter).map(|n| n.id).ok(), Some(3));
+        assert_eq!(
+            check_assign(&nodes, 3, R::Voter).map(|n| n.id).ok(),
+            Some(3)
+        );
         assert_eq!(
             text(member(&nodes, 9)),
             "no node with id 9; members are 1, 2, 3"
@@ -380,5 +423,15 @@ mod tests {
             "address 127.0.0.1:9001 is already used by node 1; remove that node first"
         );
         assert!(check_add(&nodes, 4, "127.0.0.1:9004").is_ok());
+    }
+
+    #[test]
+    fn a_removed_node_points_to_the_members() {
+        let nodes = members(&[(1, R::Voter), (2, R::Voter)]);
+        assert_eq!(
+            removed_message(3, "127.0.0.1:9003", &nodes),
+            "node 3 (127.0.0.1:9003) was removed from the cluster; \
+             connect to its members instead: 127.0.0.1:9001, 127.0.0.1:9002"
+        );
     }
 }

@@ -105,9 +105,9 @@ mod tests {
         assert_eq!(failure.code, 13);
         assert_eq!(failure.message, "database or disk is full");
         // Other storage failures stay I/O errors.
-        let other = settle_failure(SettleError::from(propose_error(
-            Error::StorageUnavailable("I/O error on raft/meta: EIO".into()),
-        )));
+        let other = settle_failure(SettleError::from(propose_error(Error::StorageUnavailable(
+            "I/O error on raft/meta: EIO".into(),
+        ))));
         assert_eq!(other.code, SQLITE_IOERR);
     }
 }

@@ -261,6 +261,10 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
         };
         match request(sender, &address, "/raft/msg", &headers, full(body)).await {
             Ok((status, _)) if status.is_success() => {}
+            Ok((StatusCode::GONE, _)) => {
+                debug!(to, "the leader says this node is no longer a member");
+                let _ = inner.feedback.send(Feedback::Removed);
+            }
             Ok((status, body)) => {
                 debug!(to, %status, body = %String::from_utf8_lossy(&body), "peer refused messages");
             }

@@ -57,11 +57,23 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What the HTTP handler needs from the service.
 pub trait PeerService: Send + Sync + 'static {
     /// Hands peer messages to raft (`Err` when not running).
-    fn deliver(&self, messages: Vec<Message>) -> Result<(), &'static str>;
+    fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError>;
     /// Where incoming snapshots go (`None` when not running).
     fn snapshots(&self) -> Option<SnapshotStore>;
     /// Handles a join request.
     fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>>;
+}
+
+/// Why incoming peer messages were not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// This node cannot take messages now (answered 503).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// This node leads and the sender is not a member: it was removed
+    /// (answered 410 Gone, which tells the sender so).
+    #[error("the sender is not a member of this cluster")]
+    SenderRemoved,
 }
 
 /// The `/raft/` HTTP handler.
@@ -115,7 +127,11 @@ impl RaftHttp {
         }
         match self.service.deliver(messages) {
             Ok(()) => reply(StatusCode::OK, ""),
-            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, why),
+            Err(DeliverError::Unavailable(why)) => reply(StatusCode::SERVICE_UNAVAILABLE, why),
+            Err(DeliverError::SenderRemoved) => reply(
+                StatusCode::GONE,
+                "the sender is not a member of this cluster",
+            ),
         }
     }
 
@@ -199,7 +215,7 @@ impl RaftHttp {
             size = info.size,
             "snapshot received"
         );
-        self.service.deliver(vec![msg]).map_err(String::from)
+        self.service.deliver(vec![msg]).map_err(|e| e.to_string())
     }
 
     async fn on_join(&self, req: Request<Incoming>) -> Resp {
