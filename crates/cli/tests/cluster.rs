@@ -272,6 +272,21 @@ fn catch_up_by_snapshot(mode: &[&str]) {
         "the lagging node did not install a snapshot:\n{}",
         &log[before..]
     );
+    // Receiving and installing log their size and their end.
+    let lines: Vec<&str> = log[before..].lines().collect();
+    for what in ["receiving snapshot", "installing snapshot"] {
+        let has = |tail: &str| lines.iter().any(|l| l.contains(what) && l.contains(tail));
+        assert!(has(" bytes") && has(": done, "), "{what}:\n{}", &log[before..]);
+    }
+    // So does sending, on whichever node led.
+    let sent = wait_for("a node logs a sent snapshot", Duration::from_secs(10), || {
+        cluster.nodes.iter().any(|n| {
+            n.read_log()
+                .lines()
+                .any(|l| l.contains("sending snapshot") && l.contains(": done, "))
+        })
+    });
+    assert!(sent, "{}", cluster.logs());
     if mode.contains(&"--disk-mode") {
         // The snapshot went into database files, not memory.
         let db_dir = cluster.nodes[lagging].dir.join("db");

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, Payload};
 use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
+use crate::progress::{Progress, ProgressReader};
 use crate::state::State;
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotStore};
 use crate::storage::{RaftLogView, StorageError};
@@ -323,6 +324,9 @@ pub struct Core<S: State> {
     /// [`Action::Removed`] only once the rest of the cluster moved on
     /// (see [`Core::report_deferred_removal`]).
     removal_deferred: Option<u64>,
+    /// Replaying the committed log after a restart: (up to this index,
+    /// its progress in entries).
+    replay: Option<(u64, Progress)>,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -345,10 +349,16 @@ impl<S: State> Core<S> {
             cluster = header.cluster.clone();
             if state.applied_index() < header.index {
                 let info = snapshots.find(header.term, header.index)?;
-                let mut reader = snapshots.state_reader(&info)?;
+                let progress = Progress::start(
+                    format!("restoring snapshot {} at start-up", header.index),
+                    "bytes",
+                    Some(info.size),
+                );
+                let mut reader = ProgressReader::new(snapshots.state_reader(&info)?, progress);
                 state
                     .restore(header.index, &mut reader)
                     .map_err(|e| CoreError::State(e.to_string()))?;
+                reader.finish();
             }
         }
         let conf_state = meta.get_conf_state().clone();
@@ -400,6 +410,17 @@ impl<S: State> Core<S> {
             durable_commit,
             commit_inflight: VecDeque::new(),
             removal_deferred: None,
+            replay: (durable_commit > snapshot_index).then(|| {
+                let progress = Progress::start(
+                    format!(
+                        "replaying the log at start-up, entries {} to {durable_commit}",
+                        snapshot_index + 1
+                    ),
+                    "entries",
+                    Some(durable_commit - snapshot_index),
+                );
+                (durable_commit, progress)
+            }),
         })
     }
 
@@ -962,6 +983,7 @@ impl<S: State> Core<S> {
         for entry in committed {
             self.apply_entry(entry, out)?;
         }
+        self.report_replay();
         // Read states.
         for rs in rd.take_read_states() {
             self.on_read_state(rs.index, &rs.request_ctx);
@@ -1033,17 +1055,36 @@ impl<S: State> Core<S> {
         self.raw.mut_store().evict(applied);
     }
 
+    /// Logs the progress of the start-up replay, and its end.
+    fn report_replay(&mut self) {
+        let Some((target, progress)) = &mut self.replay else {
+            return;
+        };
+        let target = *target;
+        let first = target.saturating_sub(progress.total_or_zero());
+        progress.set(self.applied.saturating_sub(first));
+        if self.applied >= target {
+            if let Some((_, progress)) = self.replay.take() {
+                progress.finish();
+            }
+        }
+    }
+
     fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), CoreError> {
-        info!(
-            index = meta.index,
-            term = meta.term,
-            "installing snapshot from leader"
-        );
         let info = self.snapshots.find(meta.term, meta.index)?;
-        let mut reader = self.snapshots.state_reader(&info)?;
+        let progress = Progress::start(
+            format!(
+                "installing snapshot {} (term {}) from the leader",
+                meta.index, meta.term
+            ),
+            "bytes",
+            Some(info.size),
+        );
+        let mut reader = ProgressReader::new(self.snapshots.state_reader(&info)?, progress);
         self.state
             .restore(meta.index, &mut reader)
             .map_err(|e| CoreError::State(e.to_string()))?;
+        reader.finish();
         self.cluster = info.header.cluster.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.raw.mut_store().apply_snapshot(meta.clone());
