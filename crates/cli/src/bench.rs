@@ -27,8 +27,10 @@
 //! The clock starts once every worker is connected and the table exists;
 //! workers start no operation after `--duration`, and an operation still
 //! retrying then is abandoned and counted as unfinished. Progress goes to
-//! stderr every `--progress` seconds; the summary goes to stdout, as text or
-//! as one JSON line with `--json`.
+//! stderr every `--progress` seconds (default: every second for runs under
+//! a minute, else every 5 s); the summary goes to stdout, as text or as one
+//! JSON line with `--json`. Writes whose outcome is unknown (leadership
+//! lost, or the connection closed mid-write) are counted apart.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
