@@ -276,16 +276,24 @@ fn catch_up_by_snapshot(mode: &[&str]) {
     let lines: Vec<&str> = log[before..].lines().collect();
     for what in ["receiving snapshot", "installing snapshot"] {
         let has = |tail: &str| lines.iter().any(|l| l.contains(what) && l.contains(tail));
-        assert!(has(" bytes") && has(": done, "), "{what}:\n{}", &log[before..]);
+        assert!(
+            has(" bytes") && has(": done, "),
+            "{what}:\n{}",
+            &log[before..]
+        );
     }
     // So does sending, on whichever node led.
-    let sent = wait_for("a node logs a sent snapshot", Duration::from_secs(10), || {
-        cluster.nodes.iter().any(|n| {
-            n.read_log()
-                .lines()
-                .any(|l| l.contains("sending snapshot") && l.contains(": done, "))
-        })
-    });
+    let sent = wait_for(
+        "a node logs a sent snapshot",
+        Duration::from_secs(10),
+        || {
+            cluster.nodes.iter().any(|n| {
+                n.read_log()
+                    .lines()
+                    .any(|l| l.contains("sending snapshot") && l.contains(": done, "))
+            })
+        },
+    );
     assert!(sent, "{}", cluster.logs());
     if mode.contains(&"--disk-mode") {
         // The snapshot went into database files, not memory.
