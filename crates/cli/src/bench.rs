@@ -27,8 +27,10 @@
 //! The clock starts once every worker is connected and the table exists;
 //! workers start no operation after `--duration`, and an operation still
 //! retrying then is abandoned and counted as unfinished. Progress goes to
-//! stderr every `--progress` seconds; the summary goes to stdout, as text or
-//! as one JSON line with `--json`.
+//! stderr every `--progress` seconds (default: every second for runs under
+//! a minute, else every 5 s); the summary goes to stdout, as text or as one
+//! JSON line with `--json`. Writes whose outcome is unknown (leadership
+//! lost, or the connection closed mid-write) are counted apart.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,9 +116,10 @@ pub struct Args {
     /// leader, creating the table, connecting every worker).
     #[arg(long, default_value_t = 30.0)]
     pub setup_timeout: f64,
-    /// Seconds between progress lines on stderr; 0 for none.
-    #[arg(long, default_value_t = 5.0)]
-    pub progress: f64,
+    /// Seconds between progress lines on stderr; 0 for none. Default: 1
+    /// for runs shorter than a minute, else 5.
+    #[arg(long)]
+    pub progress: Option<f64>,
     /// Print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -185,10 +188,13 @@ impl Settings {
                 args.setup_timeout
             ));
         }
-        if !(args.progress.is_finite() && args.progress >= 0.0) {
+        // A short run gets a line a second, so it never looks stuck.
+        let progress = args
+            .progress
+            .unwrap_or(if args.duration < 60.0 { 1.0 } else { 5.0 });
+        if !(progress.is_finite() && progress >= 0.0) {
             return Err(format!(
-                "--progress must be a number of seconds (0 for none), not {}",
-                args.progress
+                "--progress must be a number of seconds (0 for none), not {progress}"
             ));
         }
         Ok(Settings {
@@ -200,7 +206,7 @@ impl Settings {
             value_size: args.value_size,
             database: args.database,
             setup_timeout: Duration::from_secs_f64(args.setup_timeout),
-            progress: (args.progress > 0.0).then(|| Duration::from_secs_f64(args.progress)),
+            progress: (progress > 0.0).then(|| Duration::from_secs_f64(progress)),
             json: args.json,
         })
     }
@@ -371,6 +377,7 @@ struct Counters {
     busy_retries: AtomicU64,
     reconnects: AtomicU64,
     errors: AtomicU64,
+    unknown_outcomes: AtomicU64,
 }
 
 /// What one worker measured.
@@ -383,9 +390,21 @@ struct WorkerReport {
     errors: u64,
     unfinished: u64,
     first_error: Option<String>,
+    /// Writes that may or may not have been applied (leadership lost or
+    /// the connection closed while they were in flight).
+    unknown_outcomes: u64,
+    first_unknown: Option<String>,
 }
 
 impl WorkerReport {
+    fn unknown_outcome(&mut self, counters: &Counters, err: &Error) {
+        self.unknown_outcomes += 1;
+        counters.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
+        if self.first_unknown.is_none() {
+            self.first_unknown = Some(err.to_string());
+        }
+    }
+
     fn error(&mut self, counters: &Counters, err: impl std::fmt::Display) {
         self.errors += 1;
         counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -407,6 +426,8 @@ struct Report {
     errors: u64,
     unfinished: u64,
     first_error: Option<String>,
+    unknown_outcomes: u64,
+    first_unknown: Option<String>,
 }
 
 impl Report {
@@ -415,7 +436,12 @@ impl Report {
         let mut reads = Vec::new();
         let (mut busy_retries, mut reconnects, mut errors, mut unfinished) = (0, 0, 0, 0);
         let mut first_error = None;
+        let (mut unknown_outcomes, mut first_unknown) = (0, None);
         for w in workers {
+            unknown_outcomes += w.unknown_outcomes;
+            if first_unknown.is_none() {
+                first_unknown = w.first_unknown;
+            }
             writes.extend(w.writes);
             reads.extend(w.reads);
             busy_retries += w.busy_retries;
@@ -437,6 +463,8 @@ impl Report {
             errors,
             unfinished,
             first_error,
+            unknown_outcomes,
+            first_unknown,
         }
     }
 
@@ -471,6 +499,7 @@ impl Report {
             "errors": self.errors,
             "unfinished": self.unfinished,
             "first_error": self.first_error,
+            "unknown_outcomes": self.unknown_outcomes,
         })
     }
 
@@ -510,6 +539,15 @@ impl Report {
         if let Some(err) = &self.first_error {
             out += &format!("first error: {err}\n");
         }
+        if self.unknown_outcomes > 0 {
+            out += &format!(
+                "writes with an unknown outcome: {} (each may or may not have been applied)\n",
+                self.unknown_outcomes
+            );
+        }
+        if let Some(err) = &self.first_unknown {
+            out += &format!("first unknown outcome: {err}\n");
+        }
         out
     }
 }
@@ -542,7 +580,7 @@ async fn execute(s: &Settings) -> anyhow::Result<Report> {
     let mut connections: Vec<Option<Database>> = (0..s.workers).map(|_| None).collect();
     while let Some(joined) = connecting.join_next().await {
         let (i, db) = joined.context("a connecting task failed")?;
-        let db = db.with_context(|| format!("worker {i} cannot connect to {:?}", s.servers))?;
+        let db = db.with_context(|| format!("worker {i} cannot connect"))?;
         connections[i] = Some(db);
     }
 
@@ -584,14 +622,12 @@ async fn create_table(s: &Settings, deadline: Instant) -> anyhow::Result<()> {
             Ok(()) => return Ok(()),
             Err(err) => err,
         };
-        let retry = matches!(err, Error::Busy { .. }) || err.needs_reconnect();
+        // Nothing listening, or not a dqlite node: retrying cannot help.
+        let hopeless = matches!(err, Error::Unreachable { .. } | Error::NotDqlite { .. });
+        let retry = !hopeless && (matches!(err, Error::Busy { .. }) || err.needs_reconnect());
         if !retry || Instant::now() >= deadline {
-            return Err(err).with_context(|| {
-                format!(
-                    "cannot create the table in database {:?} on {:?}",
-                    s.database, s.servers
-                )
-            });
+            return Err(err)
+                .with_context(|| format!("cannot create the table in database {:?}", s.database));
         }
         tokio::time::sleep(busy_pause(attempt, 1.0).max(RECONNECT_PAUSE)).await;
         attempt += 1;
@@ -690,6 +726,9 @@ async fn worker(
                     busy_attempt += 1;
                 }
                 Err(err) if err.needs_reconnect() => {
+                    if err.outcome_unknown() {
+                        report.unknown_outcome(counters, &err);
+                    }
                     report.reconnects += 1;
                     counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     db = None;
@@ -722,13 +761,14 @@ async fn progress_lines(
         let now = Instant::now();
         let ops = counters.ops.load(Ordering::Relaxed);
         eprintln!(
-            "bench: {:>6.1} s  {ops} ops  {:.1} ops/s (last {:.1} s)  busy retries {}  reconnects {}  errors {}",
+            "bench: {:>6.1} s  {ops} ops  {:.1} ops/s (last {:.1} s)  busy retries {}  reconnects {}  errors {}  unknown outcomes {}",
             now.duration_since(start).as_secs_f64(),
             per_second(ops - last_ops, now.duration_since(last)),
             now.duration_since(last).as_secs_f64(),
             counters.busy_retries.load(Ordering::Relaxed),
             counters.reconnects.load(Ordering::Relaxed),
             counters.errors.load(Ordering::Relaxed),
+            counters.unknown_outcomes.load(Ordering::Relaxed),
         );
         last_ops = ops;
         last = now;
@@ -763,6 +803,9 @@ mod tests {
         assert_eq!((s.key_size, s.value_size), (32, 1024));
         assert_eq!(s.database, "benchmark");
         assert_eq!(s.progress, Some(Duration::from_secs(5)));
+        // Runs shorter than a minute report every second.
+        let s = parse(&["-s", "127.0.0.1:9001", "--duration", "10"]).unwrap();
+        assert_eq!(s.progress, Some(Duration::from_secs(1)));
         assert_eq!(s.setup_timeout, Duration::from_secs(30));
         assert!(!s.json);
     }
@@ -936,14 +979,22 @@ mod tests {
             errors: 0,
             unfinished: 1,
             first_error: None,
+            unknown_outcomes: 0,
+            first_unknown: None,
         };
         let b = WorkerReport {
             writes: vec![4_000_000],
             errors: 1,
             first_error: Some("boom".into()),
+            unknown_outcomes: 2,
+            first_unknown: Some("the write may or may not have been applied: x".into()),
             ..WorkerReport::default()
         };
         let report = Report::merge(vec![a, b], Duration::from_secs(2));
+        assert_eq!(report.unknown_outcomes, 2);
+        assert!(report
+            .to_text(&parse(&["-s", "a:1"]).unwrap())
+            .contains("writes with an unknown outcome: 2 (each may or may not have been applied)"));
         assert_eq!(report.ops(), 4);
         assert_eq!(report.writes.count, 3);
         assert_eq!(report.reads.count, 1);

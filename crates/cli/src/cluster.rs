@@ -98,17 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::default();
-    let leader = || async {
-        Client::find_leader(&args.servers, &config)
-            .await
-            .with_context(|| format!("no leader found through {}", args.servers.join(",")))
-    };
-    let first = || async {
-        let address = &args.servers[0];
-        Client::connect(address, &config)
-            .await
-            .with_context(|| format!("cannot connect to {address}"))
-    };
+    // The client's errors name the addresses tried: no context to add.
+    let leader = || async { Client::find_leader(&args.servers, &config).await };
+    let first = || async { Client::connect(&args.servers[0], &config).await };
     match &args.command {
         Command::List => {
             for n in leader().await?.cluster().await? {

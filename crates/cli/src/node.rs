@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dqlite_node::{Node, Options, TlsConfig};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::logging::LogFormat;
 
@@ -80,6 +80,20 @@ pub struct Args {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// What to do once this node is removed from the cluster: exit, or
+    /// wait (keep running, refusing clients with a message that names the
+    /// remaining members) until stopped.
+    #[arg(long, value_enum, default_value_t = OnRemoval::Exit)]
+    pub on_removal: OnRemoval,
+}
+
+/// What a node does once it was removed from the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnRemoval {
+    /// Stop and exit with status 0.
+    Exit,
+    /// Keep running and refuse clients until SIGINT or SIGTERM.
+    Wait,
 }
 
 fn tls(args: &Args) -> anyhow::Result<Option<TlsConfig>> {
@@ -153,9 +167,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut int =
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = int.recv() => info!("SIGINT received"),
+        let on_removal = args.on_removal;
+        {
+            let removed = async {
+                node.removed().await;
+                let id = node.id();
+                match on_removal {
+                    OnRemoval::Exit => warn!(
+                        id,
+                        "this node was removed from the cluster: exiting \
+                     (its data directory can be deleted; --on-removal wait keeps it running)"
+                    ),
+                    OnRemoval::Wait => {
+                        warn!(
+                        id,
+                        "this node was removed from the cluster: refusing clients until stopped"
+                    );
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+                () = removed => {}
+            }
         }
         node.close().await?;
         info!("stopped");

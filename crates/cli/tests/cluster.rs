@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::cluster::Cluster;
+use support::cluster::{Cluster, Proc};
 use support::{dqlite_rs_bin, probe_leader, run_with_timeout, send_signal, Output};
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -272,6 +272,29 @@ fn catch_up_by_snapshot(mode: &[&str]) {
         "the lagging node did not install a snapshot:\n{}",
         &log[before..]
     );
+    // Receiving and installing log their size and their end.
+    let lines: Vec<&str> = log[before..].lines().collect();
+    for what in ["receiving snapshot", "installing snapshot"] {
+        let has = |tail: &str| lines.iter().any(|l| l.contains(what) && l.contains(tail));
+        assert!(
+            has(" bytes") && has(": done, "),
+            "{what}:\n{}",
+            &log[before..]
+        );
+    }
+    // So does sending, on whichever node led.
+    let sent = wait_for(
+        "a node logs a sent snapshot",
+        Duration::from_secs(10),
+        || {
+            cluster.nodes.iter().any(|n| {
+                n.read_log()
+                    .lines()
+                    .any(|l| l.contains("sending snapshot") && l.contains(": done, "))
+            })
+        },
+    );
+    assert!(sent, "{}", cluster.logs());
     if mode.contains(&"--disk-mode") {
         // The snapshot went into database files, not memory.
         let db_dir = cluster.nodes[lagging].dir.join("db");
@@ -501,6 +524,48 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
         committed, 2,
         "the INSERT was autocommitted, not in a stale transaction"
     );
+
+    // Mistakes are explained: the leader cannot become the leader, and an
+    // unknown id lists the ids there are.
+    let all = members(&servers);
+    let leads_now = cluster.leader(Duration::from_secs(10));
+    let leader_id = all
+        .iter()
+        .find(|m| m.1 == cluster.nodes[leads_now].address)
+        .map(|m| m.0)
+        .expect("the leader is a member");
+    let out = cli(&[
+        "cluster",
+        "-s",
+        &servers,
+        "transfer",
+        &leader_id.to_string(),
+    ]);
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains(&format!("node {leader_id} is already the leader")),
+        "{}",
+        out.describe()
+    );
+    let mut ids: Vec<u64> = all.iter().map(|m| m.0).collect();
+    ids.sort_unstable();
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let unknown = format!("no node with id 7; members are {}", ids.join(", "));
+    for args in [["transfer", "7"], ["assign", "7"], ["remove", "7"]] {
+        let mut argv = vec!["cluster", "-s", &servers];
+        argv.extend(args);
+        if args[0] == "assign" {
+            argv.push("standby");
+        }
+        let out = cli(&argv);
+        assert!(!out.success(), "{}", out.describe());
+        assert!(
+            out.stderr.contains(&unknown),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
 
     // ADD as a spare, then REMOVE.
     let out = cli(&[
@@ -801,4 +866,124 @@ fn concurrent_writers_queue_instead_of_failing_busy() {
         .block_on(async { open().await.query_all("SELECT count(*) FROM t", ()).await })
         .unwrap();
     assert_eq!(rows[0].get::<i64>(0).unwrap(), 1600);
+}
+
+/// Polls `ok` until it holds or `timeout` passes.
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("not in {timeout:?}: {what}");
+    false
+}
+
+/// A removed node logs its removal. By default it exits; with
+/// `--on-removal wait` it stays up and refuses every client with an error
+/// that names the remaining members, instead of serving silence.
+#[test]
+fn a_removed_node_logs_it_and_stops_serving() {
+    let mut cluster = Cluster::start(3, &[]);
+    let join = cluster.nodes[0].address.clone();
+    let mut waiter = Proc::new(
+        cluster.root.path(),
+        "n4",
+        &["--join", &join, "--on-removal", "wait"],
+    );
+    waiter.start();
+    cluster.nodes.push(waiter);
+    let servers = cluster.servers();
+    wait_voters(&servers, 4, Duration::from_secs(30));
+    let id_of = |address: &str| {
+        members(&servers)
+            .into_iter()
+            .find(|m| m.1 == address)
+            .map(|m| m.0)
+            .expect("a member")
+    };
+    // Keep the leader among the nodes that stay (removing a leader works
+    // too, but is not what this test is about).
+    if cluster.leader(Duration::from_secs(10)) != 0 {
+        let id = id_of(&cluster.nodes[0].address).to_string();
+        let out = cli(&["cluster", "-s", &servers, "transfer", &id]);
+        assert!(out.success(), "{}", out.describe());
+        assert!(wait_for("node 0 leads", Duration::from_secs(10), || {
+            cluster.leader(Duration::from_secs(10)) == 0
+        }));
+    }
+    let stays: Vec<String> = cluster.nodes[..2]
+        .iter()
+        .map(|n| n.address.clone())
+        .collect();
+
+    // --on-removal wait: up, logging, refusing with a pointer.
+    let waiter_address = cluster.nodes[3].address.clone();
+    let out = cli(&[
+        "cluster",
+        "-s",
+        &servers,
+        "remove",
+        &id_of(&waiter_address).to_string(),
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    assert!(
+        wait_for("the removal is logged", Duration::from_secs(30), || {
+            cluster.nodes[3]
+                .read_log()
+                .contains("this node was removed from the cluster: refusing clients until stopped")
+        }),
+        "{}",
+        cluster.nodes[3].read_log()
+    );
+    let rt = runtime();
+    let err = rt
+        .block_on(async {
+            let mut c = dqlite_client::Client::connect(&waiter_address, &client_config()).await?;
+            c.leader().await
+        })
+        .expect_err("a removed node refuses clients");
+    assert_eq!(err.code(), Some(10250), "{err}");
+    let message = err.server_message().unwrap_or_default().to_owned();
+    assert!(
+        message.contains(&format!(
+            "({waiter_address}) was removed from the cluster; connect to its members instead:"
+        )),
+        "{message}"
+    );
+    for member in &stays {
+        assert!(message.contains(member.as_str()), "{message}");
+    }
+    assert!(
+        !message.contains(&format!("{waiter_address},")),
+        "{message}"
+    );
+    assert!(
+        cluster.nodes[3].is_alive(),
+        "--on-removal wait keeps running"
+    );
+
+    // The default: log and exit.
+    let leaver_address = cluster.nodes[2].address.clone();
+    let out = cli(&[
+        "cluster",
+        "-s",
+        &servers,
+        "remove",
+        &id_of(&leaver_address).to_string(),
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    let status = cluster.nodes[2].wait_exit(Duration::from_secs(30));
+    let log = cluster.nodes[2].read_log();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    assert!(
+        log.contains("this node was removed from the cluster: exiting"),
+        "{log}"
+    );
+    // The cluster goes on without them.
+    let out = cli(&["cluster", "-s", &stays.join(","), "list"]);
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.describe());
 }

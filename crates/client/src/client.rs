@@ -83,6 +83,7 @@ impl Client {
         let mut attempts = 0u32;
         let mut last_error = None;
         'rounds: for round in 0..config.max_rounds.max(1) {
+            let mut refused = 0usize;
             for address in addresses {
                 let address = address.as_ref();
                 let Some(left) = remaining(deadline) else {
@@ -104,16 +105,29 @@ impl Client {
                     }
                     Ok(Err(err)) => {
                         tracing::debug!(address, error = %err, "leader discovery attempt failed");
+                        if is_refused(&err, address) {
+                            refused += 1;
+                        }
+                        // Retrying a peer that is not a dqlite node cannot help.
+                        if matches!(err, Error::NotDqlite { .. }) {
+                            return Err(err);
+                        }
                         last_error = Some(err);
                     }
                     Err(_) => {
                         tracing::debug!(address, "leader discovery attempt timed out");
                         last_error = Some(Error::Timeout {
-                            operation: "leader discovery attempt",
+                            operation: "a leader discovery attempt",
+                            address: address.to_owned(),
                             after: limit,
                         });
                     }
                 }
+            }
+            if config.give_up_when_all_refuse && refused == addresses.len() {
+                return Err(Error::Unreachable {
+                    addresses: addresses.iter().map(|a| a.as_ref().to_owned()).collect(),
+                });
             }
             if round + 1 < config.max_rounds {
                 let Some(left) = remaining(deadline) else {
@@ -123,6 +137,7 @@ impl Client {
             }
         }
         Err(Error::NoLeader {
+            addresses: addresses.iter().map(|a| a.as_ref().to_owned()).collect(),
             attempts,
             last_error: last_error.map(Box::new),
         })
@@ -253,8 +268,15 @@ impl Client {
     /// position in the stream is then unknown, so it is marked broken.
     pub(crate) fn unexpected(&mut self, expected: &str, got: &Response) -> Error {
         self.transport.poison();
-        Error::unexpected(expected, got)
+        self.transport.unexpected(expected, got)
     }
+}
+
+/// True when the listed `address` itself refused the connection (not a
+/// leader it named: that one may just be restarting).
+fn is_refused(err: &Error, address: &str) -> bool {
+    matches!(err, Error::Connect { address: a, cause }
+        if a == address && cause.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 fn leader_from(id: u64, address: String) -> Option<Leader> {
@@ -291,7 +313,7 @@ async fn ask_leader(transport: &mut Transport) -> Result<String> {
             address: transport.address().to_owned(),
         }),
         Response::Server { address, .. } => Ok(address),
-        other => Err(Error::unexpected("SERVER", &other)),
+        other => Err(transport.unexpected("SERVER", &other)),
     }
 }
 
@@ -301,6 +323,6 @@ async fn register(mut transport: Transport) -> Result<Transport> {
         .await?
     {
         Response::Welcome { .. } => Ok(transport),
-        other => Err(Error::unexpected("WELCOME", &other)),
+        other => Err(transport.unexpected("WELCOME", &other)),
     }
 }

@@ -34,6 +34,12 @@ pub struct Config {
     /// allocation. DUMP responses carry whole databases: raise this to
     /// dump larger ones.
     pub max_message_size: u64,
+    /// End leader discovery after a round in which every listed address
+    /// refused the connection ([`Error::Unreachable`](crate::Error::Unreachable)),
+    /// instead of retrying until `connect_timeout`: nothing listens there,
+    /// and a user is better told at once. Turn off while nodes are still
+    /// starting (a program that starts its cluster and connects at once).
+    pub give_up_when_all_refuse: bool,
 }
 
 impl Default for Config {
@@ -47,6 +53,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(60),
             max_message_size: 256 << 20,
+            give_up_when_all_refuse: true,
         }
     }
 }

@@ -84,7 +84,7 @@ impl Database {
             sql: sql.to_owned(),
             params: params.into_values(),
         };
-        self.result(&request).await
+        self.result(&request, may_write(sql)).await
     }
 
     /// Runs one query (QUERY_SQL) and streams its rows.
@@ -95,7 +95,7 @@ impl Database {
             sql: sql.to_owned(),
             params: params.into_values(),
         };
-        self.rows(&request).await
+        self.rows(&request, may_write(sql)).await
     }
 
     /// Runs one query and collects every row: for results known to be
@@ -119,6 +119,7 @@ impl Database {
                 db,
                 id,
                 params,
+                may_write: may_write(sql),
             }),
             other => Err(self.client.unexpected("STMT", &other)),
         }
@@ -161,8 +162,23 @@ impl Database {
         Ok(())
     }
 
-    async fn result(&mut self, request: &Request) -> Result<ExecResult> {
-        match self.client.call(request).await? {
+    /// Sends an SQL request. If the connection breaks once it may have
+    /// reached the server, a statement that may write has an unknown
+    /// outcome, and the error says so.
+    async fn sql_call(&mut self, request: &Request, may_write: bool) -> Result<Response> {
+        self.client.call(request).await.map_err(|err| {
+            if may_write && err.broke_in_flight() {
+                Error::OutcomeUnknown {
+                    cause: Box::new(err),
+                }
+            } else {
+                err
+            }
+        })
+    }
+
+    async fn result(&mut self, request: &Request, may_write: bool) -> Result<ExecResult> {
+        match self.sql_call(request, may_write).await? {
             Response::Result {
                 last_insert_id,
                 rows_affected,
@@ -175,8 +191,8 @@ impl Database {
         }
     }
 
-    async fn rows(&mut self, request: &Request) -> Result<Rows<'_>> {
-        match self.client.call(request).await? {
+    async fn rows(&mut self, request: &Request, may_write: bool) -> Result<Rows<'_>> {
+        match self.sql_call(request, may_write).await? {
             Response::Rows(first) => Ok(Rows::new(&mut self.client.transport, first)),
             other => Err(self.client.unexpected("ROWS", &other)),
         }
@@ -193,6 +209,7 @@ pub struct Statement {
     db: u32,
     id: u32,
     params: u64,
+    may_write: bool,
 }
 
 impl Statement {
@@ -224,7 +241,7 @@ impl Statement {
             stmt: self.id,
             params: params.into_values(),
         };
-        db.result(&request).await
+        db.result(&request, self.may_write).await
     }
 
     /// Runs the statement as a query (QUERY) and streams its rows.
@@ -236,7 +253,7 @@ impl Statement {
             stmt: self.id,
             params: params.into_values(),
         };
-        db.rows(&request).await
+        db.rows(&request, self.may_write).await
     }
 
     /// Runs the statement as a query and collects every row (small results).
@@ -306,6 +323,62 @@ impl Drop for Transaction<'_> {
     fn drop(&mut self) {
         if self.open {
             self.db.rollback_pending = true;
+        }
+    }
+}
+
+/// Whether `sql` may change the database, judged by its first keyword:
+/// only statements that surely do not write (SELECT, VALUES, EXPLAIN,
+/// BEGIN, ROLLBACK) are spared the "may or may not have been applied"
+/// warning when their connection breaks.
+fn may_write(sql: &str) -> bool {
+    let mut rest = sql;
+    // Each pass strips whitespace and at most one comment; bounded by
+    // the text's length.
+    for _ in 0..sql.len().saturating_add(1) {
+        let trimmed = rest.trim_start();
+        if let Some(after) = trimmed.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = trimmed.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            rest = trimmed;
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    !matches!(
+        word.as_str(),
+        "SELECT" | "VALUES" | "EXPLAIN" | "BEGIN" | "ROLLBACK"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_write;
+
+    #[test]
+    fn reads_are_told_apart_from_possible_writes() {
+        for sql in [
+            "SELECT 1",
+            "  select * from t",
+            "-- c\nVALUES (1)",
+            "/* x */ EXPLAIN SELECT 1",
+            "BEGIN",
+        ] {
+            assert!(!may_write(sql), "{sql:?}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "COMMIT",
+            "WITH x AS (SELECT 1) DELETE FROM t",
+            "update t set v = 1",
+        ] {
+            assert!(may_write(sql), "{sql:?}");
         }
     }
 }

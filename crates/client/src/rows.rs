@@ -139,7 +139,7 @@ impl<'a> Rows<'a> {
             let batch = self.transport.next_batch().await?;
             if batch.columns.len() != self.columns.len() {
                 self.transport.poison();
-                return Err(Error::Protocol(format!(
+                return Err(self.transport.protocol(format!(
                     "a batch has {} columns, the result {}",
                     batch.columns.len(),
                     self.columns.len()
@@ -149,7 +149,7 @@ impl<'a> Rows<'a> {
             self.batch = batch.rows.into_iter();
         }
         self.transport.poison();
-        Err(Error::Protocol(format!(
+        Err(self.transport.protocol(format!(
             "{EMPTY_BATCHES_MAX} consecutive result batches without a row"
         )))
     }

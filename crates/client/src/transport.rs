@@ -62,6 +62,9 @@ pub(crate) struct Transport {
     max_message_size: u64,
     out: Vec<u8>,
     body: Vec<u8>,
+    /// Messages read so far. A first reply that is not a dqlite message
+    /// means the peer is not a dqlite node at all.
+    responses: u64,
 }
 
 impl fmt::Debug for Transport {
@@ -82,17 +85,22 @@ impl Transport {
                 "abstract Unix socket addresses are not supported: {address}"
             )));
         }
+        let connect_error = |cause| Error::Connect {
+            address: address.to_owned(),
+            cause,
+        };
         let tcp = match timeout(config.dial_timeout, TcpStream::connect(address)).await {
-            Ok(result) => result?,
+            Ok(result) => result.map_err(connect_error)?,
             Err(_) => {
                 return Err(Error::Timeout {
-                    operation: "dial",
+                    operation: "connecting",
+                    address: address.to_owned(),
                     after: config.dial_timeout,
                 })
             }
         };
         // One small request per round trip: Nagle would add latency.
-        tcp.set_nodelay(true)?;
+        tcp.set_nodelay(true).map_err(connect_error)?;
         let mut transport = Transport::over(Box::new(tcp), address, config);
         transport.handshake().await?;
         Ok(transport)
@@ -108,6 +116,7 @@ impl Transport {
             max_message_size: config.max_message_size,
             out: Vec::new(),
             body: Vec::new(),
+            responses: 0,
         }
     }
 
@@ -119,11 +128,8 @@ impl Transport {
             stream.flush().await
         };
         match timeout(limit, write).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(Error::Timeout {
-                operation: "handshake",
-                after: limit,
-            }),
+            Ok(result) => result.map_err(|e| self.io(e)),
+            Err(_) => Err(self.timeout("the handshake", limit)),
         }
     }
 
@@ -133,6 +139,42 @@ impl Transport {
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    fn timeout(&self, operation: &'static str, after: Duration) -> Error {
+        Error::Timeout {
+            operation,
+            address: self.address.clone(),
+            after,
+        }
+    }
+
+    /// An I/O error on this connection. An EOF means the server hung up;
+    /// say so rather than "early eof".
+    fn io(&self, source: std::io::Error) -> Error {
+        let address = self.address.clone();
+        match source.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => Error::Closed { address },
+            _ => Error::Io {
+                address,
+                cause: source,
+            },
+        }
+    }
+
+    /// A protocol error on this connection.
+    pub(crate) fn protocol(&self, detail: String) -> Error {
+        Error::Protocol {
+            address: self.address.clone(),
+            detail,
+        }
+    }
+
+    /// A protocol error for an unexpected response.
+    pub(crate) fn unexpected(&self, expected: &str, got: &Response) -> Error {
+        Error::unexpected(&self.address, expected, got)
     }
 
     /// Marks the connection unusable (after a protocol violation).
@@ -155,10 +197,7 @@ impl Transport {
         let limit = self.request_timeout;
         let result = match timeout(limit, self.exchange(ctx)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                operation: "request",
-                after: limit,
-            }),
+            Err(_) => Err(self.timeout("a request", limit)),
         };
         self.settle(result)
     }
@@ -172,16 +211,13 @@ impl Transport {
         let limit = self.request_timeout;
         let result = match timeout(limit, self.read_message(DecodeContext::default())).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                operation: "reading rows",
-                after: limit,
-            }),
+            Err(_) => Err(self.timeout("reading rows", limit)),
         };
         match self.settle(result)? {
             Response::Rows(rows) => Ok(rows),
             other => {
                 self.state = State::Broken;
-                Err(Error::unexpected("ROWS", &other))
+                Err(self.unexpected("ROWS", &other))
             }
         }
     }
@@ -192,10 +228,18 @@ impl Transport {
     }
 
     async fn exchange(&mut self, ctx: DecodeContext) -> Result<Response> {
-        let stream = self.stream.get_mut();
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        self.send_out().await?;
         self.read_message(ctx).await
+    }
+
+    async fn send_out(&mut self) -> Result<()> {
+        let stream = self.stream.get_mut();
+        let sent = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        }
+        .await;
+        sent.map_err(|e| self.io(e))
     }
 
     /// Brings the connection to `Idle`, draining an abandoned result, or
@@ -208,10 +252,7 @@ impl Transport {
                 let limit = self.request_timeout;
                 let result = match timeout(limit, self.drain()).await {
                     Ok(result) => result,
-                    Err(_) => Err(Error::Timeout {
-                        operation: "interrupting a result",
-                        after: limit,
-                    }),
+                    Err(_) => Err(self.timeout("interrupting a result", limit)),
                 };
                 match result {
                     Ok(()) => {
@@ -230,7 +271,9 @@ impl Transport {
 
     fn unusable(&mut self) -> Error {
         self.state = State::Broken;
-        Error::ConnectionBroken
+        Error::ConnectionBroken {
+            address: self.address.clone(),
+        }
     }
 
     /// INTERRUPT, then read and discard until EMPTY (ROWS and FAILURE
@@ -239,17 +282,15 @@ impl Transport {
         tracing::debug!(address = %self.address, "interrupting an unfinished result");
         self.out.clear();
         Request::Interrupt { db: 0 }.encode(&mut self.out);
-        let stream = self.stream.get_mut();
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        self.send_out().await?;
         for _ in 0..DRAIN_MESSAGES_MAX {
             match self.read_message(DecodeContext::default()).await? {
                 Response::Empty => return Ok(()),
                 Response::Rows(_) | Response::Failure { .. } => {}
-                other => return Err(Error::unexpected("EMPTY", &other)),
+                other => return Err(self.unexpected("EMPTY", &other)),
             }
         }
-        Err(Error::Protocol(format!(
+        Err(self.protocol(format!(
             "no EMPTY after INTERRUPT within {DRAIN_MESSAGES_MAX} messages"
         )))
     }
@@ -259,7 +300,7 @@ impl Transport {
         match result {
             Ok(Response::Failure { code, message }) => {
                 self.state = State::Idle;
-                Err(Error::from_failure(code, message))
+                Err(Error::failure_from(self.address.clone(), code, message))
             }
             Ok(response) => {
                 self.state = match &response {
@@ -281,47 +322,74 @@ impl Transport {
     }
 
     async fn read_message(&mut self, ctx: DecodeContext) -> Result<Response> {
-        let mut header = [0u8; HEADER_SIZE];
-        self.stream
-            .read_exact(&mut header)
-            .await
-            .map_err(closed_by_server)?;
-        let header = Header::decode(header);
+        let first = self.responses == 0;
+        self.responses = self.responses.saturating_add(1);
+        let mut raw = [0u8; HEADER_SIZE];
+        if let Err(e) = self.stream.read_exact(&mut raw).await {
+            return Err(self.io(e));
+        }
+        if first && raw.starts_with(b"HTTP/") {
+            return Err(self.not_dqlite("it answered with HTTP".into()));
+        }
+        let header = Header::decode(raw);
         let size = header.body_len();
         if size > self.max_message_size {
+            // A first reply this large is not a dqlite reply at all (an
+            // SSH banner, a TLS alert, ...): say so, not "too large".
+            if first {
+                return Err(
+                    self.not_dqlite(format!("its first reply starts with {}", printable(&raw)))
+                );
+            }
             return Err(Error::MessageTooLarge {
+                address: self.address.clone(),
                 size,
                 max: self.max_message_size,
             });
         }
-        let size = usize::try_from(size).map_err(|_| Error::MessageTooLarge {
-            size,
-            max: self.max_message_size,
-        })?;
+        let Ok(size) = usize::try_from(size) else {
+            return Err(Error::MessageTooLarge {
+                address: self.address.clone(),
+                size,
+                max: self.max_message_size,
+            });
+        };
         self.body.clear();
         self.body.resize(size, 0);
-        self.stream
-            .read_exact(&mut self.body)
-            .await
-            .map_err(closed_by_server)?;
+        if let Err(e) = self.stream.read_exact(&mut self.body).await {
+            return Err(self.io(e));
+        }
         let response = Response::decode(&header, &self.body, ctx);
         if self.body.capacity() > BODY_BUFFER_KEEP {
             self.body = Vec::new();
         }
-        Ok(response?)
+        response.map_err(|source| {
+            if first {
+                self.not_dqlite(format!("its first reply is not a dqlite message: {source}"))
+            } else {
+                Error::Decode {
+                    address: self.address.clone(),
+                    cause: source,
+                }
+            }
+        })
+    }
+
+    fn not_dqlite(&self, detail: String) -> Error {
+        Error::NotDqlite {
+            address: self.address.clone(),
+            detail,
+        }
     }
 }
 
-/// An EOF in the middle of a response means the server hung up; say so
-/// rather than "early eof".
-fn closed_by_server(err: std::io::Error) -> Error {
-    if err.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::Io(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed by the server",
-        ))
+/// The first bytes of a reply for a message: text as text, else hex.
+fn printable(bytes: &[u8]) -> String {
+    if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("{:?}", String::from_utf8_lossy(bytes))
     } else {
-        Error::Io(err)
+        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("bytes {}", hex.join(" "))
     }
 }
 

@@ -65,6 +65,8 @@ fn config() -> Config {
     let mut config = Config::default();
     config.connect_timeout = Duration::from_secs(30);
     config.request_timeout = Duration::from_secs(30);
+    // The demo was just spawned: refusals mean "not listening yet".
+    config.give_up_when_all_refuse = false;
     config
 }
 

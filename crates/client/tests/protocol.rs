@@ -147,6 +147,7 @@ async fn a_reported_leader_must_name_itself() {
         Error::NoLeader {
             attempts,
             last_error: Some(last),
+            ..
         } => {
             assert_eq!(attempts, 2);
             assert!(matches!(*last, Error::LeaderMismatch { .. }), "{last}");
@@ -182,34 +183,81 @@ async fn a_node_that_knows_no_leader_is_skipped() {
     assert_eq!(client.address(), leader_address);
 }
 
+/// A loopback port that was just free: connections to it are refused.
+fn dead_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn refused_everywhere_fails_fast_listing_the_addresses() {
+    let (a, b) = (dead_port(), dead_port());
+    // Defaults: 30 s of rounds, were every refusal retried.
+    let config = dqlite_client::Config::default();
+    let start = Instant::now();
+    let err = Client::find_leader(&[a.as_str(), b.as_str()], &config)
+        .await
+        .unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    match &err {
+        Error::Unreachable { addresses } => assert_eq!(addresses, &[a.clone(), b.clone()]),
+        other => panic!("expected Unreachable, got {other}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no dqlite node is listening at {a}, {b}: connection refused; \
+             check that the nodes are running and the addresses are right"
+        )
+    );
+    // Client::connect names the address too.
+    let err = Client::connect(&a, &config).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot connect to {a}: Connection refused")),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn unreachable_servers_give_no_leader_within_the_bounds() {
-    // A port that was just free: connections are refused.
-    let address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let address = dead_port();
     let mut config = fast_config();
     config.max_rounds = 4;
+    config.give_up_when_all_refuse = false;
     let start = Instant::now();
     let err = Client::find_leader(&[address.as_str(), address.as_str()], &config)
         .await
         .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3));
-    match err {
+    match &err {
         Error::NoLeader {
+            addresses,
             attempts,
             last_error,
         } => {
-            assert_eq!(attempts, 8);
-            assert!(matches!(last_error.as_deref(), Some(Error::Io(_))));
+            assert_eq!(addresses.len(), 2);
+            assert_eq!(*attempts, 8);
+            assert!(matches!(last_error.as_deref(), Some(Error::Connect { .. })));
         }
         other => panic!("expected NoLeader, got {other}"),
     }
+    assert!(
+        err.to_string().starts_with(&format!(
+            "no leader found through {address}, {address} after 8 attempts \
+             (last error: cannot connect to {address}: Connection refused"
+        )),
+        "{err}"
+    );
     // And the overall timeout holds even with unlimited-looking rounds.
     let mut config = fast_config();
     config.max_rounds = u32::MAX;
     config.connect_timeout = Duration::from_millis(300);
+    config.give_up_when_all_refuse = false;
     let start = Instant::now();
     let err = Client::find_leader(&[address.as_str()], &config)
         .await
@@ -220,6 +268,70 @@ async fn unreachable_servers_give_no_leader_within_the_bounds() {
         Client::find_leader::<&str>(&[], &config).await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// A TCP listener on 127.0.0.1 that answers every connection with
+/// `reply` once it has read the client's first bytes.
+async fn foreign_server(reply: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(support::STEP, stream.read(&mut buf)).await;
+                let _ = stream.write_all(reply).await;
+                let _ = tokio::time::timeout(support::STEP, stream.read(&mut buf)).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_speak_dqlite_is_reported_as_such() {
+    let http = foreign_server(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let garbage = foreign_server(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+    let small_garbage = foreign_server(&[1, 0, 0, 0, 200, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9]).await;
+    let config = dqlite_client::Config::default();
+    for (address, detail) in [
+        (&http, "it answered with HTTP".to_owned()),
+        (
+            &garbage,
+            "its first reply starts with \"SSH-2.0-\"".to_owned(),
+        ),
+        (
+            &small_garbage,
+            "its first reply is not a dqlite message".to_owned(),
+        ),
+    ] {
+        let start = Instant::now();
+        let err = Client::find_leader(&[address.as_str()], &config)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotDqlite { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2), "no retries");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{address} does not speak the dqlite protocol ({detail}"
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("check the address and port"), "{text}");
+        assert!(!text.contains("exceeds the limit"), "{text}");
+        // Talking to exactly that node says the same.
+        let mut client = Client::connect(address, &config).await.unwrap();
+        let err = client.leader().await.unwrap_err();
+        assert!(matches!(err, Error::NotDqlite { .. }), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -447,7 +559,7 @@ async fn an_oversized_length_word_is_an_error_not_an_allocation() {
         .unwrap();
     let err = db.exec("SELECT 1", ()).await.unwrap_err();
     match err {
-        Error::MessageTooLarge { size, max } => {
+        Error::MessageTooLarge { size, max, .. } => {
             assert_eq!(size, u64::from(u32::MAX) * 8);
             assert_eq!(max, 256 << 20);
         }
@@ -455,7 +567,7 @@ async fn an_oversized_length_word_is_an_error_not_an_allocation() {
     }
     assert!(matches!(
         db.exec("SELECT 1", ()).await,
-        Err(Error::ConnectionBroken)
+        Err(Error::ConnectionBroken { .. })
     ));
     // The limit is configurable: 1,600 bytes is too much for 1 KiB.
     let mut config = fast_config();
@@ -467,7 +579,8 @@ async fn an_oversized_length_word_is_an_error_not_an_allocation() {
         db.exec("SELECT 1", ()).await,
         Err(Error::MessageTooLarge {
             size: 1600,
-            max: 1024
+            max: 1024,
+            ..
         })
     ));
 }
@@ -497,7 +610,7 @@ async fn an_unanswered_request_times_out_and_breaks_the_connection() {
     assert!(err.needs_reconnect());
     assert!(matches!(
         db.exec("SELECT 1", ()).await,
-        Err(Error::ConnectionBroken)
+        Err(Error::ConnectionBroken { .. })
     ));
 }
 
@@ -526,7 +639,7 @@ async fn a_call_cancelled_half_way_poisons_the_connection() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(matches!(
         db.exec("SELECT 2", ()).await,
-        Err(Error::ConnectionBroken)
+        Err(Error::ConnectionBroken { .. })
     ));
 }
 
@@ -549,11 +662,11 @@ async fn an_unexpected_response_type_is_a_protocol_error() {
         .unwrap();
     assert!(matches!(
         db.exec("SELECT 1", ()).await,
-        Err(Error::Protocol(_))
+        Err(Error::Protocol { .. })
     ));
     assert!(matches!(
         db.exec("SELECT 1", ()).await,
-        Err(Error::ConnectionBroken)
+        Err(Error::ConnectionBroken { .. })
     ));
 }
 
@@ -863,10 +976,10 @@ async fn malformed_result_streams_are_protocol_errors() {
         let mut rows = db.query("SELECT 1", ()).await.unwrap();
         assert!(rows.next().await.unwrap().is_some());
         let err = rows.next().await.unwrap_err();
-        assert!(matches!(err, Error::Protocol(_)), "{err}");
+        assert!(matches!(err, Error::Protocol { .. }), "{err}");
         assert!(matches!(
             db.exec("SELECT 1", ()).await,
-            Err(Error::ConnectionBroken)
+            Err(Error::ConnectionBroken { .. })
         ));
     }
 }
@@ -888,9 +1001,52 @@ async fn a_server_hanging_up_mid_request_is_an_io_error() {
         .await
         .unwrap();
     let err = db.exec("SELECT 1", ()).await.unwrap_err();
-    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert!(matches!(err, Error::Closed { .. }), "{err}");
+    assert_eq!(err.to_string(), format!("{address} closed the connection"));
+    assert!(!err.outcome_unknown(), "a read");
+}
+
+/// A write in flight when the server hangs up may or may not have been
+/// applied, and the error says so (as for 10506).
+#[tokio::test]
+async fn a_write_cut_off_by_a_hang_up_has_an_unknown_outcome() {
+    let server = FakeServer::bind().await;
+    let address = server.address.clone();
+    let me = address.clone();
+    server.serve(move |_, mut conn| {
+        let me = me.clone();
+        async move {
+            conn.accept_and_open(&me, "db").await;
+            conn.recv().await;
+            conn.send(Response::Failure {
+                code: 10506,
+                message: "leadership lost".into(),
+            })
+            .await;
+            conn.recv().await;
+        }
+    });
+    let mut db = Database::connect_with(&[address.as_str()], "db", &fast_config())
+        .await
+        .unwrap();
+    let lost = db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap_err();
+    assert!(lost.outcome_unknown(), "{lost}");
+    assert_eq!(
+        lost.to_string(),
+        format!(
+            "the write may or may not have been applied: leadership was lost on {address}; \
+             check before retrying"
+        )
+    );
+    let err = db.exec("INSERT INTO t VALUES (2)", ()).await.unwrap_err();
+    assert!(err.outcome_unknown(), "{err}");
+    assert!(err.needs_reconnect());
     assert_eq!(
         err.to_string(),
-        "I/O error: connection closed by the server"
+        format!("the write may or may not have been applied: {address} closed the connection")
     );
+    assert!(matches!(
+        db.exec("SELECT 1", ()).await,
+        Err(Error::ConnectionBroken { .. })
+    ));
 }

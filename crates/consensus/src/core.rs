@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, Payload};
 use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
+use crate::progress::{Progress, ProgressReader};
 use crate::state::State;
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotStore};
 use crate::storage::{RaftLogView, StorageError};
@@ -168,6 +169,9 @@ pub enum ProposeError {
     /// The disk is failing: writes are refused until it recovers.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// The disk is full: writes are refused until space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// The core stopped working after a fatal error.
     #[error("consensus core failed: {0}")]
     Failed(String),
@@ -202,6 +206,10 @@ pub enum Input {
     Campaign,
     /// The caller gave up on this proposal (deadline).
     Abandon(ProposalId),
+    /// The leader refused this node's messages because it is no longer a
+    /// member. A removed node is not told otherwise: once the removal is
+    /// applied, nobody sends to it any more.
+    RemovedByLeader,
 }
 
 /// Work to persist before the messages that depend on it may leave.
@@ -321,6 +329,9 @@ pub struct Core<S: State> {
     removal_deferred: Option<u64>,
     /// Where snapshot counts and durations go.
     stats: Arc<crate::persist::Stats>,
+    /// Replaying the committed log after a restart: (up to this index,
+    /// its progress in entries).
+    replay: Option<(u64, Progress)>,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -343,10 +354,16 @@ impl<S: State> Core<S> {
             cluster = header.cluster.clone();
             if state.applied_index() < header.index {
                 let info = snapshots.find(header.term, header.index)?;
-                let mut reader = snapshots.state_reader(&info)?;
+                let progress = Progress::start(
+                    format!("restoring snapshot {} at start-up", header.index),
+                    "bytes",
+                    Some(info.size),
+                );
+                let mut reader = ProgressReader::new(snapshots.state_reader(&info)?, progress);
                 state
                     .restore(header.index, &mut reader)
                     .map_err(|e| CoreError::State(e.to_string()))?;
+                reader.finish();
             }
         }
         let conf_state = meta.get_conf_state().clone();
@@ -400,6 +417,17 @@ impl<S: State> Core<S> {
             commit_inflight: VecDeque::new(),
             removal_deferred: None,
             stats: Arc::default(),
+            replay: (durable_commit > snapshot_index).then(|| {
+                let progress = Progress::start(
+                    format!(
+                        "replaying the log at start-up, entries {} to {durable_commit}",
+                        snapshot_index + 1
+                    ),
+                    "entries",
+                    Some(durable_commit - snapshot_index),
+                );
+                (durable_commit, progress)
+            }),
         })
     }
 
@@ -590,6 +618,14 @@ impl<S: State> Core<S> {
                 }
             }
             Input::Abandon(id) => self.pending.retain(|_, p| p.id != id),
+            Input::RemovedByLeader => {
+                if !self.removed {
+                    info!("the leader no longer counts this node as a member");
+                    self.removed = true;
+                    self.removal_deferred = None;
+                    out.push(Action::Removed);
+                }
+            }
         }
         // Read rounds start in process_ready, so every read handed in
         // before it shares one round.
@@ -968,6 +1004,7 @@ impl<S: State> Core<S> {
         for entry in committed {
             self.apply_entry(entry, out)?;
         }
+        self.report_replay();
         // Read states.
         for rs in rd.take_read_states() {
             self.on_read_state(rs.index, &rs.request_ctx);
@@ -1039,18 +1076,37 @@ impl<S: State> Core<S> {
         self.raw.mut_store().evict(applied);
     }
 
+    /// Logs the progress of the start-up replay, and its end.
+    fn report_replay(&mut self) {
+        let Some((target, progress)) = &mut self.replay else {
+            return;
+        };
+        let target = *target;
+        let first = target.saturating_sub(progress.total_or_zero());
+        progress.set(self.applied.saturating_sub(first));
+        if self.applied >= target {
+            if let Some((_, progress)) = self.replay.take() {
+                progress.finish();
+            }
+        }
+    }
+
     fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), CoreError> {
-        info!(
-            index = meta.index,
-            term = meta.term,
-            "installing snapshot from leader"
-        );
         let started = std::time::Instant::now();
         let info = self.snapshots.find(meta.term, meta.index)?;
-        let mut reader = self.snapshots.state_reader(&info)?;
+        let progress = Progress::start(
+            format!(
+                "installing snapshot {} (term {}) from the leader",
+                meta.index, meta.term
+            ),
+            "bytes",
+            Some(info.size),
+        );
+        let mut reader = ProgressReader::new(self.snapshots.state_reader(&info)?, progress);
         self.state
             .restore(meta.index, &mut reader)
             .map_err(|e| CoreError::State(e.to_string()))?;
+        reader.finish();
         self.stats
             .snapshot(&crate::persist::SnapshotKind::INSTALLED, started.elapsed());
         self.cluster = info.header.cluster.clone();

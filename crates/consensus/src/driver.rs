@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::core::{Action, Core, Input, Outcome, Proposal, ProposeError};
 use crate::membership::ClusterMeta;
-use crate::persist::{Job, Persister, Report, Stats};
+use crate::persist::{DiskFault, Job, Persister, Report, Stats};
 use crate::transport::{Feedback, Transport};
 use crate::State;
 
@@ -105,7 +105,7 @@ struct Driver<S: State> {
     reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
     next_id: u64,
     status: watch::Sender<Status>,
-    disk_error: Option<String>,
+    disk_error: Option<DiskFault>,
     peers_published: Vec<(u64, String)>,
 }
 
@@ -255,6 +255,7 @@ impl<S: State> Driver<S> {
     fn on_feedback(&mut self, f: Feedback, actions: &mut Vec<Action>) {
         match f {
             Feedback::Unreachable(id) => self.core.handle_input(Input::Unreachable(id), actions),
+            Feedback::Removed => self.core.handle_input(Input::RemovedByLeader, actions),
             Feedback::SnapshotSent { to, ok } => self
                 .core
                 .handle_input(Input::SnapshotSent { to, ok }, actions),
@@ -266,7 +267,12 @@ impl<S: State> Driver<S> {
             Command::Propose(p, tx) => {
                 if let Some(e) = &self.disk_error {
                     // Refuse at once rather than queue behind a failing disk.
-                    let _ = tx.send(Err(ProposeError::StorageUnavailable(e.clone())));
+                    let err = if e.full {
+                        ProposeError::DiskFull(e.message.clone())
+                    } else {
+                        ProposeError::StorageUnavailable(e.message.clone())
+                    };
+                    let _ = tx.send(Err(err));
                     return None;
                 }
                 self.next_id += 1;
@@ -357,7 +363,7 @@ impl<S: State> Driver<S> {
             error: core
                 .failure()
                 .map(String::from)
-                .or_else(|| self.disk_error.clone()),
+                .or_else(|| self.disk_error.as_ref().map(|e| e.message.clone())),
             stopped: false,
         };
         self.status.send_if_modified(|s| {

@@ -28,6 +28,7 @@ pub mod core;
 pub mod kv;
 pub mod membership;
 pub mod offline;
+pub mod progress;
 pub mod state;
 pub mod storage;
 

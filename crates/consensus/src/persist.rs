@@ -36,9 +36,19 @@ pub enum Report {
     /// Durable up to this ready number.
     Persisted(u64),
     /// Writing failed (the batches are retried); `None` once it recovered.
-    Error(Option<String>),
+    Error(Option<DiskFault>),
     /// The thread exited.
     Stopped,
+}
+
+/// Why the log cannot be persisted right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFault {
+    /// The error, with the file it concerns.
+    pub message: String,
+    /// The disk is full: writes are refused as "disk full", not as a
+    /// generic storage failure.
+    pub full: bool,
 }
 
 /// What staging a batch wrote (and so what needs an fsync).
@@ -279,9 +289,21 @@ impl Persister {
                 match self.write(&writes, &stats) {
                     Ok(()) => break,
                     Err(e) => {
-                        error!(error = %e, "persisting the log failed; retrying");
+                        let full = e.is_disk_full();
+                        if full {
+                            error!(
+                                error = %e,
+                                "the disk is full: writes are refused until space is freed; \
+                                 persisting the log is retried"
+                            );
+                        } else {
+                            error!(error = %e, "persisting the log failed; retrying");
+                        }
                         failing = true;
-                        let _ = reports.send(Report::Error(Some(e.to_string())));
+                        let _ = reports.send(Report::Error(Some(DiskFault {
+                            message: e.to_string(),
+                            full,
+                        })));
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         if self.shutdown.load(std::sync::atomic::Ordering::Relaxed) {

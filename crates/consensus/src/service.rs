@@ -17,7 +17,9 @@ use crate::membership::{NodeInfo, Role, ServiceCommand};
 use crate::persist::{Persister, Stats};
 use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotStore, StorageError};
 use crate::transport::client::{self, full};
-use crate::transport::server::{BoxFuture, JoinRefusal, JoinRequest, JoinResponse, PeerService};
+use crate::transport::server::{
+    BoxFuture, DeliverError, JoinRefusal, JoinRequest, JoinResponse, PeerService,
+};
 use crate::transport::{Feedback, HttpTransport, RaftHttp, TlsConfig, Transport};
 use crate::State;
 
@@ -130,6 +132,9 @@ pub enum Error {
     /// The disk is failing; writes are refused until it recovers.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// The disk is full; writes are refused until space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// Another membership change is in progress.
     #[error("another membership change is in progress")]
     ConfChangeInProgress,
@@ -166,6 +171,7 @@ impl Error {
             ProposeError::ReadTimeout => Error::Timeout,
             ProposeError::Failed(s) => Error::Core(s),
             ProposeError::StorageUnavailable(s) => Error::StorageUnavailable(s),
+            ProposeError::DiskFull(s) => Error::DiskFull(s),
         }
     }
 }
@@ -690,9 +696,26 @@ impl Service {
 }
 
 impl PeerService for Service {
-    fn deliver(&self, messages: Vec<Message>) -> Result<(), &'static str> {
+    fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError> {
+        {
+            // Only the leader answers "removed": its registry is the one
+            // every committed change reached first. A node being added is
+            // in it before it ever talks raft; spares never do.
+            let status = self.inner.status.borrow();
+            if status.is_leader
+                && messages.iter().any(|m| {
+                    m.from != 0
+                        && m.from != status.id
+                        && !status.cluster.nodes.contains_key(&m.from)
+                })
+            {
+                return Err(DeliverError::SenderRemoved);
+            }
+        }
         let guard = lock(&self.inner.driver);
-        let d = guard.as_ref().ok_or("not initialized")?;
+        let d = guard
+            .as_ref()
+            .ok_or(DeliverError::Unavailable("not initialized"))?;
         for m in messages {
             // Full queue: drop; raft retransmits.
             let _ = d.peer_messages.try_send(m);

@@ -230,7 +230,7 @@ async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
     // Once the failure is known, new writes are refused at once.
     assert!(matches!(
         svc.exec(set("x", "y"), T).await,
-        Err(dqlite_consensus::Error::StorageUnavailable(_))
+        Err(dqlite_consensus::Error::DiskFull(_))
     ));
     // Reads of what is safely committed keep working.
     assert_eq!(kv.get("a").as_deref(), Some("1"));

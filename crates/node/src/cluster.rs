@@ -2,6 +2,9 @@
 //! service: leadership and membership from the replicated registry, the
 //! read barrier, and the admin requests with dqlite's semantics.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +27,8 @@ pub struct RaftCluster {
     /// leading: a few election timeouts.
     barrier_timeout: Duration,
     leadership: watch::Receiver<bool>,
+    /// Set once the service reports this node removed from the cluster.
+    removed: Arc<AtomicBool>,
 }
 
 fn wire_role(role: dqlite_consensus::Role) -> Role {
@@ -68,9 +73,15 @@ impl RaftCluster {
     pub fn new(service: Service, address: String, latency: Duration) -> Self {
         let (tx, rx) = watch::channel(service.is_leader());
         let mut status = service.watch();
+        let removed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&removed);
         tokio::spawn(async move {
             loop {
-                let leads = status.borrow_and_update().is_leader;
+                let (leads, gone) = {
+                    let s = status.borrow_and_update();
+                    (s.is_leader, s.removed)
+                };
+                flag.store(gone, Ordering::Relaxed);
                 tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
                 if status.changed().await.is_err() || tx.is_closed() {
                     break;
@@ -88,18 +99,130 @@ impl RaftCluster {
             // an election plus the new leader's first commit.
             barrier_timeout: (latency * 60).max(Duration::from_secs(1)),
             leadership: rx,
+            removed,
         }
     }
 
     fn member(&self, id: u64) -> Result<dqlite_consensus::NodeInfo, ClusterError> {
-        self.service
-            .status()
-            .cluster
-            .nodes
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ClusterError::Other("Resource not found".into()))
+        member(&self.service.status().cluster.nodes, id).cloned()
     }
+}
+
+type Members = BTreeMap<u64, dqlite_consensus::NodeInfo>;
+
+/// What clients of a removed node are told: where to go instead.
+fn removed_message(id: u64, address: &str, nodes: &Members) -> String {
+    let others: Vec<&str> = nodes
+        .values()
+        .filter(|n| n.id != id)
+        .map(|n| n.address.as_str())
+        .collect();
+    if others.is_empty() {
+        format!("node {id} ({address}) was removed from the cluster and serves no clients")
+    } else {
+        format!(
+            "node {id} ({address}) was removed from the cluster; connect to its members instead: {}",
+            others.join(", ")
+        )
+    }
+}
+
+/// "1, 2, 3": the ids a user could have meant.
+fn member_ids(nodes: &Members) -> String {
+    let ids: Vec<String> = nodes.keys().map(u64::to_string).collect();
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    }
+}
+
+fn role_name(role: dqlite_consensus::Role) -> &'static str {
+    match role {
+        dqlite_consensus::Role::Voter => "voter",
+        dqlite_consensus::Role::Standby => "stand-by",
+        dqlite_consensus::Role::Spare => "spare",
+    }
+}
+
+/// The member with this id, or an error listing the ids there are.
+fn member(nodes: &Members, id: u64) -> Result<&dqlite_consensus::NodeInfo, ClusterError> {
+    nodes.get(&id).ok_or_else(|| {
+        ClusterError::Other(format!(
+            "no node with id {id}; members are {}",
+            member_ids(nodes)
+        ))
+    })
+}
+
+/// Checks an ADD against the membership.
+fn check_add(nodes: &Members, id: u64, address: &str) -> Result<(), ClusterError> {
+    if id == 0 {
+        return Err(ClusterError::Other(
+            "node id 0 is not valid: give the node a non-zero id".into(),
+        ));
+    }
+    if let Some(n) = nodes.get(&id) {
+        return Err(ClusterError::Other(format!(
+            "node id {id} is already in use by {}; pick another id",
+            n.address
+        )));
+    }
+    if let Some(n) = nodes.values().find(|n| n.address == address) {
+        return Err(ClusterError::Other(format!(
+            "address {address} is already used by node {}; remove that node first",
+            n.id
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an ASSIGN: the node exists and does not have the role yet.
+fn check_assign(
+    nodes: &Members,
+    id: u64,
+    role: dqlite_consensus::Role,
+) -> Result<dqlite_consensus::NodeInfo, ClusterError> {
+    let node = member(nodes, id)?;
+    if node.role == role {
+        return Err(ClusterError::Other(format!(
+            "node {id} is already a {}",
+            role_name(role)
+        )));
+    }
+    Ok(node.clone())
+}
+
+/// The node a TRANSFER hands leadership to: `id`, or for 0 any other
+/// voter. `leader` is this node, which leads (the gateway checked).
+fn transfer_target(nodes: &Members, leader: u64, id: u64) -> Result<u64, ClusterError> {
+    if id == 0 {
+        // raft picks the most up-to-date voter; any other voter is a
+        // valid choice, and raft-rs catches it up before handing over.
+        return nodes
+            .values()
+            .find(|n| n.id != leader && n.role == dqlite_consensus::Role::Voter)
+            .map(|n| n.id)
+            .ok_or_else(|| {
+                ClusterError::Other(format!(
+                    "no other voter to transfer leadership to; members are {}",
+                    member_ids(nodes)
+                ))
+            });
+    }
+    let node = member(nodes, id)?;
+    if id == leader {
+        return Err(ClusterError::Other(format!(
+            "node {id} is already the leader"
+        )));
+    }
+    if node.role != dqlite_consensus::Role::Voter {
+        return Err(ClusterError::Other(format!(
+            "node {id} is a {}, and only voters can lead; assign it the voter role first",
+            role_name(node.role)
+        )));
+    }
+    Ok(id)
 }
 
 #[async_trait]
@@ -148,16 +271,7 @@ impl Cluster for RaftCluster {
     }
 
     async fn add(&self, id: u64, address: &str) -> Result<(), ClusterError> {
-        if id == 0 {
-            return Err(ClusterError::Other("server ID is not valid".into()));
-        }
-        let status = self.service.status();
-        if status.cluster.nodes.contains_key(&id) {
-            return Err(ClusterError::Other("server ID already in use".into()));
-        }
-        if status.cluster.by_address(address).is_some() {
-            return Err(ClusterError::Other("server address already in use".into()));
-        }
+        check_add(&self.service.status().cluster.nodes, id, address)?;
         // As dqlite: a new node starts as a spare; ASSIGN gives it a role.
         let node = dqlite_consensus::NodeInfo {
             id,
@@ -174,15 +288,7 @@ impl Cluster for RaftCluster {
     }
 
     async fn assign(&self, id: u64, role: Role) -> Result<(), ClusterError> {
-        let node = self.member(id)?;
-        if node.role == raft_role(role) {
-            let name = match role {
-                Role::Voter => "voter",
-                Role::StandBy => "stand-by",
-                Role::Spare => "spare",
-            };
-            return Err(ClusterError::Other(format!("server is already {name}")));
-        }
+        let node = check_assign(&self.service.status().cluster.nodes, id, raft_role(role))?;
         self.service
             .set_role(&node.address, raft_role(role))
             .await
@@ -200,24 +306,7 @@ impl Cluster for RaftCluster {
 
     async fn transfer(&self, id: u64) -> Result<(), ClusterError> {
         let status = self.service.status();
-        let invalid = || ClusterError::Other("server ID is not valid".into());
-        let target = if id == 0 {
-            // raft picks the most up-to-date voter; any other voter is a
-            // valid choice, and raft-rs catches it up before handing over.
-            status
-                .cluster
-                .nodes
-                .values()
-                .find(|n| n.id != status.id && n.role == dqlite_consensus::Role::Voter)
-                .map(|n| n.id)
-                .ok_or_else(invalid)?
-        } else {
-            let node = status.cluster.nodes.get(&id).ok_or_else(invalid)?;
-            if id == status.id || node.role != dqlite_consensus::Role::Voter {
-                return Err(invalid());
-            }
-            id
-        };
+        let target = transfer_target(&status.cluster.nodes, status.id, id)?;
         let result = self
             .service
             .transfer_leadership(target, self.transfer_timeout)
@@ -225,12 +314,128 @@ impl Cluster for RaftCluster {
         debug!(target, ?result, "leadership transfer finished");
         // As dqlite: success means this node no longer leads.
         if self.service.is_leader() {
-            return Err(ClusterError::Other("leadership transfer failed".into()));
+            return Err(ClusterError::Other(format!(
+                "leadership did not move to node {target} within {:?}; node {} still leads: \
+                 retry, or check that node {target} is running and caught up",
+                self.transfer_timeout, status.id
+            )));
         }
         Ok(())
     }
 
     fn leadership(&self) -> Option<watch::Receiver<bool>> {
         Some(self.leadership.clone())
+    }
+
+    fn removed(&self) -> Option<String> {
+        if !self.removed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let status = self.service.status();
+        Some(removed_message(
+            status.id,
+            &self.address,
+            &status.cluster.nodes,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqlite_consensus::Role as R;
+
+    fn members(spec: &[(u64, R)]) -> Members {
+        spec.iter()
+            .map(|&(id, role)| {
+                let node = dqlite_consensus::NodeInfo {
+                    id,
+                    address: format!("127.0.0.1:{}", 9000 + id),
+                    role,
+                    promote: false,
+                };
+                (id, node)
+            })
+            .collect()
+    }
+
+    fn text<T: std::fmt::Debug>(r: Result<T, ClusterError>) -> String {
+        r.expect_err("an error").to_string()
+    }
+
+    #[test]
+    fn transfer_targets_and_their_errors() {
+        let three = members(&[(1, R::Voter), (2, R::Voter), (3, R::Voter)]);
+        let mixed = members(&[(1, R::Voter), (2, R::Standby), (3, R::Spare)]);
+        // (members, leader, requested id, expected target or error text)
+        let table: &[(&Members, u64, u64, Result<u64, &str>)] = &[
+            (&three, 3, 1, Ok(1)),
+            (&three, 3, 0, Ok(1)),
+            (&three, 3, 3, Err("node 3 is already the leader")),
+            (&three, 3, 7, Err("no node with id 7; members are 1, 2, 3")),
+            (
+                &mixed,
+                1,
+                2,
+                Err("node 2 is a stand-by, and only voters can lead; assign it the voter role first"),
+            ),
+            (
+                &mixed,
+                1,
+                0,
+                Err("no other voter to transfer leadership to; members are 1, 2, 3"),
+            ),
+        ];
+        for (nodes, leader, id, want) in table {
+            let got = transfer_target(nodes, *leader, *id);
+            match want {
+                Ok(target) => assert_eq!(got.ok(), Some(*target), "transfer {id}"),
+                Err(msg) => assert_eq!(text(got), *msg, "transfer {id}"),
+            }
+        }
+    }
+
+    #[test]
+    fn assign_add_and_remove_say_what_was_wrong() {
+        let nodes = members(&[(1, R::Voter), (2, R::Voter), (3, R::Spare)]);
+        assert_eq!(
+            text(check_assign(&nodes, 7, R::Voter)),
+            "no node with id 7; members are 1, 2, 3"
+        );
+        assert_eq!(
+            text(check_assign(&nodes, 2, R::Voter)),
+            "node 2 is already a voter"
+        );
+        assert_eq!(
+            check_assign(&nodes, 3, R::Voter).map(|n| n.id).ok(),
+            Some(3)
+        );
+        assert_eq!(
+            text(member(&nodes, 9)),
+            "no node with id 9; members are 1, 2, 3"
+        );
+        assert_eq!(
+            text(check_add(&nodes, 0, "127.0.0.1:9")),
+            "node id 0 is not valid: give the node a non-zero id"
+        );
+        assert_eq!(
+            text(check_add(&nodes, 2, "127.0.0.1:9")),
+            "node id 2 is already in use by 127.0.0.1:9002; pick another id"
+        );
+        assert_eq!(
+            text(check_add(&nodes, 4, "127.0.0.1:9001")),
+            "address 127.0.0.1:9001 is already used by node 1; remove that node first"
+        );
+        assert!(check_add(&nodes, 4, "127.0.0.1:9004").is_ok());
+    }
+
+    #[test]
+    fn a_removed_node_points_to_the_members() {
+        let nodes = members(&[(1, R::Voter), (2, R::Voter)]);
+        assert_eq!(
+            removed_message(3, "127.0.0.1:9003", &nodes),
+            "node 3 (127.0.0.1:9003) was removed from the cluster; \
+             connect to its members instead: 127.0.0.1:9001, 127.0.0.1:9002"
+        );
     }
 }

@@ -400,6 +400,21 @@ impl Node {
         Ok(())
     }
 
+    /// Resolves once this node has been removed from the cluster (by a
+    /// REMOVE on the leader). It then refuses every client request with a
+    /// message naming the remaining members; the owner decides whether to
+    /// [`Node::close`] it. Never resolves for a node that is not running.
+    pub async fn removed(&self) {
+        if let Some(running) = &self.running {
+            let mut status = running.service.watch();
+            if status.wait_for(|s| s.removed).await.is_ok() {
+                return;
+            }
+        }
+        // Not running, or the service stopped: removal cannot come.
+        std::future::pending::<()>().await
+    }
+
     /// Stops the node. A leader first hands leadership to another voter,
     /// so the cluster does not wait for an election timeout.
     pub async fn close(&mut self) -> Result<(), NodeError> {

@@ -10,7 +10,7 @@ use dqlite_server::Databases;
 use dqlite_store::SettleError;
 use dqlite_store::{OnFailure, ProposeError, Proposer, Store};
 use dqlite_wire::error::{
-    SQLITE_BUSY, SQLITE_IOERR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+    SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
 };
 use rusqlite::Connection;
 
@@ -27,20 +27,24 @@ impl Databases for StoreDatabases {
     }
 
     fn settle(&self) -> Result<bool, Failure> {
-        dqlite_store::settle(SETTLE_TIMEOUT).map_err(|e| {
-            let code = match e {
-                SettleError::Stale => SQLITE_BUSY,
-                SettleError::NotLeader => SQLITE_IOERR_NOT_LEADER,
-                SettleError::LeadershipLost => SQLITE_IOERR_LEADERSHIP_LOST,
-                SettleError::Other(_) => SQLITE_IOERR,
-            };
-            Failure::new(code, e.to_string())
-        })
+        dqlite_store::settle(SETTLE_TIMEOUT).map_err(settle_failure)
     }
 
     fn forget(&self) {
         drop(dqlite_store::pending());
     }
+}
+
+/// The FAILURE a client gets for a commit that did not settle.
+fn settle_failure(e: SettleError) -> Failure {
+    let code = match e {
+        SettleError::Stale => SQLITE_BUSY,
+        SettleError::NotLeader => SQLITE_IOERR_NOT_LEADER,
+        SettleError::LeadershipLost => SQLITE_IOERR_LEADERSHIP_LOST,
+        SettleError::DiskFull => SQLITE_FULL,
+        SettleError::Other(_) => SQLITE_IOERR,
+    };
+    Failure::new(code, e.to_string())
 }
 
 /// Longer than the proposer's own timeout, which resolves every entry.
@@ -62,6 +66,7 @@ fn propose_error(e: Error) -> ProposeError {
         Error::NotLeader { .. } | Error::Dropped | Error::Uninitialized => ProposeError::NotLeader,
         Error::LeadershipLost => ProposeError::LeadershipLost,
         Error::Timeout => ProposeError::Timeout,
+        Error::DiskFull(why) => ProposeError::DiskFull(why),
         other => ProposeError::Other(other.to_string()),
     }
 }
@@ -85,5 +90,28 @@ impl Proposer for ServiceProposer {
                 Err(_) => failed(ProposeError::Timeout),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_sqlite_full_for_the_client() {
+        // The chain a commit's failure takes: consensus refuses the
+        // proposal, the store settles the ticket, the server answers.
+        let consensus = Error::DiskFull("I/O error on raft/log/open-1: No space left".into());
+        let settled = SettleError::from(propose_error(consensus));
+        assert_eq!(settled, SettleError::DiskFull);
+        let failure = settle_failure(settled);
+        assert_eq!(failure.code, SQLITE_FULL);
+        assert_eq!(failure.code, 13);
+        assert_eq!(failure.message, "database or disk is full");
+        // Other storage failures stay I/O errors.
+        let other = settle_failure(SettleError::from(propose_error(Error::StorageUnavailable(
+            "I/O error on raft/meta: EIO".into(),
+        ))));
+        assert_eq!(other.code, SQLITE_IOERR);
     }
 }

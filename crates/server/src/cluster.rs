@@ -77,6 +77,13 @@ pub trait Cluster: Send + Sync + 'static {
     fn leadership(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
+    /// `Some(message)` once this node has been removed from the cluster:
+    /// every request is then refused with the message, which points the
+    /// client to the remaining members. Called for every request: keep it
+    /// cheap while the node is a member.
+    fn removed(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A one-node cluster: always the leader, membership fixed.

@@ -307,6 +307,14 @@ impl Gateway {
 
     /// Answers one request.
     pub(crate) async fn handle(&mut self, req: Request) -> Reply {
+        // A removed node serves nothing: NOT_LEADER (nothing was done,
+        // retry elsewhere) with a message naming where to go instead.
+        if let Some(why) = self.cluster().removed() {
+            return Reply::One(Response::failure(
+                dqlite_wire::error::SQLITE_IOERR_NOT_LEADER,
+                why,
+            ));
+        }
         match self.dispatch(req).await {
             Ok(reply) => reply,
             Err(resp) => Reply::One(resp),

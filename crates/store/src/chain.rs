@@ -34,6 +34,10 @@ pub enum SettleError {
     /// not have been applied.
     #[error("leadership lost: the write may or may not have been applied")]
     LeadershipLost,
+    /// The disk of the leader is full: nothing was applied (SQLITE_FULL
+    /// to the client).
+    #[error("database or disk is full")]
+    DiskFull,
     /// Anything else; the outcome is unknown.
     #[error("{0}")]
     Other(String),
@@ -44,6 +48,7 @@ impl From<ProposeError> for SettleError {
         match e {
             ProposeError::NotLeader => SettleError::NotLeader,
             ProposeError::LeadershipLost | ProposeError::Timeout => SettleError::LeadershipLost,
+            ProposeError::DiskFull(_) => SettleError::DiskFull,
             ProposeError::Other(m) => SettleError::Other(m),
         }
     }

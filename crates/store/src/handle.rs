@@ -155,6 +155,9 @@ impl MainFile {
             Some(SettleError::Stale) => Err(code::IOERR_STALE),
             Some(SettleError::NotLeader) => Err(code::IOERR_NOT_LEADER),
             Some(SettleError::LeadershipLost) => Err(code::IOERR_LEADERSHIP_LOST),
+            // SQLITE_FULL also puts SQLite's pager in its error state, so
+            // the pages marked clean are dropped as with IOERR.
+            Some(SettleError::DiskFull) => Err(code::FULL),
             Some(SettleError::Other(msg)) => {
                 tracing::warn!(database = %self.db.name, "commit failed: {msg}");
                 Err(code::IOERR)

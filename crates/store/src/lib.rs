@@ -90,6 +90,10 @@ pub enum ProposeError {
     /// No outcome in time: the entry may still commit.
     #[error("timed out")]
     Timeout,
+    /// The disk is full: nothing was replicated; writes are refused until
+    /// space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),

@@ -298,9 +298,13 @@ fn failed_commits_surface_the_dqlite_codes_and_change_nothing() {
         (ProposeError::NotLeader, 10250),
         (ProposeError::LeadershipLost, 10506),
         (ProposeError::Timeout, 10506),
+        (ProposeError::DiskFull("No space left on device".into()), 13),
     ] {
         *replicator.fail.lock().unwrap() = Some(err);
         let e = conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        if code == 13 {
+            assert!(e.to_string().contains("database or disk is full"), "{e}");
+        }
         assert_eq!(sqlite_code(e), code);
         assert_eq!(store.seq("f.db"), seq, "nothing applied");
         *replicator.fail.lock().unwrap() = None;

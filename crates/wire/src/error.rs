@@ -8,6 +8,8 @@ pub const SQLITE_BUSY: u64 = 5;
 pub const SQLITE_IOERR: u64 = 10;
 /// `SQLITE_NOTFOUND`: no database opened, no such statement.
 pub const SQLITE_NOTFOUND: u64 = 12;
+/// `SQLITE_FULL`: the database or the disk is full.
+pub const SQLITE_FULL: u64 = 13;
 /// `SQLITE_PROTOCOL`.
 pub const SQLITE_PROTOCOL: u64 = 15;
 /// `SQLITE_AUTH`: the statement was refused when compiled (a denied

@@ -115,6 +115,21 @@ impl Proc {
         }
     }
 
+    /// Waits (bounded) for the process to exit by itself; its status, or
+    /// `None` if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = wait_child(self.child.as_mut()?, timeout)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Whether the process has not exited by itself.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn read_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

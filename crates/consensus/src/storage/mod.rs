@@ -62,9 +62,46 @@ impl StorageError {
             source,
         }
     }
+
+    /// True when the disk is full (`ENOSPC`, or a quota exceeded): the
+    /// cure is freeing space, not repairing anything, so callers report it
+    /// apart from other I/O errors.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            // By errno: the matching `ErrorKind`s are newer than our MSRV.
+            StorageError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+            }
+            _ => false,
+        }
+    }
 }
+
+/// `ENOSPC` on Linux; the simulator's disks answer it too.
+const ENOSPC: i32 = 28;
+/// `EDQUOT` on Linux: a quota is exhausted, which is a full disk too.
+const EDQUOT: i32 = 122;
 
 /// The raft directory inside a node's data directory.
 pub fn raft_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("raft")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_disk_is_reported_as_full() {
+        let io = |errno| {
+            StorageError::io(
+                Path::new("raft/log"),
+                std::io::Error::from_raw_os_error(errno),
+            )
+        };
+        assert!(io(ENOSPC).is_disk_full());
+        assert!(io(EDQUOT).is_disk_full());
+        assert!(!io(5).is_disk_full(), "EIO is another failure");
+        assert!(!StorageError::Gap { last: 1, next: 3 }.is_disk_full());
+    }
 }

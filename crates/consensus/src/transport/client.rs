@@ -1,6 +1,7 @@
 //! The sending side: one task and one persistent HTTP/1.1 connection per
 //! peer, fed by a bounded queue; snapshot streams on connections of their own.
 
+use crate::progress::Progress;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -261,6 +262,10 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
         };
         match request(sender, &address, "/raft/msg", &headers, full(body)).await {
             Ok((status, _)) if status.is_success() => {}
+            Ok((StatusCode::GONE, _)) => {
+                debug!(to, "the leader says this node is no longer a member");
+                let _ = inner.feedback.send(Feedback::Removed);
+            }
             Ok((status, body)) => {
                 debug!(to, %status, body = %String::from_utf8_lossy(&body), "peer refused messages");
             }
@@ -289,6 +294,14 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     encode_frame(&msg, &mut head);
+    let mut progress = Progress::start(
+        format!(
+            "sending snapshot {} (term {}) to node {}",
+            meta.index, meta.term, msg.to
+        ),
+        "bytes",
+        Some(info.size),
+    );
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(4);
@@ -318,11 +331,14 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
             .await
             .map_err(|_| "peer closed".to_string())?;
         while let Some(chunk) = chunk_rx.recv().await {
-            tx.send_data(chunk?)
+            let chunk = chunk?;
+            let len = chunk.len() as u64;
+            tx.send_data(chunk)
                 .await
                 .map_err(|_| "peer closed".to_string())?;
+            progress.add(len);
         }
-        Ok::<(), String>(())
+        Ok::<Progress, String>(progress)
     };
     let mut sender = connect(&address, inner.tls.as_ref())
         .await
@@ -331,6 +347,7 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
         ("x-raft-from", inner.id.to_string()),
         ("x-raft-from-address", inner.address.clone()),
         ("content-type", "application/octet-stream".to_string()),
+        ("x-raft-snapshot-size", info.size.to_string()),
     ];
     let send = request(
         &mut sender,
@@ -340,9 +357,11 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
         body.boxed(),
     );
     let (forwarded, sent) = tokio::join!(forward, send);
-    forwarded?;
+    let progress = forwarded?;
     let (status, text) = sent.map_err(|e| e.to_string())?;
-    if !status.is_success() {
+    if status.is_success() {
+        progress.finish();
+    } else {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
     }
     Ok(())

@@ -32,6 +32,8 @@ pub const MAX_FRAME: usize = MAX_MESSAGE_BODY;
 pub enum Feedback {
     /// A peer could not be reached.
     Unreachable(u64),
+    /// The leader answered that this node is no longer a member.
+    Removed,
     /// A snapshot stream to a peer finished.
     SnapshotSent {
         /// The peer.

@@ -2,6 +2,7 @@
 //! already-accepted stream ([`serve_connection`], for a server that sniffs
 //! the protocol on one port) or run its own listener ([`serve`]).
 
+use crate::progress::Progress;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,11 +58,23 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What the HTTP handler needs from the service.
 pub trait PeerService: Send + Sync + 'static {
     /// Hands peer messages to raft (`Err` when not running).
-    fn deliver(&self, messages: Vec<Message>) -> Result<(), &'static str>;
+    fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError>;
     /// Where incoming snapshots go (`None` when not running).
     fn snapshots(&self) -> Option<SnapshotStore>;
     /// Handles a join request.
     fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>>;
+}
+
+/// Why incoming peer messages were not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// This node cannot take messages now (answered 503).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// This node leads and the sender is not a member: it was removed
+    /// (answered 410 Gone, which tells the sender so).
+    #[error("the sender is not a member of this cluster")]
+    SenderRemoved,
 }
 
 /// The `/raft/` HTTP handler.
@@ -115,7 +128,11 @@ impl RaftHttp {
         }
         match self.service.deliver(messages) {
             Ok(()) => reply(StatusCode::OK, ""),
-            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, why),
+            Err(DeliverError::Unavailable(why)) => reply(StatusCode::SERVICE_UNAVAILABLE, why),
+            Err(DeliverError::SenderRemoved) => reply(
+                StatusCode::GONE,
+                "the sender is not a member of this cluster",
+            ),
         }
     }
 
@@ -131,6 +148,13 @@ impl RaftHttp {
 
     async fn receive_snapshot(&self, req: Request<Incoming>) -> Result<(), String> {
         let store = self.service.snapshots().ok_or("not running")?;
+        // The sender's size, for progress lines only.
+        let size = req
+            .headers()
+            .get("x-raft-snapshot-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut progress: Option<Progress> = None;
         let mut body = req.into_body();
         let mut head: Vec<u8> = Vec::new();
         let mut msg: Option<Message> = None;
@@ -161,6 +185,14 @@ impl RaftHttp {
                 let meta = m.get_snapshot().get_metadata();
                 let store = store.clone();
                 let (term, index) = (meta.term, meta.index);
+                progress = Some(Progress::start(
+                    format!(
+                        "receiving snapshot {index} (term {term}) from node {}",
+                        m.from
+                    ),
+                    "bytes",
+                    size,
+                ));
                 incoming = Some(
                     tokio::task::spawn_blocking(move || store.incoming(term, index))
                         .await
@@ -176,6 +208,9 @@ impl RaftHttp {
             let Some(mut sink) = incoming.take() else {
                 continue;
             };
+            if let Some(p) = progress.as_mut() {
+                p.add(data.len() as u64);
+            }
             sink = tokio::task::spawn_blocking(move || sink.write_chunk(&data).map(|()| sink))
                 .await
                 .map_err(|e| e.to_string())?
@@ -194,12 +229,10 @@ impl RaftHttp {
             // The core would not find the file it is told to install.
             return Err("snapshot file does not match its message".into());
         }
-        debug!(
-            index = info.header.index,
-            size = info.size,
-            "snapshot received"
-        );
-        self.service.deliver(vec![msg]).map_err(String::from)
+        if let Some(p) = progress {
+            p.finish();
+        }
+        self.service.deliver(vec![msg]).map_err(|e| e.to_string())
     }
 
     async fn on_join(&self, req: Request<Incoming>) -> Resp {

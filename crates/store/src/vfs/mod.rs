@@ -28,6 +28,7 @@ pub mod code {
     pub const BUSY: c_int = 5;
     pub const IOERR: c_int = 10;
     pub const NOTFOUND: c_int = 12;
+    pub const FULL: c_int = 13;
     pub const CANTOPEN: c_int = 14;
     pub const IOERR_READ: c_int = 10 | (1 << 8);
     pub const IOERR_SHORT_READ: c_int = 10 | (2 << 8);
