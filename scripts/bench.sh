@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compare dqlite-rs with C dqlite on this machine: `dqlite-rs bench`
-# (go-dqlite's kvwrite workload) with 1 and 8 workers against
+# (go-dqlite's kvwrite and kvreadwrite workloads; by default kvwrite with
+# 1, 8 and 64 workers and kvreadwrite with 8) against
 #   - a 1-node and a 3-node C dqlite 1.11 cluster (Debian's dqlite-demo),
 #   - a 1-node and a 3-node dqlite-rs cluster (dqlite-rs node; the 3-node
 #     case needs `dqlite-rs node --join` and is skipped, with a note, when
@@ -13,20 +14,22 @@
 # Usage: scripts/bench.sh [--duration SECONDS] [--workers "1 8"]
 #                         [--workload kvwrite|kvreadwrite] [--no-build]
 #                         [--results FILE]
+# (--workers or --workload runs only that workload with those workers.)
 # Environment: CARGO_TARGET_DIR (default /work/target-bench when /work
 # exists, else target), DQLITE_RS_BIN (use this binary, build nothing),
 # DQLITE_RS_NODE_ARGS (extra `dqlite-rs node` flags, e.g. --disk-mode),
 # BENCH_PORT_BASE (default 31000), TMPDIR.
 #
 # Output: the machine, the command, one JSON line per run (also appended to
-# --results FILE if given) and a Markdown table with ops/s, p50/p99 latency
-# and the ratio dqlite-rs / C dqlite per case.
+# --results FILE if given; dqlite-rs lines carry the leader's log entries
+# per fsync, from its /metrics) and a Markdown table with ops/s, p50/p99
+# latency and the ratios dqlite-rs / C dqlite per case.
 
 set -euo pipefail
 
 DURATION=10
-WORKERS_LIST="1 8"
-WORKLOAD=kvwrite
+WORKERS_LIST=""
+WORKLOAD=""
 BUILD=1
 RESULTS_FILE=""
 COMMAND_LINE="scripts/bench.sh $*"
@@ -38,10 +41,19 @@ while [ $# -gt 0 ]; do
         --workload) WORKLOAD="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --results) RESULTS_FILE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
+
+# The cases, WORKLOAD:WORKERS. By default kvwrite with 1, 8 and 64 workers
+# and kvreadwrite with 8; --workload and --workers narrow it.
+if [ -z "$WORKLOAD$WORKERS_LIST" ]; then
+    PLAN="kvwrite:1 kvwrite:8 kvwrite:64 kvreadwrite:8"
+else
+    PLAN=""
+    for w in ${WORKERS_LIST:-1 8}; do PLAN="$PLAN ${WORKLOAD:-kvwrite}:$w"; done
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${CARGO_TARGET_DIR:-}" ]; then
@@ -57,8 +69,8 @@ PORT_LIMIT=$((PORT + 2000))
 log() { echo "bench.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-for tool in dqlite-demo dqlite jq timeout; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y go-dqlite jq coreutils)"
+for tool in dqlite-demo dqlite jq timeout curl; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y go-dqlite jq coreutils curl)"
 done
 
 if [ "$BUILD" = 1 ]; then
@@ -160,17 +172,41 @@ start_dqlite_rs() { # N: start N dqlite-rs nodes, set ADDRS
 JSONL="$WORK/results.jsonl"
 : >"$JSONL"
 
+# leader_fsyncs: "SUM COUNT" of the entries-per-fsync histogram of the
+# dqlite-rs leader among $ADDRS (its /metrics), or "0 0".
+leader_fsyncs() {
+    local a m
+    for a in ${ADDRS//,/ }; do
+        m=$(curl -s --max-time 5 "http://$a/metrics" 2>/dev/null) || continue
+        if grep -q '^dqlite_raft_leader 1' <<<"$m"; then
+            awk '/^dqlite_raft_entries_per_fsync_sum/ {s=$2} /^dqlite_raft_entries_per_fsync_count/ {c=$2} END {print s+0, c+0}' <<<"$m"
+            return
+        fi
+    done
+    echo "0 0"
+}
+
 # run_case IMPL NODES: benchmark the running cluster at $ADDRS with each
-# worker count; one JSON line per run, tagged with impl and nodes.
+# worker count; one JSON line per run, tagged with impl and nodes (and, for
+# dqlite-rs, the leader's log entries per fsync during the run).
 run_case() {
-    local impl=$1 nodes=$2 w line
-    for w in $WORKERS_LIST; do
-        log "$impl, $nodes node(s), $w worker(s), $DURATION s"
-        if line=$(timeout $((DURATION + 120)) "$BIN" bench -s "$ADDRS" --workload "$WORKLOAD" \
-            --workers "$w" --duration "$DURATION" --database "bench_w$w" --json \
+    local impl=$1 nodes=$2 case workload w line before after
+    for case in $PLAN; do
+        workload=${case%%:*} w=${case##*:}
+        log "$impl, $nodes node(s), $workload, $w worker(s), $DURATION s"
+        before=$([ "$impl" = dqlite-rs ] && leader_fsyncs || echo "0 0")
+        if line=$(timeout $((DURATION + 120)) "$BIN" bench -s "$ADDRS" --workload "$workload" \
+            --workers "$w" --duration "$DURATION" --database "bench_${workload}_w$w" --json \
             2> >(sed 's/^/    /' >&2)); then
+            after=$([ "$impl" = dqlite-rs ] && leader_fsyncs || echo "0 0")
             echo "$line" | jq -c --arg impl "$impl" --argjson nodes "$nodes" \
-                '{impl: $impl, nodes: $nodes} + .' | tee -a "$JSONL"
+                --arg before "$before" --arg after "$after" '
+                ($before | split(" ") | map(tonumber)) as $b
+                | ($after | split(" ") | map(tonumber)) as $a
+                | {impl: $impl, nodes: $nodes} + .
+                + (if ($a[1] - $b[1]) > 0
+                   then {leader_entries_per_fsync: ((($a[0] - $b[0]) / ($a[1] - $b[1])) * 10 | round / 10)}
+                   else {} end)' | tee -a "$JSONL"
         else
             log "$impl $nodes-node $w workers: bench failed: $line"
         fi
@@ -187,7 +223,7 @@ if [ -n "${DQLITE_RS_BIN:-}" ]; then
 else
     echo "dqlite-rs: built from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')${RS_NODE_ARGS[*]:+, node flags: ${RS_NODE_ARGS[*]}}"
 fi
-echo "command: $COMMAND_LINE (workload $WORKLOAD, workers $WORKERS_LIST, ${DURATION} s each, keys 32 B, values 1024 B)"
+echo "command: $COMMAND_LINE (cases$PLAN, ${DURATION} s each, keys 32 B, values 1024 B)"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 HAS_JOIN=0
@@ -218,19 +254,20 @@ if [ -n "$RESULTS_FILE" ]; then
 fi
 
 echo
-echo "| nodes | workers | C dqlite ops/s | C p50 ms | C p99 ms | dqlite-rs ops/s | rs p50 ms | rs p99 ms | ops/s rs/C | p50 rs/C |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-jq -rs --arg workers "$WORKERS_LIST" '
+echo "| nodes | workload | workers | C dqlite ops/s | C p50 ms | C p99 ms | dqlite-rs ops/s | rs p50 ms | rs p99 ms | ops/s rs/C | p50 rs/C | p99 rs/C |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+jq -rs --arg plan "$PLAN" '
     def cell(x): if x == null then "–" else (x | tostring) end;
     def ratio(a; b): if a == null or b == null or b == 0 then "–"
         else ((a / b * 100 | round) / 100 | tostring) end;
     . as $all
     | [1, 3][] as $n
-    | ($workers | split(" ") | map(select(. != "") | tonumber))[] as $w
-    | ($all | map(select(.impl == "c-dqlite" and .nodes == $n and .workers == $w)) | first) as $c
-    | ($all | map(select(.impl == "dqlite-rs" and .nodes == $n and .workers == $w)) | first) as $r
-    | "| \($n) | \($w) | \(cell($c.ops_per_sec)) | \(cell($c.latency_ms.p50)) | \(cell($c.latency_ms.p99)) | \(cell($r.ops_per_sec)) | \(cell($r.latency_ms.p50)) | \(cell($r.latency_ms.p99)) | \(ratio($r.ops_per_sec; $c.ops_per_sec)) | \(ratio($r.latency_ms.p50; $c.latency_ms.p50)) |"
+    | ($plan | split(" ") | map(select(. != "") | split(":")))[] as [$wl, $ws]
+    | ($ws | tonumber) as $w
+    | ($all | map(select(.impl == "c-dqlite" and .nodes == $n and .workload == $wl and .workers == $w)) | first) as $c
+    | ($all | map(select(.impl == "dqlite-rs" and .nodes == $n and .workload == $wl and .workers == $w)) | first) as $r
+    | "| \($n) | \($wl) | \($w) | \(cell($c.ops_per_sec)) | \(cell($c.latency_ms.p50)) | \(cell($c.latency_ms.p99)) | \(cell($r.ops_per_sec)) | \(cell($r.latency_ms.p50)) | \(cell($r.latency_ms.p99)) | \(ratio($r.ops_per_sec; $c.ops_per_sec)) | \(ratio($r.latency_ms.p50; $c.latency_ms.p50)) | \(ratio($r.latency_ms.p99; $c.latency_ms.p99)) |"
 ' "$JSONL"
 echo
-jq -rs '.[] | "\(.impl) \(.nodes)-node \(.workers)w: busy retries \(.busy_retries), reconnects \(.reconnects), errors \(.errors), unfinished \(.unfinished)\(if .first_error then ", first error: " + .first_error else "" end)"' "$JSONL"
+jq -rs '.[] | "\(.impl) \(.nodes)-node \(.workload) \(.workers)w: busy retries \(.busy_retries), reconnects \(.reconnects), errors \(.errors), unfinished \(.unfinished)\(if .leader_entries_per_fsync then ", leader entries per fsync \(.leader_entries_per_fsync)" else "" end)\(if .first_error then ", first error: " + .first_error else "" end)"' "$JSONL"
 for note in "${NOTES[@]}"; do echo "note: $note"; done
