@@ -111,8 +111,24 @@ async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     };
     match &args.command {
         Command::List => {
+            // CLUSTER carries no metadata: ask each node (DESCRIBE answers
+            // from the replicated registry); "-" when it does not answer.
             for n in leader().await?.cluster().await? {
-                println!("{} {} {}", n.id, n.address, role_name(n.role));
+                let meta = async {
+                    let mut c = Client::connect(&n.address, &config).await?;
+                    c.describe().await
+                };
+                let (domain, weight) =
+                    match tokio::time::timeout(Duration::from_secs(2), meta).await {
+                        Ok(Ok(m)) => (m.failure_domain.to_string(), m.weight.to_string()),
+                        _ => ("-".to_string(), "-".to_string()),
+                    };
+                println!(
+                    "{} {} {} {domain} {weight}",
+                    n.id,
+                    n.address,
+                    role_name(n.role)
+                );
             }
         }
         Command::Leader => match leader().await?.leader().await? {

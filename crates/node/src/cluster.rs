@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dqlite_consensus::core::{MemberRequest, Proposal};
-use dqlite_consensus::{Error, Service};
+use dqlite_consensus::{Error, Service, Status};
 use dqlite_server::{Cluster, ClusterError};
 use dqlite_wire::{NodeInfo, Role};
 use tokio::sync::watch;
@@ -15,9 +14,11 @@ use tracing::{debug, info};
 /// [`Cluster`] over a running consensus [`Service`].
 pub struct RaftCluster {
     service: Service,
+    /// This node's id (before it is a member, the one it was started with).
+    id: u64,
+    /// The failure domain it was started with.
+    failure_domain: u64,
     address: String,
-    /// How long a barrier or a membership change may take.
-    timeout: Duration,
     /// How long a leadership transfer may take.
     transfer_timeout: Duration,
     /// How long a read barrier may take before this node counts as not
@@ -26,28 +27,24 @@ pub struct RaftCluster {
     leadership: watch::Receiver<bool>,
 }
 
-fn wire_role(role: dqlite_consensus::Role) -> Role {
-    match role {
-        dqlite_consensus::Role::Voter => Role::Voter,
-        dqlite_consensus::Role::Standby => Role::StandBy,
-        dqlite_consensus::Role::Spare => Role::Spare,
-    }
-}
-
-fn raft_role(role: Role) -> dqlite_consensus::Role {
-    match role {
-        Role::Voter => dqlite_consensus::Role::Voter,
-        Role::StandBy => dqlite_consensus::Role::Standby,
-        Role::Spare => dqlite_consensus::Role::Spare,
-    }
-}
-
-fn wire_node(n: &dqlite_consensus::NodeInfo) -> NodeInfo {
-    NodeInfo {
-        id: n.id,
-        address: n.address.clone(),
-        role: wire_role(n.role),
-    }
+/// The voter other than this node to hand leadership to: the most
+/// up-to-date one among those the leader heard from recently, then any
+/// other voter (raft-rs catches it up before handing over).
+pub fn best_voter(status: &Status) -> Option<u64> {
+    let voters = status
+        .cluster
+        .nodes
+        .values()
+        .filter(|n| n.id != status.id && n.role == Role::Voter);
+    let online = voters
+        .clone()
+        .filter_map(|n| match status.progress.get(&n.id) {
+            Some((matched, true)) => Some((*matched, std::cmp::Reverse(n.id))),
+            _ => None,
+        })
+        .max()
+        .map(|(_, std::cmp::Reverse(id))| id);
+    online.or_else(|| voters.map(|n| n.id).next())
 }
 
 /// Maps service errors to the wire contract: not leader → 10250, lost
@@ -65,7 +62,13 @@ impl RaftCluster {
     /// The cluster of the node at `address` (its advertised address),
     /// served by `service`. Must be called inside a tokio runtime: a task
     /// follows the service's leadership.
-    pub fn new(service: Service, address: String, latency: Duration) -> Self {
+    pub fn new(
+        service: Service,
+        id: u64,
+        address: String,
+        failure_domain: u64,
+        latency: Duration,
+    ) -> Self {
         let (tx, rx) = watch::channel(service.is_leader());
         let mut status = service.watch();
         tokio::spawn(async move {
@@ -79,8 +82,9 @@ impl RaftCluster {
         });
         RaftCluster {
             service,
+            id,
+            failure_domain,
             address,
-            timeout: Duration::from_secs(10),
             // One election timeout is at most 20 ticks; leave room for the
             // target to catch up first.
             transfer_timeout: (latency * 60).max(Duration::from_secs(2)),
@@ -91,7 +95,7 @@ impl RaftCluster {
         }
     }
 
-    fn member(&self, id: u64) -> Result<dqlite_consensus::NodeInfo, ClusterError> {
+    fn member(&self, id: u64) -> Result<NodeInfo, ClusterError> {
         self.service
             .status()
             .cluster
@@ -107,12 +111,14 @@ impl Cluster for RaftCluster {
     fn this_node(&self) -> NodeInfo {
         let status = self.service.status();
         match status.cluster.nodes.get(&status.id) {
-            Some(n) => wire_node(n),
+            Some(n) => n.clone(),
             // Not (yet) a member: it knows nothing about the cluster.
             None => NodeInfo {
-                id: status.id,
+                id: if status.id == 0 { self.id } else { status.id },
                 address: self.address.clone(),
                 role: Role::Spare,
+                failure_domain: self.failure_domain,
+                weight: 0,
             },
         }
     }
@@ -123,11 +129,11 @@ impl Cluster for RaftCluster {
 
     fn leader(&self) -> Option<NodeInfo> {
         let status = self.service.status();
-        status.cluster.nodes.get(&status.leader).map(wire_node)
+        status.cluster.nodes.get(&status.leader).cloned()
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {
-        self.service.membership().iter().map(wire_node).collect()
+        self.service.membership().iter().cloned().collect()
     }
 
     async fn barrier(&self) -> Result<(), ClusterError> {
@@ -155,23 +161,20 @@ impl Cluster for RaftCluster {
             return Err(ClusterError::Other("server address already in use".into()));
         }
         // As dqlite: a new node starts as a spare; ASSIGN gives it a role.
-        let node = dqlite_consensus::NodeInfo {
+        let node = NodeInfo {
             id,
             address: address.to_string(),
-            role: dqlite_consensus::Role::Spare,
-            promote: false,
+            role: Role::Spare,
+            ..Default::default()
         };
-        self.service
-            .propose(Proposal::Member(MemberRequest::Set(node)), self.timeout)
-            .await
-            .map_err(map_err)?;
+        self.service.set_member(node).await.map_err(map_err)?;
         info!(id, address, "node added as spare");
         Ok(())
     }
 
     async fn assign(&self, id: u64, role: Role) -> Result<(), ClusterError> {
         let node = self.member(id)?;
-        if node.role == raft_role(role) {
+        if node.role == role {
             let name = match role {
                 Role::Voter => "voter",
                 Role::StandBy => "stand-by",
@@ -180,7 +183,7 @@ impl Cluster for RaftCluster {
             return Err(ClusterError::Other(format!("server is already {name}")));
         }
         self.service
-            .set_role(&node.address, raft_role(role))
+            .set_role(&node.address, role)
             .await
             .map_err(map_err)?;
         info!(id, ?role, "role assigned");
@@ -198,18 +201,10 @@ impl Cluster for RaftCluster {
         let status = self.service.status();
         let invalid = || ClusterError::Other("server ID is not valid".into());
         let target = if id == 0 {
-            // raft picks the most up-to-date voter; any other voter is a
-            // valid choice, and raft-rs catches it up before handing over.
-            status
-                .cluster
-                .nodes
-                .values()
-                .find(|n| n.id != status.id && n.role == dqlite_consensus::Role::Voter)
-                .map(|n| n.id)
-                .ok_or_else(invalid)?
+            best_voter(&status).ok_or_else(invalid)?
         } else {
             let node = status.cluster.nodes.get(&id).ok_or_else(invalid)?;
-            if id == status.id || node.role != dqlite_consensus::Role::Voter {
+            if id == status.id || node.role != Role::Voter {
                 return Err(invalid());
             }
             id
@@ -224,6 +219,27 @@ impl Cluster for RaftCluster {
             return Err(ClusterError::Other("leadership transfer failed".into()));
         }
         Ok(())
+    }
+
+    fn metadata(&self) -> Option<(u64, u64)> {
+        let status = self.service.status();
+        status
+            .cluster
+            .nodes
+            .get(&status.id)
+            .map(|n| (n.failure_domain, n.weight))
+    }
+
+    async fn set_weight(&self, weight: u64) -> Result<(), ClusterError> {
+        let status = self.service.status();
+        let Some(me) = status.cluster.nodes.get(&status.id) else {
+            // Not a member yet: the server keeps the value locally.
+            return Ok(());
+        };
+        self.service
+            .publish_metadata(me.failure_domain, weight)
+            .await
+            .map_err(map_err)
     }
 
     fn leadership(&self) -> Option<watch::Receiver<bool>> {

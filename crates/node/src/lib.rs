@@ -34,9 +34,11 @@
 
 mod cluster;
 mod error;
+mod manager;
 mod node;
 mod offline;
 mod peers;
+pub mod roles;
 mod sqlite;
 mod store;
 
