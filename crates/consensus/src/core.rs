@@ -110,6 +110,12 @@ pub enum MemberRequest {
     Remove(u64),
 }
 
+/// How many entries behind the commit index a standby may be and still
+/// count as caught up for promotion: a pipelined follower in the steady
+/// state is a round trip behind, which at a few thousand writes a second
+/// is tens of entries.
+pub const PROMOTE_LAG: u64 = 256;
+
 /// Deliberately broken behaviours, compiled only with the `sim-bugs`
 /// feature, so the simulator can prove its checkers catch them.
 #[cfg(feature = "sim-bugs")]
@@ -549,13 +555,17 @@ impl<S: State> Core<S> {
             .collect()
     }
 
-    /// Whether a peer's log has caught up with the commit index (leader only).
+    /// Whether a peer has caught up (leader only): it replicates in the
+    /// steady state and is at most [`PROMOTE_LAG`] entries behind the
+    /// commit index. Under a steady stream of writes the commit index moves
+    /// on every round, so an exact match may never be seen (a standby
+    /// assigned voter under load never got promoted).
     pub fn caught_up(&self, id: u64) -> bool {
-        self.raw
-            .raft
-            .prs()
-            .get(id)
-            .is_some_and(|p| p.matched >= self.raw.raft.raft_log.committed)
+        let committed = self.raw.raft.raft_log.committed;
+        self.raw.raft.prs().get(id).is_some_and(|p| {
+            p.state == raft::ProgressState::Replicate
+                && p.matched.saturating_add(PROMOTE_LAG) >= committed
+        })
     }
 
     /// Handles one input, then processes any resulting Ready.
@@ -1023,6 +1033,10 @@ impl<S: State> Core<S> {
         if !rd.snapshot().is_empty() {
             let meta = rd.snapshot().get_metadata().clone();
             self.install_snapshot(&meta)?;
+            // The registry came with it: the transport must learn the
+            // members added since (a standby that caught up by snapshot
+            // could not answer a new leader it had never heard of).
+            out.push(Action::MembershipChanged);
             snapshot_index = Some(meta.index);
         }
         // 3. Committed entries.

@@ -246,3 +246,53 @@ impl Cluster for RaftCluster {
         Some(self.leadership.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(me: u64, voters: &[(u64, Option<(u64, bool)>)]) -> Status {
+        let mut s = Status {
+            id: me,
+            is_leader: true,
+            ..Status::default()
+        };
+        for (id, progress) in voters {
+            let n = NodeInfo::new(*id, format!("n{id}"), Role::Voter);
+            s.cluster.nodes.insert(*id, n);
+            if let Some(p) = progress {
+                s.progress.insert(*id, *p);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn transfer_zero_picks_the_most_up_to_date_online_voter() {
+        let s = status(
+            1,
+            &[
+                (1, Some((50, true))),
+                (2, Some((40, true))),
+                (3, Some((45, true))),
+                (4, Some((49, false))),
+            ],
+        );
+        assert_eq!(best_voter(&s), Some(3));
+        // Ties go to the lower id.
+        let s = status(
+            1,
+            &[
+                (1, Some((9, true))),
+                (5, Some((9, true))),
+                (2, Some((9, true))),
+            ],
+        );
+        assert_eq!(best_voter(&s), Some(2));
+        // No progress known (not leading): any other voter.
+        let s = status(1, &[(1, None), (2, None)]);
+        assert_eq!(best_voter(&s), Some(2));
+        let s = status(1, &[(1, None)]);
+        assert_eq!(best_voter(&s), None);
+    }
+}

@@ -189,10 +189,16 @@ pub(crate) async fn hand_over_role(service: &Service, timeout: Duration) {
     if me.role == Role::Spare || status.cluster.nodes.len() < 2 {
         return;
     }
-    let Some((_, leader)) = service.leader() else {
+    let Some((leader_id, leader)) = service.leader() else {
         warn!("no leader known: leaving without handing over the role");
         return;
     };
+    if leader_id == status.id {
+        // Leadership could not be handed over (no other voter): a leader
+        // cannot demote itself, and promoting a replacement now would only
+        // leave more voters down while this node is away.
+        return;
+    }
     let work = async {
         // A follower knows no raft progress: probe everyone.
         let probes = status.cluster.nodes.values().cloned().map(|n| async move {

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use dqlite_wire::{NodeInfo, Role};
 
 /// Below this many members only the leader votes (go-dqlite's
-/// `minVoters`): two voters would make every single failure fatal.
+/// `minVoters`): two voters would make every single failure fatal. The
+/// other node of a two-node cluster is a standby (go-dqlite: a spare).
 pub const MIN_VOTERS: usize = 3;
 
 /// How many voters and standbys the role manager keeps.
@@ -85,12 +86,13 @@ pub fn adjust(
     }
     if nodes.len() < MIN_VOTERS {
         // Two members: the leader alone votes, so losing the other one
-        // never costs the quorum.
+        // never costs the quorum. go-dqlite makes the other a spare; a
+        // standby keeps a replica of the data at no cost to availability.
         let other = nodes
             .iter()
             .find(|n| n.id != leader && n.role == Role::Voter)?;
         return Some(Change {
-            role: Role::Spare,
+            role: Role::StandBy,
             candidates: vec![other.id],
         });
     }
