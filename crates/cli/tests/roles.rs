@@ -176,20 +176,21 @@ impl Writer {
                         Some(d) => Some(d.exec("INSERT INTO t VALUES (1)", ()).await.map(|_| ())),
                         None => None,
                     };
-                    let mut g = stats2.lock().unwrap_or_else(|p| p.into_inner());
-                    match result {
-                        Some(Ok(())) => {
-                            g.0 = g.0.max(last_ok.elapsed());
-                            g.1 += 1;
-                            last_ok = Instant::now();
+                    {
+                        let mut g = stats2.lock().unwrap_or_else(|p| p.into_inner());
+                        match result {
+                            Some(Ok(())) => {
+                                g.0 = g.0.max(last_ok.elapsed());
+                                g.1 += 1;
+                                last_ok = Instant::now();
+                            }
+                            Some(Err(e)) => {
+                                g.2.push(e.to_string());
+                                db = None;
+                            }
+                            None => {}
                         }
-                        Some(Err(e)) => {
-                            g.2.push(e.to_string());
-                            db = None;
-                        }
-                        None => {}
                     }
-                    drop(g);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })
@@ -423,7 +424,7 @@ fn go_addtool() -> PathBuf {
 fn go_dqlite_add_and_assign_an_empty_node_that_then_leads_with_old_rows() {
     let tool = go_addtool();
     // Voters target 5 so the role manager leaves the assigned voter be.
-    let mut cluster = Cluster::start(3, &["--voters", "5"]);
+    let cluster = Cluster::start(3, &["--voters", "5"]);
     let servers = cluster.servers();
     wait_members(&servers, "3 voters", Duration::from_secs(30), |m| {
         count(m, "voter") == 3

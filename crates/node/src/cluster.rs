@@ -133,7 +133,7 @@ impl Cluster for RaftCluster {
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {
-        self.service.membership().iter().cloned().collect()
+        self.service.membership()
     }
 
     async fn barrier(&self) -> Result<(), ClusterError> {
