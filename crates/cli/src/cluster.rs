@@ -24,7 +24,8 @@ pub struct Args {
 /// What to do.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Members with their roles: `ID ADDRESS ROLE` per line.
+    /// Members: `ID ADDRESS ROLE FAILURE-DOMAIN WEIGHT` per line (the last
+    /// two from each member's DESCRIBE; `-` when it does not answer).
     List,
     /// The leader: `ID ADDRESS`.
     Leader,

@@ -23,7 +23,8 @@ use crate::logging::LogFormat;
 pub struct Args {
     /// Node id. Default: 1 (bootstraps) without --join; with --join or an
     /// existing directory, the cluster's (allocated on join, read back on
-    /// restart).
+    /// restart). Another id with an empty directory and no --join waits
+    /// until a leader adds it (ADD, then ASSIGN).
     #[arg(long)]
     pub id: Option<u64>,
     /// Address clients and other nodes dial (host:port). Port 0 picks a free
