@@ -105,6 +105,11 @@ prerequisites() {
         missing+=(g++)
     fi
     command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+    # Go and go-dqlite's sources: crates/cli/tests/roles.rs builds a small
+    # program against go-dqlite's real client (Client.Add/Assign), offline.
+    command -v go >/dev/null 2>&1 || missing+=(golang-go)
+    [ -d /usr/share/gocode/src/github.com/canonical/go-dqlite/client ] ||
+        missing+=(golang-github-canonical-go-dqlite-dev)
     # A terminal for the shell's interactive test (crates/cli/tests/shell_tty.rs).
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)
     if [ "${#missing[@]}" -gt 0 ]; then

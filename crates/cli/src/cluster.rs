@@ -24,7 +24,8 @@ pub struct Args {
 /// What to do.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Members with their roles: `ID ADDRESS ROLE` per line.
+    /// Members: `ID ADDRESS ROLE FAILURE-DOMAIN WEIGHT` per line (the last
+    /// two from each member's DESCRIBE; `-` when it does not answer).
     List,
     /// The leader: `ID ADDRESS`.
     Leader,
@@ -103,8 +104,24 @@ async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     let first = || async { Client::connect(&args.servers[0], &config).await };
     match &args.command {
         Command::List => {
+            // CLUSTER carries no metadata: ask each node (DESCRIBE answers
+            // from the replicated registry); "-" when it does not answer.
             for n in leader().await?.cluster().await? {
-                println!("{} {} {}", n.id, n.address, role_name(n.role));
+                let meta = async {
+                    let mut c = Client::connect(&n.address, &config).await?;
+                    c.describe().await
+                };
+                let (domain, weight) =
+                    match tokio::time::timeout(Duration::from_secs(2), meta).await {
+                        Ok(Ok(m)) => (m.failure_domain.to_string(), m.weight.to_string()),
+                        _ => ("-".to_string(), "-".to_string()),
+                    };
+                println!(
+                    "{} {} {} {domain} {weight}",
+                    n.id,
+                    n.address,
+                    role_name(n.role)
+                );
             }
         }
         Command::Leader => match leader().await?.leader().await? {

@@ -1,7 +1,8 @@
 //! `dqlite-rs node`: run a node until SIGINT or SIGTERM.
 //!
 //! A node with an empty directory joins through `--join`, or bootstraps a
-//! new cluster when its id is 1 or BOOTSTRAP_ID; a node with data restarts
+//! new cluster when its id is 1 or BOOTSTRAP_ID; with any other id it
+//! waits until a leader ADDs and ASSIGNs it. A node with data restarts
 //! into its cluster. A directory that once tried to join never bootstraps
 //! by itself: it needs `--join` again, or `--bootstrap`.
 
@@ -22,7 +23,8 @@ use crate::logging::LogFormat;
 pub struct Args {
     /// Node id. Default: 1 (bootstraps) without --join; with --join or an
     /// existing directory, the cluster's (allocated on join, read back on
-    /// restart).
+    /// restart). Another id with an empty directory and no --join waits
+    /// until a leader adds it (ADD, then ASSIGN).
     #[arg(long)]
     pub id: Option<u64>,
     /// Address clients and other nodes dial (host:port). Port 0 picks a free
@@ -46,9 +48,16 @@ pub struct Args {
     /// Keep databases on disk instead of in memory.
     #[arg(long)]
     pub disk_mode: bool,
-    /// Failure domain reported by DESCRIBE.
+    /// Failure domain: recorded in the replicated registry, reported by
+    /// DESCRIBE; the role manager spreads voters and standbys over domains.
     #[arg(long, default_value_t = 0)]
     pub failure_domain: u64,
+    /// Voters the role manager keeps (while it leads).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub voters: u64,
+    /// Standbys the role manager keeps (while it leads).
+    #[arg(long, default_value_t = 3)]
+    pub standbys: u64,
     /// Expected one-way network latency between nodes; raft's heartbeat
     /// (2x) and election timeout (10-20x) scale with it.
     #[arg(long, default_value_t = 20)]
@@ -124,6 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_bootstrap(args.bootstrap)
         .with_disk_mode(args.disk_mode)
         .with_failure_domain(args.failure_domain)
+        .with_voters(usize::try_from(args.voters).unwrap_or(usize::MAX))
+        .with_standbys(usize::try_from(args.standbys).unwrap_or(usize::MAX))
         .with_network_latency(Duration::from_millis(args.network_latency_ms))
         .with_snapshot_params(args.snapshot_threshold, args.snapshot_trailing)
         .with_auto_recovery(!args.no_auto_recovery);

@@ -71,6 +71,7 @@ fn parse_node(spec: &str) -> anyhow::Result<NodeInfo> {
         id,
         address: address.to_string(),
         role,
+        ..Default::default()
     })
 }
 

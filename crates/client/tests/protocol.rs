@@ -854,11 +854,13 @@ async fn admin_calls() {
                         id: 1,
                         address: me.clone(),
                         role: Role::Voter,
+                        ..Default::default()
                     },
                     NodeInfo {
                         id: 2,
                         address: "127.0.0.1:2".into(),
                         role: Role::Spare,
+                        ..Default::default()
                     },
                 ],
             })

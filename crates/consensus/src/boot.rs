@@ -108,7 +108,7 @@ pub fn bootstrap<S: State>(
         id,
         address: address.to_string(),
         role: Role::Voter,
-        promote: false,
+        ..Default::default()
     };
     bootstrap_cluster(disk, raft_dir, id, &[me], state)
 }
@@ -142,7 +142,7 @@ pub fn bootstrap_cluster<S: State>(
         term: 1,
         conf_state: ConfStateCopy {
             voters: of(Role::Voter),
-            learners: of(Role::Standby),
+            learners: of(Role::StandBy),
             ..Default::default()
         },
         cluster,

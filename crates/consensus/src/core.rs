@@ -12,7 +12,7 @@
 //! released only when [`Input::Persisted`] reports the fsync, so no message
 //! that depends on a write ever leaves before the write is durable.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -58,6 +58,9 @@ pub struct CoreConfig {
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower.
     pub max_inflight_msgs: usize,
+    /// A peer the leader has heard from within this many ticks counts as
+    /// online (role manager, quorum guard, transfer target choice).
+    pub online_ticks: u64,
     /// A deliberately broken behaviour (simulator canaries only).
     #[cfg(feature = "sim-bugs")]
     pub broken: Broken,
@@ -75,6 +78,10 @@ impl CoreConfig {
             log_cache_bytes: crate::storage::mem::DEFAULT_LOG_CACHE_BYTES,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            // 150 ticks = 3 s at the default latency: long enough that a
+            // loaded machine's pauses do not demote voters, short enough to
+            // replace a dead one within seconds.
+            online_ticks: 150,
             #[cfg(feature = "sim-bugs")]
             broken: Broken::None,
         }
@@ -95,12 +102,20 @@ pub enum Proposal {
 /// A membership change request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberRequest {
-    /// Adds a node (or updates it) with this role; `promote` asks the leader
-    /// to make it a voter once it has caught up.
+    /// Adds a node (or updates it) with this role.
     Set(NodeInfo),
+    /// Makes the node a standby (raft learner) that the leader promotes to
+    /// voter once it has caught up: a voter is never added cold.
+    Learner(NodeInfo),
     /// Removes a node from the cluster.
     Remove(u64),
 }
+
+/// How many entries behind the commit index a standby may be and still
+/// count as caught up for promotion: a pipelined follower in the steady
+/// state is a round trip behind, which at a few thousand writes a second
+/// is tens of entries.
+pub const PROMOTE_LAG: u64 = 256;
 
 /// Deliberately broken behaviours, compiled only with the `sim-bugs`
 /// feature, so the simulator can prove its checkers catch them.
@@ -311,6 +326,8 @@ pub struct Core<S: State> {
     applied: u64,
     snapshot_index: u64,
     last_promotion_tick: u64,
+    /// The tick each peer was last heard from.
+    last_heard: HashMap<u64, u64>,
     leader_seen: (u64, u64, StateRole),
     /// This leader has applied an entry of its own term, so every entry
     /// committed in earlier terms is applied here too.
@@ -407,6 +424,7 @@ impl<S: State> Core<S> {
             applied: snapshot_index,
             snapshot_index,
             last_promotion_tick: 0,
+            last_heard: HashMap::new(),
             leader_seen,
             caught_up_in_term: false,
             election_rng: None,
@@ -553,13 +571,49 @@ impl<S: State> Core<S> {
         self.removed
     }
 
-    /// Whether a peer's log has caught up with the commit index (leader only).
-    pub fn caught_up(&self, id: u64) -> bool {
+    /// Whether `id` is this node or a peer heard from within
+    /// [`CoreConfig::online_ticks`] (only the leader hears from everyone).
+    pub fn is_online(&self, id: u64) -> bool {
+        id == self.config.id
+            || self
+                .last_heard
+                .get(&id)
+                .is_some_and(|t| self.ticks.saturating_sub(*t) <= self.config.online_ticks)
+    }
+
+    /// Replication progress of every raft member as the leader sees it
+    /// (empty on a follower): id → (matched index, online).
+    pub fn progress(&self) -> BTreeMap<u64, (u64, bool)> {
+        if !self.is_leader() {
+            return BTreeMap::new();
+        }
+        let me = self.config.id;
         self.raw
             .raft
             .prs()
-            .get(id)
-            .is_some_and(|p| p.matched >= self.raw.raft.raft_log.committed)
+            .iter()
+            .map(|(id, p)| {
+                let matched = if *id == me {
+                    self.raw.raft.raft_log.last_index()
+                } else {
+                    p.matched
+                };
+                (*id, (matched, self.is_online(*id)))
+            })
+            .collect()
+    }
+
+    /// Whether a peer has caught up (leader only): it replicates in the
+    /// steady state and is at most [`PROMOTE_LAG`] entries behind the
+    /// commit index. Under a steady stream of writes the commit index moves
+    /// on every round, so an exact match may never be seen (a standby
+    /// assigned voter under load never got promoted).
+    pub fn caught_up(&self, id: u64) -> bool {
+        let committed = self.raw.raft.raft_log.committed;
+        self.raw.raft.prs().get(id).is_some_and(|p| {
+            p.state == raft::ProgressState::Replicate
+                && p.matched.saturating_add(PROMOTE_LAG) >= committed
+        })
     }
 
     /// Handles one input, then processes any resulting Ready.
@@ -588,6 +642,9 @@ impl<S: State> Core<S> {
                 self.maybe_promote(out);
             }
             Input::Step(m) => {
+                if m.from != 0 {
+                    self.last_heard.insert(m.from, self.ticks);
+                }
                 // A bad or unexpected peer message is dropped, never fatal.
                 if let Err(e) = self.raw.step(m) {
                     debug!(error = %e, "peer message rejected");
@@ -660,6 +717,8 @@ impl<S: State> Core<S> {
                         // Registry-only change (e.g. a new spare): a service entry.
                         let change = match req {
                             MemberRequest::Set(n) => MemberChange::Set(n),
+                            // Already a learner: only the promotion mark.
+                            MemberRequest::Learner(n) => MemberChange::Promote(n.id),
                             MemberRequest::Remove(i) => MemberChange::Remove(i),
                         };
                         let cmd = ServiceCommand::SetMember(change);
@@ -703,11 +762,31 @@ impl<S: State> Core<S> {
                 let in_raft = cs.voters.contains(&n.id) || cs.learners.contains(&n.id);
                 let ty = match n.role {
                     Role::Voter => ConfChangeType::AddNode,
-                    Role::Standby => ConfChangeType::AddLearnerNode,
+                    Role::StandBy => ConfChangeType::AddLearnerNode,
                     Role::Spare if in_raft => ConfChangeType::RemoveNode,
                     Role::Spare => return Ok(None),
                 };
                 (n.id, ty, vec![MemberChange::Set(n.clone())])
+            }
+            MemberRequest::Learner(n) => {
+                if cs.learners.contains(&n.id) {
+                    return Ok(None);
+                }
+                if cs.voters.contains(&n.id) {
+                    return Err(ProposeError::InvalidChange(format!(
+                        "node {} is already a voter",
+                        n.id
+                    )));
+                }
+                let node = NodeInfo {
+                    role: Role::StandBy,
+                    ..n.clone()
+                };
+                (
+                    n.id,
+                    ConfChangeType::AddLearnerNode,
+                    vec![MemberChange::Set(node), MemberChange::Promote(n.id)],
+                )
             }
             MemberRequest::Remove(id) => {
                 let in_raft = cs.voters.contains(id) || cs.learners.contains(id);
@@ -734,6 +813,19 @@ impl<S: State> Core<S> {
                 "cannot remove the last voter".into(),
             ));
         }
+        if removing_voter {
+            // The voters left must still hold a quorum of online members,
+            // or the change would wedge the cluster.
+            let left: Vec<u64> = cs.voters.iter().copied().filter(|v| *v != node).collect();
+            let online = left.iter().filter(|v| self.is_online(**v)).count();
+            if online < left.len() / 2 + 1 {
+                return Err(ProposeError::InvalidChange(format!(
+                    "removing voter {node} would leave {online} online of {} voters, \
+                     fewer than a quorum",
+                    left.len()
+                )));
+            }
+        }
         let mut single = ConfChangeSingle::default();
         single.set_change_type(change_type);
         single.node_id = node;
@@ -754,15 +846,15 @@ impl<S: State> Core<S> {
         }
         let candidate = self
             .cluster
-            .nodes
-            .values()
-            .find(|n| n.promote && n.role == Role::Standby && self.caught_up(n.id))
+            .promote
+            .iter()
+            .filter_map(|id| self.cluster.nodes.get(id))
+            .find(|n| n.role == Role::StandBy && self.caught_up(n.id))
             .cloned();
         if let Some(mut node) = candidate {
             info!(node = node.id, "promoting caught-up standby to voter");
             self.last_promotion_tick = self.ticks;
             node.role = Role::Voter;
-            node.promote = false;
             self.seq += 1;
             let id = INTERNAL_PROPOSAL + self.seq;
             self.propose(id, Proposal::Member(MemberRequest::Set(node)), out);
@@ -998,6 +1090,10 @@ impl<S: State> Core<S> {
         if !rd.snapshot().is_empty() {
             let meta = rd.snapshot().get_metadata().clone();
             self.install_snapshot(&meta)?;
+            // The registry came with it: the transport must learn the
+            // members added since (a standby that caught up by snapshot
+            // could not answer a new leader it had never heard of).
+            out.push(Action::MembershipChanged);
             snapshot_index = Some(meta.index);
         }
         // 3. Committed entries.
@@ -1218,7 +1314,7 @@ impl<S: State> Core<S> {
                 push(id, ConfChangeType::AddNode);
             }
         }
-        for id in wanted(Role::Standby) {
+        for id in wanted(Role::StandBy) {
             if !cs.learners.contains(&id) {
                 push(id, ConfChangeType::AddLearnerNode);
             }

@@ -9,7 +9,7 @@
 //! Inputs arrive on bounded channels: peer messages are dropped when the
 //! queue is full (raft retries), client commands are refused at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +73,9 @@ pub struct Status {
     pub error: Option<String>,
     /// The driver has stopped.
     pub stopped: bool,
+    /// On the leader: each raft member's matched index and whether it was
+    /// heard from recently (online). Empty on followers.
+    pub progress: BTreeMap<u64, (u64, bool)>,
 }
 
 /// Handle on a running driver.
@@ -365,6 +368,7 @@ impl<S: State> Driver<S> {
                 .map(String::from)
                 .or_else(|| self.disk_error.as_ref().map(|e| e.message.clone())),
             stopped: false,
+            progress: core.progress(),
         };
         self.status.send_if_modified(|s| {
             if *s != status {

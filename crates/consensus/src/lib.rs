@@ -39,5 +39,6 @@ pub mod persist;
 pub mod service;
 pub mod transport;
 
+pub use crate::driver::Status;
 pub use crate::membership::{NodeInfo, Role};
-pub use crate::service::{Config, Error, Service};
+pub use crate::service::{Config, Error, JoinRole, Service, PROMOTE_TIMEOUT};

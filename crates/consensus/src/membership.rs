@@ -7,30 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-/// A node's role in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-pub enum Role {
-    /// Votes and replicates (raft voter).
-    Voter,
-    /// Replicates without voting (raft learner).
-    Standby,
-    /// Known to the cluster, takes no part in raft.
-    Spare,
-}
-
-/// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// Raft id.
-    pub id: u64,
-    /// Address peers and clients reach it on.
-    pub address: String,
-    /// Current role.
-    pub role: Role,
-    /// The leader promotes it to voter once it has caught up (set on join).
-    #[serde(default)]
-    pub promote: bool,
-}
+pub use dqlite_wire::{NodeInfo, Role};
 
 /// The replicated registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +20,10 @@ pub struct ClusterMeta {
     pub allowlist_enabled: bool,
     /// The next id handed to a joiner that brings none.
     pub next_id: u64,
+    /// Standbys the leader promotes to voter once they have caught up
+    /// (joiners, and ASSIGN to voter of a node that is not one).
+    #[serde(default)]
+    pub promote: BTreeSet<u64>,
 }
 
 impl Default for ClusterMeta {
@@ -52,6 +33,7 @@ impl Default for ClusterMeta {
             allowed: BTreeSet::new(),
             allowlist_enabled: false,
             next_id: 2,
+            promote: BTreeSet::new(),
         }
     }
 }
@@ -80,6 +62,9 @@ pub enum MemberChange {
     Set(NodeInfo),
     /// Forget a node.
     Remove(u64),
+    /// Mark a standby for promotion to voter once caught up (after the
+    /// `Set` that makes it a standby: `Set` clears the mark).
+    Promote(u64),
 }
 
 impl ClusterMeta {
@@ -101,6 +86,7 @@ impl ClusterMeta {
             ServiceCommand::SetMember(change) => self.apply_change(change),
             ServiceCommand::ForceMembership(nodes) => {
                 self.nodes = nodes.iter().map(|n| (n.id, n.clone())).collect();
+                self.promote.clear();
                 self.bump_next_id();
             }
         }
@@ -112,10 +98,17 @@ impl ClusterMeta {
         match change {
             MemberChange::Set(n) => {
                 self.nodes.insert(n.id, n.clone());
+                self.promote.remove(&n.id);
                 self.bump_next_id();
             }
             MemberChange::Remove(id) => {
                 self.nodes.remove(id);
+                self.promote.remove(id);
+            }
+            MemberChange::Promote(id) => {
+                if self.nodes.get(id).is_some_and(|n| n.role == Role::StandBy) {
+                    self.promote.insert(*id);
+                }
             }
         }
     }

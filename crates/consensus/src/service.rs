@@ -27,8 +27,14 @@ use crate::State;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause between join attempts (they start at 5 ticks).
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long ASSIGN to voter waits for the node to catch up as a standby.
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a join that keeps failing logs a summary.
 const JOIN_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Decides a joiner's role from the leader's status (see
+/// [`Config::join_role`]).
+pub type JoinRole = Arc<dyn Fn(&Status) -> Role + Send + Sync>;
 
 /// Service settings.
 #[derive(Clone)]
@@ -52,6 +58,12 @@ pub struct Config {
     pub auto_recovery: bool,
     /// Mutual TLS between peers.
     pub tls: Option<TlsConfig>,
+    /// This node's failure domain, recorded in the registry when it
+    /// bootstraps or joins.
+    pub failure_domain: u64,
+    /// The role a joiner gets, decided by the leader from its status
+    /// (`None`: every joiner becomes a voter once caught up).
+    pub join_role: Option<JoinRole>,
     /// Run our own listener on `address` (false: the embedder hands
     /// connections to [`Service::http`] itself).
     pub listen: bool,
@@ -72,6 +84,8 @@ impl Config {
             segment_size: 8 << 20,
             auto_recovery: false,
             tls: None,
+            failure_domain: 0,
+            join_role: None,
             listen: true,
             disk: Arc::new(RealDisk),
         }
@@ -141,6 +155,19 @@ pub enum Error {
     /// A membership request is invalid.
     #[error("invalid membership change: {0}")]
     InvalidChange(String),
+    /// ASSIGN to voter of a node that did not catch up in time.
+    #[error(
+        "node {id} ({address}) did not catch up within {seconds} s, so it was not made a \
+         voter; the voter set is unchanged (is it running and reachable?)"
+    )]
+    NotCaughtUp {
+        /// The node.
+        id: u64,
+        /// Its address.
+        address: String,
+        /// How long the leader waited.
+        seconds: u64,
+    },
     /// Joining failed.
     #[error("join failed: {0}")]
     Join(String),
@@ -320,6 +347,8 @@ impl Service {
         let request = JoinRequest {
             address: self.inner.config.address.clone(),
             id: self.inner.config.id,
+            failure_domain: self.inner.config.failure_domain,
+            weight: 0,
         };
         let body = serde_json::to_vec(&request).map_err(|e| Error::Join(e.to_string()))?;
         let started = Instant::now();
@@ -505,7 +534,10 @@ impl Service {
             .map(|_| ())
     }
 
-    /// Changes a member's role (voter, standby or spare).
+    /// Changes a member's role (voter, standby or spare). A node becomes a
+    /// voter only after catching up as a standby: if it has not within
+    /// [`PROMOTE_TIMEOUT`], it gets its previous role back and the voter
+    /// set is unchanged ([`Error::NotCaughtUp`]).
     pub async fn set_role(&self, address: &str, role: Role) -> Result<(), Error> {
         let mut node = self
             .status()
@@ -513,9 +545,86 @@ impl Service {
             .by_address(address)
             .cloned()
             .ok_or_else(|| Error::UnknownPeer(address.to_string()))?;
-        node.role = role;
-        node.promote = false;
+        if role != Role::Voter || node.role == Role::Voter {
+            node.role = role;
+            return self
+                .change_member(MemberRequest::Set(node), Duration::from_secs(10))
+                .await
+                .map(|_| ());
+        }
+        let previous = node.clone();
+        self.change_member(MemberRequest::Learner(node), Duration::from_secs(10))
+            .await?;
+        let id = previous.id;
+        let mut rx = self.watch();
+        let promoted = tokio::time::timeout(
+            PROMOTE_TIMEOUT,
+            rx.wait_for(|s| {
+                s.cluster
+                    .nodes
+                    .get(&id)
+                    .is_some_and(|n| n.role == Role::Voter)
+            }),
+        )
+        .await
+        .map(|r| r.map(|_| ()));
+        match promoted {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                // Put it back as it was (a spare leaves raft again), unless
+                // the promotion landed meanwhile.
+                if self.status().cluster.nodes.get(&id).map(|n| n.role) == Some(Role::StandBy) {
+                    if let Err(e) = self
+                        .change_member(
+                            MemberRequest::Set(previous.clone()),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                    {
+                        warn!(id, error = %e, "cannot restore the role of a node that did not catch up");
+                    }
+                }
+                Err(Error::NotCaughtUp {
+                    id,
+                    address: previous.address,
+                    seconds: PROMOTE_TIMEOUT.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Adds (or updates) a member with the role it carries, retrying while
+    /// another membership change is in progress. A voter is added cold:
+    /// use [`Service::set_role`] to promote a node safely.
+    pub async fn set_member(&self, node: NodeInfo) -> Result<(), Error> {
         self.change_member(MemberRequest::Set(node), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets a member's failure domain and weight in the registry. Only the
+    /// leader accepts.
+    pub async fn set_metadata(
+        &self,
+        id: u64,
+        failure_domain: u64,
+        weight: u64,
+    ) -> Result<(), Error> {
+        let mut node = self
+            .status()
+            .cluster
+            .nodes
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPeer(format!("id {id}")))?;
+        if (node.failure_domain, node.weight) == (failure_domain, weight) {
+            return Ok(());
+        }
+        node.failure_domain = failure_domain;
+        node.weight = weight;
+        let cmd = ServiceCommand::SetMember(crate::membership::MemberChange::Set(node));
+        self.propose(Proposal::Service(cmd), Duration::from_secs(10))
             .await
             .map(|_| ())
     }
@@ -534,6 +643,41 @@ impl Service {
         self.propose(Proposal::Service(cmd), Duration::from_secs(10))
             .await
             .map(|_| ())
+    }
+
+    /// Records this node's failure domain and weight in the replicated
+    /// registry: directly on the leader, otherwise through the leader's
+    /// `/raft/join` endpoint (which updates a known member's metadata).
+    pub async fn publish_metadata(&self, failure_domain: u64, weight: u64) -> Result<(), Error> {
+        let status = self.status();
+        if status.is_leader {
+            return self.set_metadata(status.id, failure_domain, weight).await;
+        }
+        let (_, leader) = self.leader().ok_or(Error::NotLeader { leader: None })?;
+        let tls = self
+            .inner
+            .config
+            .tls
+            .as_ref()
+            .map(TlsConfig::client_config)
+            .transpose()?;
+        let request = JoinRequest {
+            address: self.inner.config.address.clone(),
+            id: status.id,
+            failure_domain,
+            weight,
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| Error::Join(e.to_string()))?;
+        let attempt = async {
+            let mut conn = client::connect(&leader, tls.as_ref()).await?;
+            client::request(&mut conn, &leader, "/raft/join", &[], full(body)).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Err(e)) => Err(Error::Join(e.to_string())),
+            Ok(Ok((code, _))) if code.is_success() => Ok(()),
+            Ok(Ok((_, bytes))) => Err(Error::Join(String::from_utf8_lossy(&bytes).into_owned())),
+        }
     }
 
     /// Hands leadership to node `to` and waits until it leads.
@@ -647,6 +791,14 @@ impl Service {
             .map_err(unavailable)?;
         let status = self.status();
         if let Some(node) = status.cluster.by_address(&req.address) {
+            // A member publishing its metadata (`publish_metadata`).
+            if req.id == node.id
+                && (req.failure_domain, req.weight) != (node.failure_domain, node.weight)
+            {
+                self.set_metadata(node.id, req.failure_domain, req.weight)
+                    .await
+                    .map_err(unavailable)?;
+            }
             // Idempotent: a joiner retrying after a lost answer.
             return Ok(JoinResponse {
                 id: node.id,
@@ -678,16 +830,27 @@ impl Service {
                 .value
                 .ok_or_else(|| refuse("unavailable", "no id allocated".into(), None))?
         };
+        let role = match &self.inner.config.join_role {
+            Some(decide) => decide(&self.status()),
+            None => Role::Voter,
+        };
         let node = NodeInfo {
             id,
             address: req.address.clone(),
-            role: Role::Standby,
-            promote: true,
+            role,
+            failure_domain: req.failure_domain,
+            weight: req.weight,
         };
-        self.change_member(MemberRequest::Set(node), Duration::from_secs(10))
+        // A voter-to-be joins as a standby and is promoted once caught up.
+        let request = if role == Role::Voter {
+            MemberRequest::Learner(node)
+        } else {
+            MemberRequest::Set(node)
+        };
+        self.change_member(request, Duration::from_secs(10))
             .await
             .map_err(unavailable)?;
-        info!(id, address = %req.address, "node joined as standby");
+        info!(id, address = %req.address, ?role, "node joined");
         Ok(JoinResponse {
             id,
             nodes: self.status().cluster.nodes.values().cloned().collect(),
@@ -730,6 +893,25 @@ impl PeerService for Service {
     fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>> {
         Box::pin(self.clone().serve_join(request))
     }
+
+    fn adopt(&self, from: u64, address: String, to: u64) -> BoxFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let id = this.inner.config.id;
+            // Only a node started with its own id and no cluster waits to
+            // be added; messages for another id are not for it.
+            if id == 0 || to != id || from == 0 || this.is_running() {
+                return;
+            }
+            let leader = NodeInfo::new(from, address.clone(), Role::Voter);
+            match this.launch(StartMode::Join(id, vec![leader])).await {
+                Ok(()) => info!(id, via = %address, "added to a cluster: replicating"),
+                // Another message got here first.
+                Err(Error::ExistingCluster) => {}
+                Err(e) => warn!(id, error = %e, "cannot start replicating"),
+            }
+        })
+    }
 }
 
 fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<DriverHandle, Error> {
@@ -740,7 +922,11 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
     match &mode {
         StartMode::Restart => {}
         StartMode::Init(id) => {
-            boot::bootstrap(disk.clone(), &raft_dir, *id, &config.address, &state)?
+            let me = NodeInfo {
+                failure_domain: config.failure_domain,
+                ..NodeInfo::new(*id, config.address.clone(), Role::Voter)
+            };
+            boot::bootstrap_cluster(disk.clone(), &raft_dir, *id, &[me], &state)?
         }
         StartMode::Join(id, nodes) => {
             boot::write_identity(disk.as_ref(), &raft_dir, *id, 0)?;

@@ -84,7 +84,7 @@ impl Cluster {
                 id,
                 address: format!("n{id}"),
                 role: Role::Voter,
-                promote: false,
+                ..Default::default()
             })
             .collect();
         let mut nodes = Vec::new();
@@ -289,8 +289,8 @@ fn a_committed_membership_change_survives_a_restart() {
     let demoted = NodeInfo {
         id: 3,
         address: "n3".into(),
-        role: Role::Standby,
-        promote: false,
+        role: Role::StandBy,
+        ..Default::default()
     };
     c.input(
         0,
@@ -317,7 +317,7 @@ fn a_committed_membership_change_survives_a_restart() {
         id: 1,
         address: "n1".into(),
         role: Role::Spare,
-        promote: false,
+        ..Default::default()
     };
     let mut c = Cluster::new(&root.path().join("again"));
     c.input(

@@ -282,8 +282,8 @@ async fn roles_change_and_the_allow_list_gates_joins() {
     // Voter -> standby -> spare -> voter.
     let addr = nodes[1].address().to_string();
     let role_of = |s: &Service| s.membership().iter().find(|n| n.id == 2).map(|n| n.role);
-    nodes[0].set_role(&addr, Role::Standby).await.unwrap();
-    assert_eq!(role_of(&nodes[0]), Some(Role::Standby));
+    nodes[0].set_role(&addr, Role::StandBy).await.unwrap();
+    assert_eq!(role_of(&nodes[0]), Some(Role::StandBy));
     assert!(!nodes[0].status().cluster.nodes.is_empty());
     nodes[0].set_role(&addr, Role::Spare).await.unwrap();
     assert_eq!(role_of(&nodes[0]), Some(Role::Spare));
@@ -322,4 +322,121 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving() {
     }
     assert!(svc.exec(set("still", "serving"), T).await.unwrap());
     svc.stop().await;
+}
+
+/// dqlite's ADD + ASSIGN flow: a node started with its own id and no
+/// cluster waits; added as a spare it stays out of raft, assigned voter it
+/// starts from the leader's messages, catches up as a standby and is
+/// promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_node_is_added_then_assigned_voter() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (kv_a, kv_b) = (KvState::new(), KvState::new());
+    let a = Service::start(config(dirs[0].path()), kv_a.clone())
+        .await
+        .unwrap();
+    a.init().await.unwrap();
+    wait_until("leadership", || a.is_leader()).await;
+    assert!(a.exec(set("before", "1"), T).await.unwrap());
+
+    let mut cb = config(dirs[1].path());
+    cb.id = 7;
+    let b = Service::start(cb, kv_b.clone()).await.unwrap();
+    assert_eq!(b.status().applied, 0, "a waiting node has no cluster");
+    let spare = dqlite_consensus::NodeInfo::new(7, b.address(), Role::Spare);
+    a.set_member(spare).await.unwrap();
+    a.set_role(b.address(), Role::Voter).await.unwrap();
+    wait_until("node 7 caught up", || {
+        kv_b.get("before").as_deref() == Some("1")
+    })
+    .await;
+    wait_until("node 7 sees itself a voter", || {
+        b.status().cluster.nodes.get(&7).map(|n| n.role) == Some(Role::Voter)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Removing a voter is refused when the voters left would not hold an
+/// online quorum; ASSIGN to voter of a node that never answers fails after
+/// the bounded wait and leaves the voter set as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_never_wedge_the_cluster() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(
+            Service::start(config(d.path()), KvState::new())
+                .await
+                .unwrap(),
+        );
+    }
+    nodes[0].init().await.unwrap();
+    wait_until("leadership", || nodes[0].is_leader()).await;
+    for n in &nodes[1..] {
+        n.join(nodes[0].address()).await.unwrap();
+    }
+    wait_until("three voters", || {
+        let s = nodes[0].status();
+        s.cluster
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Voter)
+            .count()
+            == 3
+            && s.progress.values().all(|(_, online)| *online)
+    })
+    .await;
+
+    let voters = |s: &Service| -> Vec<u64> {
+        let mut v: Vec<u64> = s
+            .status()
+            .cluster
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Voter)
+            .map(|n| n.id)
+            .collect();
+        v.sort();
+        v
+    };
+    let before = voters(&nodes[0]);
+    let nowhere = "127.0.0.1:1";
+    nodes[0]
+        .set_member(dqlite_consensus::NodeInfo::new(9, nowhere, Role::Spare))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = nodes[0].set_role(nowhere, Role::Voter).await.unwrap_err();
+    assert!(
+        matches!(err, dqlite_consensus::Error::NotCaughtUp { id: 9, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(voters(&nodes[0]), before);
+    assert_eq!(
+        nodes[0].status().cluster.nodes.get(&9).map(|n| n.role),
+        Some(Role::Spare)
+    );
+
+    // One follower dies; once the leader counts it offline, removing the
+    // other follower would leave one online voter of two: refused.
+    let dead = nodes.pop().unwrap();
+    let dead_id = dead.status().id;
+    dead.stop().await;
+    wait_until("the dead follower counted offline", || {
+        nodes[0]
+            .status()
+            .progress
+            .get(&dead_id)
+            .is_some_and(|(_, online)| !online)
+    })
+    .await;
+    let err = nodes[0].evict(nodes[1].address()).await.unwrap_err();
+    assert!(err.to_string().contains("fewer than a quorum"), "{err}");
+    assert!(nodes[0].exec(set("still", "writable"), T).await.unwrap());
+    for n in nodes {
+        n.stop().await;
+    }
 }

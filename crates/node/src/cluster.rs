@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dqlite_consensus::core::{MemberRequest, Proposal};
-use dqlite_consensus::{Error, Service};
+use dqlite_consensus::{Error, Service, Status};
 use dqlite_server::{Cluster, ClusterError};
 use dqlite_wire::{NodeInfo, Role};
 use tokio::sync::watch;
@@ -18,9 +17,11 @@ use tracing::{debug, info};
 /// [`Cluster`] over a running consensus [`Service`].
 pub struct RaftCluster {
     service: Service,
+    /// This node's id (before it is a member, the one it was started with).
+    id: u64,
+    /// The failure domain it was started with.
+    failure_domain: u64,
     address: String,
-    /// How long a barrier or a membership change may take.
-    timeout: Duration,
     /// How long a leadership transfer may take.
     transfer_timeout: Duration,
     /// How long a read barrier may take before this node counts as not
@@ -31,28 +32,24 @@ pub struct RaftCluster {
     removed: Arc<AtomicBool>,
 }
 
-fn wire_role(role: dqlite_consensus::Role) -> Role {
-    match role {
-        dqlite_consensus::Role::Voter => Role::Voter,
-        dqlite_consensus::Role::Standby => Role::StandBy,
-        dqlite_consensus::Role::Spare => Role::Spare,
-    }
-}
-
-fn raft_role(role: Role) -> dqlite_consensus::Role {
-    match role {
-        Role::Voter => dqlite_consensus::Role::Voter,
-        Role::StandBy => dqlite_consensus::Role::Standby,
-        Role::Spare => dqlite_consensus::Role::Spare,
-    }
-}
-
-fn wire_node(n: &dqlite_consensus::NodeInfo) -> NodeInfo {
-    NodeInfo {
-        id: n.id,
-        address: n.address.clone(),
-        role: wire_role(n.role),
-    }
+/// The voter other than this node to hand leadership to: the most
+/// up-to-date one among those the leader heard from recently, then any
+/// other voter (raft-rs catches it up before handing over).
+pub fn best_voter(status: &Status) -> Option<u64> {
+    let voters = status
+        .cluster
+        .nodes
+        .values()
+        .filter(|n| n.id != status.id && n.role == Role::Voter);
+    let online = voters
+        .clone()
+        .filter_map(|n| match status.progress.get(&n.id) {
+            Some((matched, true)) => Some((*matched, std::cmp::Reverse(n.id))),
+            _ => None,
+        })
+        .max()
+        .map(|(_, std::cmp::Reverse(id))| id);
+    online.or_else(|| voters.map(|n| n.id).next())
 }
 
 /// Maps service errors to the wire contract: not leader → 10250, lost
@@ -70,7 +67,13 @@ impl RaftCluster {
     /// The cluster of the node at `address` (its advertised address),
     /// served by `service`. Must be called inside a tokio runtime: a task
     /// follows the service's leadership.
-    pub fn new(service: Service, address: String, latency: Duration) -> Self {
+    pub fn new(
+        service: Service,
+        id: u64,
+        address: String,
+        failure_domain: u64,
+        latency: Duration,
+    ) -> Self {
         let (tx, rx) = watch::channel(service.is_leader());
         let mut status = service.watch();
         let removed = Arc::new(AtomicBool::new(false));
@@ -90,8 +93,9 @@ impl RaftCluster {
         });
         RaftCluster {
             service,
+            id,
+            failure_domain,
             address,
-            timeout: Duration::from_secs(10),
             // One election timeout is at most 20 ticks; leave room for the
             // target to catch up first.
             transfer_timeout: (latency * 60).max(Duration::from_secs(2)),
@@ -103,12 +107,12 @@ impl RaftCluster {
         }
     }
 
-    fn member(&self, id: u64) -> Result<dqlite_consensus::NodeInfo, ClusterError> {
+    fn member(&self, id: u64) -> Result<NodeInfo, ClusterError> {
         member(&self.service.status().cluster.nodes, id).cloned()
     }
 }
 
-type Members = BTreeMap<u64, dqlite_consensus::NodeInfo>;
+type Members = BTreeMap<u64, NodeInfo>;
 
 /// What clients of a removed node are told: where to go instead.
 fn removed_message(id: u64, address: &str, nodes: &Members) -> String {
@@ -137,16 +141,16 @@ fn member_ids(nodes: &Members) -> String {
     }
 }
 
-fn role_name(role: dqlite_consensus::Role) -> &'static str {
+fn role_name(role: Role) -> &'static str {
     match role {
-        dqlite_consensus::Role::Voter => "voter",
-        dqlite_consensus::Role::Standby => "stand-by",
-        dqlite_consensus::Role::Spare => "spare",
+        Role::Voter => "voter",
+        Role::StandBy => "stand-by",
+        Role::Spare => "spare",
     }
 }
 
 /// The member with this id, or an error listing the ids there are.
-fn member(nodes: &Members, id: u64) -> Result<&dqlite_consensus::NodeInfo, ClusterError> {
+fn member(nodes: &Members, id: u64) -> Result<&NodeInfo, ClusterError> {
     nodes.get(&id).ok_or_else(|| {
         ClusterError::Other(format!(
             "no node with id {id}; members are {}",
@@ -178,11 +182,7 @@ fn check_add(nodes: &Members, id: u64, address: &str) -> Result<(), ClusterError
 }
 
 /// Checks an ASSIGN: the node exists and does not have the role yet.
-fn check_assign(
-    nodes: &Members,
-    id: u64,
-    role: dqlite_consensus::Role,
-) -> Result<dqlite_consensus::NodeInfo, ClusterError> {
+fn check_assign(nodes: &Members, id: u64, role: Role) -> Result<NodeInfo, ClusterError> {
     let node = member(nodes, id)?;
     if node.role == role {
         return Err(ClusterError::Other(format!(
@@ -201,7 +201,7 @@ fn transfer_target(nodes: &Members, leader: u64, id: u64) -> Result<u64, Cluster
         // valid choice, and raft-rs catches it up before handing over.
         return nodes
             .values()
-            .find(|n| n.id != leader && n.role == dqlite_consensus::Role::Voter)
+            .find(|n| n.id != leader && n.role == Role::Voter)
             .map(|n| n.id)
             .ok_or_else(|| {
                 ClusterError::Other(format!(
@@ -216,7 +216,7 @@ fn transfer_target(nodes: &Members, leader: u64, id: u64) -> Result<u64, Cluster
             "node {id} is already the leader"
         )));
     }
-    if node.role != dqlite_consensus::Role::Voter {
+    if node.role != Role::Voter {
         return Err(ClusterError::Other(format!(
             "node {id} is a {}, and only voters can lead; assign it the voter role first",
             role_name(node.role)
@@ -230,12 +230,14 @@ impl Cluster for RaftCluster {
     fn this_node(&self) -> NodeInfo {
         let status = self.service.status();
         match status.cluster.nodes.get(&status.id) {
-            Some(n) => wire_node(n),
+            Some(n) => n.clone(),
             // Not (yet) a member: it knows nothing about the cluster.
             None => NodeInfo {
-                id: status.id,
+                id: if status.id == 0 { self.id } else { status.id },
                 address: self.address.clone(),
                 role: Role::Spare,
+                failure_domain: self.failure_domain,
+                weight: 0,
             },
         }
     }
@@ -250,11 +252,11 @@ impl Cluster for RaftCluster {
 
     fn leader(&self) -> Option<NodeInfo> {
         let status = self.service.status();
-        status.cluster.nodes.get(&status.leader).map(wire_node)
+        status.cluster.nodes.get(&status.leader).cloned()
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {
-        self.service.membership().iter().map(wire_node).collect()
+        self.service.membership()
     }
 
     async fn barrier(&self) -> Result<(), ClusterError> {
@@ -273,24 +275,21 @@ impl Cluster for RaftCluster {
     async fn add(&self, id: u64, address: &str) -> Result<(), ClusterError> {
         check_add(&self.service.status().cluster.nodes, id, address)?;
         // As dqlite: a new node starts as a spare; ASSIGN gives it a role.
-        let node = dqlite_consensus::NodeInfo {
+        let node = NodeInfo {
             id,
             address: address.to_string(),
-            role: dqlite_consensus::Role::Spare,
-            promote: false,
+            role: Role::Spare,
+            ..Default::default()
         };
-        self.service
-            .propose(Proposal::Member(MemberRequest::Set(node)), self.timeout)
-            .await
-            .map_err(map_err)?;
+        self.service.set_member(node).await.map_err(map_err)?;
         info!(id, address, "node added as spare");
         Ok(())
     }
 
     async fn assign(&self, id: u64, role: Role) -> Result<(), ClusterError> {
-        let node = check_assign(&self.service.status().cluster.nodes, id, raft_role(role))?;
+        let node = check_assign(&self.service.status().cluster.nodes, id, role)?;
         self.service
-            .set_role(&node.address, raft_role(role))
+            .set_role(&node.address, role)
             .await
             .map_err(map_err)?;
         info!(id, ?role, "role assigned");
@@ -306,7 +305,11 @@ impl Cluster for RaftCluster {
 
     async fn transfer(&self, id: u64) -> Result<(), ClusterError> {
         let status = self.service.status();
-        let target = transfer_target(&status.cluster.nodes, status.id, id)?;
+        let target = match (id, best_voter(&status)) {
+            // The most up-to-date online voter.
+            (0, Some(best)) => best,
+            _ => transfer_target(&status.cluster.nodes, status.id, id)?,
+        };
         let result = self
             .service
             .transfer_leadership(target, self.transfer_timeout)
@@ -321,6 +324,27 @@ impl Cluster for RaftCluster {
             )));
         }
         Ok(())
+    }
+
+    fn metadata(&self) -> Option<(u64, u64)> {
+        let status = self.service.status();
+        status
+            .cluster
+            .nodes
+            .get(&status.id)
+            .map(|n| (n.failure_domain, n.weight))
+    }
+
+    async fn set_weight(&self, weight: u64) -> Result<(), ClusterError> {
+        let status = self.service.status();
+        let Some(me) = status.cluster.nodes.get(&status.id) else {
+            // Not a member yet: the server keeps the value locally.
+            return Ok(());
+        };
+        self.service
+            .publish_metadata(me.failure_domain, weight)
+            .await
+            .map_err(map_err)
     }
 
     fn leadership(&self) -> Option<watch::Receiver<bool>> {
@@ -343,17 +367,12 @@ impl Cluster for RaftCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dqlite_consensus::Role as R;
+    use Role as R;
 
     fn members(spec: &[(u64, R)]) -> Members {
         spec.iter()
             .map(|&(id, role)| {
-                let node = dqlite_consensus::NodeInfo {
-                    id,
-                    address: format!("127.0.0.1:{}", 9000 + id),
-                    role,
-                    promote: false,
-                };
+                let node = NodeInfo::new(id, format!("127.0.0.1:{}", 9000 + id), role);
                 (id, node)
             })
             .collect()
@@ -366,7 +385,7 @@ mod tests {
     #[test]
     fn transfer_targets_and_their_errors() {
         let three = members(&[(1, R::Voter), (2, R::Voter), (3, R::Voter)]);
-        let mixed = members(&[(1, R::Voter), (2, R::Standby), (3, R::Spare)]);
+        let mixed = members(&[(1, R::Voter), (2, R::StandBy), (3, R::Spare)]);
         // (members, leader, requested id, expected target or error text)
         let table: &[(&Members, u64, u64, Result<u64, &str>)] = &[
             (&three, 3, 1, Ok(1)),
@@ -437,5 +456,50 @@ mod tests {
             "node 3 (127.0.0.1:9003) was removed from the cluster; \
              connect to its members instead: 127.0.0.1:9001, 127.0.0.1:9002"
         );
+    }
+
+    fn status(me: u64, voters: &[(u64, Option<(u64, bool)>)]) -> Status {
+        let mut s = Status {
+            id: me,
+            is_leader: true,
+            ..Status::default()
+        };
+        for (id, progress) in voters {
+            let n = NodeInfo::new(*id, format!("n{id}"), Role::Voter);
+            s.cluster.nodes.insert(*id, n);
+            if let Some(p) = progress {
+                s.progress.insert(*id, *p);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn transfer_zero_picks_the_most_up_to_date_online_voter() {
+        let s = status(
+            1,
+            &[
+                (1, Some((50, true))),
+                (2, Some((40, true))),
+                (3, Some((45, true))),
+                (4, Some((49, false))),
+            ],
+        );
+        assert_eq!(best_voter(&s), Some(3));
+        // Ties go to the lower id.
+        let s = status(
+            1,
+            &[
+                (1, Some((9, true))),
+                (5, Some((9, true))),
+                (2, Some((9, true))),
+            ],
+        );
+        assert_eq!(best_voter(&s), Some(2));
+        // No progress known (not leading): any other voter.
+        let s = status(1, &[(1, None), (2, None)]);
+        assert_eq!(best_voter(&s), Some(2));
+        let s = status(1, &[(1, None)]);
+        assert_eq!(best_voter(&s), None);
     }
 }

@@ -36,10 +36,12 @@
 
 mod cluster;
 mod error;
+mod manager;
 mod metrics;
 mod node;
 mod offline;
 mod peers;
+pub mod roles;
 mod sqlite;
 mod store;
 

@@ -10,13 +10,15 @@ use dqlite_consensus::Service;
 use dqlite_server::dir::{DataDir, NodeRecord};
 use dqlite_server::{Databases, Server, ServerConfig};
 use dqlite_store::Store;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::RaftCluster;
+use crate::manager;
 use crate::metrics::NodeMetrics;
 use crate::peers::RaftPeers;
+use crate::roles::Targets;
 use crate::store::{ServiceProposer, StoreDatabases};
 use crate::{is_bootstrap_id, NodeError};
 
@@ -67,6 +69,10 @@ pub struct Options {
     pub max_message_size: u64,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Voters the role manager keeps (go-dqlite's default: 3).
+    pub voters: usize,
+    /// Standbys the role manager keeps (go-dqlite's default: 3).
+    pub standbys: usize,
 }
 
 impl Default for Options {
@@ -85,6 +91,8 @@ impl Default for Options {
             tls: None,
             max_message_size: defaults.max_message_size,
             max_connections: defaults.max_connections,
+            voters: Targets::default().voters,
+            standbys: Targets::default().standbys,
         }
     }
 }
@@ -131,6 +139,16 @@ impl Options {
         self.auto_recovery = on;
         self
     }
+    /// Set how many voters the role manager keeps (at least 1).
+    pub fn with_voters(mut self, n: usize) -> Self {
+        self.voters = n;
+        self
+    }
+    /// Set how many standbys the role manager keeps.
+    pub fn with_standbys(mut self, n: usize) -> Self {
+        self.standbys = n;
+        self
+    }
     /// Use mutual TLS between nodes.
     pub fn with_tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
@@ -140,6 +158,8 @@ impl Options {
 
 struct Running {
     service: Service,
+    roles_stop: watch::Sender<bool>,
+    roles: JoinHandle<()>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), dqlite_server::ServerError>>,
     store: Arc<Store>,
@@ -223,6 +243,11 @@ impl Node {
         if self.running.is_some() {
             return Err(NodeError::Misuse("the node is already started".into()));
         }
+        if self.options.voters == 0 {
+            return Err(NodeError::Misuse(
+                "the voters target must be at least 1".into(),
+            ));
+        }
         if self.options.network_latency.is_zero() {
             return Err(NodeError::Misuse("network latency must be positive".into()));
         }
@@ -275,6 +300,8 @@ impl Node {
         config.snapshot_trailing = self.options.snapshot_trailing;
         config.auto_recovery = self.options.auto_recovery;
         config.tls = self.options.tls.clone();
+        config.failure_domain = self.options.failure_domain;
+        config.join_role = Some(manager::join_role(self.targets()));
         // Peer traffic shares the client port: the server hands it over.
         config.listen = false;
         let store = if self.options.disk_mode {
@@ -293,7 +320,9 @@ impl Node {
         let databases: Arc<dyn Databases> = Arc::new(StoreDatabases(Arc::clone(&store)));
         let cluster = Arc::new(RaftCluster::new(
             service.clone(),
+            self.id,
             address.clone(),
+            self.options.failure_domain,
             self.options.network_latency,
         ));
         let tls = match &self.options.tls {
@@ -316,8 +345,18 @@ impl Node {
         let server = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
+        let (roles_stop, roles_stopped) = watch::channel(false);
+        let settings = manager::Settings {
+            targets: self.targets(),
+            online_window: self.online_window(),
+            // Ten rounds a second at the default latency.
+            round: self.options.network_latency * 5,
+        };
+        let roles = tokio::spawn(manager::run(service.clone(), settings, roles_stopped));
         let running = Running {
             service: service.clone(),
+            roles_stop,
+            roles,
             stop,
             server,
             store,
@@ -336,8 +375,26 @@ impl Node {
                 address: self.address.clone(),
             })?;
         }
+        if existing.is_some() {
+            // The failure domain may have changed since the last run; the
+            // weight lives in the registry and is kept.
+            tokio::spawn(publish_failure_domain(service, self.options.failure_domain));
+        }
         info!(id = self.id, address = %self.address, "node started");
         Ok(())
+    }
+
+    fn targets(&self) -> Targets {
+        Targets {
+            voters: self.options.voters,
+            standbys: self.options.standbys,
+        }
+    }
+
+    /// The consensus core's online window (`CoreConfig::online_ticks`
+    /// ticks of one network latency each).
+    fn online_window(&self) -> Duration {
+        self.options.network_latency * 150
     }
 
     /// Restarts, joins or bootstraps, then learns the final id.
@@ -415,22 +472,21 @@ impl Node {
         std::future::pending::<()>().await
     }
 
-    /// Stops the node. A leader first hands leadership to another voter,
-    /// so the cluster does not wait for an election timeout.
+    /// Stops the node. A leader first hands leadership to the most
+    /// up-to-date online voter, so the cluster does not wait for an
+    /// election timeout; then a voter or standby asks the leader to give
+    /// its role to the best online standby or spare and becomes a spare,
+    /// so the cluster keeps its voters while this node is away.
     pub async fn close(&mut self) -> Result<(), NodeError> {
         let Some(running) = self.running.take() else {
             return Ok(());
         };
         let service = &running.service;
+        let _ = running.roles_stop.send(true);
+        let _ = running.roles.await;
         let status = service.status();
         if status.is_leader {
-            let target = status
-                .cluster
-                .nodes
-                .values()
-                .find(|n| n.id != status.id && n.role == dqlite_consensus::Role::Voter)
-                .map(|n| n.id);
-            if let Some(target) = target {
+            if let Some(target) = crate::cluster::best_voter(&status) {
                 let timeout = (self.options.network_latency * 60).max(Duration::from_secs(2));
                 match service.transfer_leadership(target, timeout).await {
                     Ok(()) => info!(to = target, "leadership handed over"),
@@ -438,6 +494,9 @@ impl Node {
                 }
             }
         }
+        // Then the role, so the cluster keeps its voters while this node is
+        // away (a rolling restart never loses quorum).
+        manager::hand_over_role(service, Duration::from_secs(20)).await;
         let _ = running.stop.send(());
         let result = match tokio::time::timeout(Duration::from_secs(10), running.server).await {
             Ok(Ok(r)) => r.map_err(NodeError::from),
@@ -446,5 +505,28 @@ impl Node {
         };
         service.stop().await;
         result
+    }
+}
+
+/// Records the failure domain this node was started with in the registry
+/// once it is a member and a leader is known (a few attempts, bounded).
+async fn publish_failure_domain(service: Service, failure_domain: u64) {
+    let mut status = service.watch();
+    for _ in 0..10 {
+        let wait = status
+            .wait_for(|s| s.leader != 0 && s.cluster.nodes.contains_key(&s.id) && s.applied > 0);
+        let weight = match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(Ok(s)) => match s.cluster.nodes.get(&s.id) {
+                Some(me) if me.failure_domain == failure_domain => return,
+                Some(me) => me.weight,
+                None => return,
+            },
+            _ => return,
+        };
+        match service.publish_metadata(failure_domain, weight).await {
+            Ok(()) => return,
+            Err(e) => debug!(error = %e, "cannot publish the failure domain yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

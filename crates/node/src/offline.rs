@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use dqlite_consensus::offline::{self, LastEntryInfo};
 use dqlite_consensus::storage::RealDisk;
-use dqlite_wire::{NodeInfo, Role};
+use dqlite_wire::NodeInfo;
 
 use crate::NodeError;
 
@@ -70,19 +70,6 @@ pub fn read_last_entry_info(dir: &Path) -> Result<LastEntryInfo, NodeError> {
     Ok(offline::read_last_entry_info(Arc::new(RealDisk), dir)?)
 }
 
-fn to_consensus(n: &NodeInfo) -> dqlite_consensus::NodeInfo {
-    dqlite_consensus::NodeInfo {
-        id: n.id,
-        address: n.address.clone(),
-        role: match n.role {
-            Role::Voter => dqlite_consensus::Role::Voter,
-            Role::StandBy => dqlite_consensus::Role::Standby,
-            Role::Spare => dqlite_consensus::Role::Spare,
-        },
-        promote: false,
-    }
-}
-
 /// Forces the membership of the stopped node at `dir` to exactly `nodes`
 /// (roles kept), for a cluster that lost its quorum: run it once on the
 /// node with the most recent last entry, copy that directory to the other
@@ -91,7 +78,7 @@ fn to_consensus(n: &NodeInfo) -> dqlite_consensus::NodeInfo {
 ///
 /// ```no_run
 /// use dqlite_node::{NodeInfo, Role};
-/// let nodes = [NodeInfo { id: 1, address: "127.0.0.1:9001".into(), role: Role::Voter }];
+/// let nodes = [NodeInfo::new(1, "127.0.0.1:9001", Role::Voter)];
 /// dqlite_node::reconfigure_membership_ext(std::path::Path::new("/var/lib/n1"), &nodes)?;
 /// # Ok::<(), dqlite_node::NodeError>(())
 /// ```
@@ -106,7 +93,7 @@ pub fn reconfigure_membership_ext(
     }
     require_node(dir)?;
     let _lock = lock(dir)?;
-    let nodes = nodes.iter().map(to_consensus).collect();
+    let nodes = nodes.to_vec();
     Ok(offline::reconfigure_membership(
         Arc::new(RealDisk),
         dir,

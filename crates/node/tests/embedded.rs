@@ -68,6 +68,7 @@ fn offline_helpers_read_and_reconfigure_a_stopped_node() {
         id: 1,
         address,
         role: Role::Voter,
+        ..Default::default()
     }];
     let after = dqlite_node::reconfigure_membership_ext(dir.path(), &nodes).unwrap();
     assert!(after > before);
@@ -80,6 +81,7 @@ fn offline_helpers_read_and_reconfigure_a_stopped_node() {
         id: 9,
         address: "127.0.0.1:1".into(),
         role: Role::Voter,
+        ..Default::default()
     }];
     assert!(dqlite_node::reconfigure_membership_ext(dir.path(), &wrong).is_err());
 }

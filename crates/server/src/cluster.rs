@@ -69,6 +69,17 @@ pub trait Cluster: Send + Sync + 'static {
     async fn remove(&self, id: u64) -> Result<(), ClusterError>;
     /// Hands leadership to `id` (0: let the cluster choose).
     async fn transfer(&self, id: u64) -> Result<(), ClusterError>;
+    /// This node's failure domain and weight as the replicated registry
+    /// holds them (`None`: not recorded there; DESCRIBE then answers with
+    /// the server's own values).
+    fn metadata(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Records this node's weight where the cluster keeps its metadata
+    /// (default: nowhere beyond the server's own value).
+    async fn set_weight(&self, _weight: u64) -> Result<(), ClusterError> {
+        Ok(())
+    }
     /// Whether this node leads, as a channel that changes when leadership
     /// does. When it turns false, connections with an open database roll
     /// back their open transaction and stay open, answering NOT_LEADER
@@ -100,6 +111,7 @@ impl SingleNode {
                 id,
                 address,
                 role: Role::Voter,
+                ..Default::default()
             },
         }
     }

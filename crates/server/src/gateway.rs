@@ -403,14 +403,20 @@ impl Gateway {
                 if format != 0 {
                     return Err(Response::failure(SQLITE_PROTOCOL, "bad format version"));
                 }
+                let (failure_domain, weight) = self.cluster().metadata().unwrap_or((
+                    self.shared.failure_domain,
+                    self.shared.weight.load(Ordering::Relaxed),
+                ));
                 one(Response::Metadata {
-                    failure_domain: self.shared.failure_domain,
-                    weight: self.shared.weight.load(Ordering::Relaxed),
+                    failure_domain,
+                    weight,
                 })
             }
             Request::Weight { weight } => {
                 self.shared.weight.store(weight, Ordering::Relaxed);
-                one(Response::Empty)
+                // The registry keeps it, so it survives restarts and the
+                // role manager sees it.
+                one(self.cluster().set_weight(weight).await.map_or_else(cluster_failure, |()| Response::Empty))
             }
         }
     }

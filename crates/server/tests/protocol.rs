@@ -399,7 +399,8 @@ async fn admin_requests() {
                 nodes: vec![NodeInfo {
                     id: 1,
                     address: node.addr.clone(),
-                    role: Role::Voter
+                    role: Role::Voter,
+                    ..Default::default()
                 }]
             }
         );

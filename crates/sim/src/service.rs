@@ -608,12 +608,10 @@ impl SimNode for ServiceNode {
         let id = running.next_request;
         running.next_request += 1;
         let request = match change {
-            MemberChange::Add(node) => MemberRequest::Set(NodeInfo {
-                id: node,
-                address: format!("n{node}"),
-                role: Role::Standby,
-                promote: true,
-            }),
+            // Joins as a standby; the leader promotes it once caught up.
+            MemberChange::Add(node) => {
+                MemberRequest::Learner(NodeInfo::new(node, format!("n{node}"), Role::StandBy))
+            }
             MemberChange::Remove(node) => MemberRequest::Remove(node),
         };
         self.input(Input::Propose(id, Proposal::Member(request)), rng, fx);

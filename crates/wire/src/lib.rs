@@ -28,6 +28,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod node;
 pub mod request;
 pub mod response;
 pub mod value;

@@ -3,61 +3,9 @@
 
 use crate::codec::{Reader, Writer};
 use crate::frame::{encode_frame, response_type as t, Header, HEADER_SIZE};
+pub use crate::node::{NodeInfo, Role};
 use crate::value::{decode_row, encode_row, RowOrEnd, Value, ROWS_DONE, ROWS_PART};
 use crate::DecodeError;
-
-/// A node's role, with its wire code (§9.1). Raft's own numbering differs
-/// and must never leak onto the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// Replicates the log and votes.
-    Voter,
-    /// Replicates the log, does not vote.
-    StandBy,
-    /// Neither.
-    Spare,
-}
-
-impl Role {
-    /// The wire code.
-    pub fn code(self) -> u64 {
-        match self {
-            Role::Voter => 0,
-            Role::StandBy => 1,
-            Role::Spare => 2,
-        }
-    }
-
-    /// The role for a wire code, if defined.
-    pub fn from_code(code: u64) -> Option<Role> {
-        match code {
-            0 => Some(Role::Voter),
-            1 => Some(Role::StandBy),
-            2 => Some(Role::Spare),
-            _ => None,
-        }
-    }
-
-    /// The lower-case name, as the shells print it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Voter => "voter",
-            Role::StandBy => "stand-by",
-            Role::Spare => "spare",
-        }
-    }
-}
-
-/// One cluster member in a SERVERS response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    /// Node id.
-    pub id: u64,
-    /// Address clients dial.
-    pub address: String,
-    /// Role (sent only in format 1; decoded as voter from format 0).
-    pub role: Role,
-}
 
 /// One file of a DUMP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +276,7 @@ impl Response {
                     } else {
                         Role::Voter
                     };
-                    nodes.push(NodeInfo { id, address, role });
+                    nodes.push(NodeInfo::new(id, address, role));
                 }
                 Response::Servers { format, nodes }
             }

@@ -201,6 +201,7 @@ fn servers_format_one() {
             id: 0x2dc1_7185_8c31_55be,
             address: "127.0.0.1:19001".into(),
             role: Role::Voter,
+            ..Default::default()
         }],
     };
     assert_eq!(decode_resp(&resp, DecodeContext::default()), want);

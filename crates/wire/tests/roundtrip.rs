@@ -134,6 +134,7 @@ fn response() -> impl Strategy<Value = (Response, DecodeContext)> {
                         id,
                         address,
                         role: if format == 1 { role } else { Role::Voter },
+                        ..Default::default()
                     })
                     .collect();
                 (

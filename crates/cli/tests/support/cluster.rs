@@ -20,6 +20,8 @@ pub struct Proc {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
+    /// `--network-latency-ms` (default [`LATENCY_MS`]).
+    pub latency_ms: u64,
     child: Option<Child>,
     starts: u32,
 }
@@ -32,6 +34,7 @@ impl Proc {
             dir: root.join(name),
             log: root.join(format!("{name}.log")),
             args: args.iter().map(|s| s.to_string()).collect(),
+            latency_ms: LATENCY_MS,
             child: None,
             starts: 0,
         }
@@ -51,7 +54,7 @@ impl Proc {
             .args(["node", "--address", &self.address])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--network-latency-ms", &LATENCY_MS.to_string()])
+            .args(["--network-latency-ms", &self.latency_ms.to_string()])
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -62,7 +65,8 @@ impl Proc {
         self.child = Some(child);
     }
 
-    /// Waits until the node answers LEADER with a known leader.
+    /// Waits until the node answers LEADER with a known leader, or has
+    /// joined (a spare or standby knows no leader).
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
@@ -78,6 +82,9 @@ impl Proc {
             }
             match probe_leader(&self.address, Duration::from_secs(2)) {
                 Ok((id, addr)) if id != 0 && !addr.is_empty() => return,
+                // Standbys and spares name no leader (as dqlite): a node
+                // that has joined is ready all the same.
+                Ok(_) if self.read_log().contains("node started") => return,
                 Ok(other) => last = format!("{other:?}"),
                 Err(e) => last = e,
             }
@@ -93,6 +100,25 @@ impl Proc {
     pub fn start(&mut self) {
         self.spawn();
         self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Waits until the node answers LEADER at all (a node waiting to be
+    /// added answers with no leader).
+    pub fn wait_answering(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match probe_leader(&self.address, Duration::from_secs(2)) {
+                Ok(_) => return,
+                Err(e) => last = e,
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "node {} not answering in {timeout:?} (last: {last})\n{}",
+            self.address,
+            self.read_log()
+        );
     }
 
     pub fn is_running(&self) -> bool {
@@ -150,6 +176,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with `extra` arguments each.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_with(n, extra, LATENCY_MS)
+    }
+
+    /// Like [`Cluster::start`] with another `--network-latency-ms`.
+    pub fn start_with(n: usize, extra: &[&str], latency_ms: u64) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("dqlite-rs-cluster-")
             .tempdir()
@@ -162,10 +193,12 @@ impl Cluster {
                 join = nodes[0].address.clone();
                 args.extend(["--join", join.as_str()]);
                 let mut p = Proc::new(root.path(), &format!("n{}", i + 1), &args);
+                p.latency_ms = latency_ms;
                 p.start();
                 nodes.push(p);
             } else {
                 let mut p = Proc::new(root.path(), "n1", &args);
+                p.latency_ms = latency_ms;
                 p.start();
                 nodes.push(p);
             }

@@ -97,7 +97,7 @@ fn parse_node(s: &str) -> anyhow::Result<NodeInfo> {
     let address = parts.next().context("missing address")?.to_string();
     let role = match parts.next().unwrap_or("voter") {
         "voter" => Role::Voter,
-        "standby" => Role::Standby,
+        "standby" => Role::StandBy,
         "spare" => Role::Spare,
         other => anyhow::bail!("unknown role {other}"),
     };
@@ -105,7 +105,7 @@ fn parse_node(s: &str) -> anyhow::Result<NodeInfo> {
         id,
         address,
         role,
-        promote: false,
+        ..Default::default()
     })
 }
 

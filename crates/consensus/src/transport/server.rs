@@ -29,6 +29,12 @@ pub struct JoinRequest {
     pub address: String,
     /// The id the joiner brings (0: allocate one).
     pub id: u64,
+    /// The joiner's failure domain, recorded in the registry.
+    #[serde(default)]
+    pub failure_domain: u64,
+    /// The joiner's weight, recorded in the registry.
+    #[serde(default)]
+    pub weight: u64,
 }
 
 /// A successful join answer.
@@ -63,6 +69,12 @@ pub trait PeerService: Send + Sync + 'static {
     fn snapshots(&self) -> Option<SnapshotStore>;
     /// Handles a join request.
     fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>>;
+    /// A node waiting to be added received messages for `to` from the
+    /// member `from` at `address`: start replicating from it if `to` is
+    /// this node's id (the ADD + ASSIGN flow). Default: nothing.
+    fn adopt(&self, _from: u64, _address: String, _to: u64) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
 }
 
 /// Why incoming peer messages were not taken.
@@ -110,6 +122,11 @@ impl RaftHttp {
     }
 
     async fn on_messages(&self, req: Request<Incoming>) -> Resp {
+        let from_address = req
+            .headers()
+            .get("x-raft-from-address")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let body = match Limited::new(req.into_body(), MAX_MESSAGE_BODY)
             .collect()
             .await
@@ -120,6 +137,9 @@ impl RaftHttp {
         let Some(messages) = decode_frames(&body) else {
             return reply(StatusCode::BAD_REQUEST, "malformed raft messages");
         };
+        if let (Some(first), Some(address)) = (messages.first(), from_address) {
+            self.service.adopt(first.from, address, first.to).await;
+        }
         if messages
             .iter()
             .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
