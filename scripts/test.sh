@@ -17,7 +17,7 @@
 #
 # Knobs (environment):
 #   SIM_SEEDS=500      seeds for the simulator
-#   FUZZ_SECONDS=60    libFuzzer -max_total_time per fuzz target
+#   FUZZ_SECONDS=40    libFuzzer -max_total_time per fuzz target
 #   SKIP_FUZZ=1        skip the fuzz step (it says so at the end)
 #   CARGO_TARGET_DIR   honoured as usual
 set -euo pipefail
@@ -26,7 +26,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 SIM_SEEDS=${SIM_SEEDS:-500}
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-40}
 SKIP_FUZZ=${SKIP_FUZZ:-0}
 # Safety nets only: every test bounds its own waits. A step that runs into
 # one of these fails the run.
