@@ -29,10 +29,35 @@ use crate::State;
 /// Capacity of the peer-message and command queues.
 pub const QUEUE: usize = 4096;
 
+/// Where the result of a proposal goes.
+pub enum Reply {
+    /// To a caller waiting on the channel.
+    Channel(oneshot::Sender<Result<Outcome, ProposeError>>),
+    /// To a function, called on the driver thread: it must not block. No
+    /// task and no thread has to wake up to learn the outcome.
+    Call(Box<dyn FnOnce(Result<Outcome, ProposeError>) + Send>),
+}
+
+impl Reply {
+    fn send(self, result: Result<Outcome, ProposeError>) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Call(f) => f(result),
+        }
+    }
+
+    /// A channel whose receiver is gone needs no answer.
+    fn is_closed(&self) -> bool {
+        matches!(self, Reply::Channel(tx) if tx.is_closed())
+    }
+}
+
 /// A request from the async side.
 pub enum Command {
-    /// Propose; the result comes back on the channel.
-    Propose(Proposal, oneshot::Sender<Result<Outcome, ProposeError>>),
+    /// Propose; the result goes to the reply.
+    Propose(Proposal, Reply),
     /// Linearizable read barrier; answers with the read index.
     Read(oneshot::Sender<Result<u64, ProposeError>>),
     /// Hand leadership to a node.
@@ -104,7 +129,7 @@ struct Driver<S: State> {
     core: Core<S>,
     transport: Arc<dyn Transport>,
     persist: Sender<Job>,
-    proposals: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
+    proposals: HashMap<u64, Reply>,
     reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
     next_id: u64,
     status: watch::Sender<Status>,
@@ -225,8 +250,8 @@ impl<S: State> Driver<S> {
         info!(id = self.core.id(), "driver stopping");
         let _ = self.persist.send(Job::Stop);
         shutdown.store(true, Ordering::Relaxed);
-        for (_, tx) in self.proposals.drain() {
-            let _ = tx.send(Err(ProposeError::Failed("service stopped".into())));
+        for (_, reply) in self.proposals.drain() {
+            reply.send(Err(ProposeError::Failed("service stopped".into())));
         }
         for (_, tx) in self.reads.drain() {
             let _ = tx.send(Err(ProposeError::Failed("service stopped".into())));
@@ -275,7 +300,7 @@ impl<S: State> Driver<S> {
                     } else {
                         ProposeError::StorageUnavailable(e.message.clone())
                     };
-                    let _ = tx.send(Err(err));
+                    tx.send(Err(err));
                     return None;
                 }
                 self.next_id += 1;
@@ -312,8 +337,8 @@ impl<S: State> Driver<S> {
                     let _ = self.persist.send(Job::Compact(i));
                 }
                 Action::Resolve(id, r) => {
-                    if let Some(tx) = self.proposals.remove(&id) {
-                        let _ = tx.send(r);
+                    if let Some(reply) = self.proposals.remove(&id) {
+                        reply.send(r);
                     }
                 }
                 Action::ReadDone(id, r) => {
@@ -332,7 +357,7 @@ impl<S: State> Driver<S> {
             self.publish_peers();
         }
         // Callers whose receiver is gone (deadline passed) need no answer.
-        self.proposals.retain(|_, tx| !tx.is_closed());
+        self.proposals.retain(|_, reply| !reply.is_closed());
     }
 
     fn publish_peers(&mut self) {

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::boot;
 use crate::core::{Core, CoreConfig, MemberRequest, Outcome, Proposal, ProposeError};
-use crate::driver::{self, Command, DriverHandle, Status};
+use crate::driver::{self, Command, DriverHandle, Reply, Status};
 use crate::membership::{NodeInfo, Role, ServiceCommand};
 use crate::persist::{Persister, Stats};
 use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotStore, StorageError};
@@ -436,7 +436,7 @@ impl Service {
     /// Proposes and waits until applied here (or the deadline).
     pub async fn propose(&self, proposal: Proposal, timeout: Duration) -> Result<Outcome, Error> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Propose(proposal, tx))?;
+        self.send(Command::Propose(proposal, Reply::Channel(tx)))?;
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(Error::Timeout),
             Ok(Err(_)) => Err(Error::Stopped),
@@ -447,23 +447,25 @@ impl Service {
 
     /// Hands `instruction` to the log without waiting for it: calls made
     /// one after another reach the log in that order, so a caller can keep
-    /// many in flight. The returned future resolves once the instruction is
-    /// applied here (whether the State found it satisfied) or has failed.
+    /// many in flight. `done` is called on the driver thread, so it must
+    /// not block, once the instruction is applied here (whether the State
+    /// found it satisfied) or has failed; every accepted instruction gets
+    /// an answer (at the latest when leadership is lost or the service
+    /// stops). An error returned here means it was not accepted.
     pub fn submit(
         &self,
         instruction: Vec<u8>,
-    ) -> Result<impl std::future::Future<Output = Result<bool, Error>> + Send + 'static, Error>
-    {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Propose(Proposal::State(instruction), tx))?;
-        let this = self.clone();
-        Ok(async move {
-            match rx.await {
-                Err(_) => Err(Error::Stopped),
-                Ok(Ok(outcome)) => Ok(outcome.satisfied),
-                Ok(Err(e)) => Err(Error::from_propose(e, &this.status())),
-            }
-        })
+        done: impl FnOnce(Result<bool, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        let reply = Reply::Call(Box::new(move |r: Result<Outcome, ProposeError>| {
+            // The leader's address is not needed: callers only tell errors
+            // apart by kind.
+            done(
+                r.map(|o| o.satisfied)
+                    .map_err(|e| Error::from_propose(e, &Status::default())),
+            )
+        }));
+        self.send(Command::Propose(Proposal::State(instruction), reply))
     }
 
     /// Replicates `instruction` and returns whether the State found it

@@ -313,8 +313,6 @@ impl Node {
         let service = Service::start(config, store.state()).await?;
         store.set_proposer(Arc::new(ServiceProposer {
             service: service.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            timeout: Duration::from_secs(10),
         }));
         let metrics = NodeMetrics::new(&service, &store, &server_config.metrics);
         let databases: Arc<dyn Databases> = Arc::new(StoreDatabases(Arc::clone(&store)));

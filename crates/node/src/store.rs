@@ -1,7 +1,7 @@
 //! The replicated store behind the server: SQLite connections over the
 //! store's VFS, and commits proposed through the consensus service.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dqlite_consensus::{Error, Service};
@@ -47,7 +47,9 @@ fn settle_failure(e: SettleError) -> Failure {
     Failure::new(code, e.to_string())
 }
 
-/// Longer than the proposer's own timeout, which resolves every entry.
+/// A backstop only: the service answers every entry it accepted (applied,
+/// or failed once leadership is lost or it stops); past this the outcome
+/// is reported unknown.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Proposes the store's commit entries through the service, without
@@ -55,9 +57,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// and of failure through the callback.
 pub(crate) struct ServiceProposer {
     pub service: Service,
-    pub runtime: tokio::runtime::Handle,
-    /// Past this, the outcome is unknown (reported as leadership lost).
-    pub timeout: Duration,
 }
 
 fn propose_error(e: Error) -> ProposeError {
@@ -77,20 +76,28 @@ impl Proposer for ServiceProposer {
             return failed(ProposeError::NotLeader);
         }
         // Handed over here, on the writer's thread, so the entries of a
-        // database reach the log in the order they were built.
-        let outcome = match self.service.submit(entry) {
-            Ok(outcome) => outcome,
-            Err(e) => return failed(propose_error(e)),
-        };
-        let timeout = self.timeout;
-        self.runtime.spawn(async move {
-            match tokio::time::timeout(timeout, outcome).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => failed(propose_error(e)),
-                Err(_) => failed(ProposeError::Timeout),
+        // database reach the log in the order they were built. The outcome
+        // comes back on the driver thread, with no task to wake: success is
+        // seen at apply, only a failure is passed on.
+        let failed = Arc::new(Mutex::new(Some(failed)));
+        let on_failure = Arc::clone(&failed);
+        let submitted = self.service.submit(entry, move |outcome| {
+            if let Err(e) = outcome {
+                if let Some(f) = take(&on_failure) {
+                    f(propose_error(e));
+                }
             }
         });
+        if let Err(e) = submitted {
+            if let Some(f) = take(&failed) {
+                f(propose_error(e));
+            }
+        }
     }
+}
+
+fn take(slot: &Mutex<Option<OnFailure>>) -> Option<OnFailure> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 #[cfg(test)]

@@ -116,6 +116,11 @@ pub(crate) struct Spec {
     pub(crate) handed: Instant,
 }
 
+/// How long an entry may stay in flight before the chain gives up on it
+/// (its outcome becomes unknown): an entry that cannot be made durable (a
+/// full disk) must not hold back every later read and write for good.
+pub(crate) const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(10);
+
 /// A database's entries in flight, oldest first.
 #[derive(Default)]
 pub(crate) struct Chain {
@@ -156,6 +161,14 @@ impl Chain {
     pub(crate) fn failed(&mut self, id: u64, err: SettleError) {
         if let Some(pos) = self.specs.iter().position(|s| s.id == id) {
             self.fail_from(pos, err);
+        }
+    }
+
+    /// Gives up on the chain if its oldest entry was handed over before
+    /// `deadline`: it and everything built on it fail as of unknown outcome.
+    pub(crate) fn expire(&mut self, deadline: Instant) {
+        if self.specs.front().is_some_and(|s| s.handed < deadline) {
+            self.fail_from(0, SettleError::LeadershipLost);
         }
     }
 
@@ -216,10 +229,13 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Blocks until all committed, or one failed, or `timeout`.
+    /// Blocks until all committed, or one failed, or `timeout`. The
+    /// newest first: once it committed, every entry it was built on had
+    /// committed before it, and if it failed there is no need to wait for
+    /// older ones (which may be stuck).
     pub fn wait(self, timeout: Duration) -> Result<(), SettleError> {
         let deadline = Instant::now() + timeout;
-        for ticket in self.tickets {
+        for ticket in self.tickets.iter().rev() {
             ticket.wait(deadline)?;
         }
         Ok(())
@@ -307,6 +323,28 @@ mod tests {
         assert_eq!(outcomes(&tickets)[0], Some(Err(SettleError::Stale)));
         // A rejected entry that is not ours leaves an empty chain alone.
         chain.applied(98, false);
+    }
+
+    #[test]
+    fn a_stuck_chain_expires() {
+        let (mut chain, tickets) = chain_of(2);
+        chain.expire(Instant::now() - Duration::from_secs(60));
+        assert!(chain.head().is_some(), "young entries stay");
+        chain.expire(Instant::now() + Duration::from_secs(1));
+        assert!(chain.head().is_none());
+        assert!(tickets
+            .iter()
+            .all(|t| t.failure() == Some(SettleError::LeadershipLost)));
+    }
+
+    #[test]
+    fn a_failed_newer_entry_does_not_wait_for_a_stuck_older_one() {
+        let stuck = Arc::new(Ticket::default());
+        let failed = Arc::new(Ticket::default());
+        failed.resolve(Err(SettleError::DiskFull));
+        touch(&stuck, false);
+        touch(&failed, true);
+        assert_eq!(settle(Duration::from_secs(10)), Err(SettleError::DiskFull));
     }
 
     #[test]

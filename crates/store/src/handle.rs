@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::chain::{self, SettleError, Spec, Ticket};
 use crate::entry::{valid_page_size, Entry};
@@ -67,7 +68,13 @@ impl MainFile {
             self.reset_cache = true;
             self.seen = None;
         }
-        let (version, ticket) = self.db.lock().head();
+        let (version, ticket) = {
+            let mut st = self.db.lock();
+            if let Some(deadline) = Instant::now().checked_sub(chain::IN_FLIGHT_LIMIT) {
+                st.chain.expire(deadline);
+            }
+            st.head()
+        };
         if let Some(t) = ticket {
             chain::touch(&t, false);
             self.seen = Some(t);
@@ -134,7 +141,7 @@ impl MainFile {
                 id: entry.id,
                 version: Arc::new(next),
                 ticket: Arc::clone(&ticket),
-                handed: std::time::Instant::now(),
+                handed: Instant::now(),
             });
         }
         // Release the old version so that a disk-mode checkpoint triggered
