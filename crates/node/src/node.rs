@@ -62,7 +62,9 @@ pub struct Options {
     pub snapshot_trailing: u64,
     /// Set damaged log or snapshot files aside at start instead of failing.
     pub auto_recovery: bool,
-    /// Mutual TLS between nodes.
+    /// Mutual TLS between nodes and for dqlite clients: with it the node
+    /// serves TLS only, and asks every client for a certificate the CA
+    /// vouches for.
     pub tls: Option<TlsConfig>,
     /// Server settings (message size limit, connection limit, busy
     /// timeout, heartbeat reported in WELCOME).
@@ -149,7 +151,7 @@ impl Options {
         self.standbys = n;
         self
     }
-    /// Use mutual TLS between nodes.
+    /// Use mutual TLS between nodes and with clients.
     pub fn with_tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -164,6 +166,8 @@ struct Running {
     server: JoinHandle<Result<(), dqlite_server::ServerError>>,
     store: Arc<Store>,
     bound: String,
+    /// How to reach other nodes as a dqlite client.
+    client: dqlite_client::Config,
     _dir: DataDir,
 }
 
@@ -332,8 +336,9 @@ impl Node {
             ),
             None => None,
         };
-        let peers = Arc::new(RaftPeers::new(service.http(), tls, metrics));
-        let server = Server::from_listener(
+        let client = self.client_config()?;
+        let peers = Arc::new(RaftPeers::new(service.http(), metrics));
+        let mut server = Server::from_listener(
             listener,
             address.clone(),
             server_config,
@@ -341,12 +346,16 @@ impl Node {
             cluster,
             Some(peers),
         );
+        if let Some(tls) = tls {
+            server = server.with_tls(tls);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
         let (roles_stop, roles_stopped) = watch::channel(false);
         let settings = manager::Settings {
+            client: client.clone(),
             targets: self.targets(),
             online_window: self.online_window(),
             // Ten rounds a second at the default latency.
@@ -361,6 +370,7 @@ impl Node {
             server,
             store,
             bound,
+            client,
             _dir: dir,
         };
         // From here on `close` can clean up whatever happens next.
@@ -382,6 +392,19 @@ impl Node {
         }
         info!(id = self.id, address = %self.address, "node started");
         Ok(())
+    }
+
+    /// How this node talks to others as a dqlite client (the role
+    /// manager's probes and handover).
+    fn client_config(&self) -> Result<dqlite_client::Config, NodeError> {
+        let mut config = dqlite_client::Config::default();
+        if let Some(t) = &self.options.tls {
+            config.tls = Some(
+                t.client()
+                    .map_err(|e| NodeError::Misuse(format!("TLS: {e}")))?,
+            );
+        }
+        Ok(config)
     }
 
     fn targets(&self) -> Targets {
@@ -496,7 +519,7 @@ impl Node {
         }
         // Then the role, so the cluster keeps its voters while this node is
         // away (a rolling restart never loses quorum).
-        manager::hand_over_role(service, Duration::from_secs(20)).await;
+        manager::hand_over_role(service, Duration::from_secs(20), &running.client).await;
         let _ = running.stop.send(());
         let result = match tokio::time::timeout(Duration::from_secs(10), running.server).await {
             Ok(Ok(r)) => r.map_err(NodeError::from),
