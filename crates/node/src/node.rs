@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dqlite_client::Dial;
 use dqlite_consensus::transport::TlsConfig;
 use dqlite_consensus::Service;
 use dqlite_server::dir::{DataDir, NodeRecord};
@@ -66,6 +67,12 @@ pub struct Options {
     /// serves TLS only, and asks every client for a certificate the CA
     /// vouches for.
     pub tls: Option<TlsConfig>,
+    /// Opens every connection this node makes to another node: raft
+    /// traffic, snapshots, joins, and the role manager's probes and
+    /// handover (TLS runs over it). Default: TCP. A proxy, a tunnel or a
+    /// Unix socket goes here; the addresses are still the ones nodes
+    /// advertise.
+    pub dial: Dial,
     /// Server settings (message size limit, connection limit, busy
     /// timeout, heartbeat reported in WELCOME).
     pub max_message_size: u64,
@@ -91,6 +98,7 @@ impl Default for Options {
             snapshot_trailing: 8192,
             auto_recovery: true,
             tls: None,
+            dial: Dial::tcp(),
             max_message_size: defaults.max_message_size,
             max_connections: defaults.max_connections,
             voters: Targets::default().voters,
@@ -149,6 +157,11 @@ impl Options {
     /// Set how many standbys the role manager keeps.
     pub fn with_standbys(mut self, n: usize) -> Self {
         self.standbys = n;
+        self
+    }
+    /// Open connections to other nodes with `dial`.
+    pub fn with_dial(mut self, dial: Dial) -> Self {
+        self.dial = dial;
         self
     }
     /// Use mutual TLS between nodes and with clients.
@@ -304,6 +317,7 @@ impl Node {
         config.snapshot_trailing = self.options.snapshot_trailing;
         config.auto_recovery = self.options.auto_recovery;
         config.tls = self.options.tls.clone();
+        config.dial = self.options.dial.clone();
         config.failure_domain = self.options.failure_domain;
         config.join_role = Some(manager::join_role(self.targets()));
         // Peer traffic shares the client port: the server hands it over.
@@ -398,6 +412,7 @@ impl Node {
     /// manager's probes and handover).
     fn client_config(&self) -> Result<dqlite_client::Config, NodeError> {
         let mut config = dqlite_client::Config::default();
+        config.dial = self.options.dial.clone();
         if let Some(t) = &self.options.tls {
             config.tls = Some(
                 t.client()
