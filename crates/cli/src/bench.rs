@@ -123,6 +123,8 @@ pub struct Args {
     /// Print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Validated arguments.
@@ -138,6 +140,8 @@ struct Settings {
     setup_timeout: Duration,
     progress: Option<Duration>,
     json: bool,
+    /// Connection settings every client starts from (TLS).
+    base: Config,
 }
 
 impl Settings {
@@ -197,7 +201,10 @@ impl Settings {
                 "--progress must be a number of seconds (0 for none), not {progress}"
             ));
         }
+        let mut base = Config::default();
+        args.tls.apply(&mut base).map_err(|e| format!("{e:#}"))?;
         Ok(Settings {
+            base,
             servers,
             workload: args.workload,
             workers: args.workers,
@@ -552,8 +559,8 @@ impl Report {
     }
 }
 
-fn client_config(connect_timeout: Duration) -> Config {
-    let mut config = Config::default();
+fn client_config(base: &Config, connect_timeout: Duration) -> Config {
+    let mut config = base.clone();
     config.connect_timeout = connect_timeout.max(Duration::from_millis(100));
     config.attempt_timeout = config.attempt_timeout.min(config.connect_timeout);
     config.dial_timeout = config.dial_timeout.min(config.connect_timeout);
@@ -569,7 +576,10 @@ async fn execute(s: &Settings) -> anyhow::Result<Report> {
     let mut connecting = tokio::task::JoinSet::new();
     for i in 0..s.workers {
         let (servers, database) = (s.servers.clone(), s.database.clone());
-        let config = client_config(setup_deadline.saturating_duration_since(Instant::now()));
+        let config = client_config(
+            &s.base,
+            setup_deadline.saturating_duration_since(Instant::now()),
+        );
         connecting.spawn(async move {
             (
                 i,
@@ -613,7 +623,7 @@ async fn execute(s: &Settings) -> anyhow::Result<Report> {
 async fn create_table(s: &Settings, deadline: Instant) -> anyhow::Result<()> {
     let mut attempt = 0u32;
     loop {
-        let config = client_config(deadline.saturating_duration_since(Instant::now()));
+        let config = client_config(&s.base, deadline.saturating_duration_since(Instant::now()));
         let result = match Database::connect_with(&s.servers, &s.database, &config).await {
             Ok(mut db) => db.exec(KV_SCHEMA, ()).await.map(drop),
             Err(err) => Err(err),
@@ -678,7 +688,7 @@ async fn worker(
                 }
                 // Leader discovery stops at the end of the run.
                 let left = deadline.saturating_duration_since(Instant::now());
-                let config = client_config(left.min(RECONNECT_TIMEOUT));
+                let config = client_config(&s.base, left.min(RECONNECT_TIMEOUT));
                 match Database::connect_with(&s.servers, &s.database, &config).await {
                     Ok(new) => db = Some(new),
                     Err(err) => {
@@ -1087,7 +1097,7 @@ mod tests {
         let mut db = Database::connect_with(
             &[address.as_str()],
             "benchmark",
-            &client_config(Duration::from_secs(10)),
+            &client_config(&Config::default(), Duration::from_secs(10)),
         )
         .await
         .unwrap();

@@ -17,6 +17,8 @@ pub struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -98,7 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn execute(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::default();
+    let mut config = Config::default();
+    args.tls.apply(&mut config)?;
     // The client's errors name the addresses tried: no context to add.
     let leader = || async { Client::find_leader(&args.servers, &config).await };
     let first = || async { Client::connect(&args.servers[0], &config).await };

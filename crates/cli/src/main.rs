@@ -14,6 +14,7 @@ mod logging;
 mod node;
 mod recover;
 mod shell;
+mod tls;
 
 /// A distributed SQLite engine, wire-compatible with dqlite.
 #[derive(Debug, Parser)]

@@ -5,7 +5,7 @@
 //! - `command`: what a line asks for (dot-command, query or statement).
 //! - `format`: tabular and JSON output, streamed.
 //! - `session`: runs commands against the cluster.
-//! - this file: arguments, and where lines come from (`-c`, a terminal
+//! - this file: arguments, and where lines come from (`--command`, a terminal
 //!   with line editing and history, or standard input).
 //!
 //! Input is cut as SQLite's shell cuts it: SQL accumulates until a
@@ -13,7 +13,7 @@
 //! `END;` for a trigger), with a continuation prompt, and every complete
 //! statement runs in order, so several may share a line. A line starting
 //! with `.` when no statement is pending is a dot-command. Whatever is
-//! left unfinished at the end of `-c`, a piped script or a `.read` file
+//! left unfinished at the end of `--command`, a piped script or a `.read` file
 //! runs as a last statement. A statement whose first keyword is SELECT,
 //! PRAGMA, WITH, EXPLAIN or VALUES, or that has a RETURNING clause, runs
 //! as a query and its rows are printed; anything else runs as a statement
@@ -23,7 +23,7 @@
 //! it stops it (see `session`) and skips the rest of the line or file.
 //! Ctrl-D at the prompt leaves.
 //!
-//! Exit status: 0, or 1 if a command from `-c` or a non-terminal standard
+//! Exit status: 0, or 1 if a command from `--command` or a non-terminal standard
 //! input failed (the session goes on after an error either way, printing
 //! `Error: <message>`).
 
@@ -57,8 +57,11 @@ pub struct Args {
     #[arg(short = 'f', long = "format", value_enum, default_value = "tabular")]
     pub format: Format,
     /// Run this SQL (one or more statements) or dot-command and exit.
-    #[arg(short = 'c', long = "command")]
+    /// (`-c` is the TLS certificate, as in Debian's `dqlite`.)
+    #[arg(long = "command")]
     pub command: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Seconds to look for the leader before a command fails.
     #[arg(long = "timeout", default_value_t = 10)]
     pub timeout: u64,
@@ -88,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let mut config = Config::default();
     config.connect_timeout = Duration::from_secs(args.timeout.max(1));
+    args.tls.apply(&mut config)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     let session = Session::new(
         args.servers,

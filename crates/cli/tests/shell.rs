@@ -28,21 +28,26 @@ fn shell(
 }
 
 #[test]
-fn one_command_with_dash_c_and_its_exit_status() {
+fn one_command_with_command_flag_and_its_exit_status() {
     let node = Node::start(1);
-    let out = shell(&node, &["demo", "-c", "CREATE TABLE t (x)"], None, None);
+    let out = shell(
+        &node,
+        &["demo", "--command", "CREATE TABLE t (x)"],
+        None,
+        None,
+    );
     assert!(out.success(), "{}", out.describe());
     assert_eq!(out.stdout, "");
     let out = shell(
         &node,
-        &["demo", "-c", "INSERT INTO t VALUES (1), (22)"],
+        &["demo", "--command", "INSERT INTO t VALUES (1), (22)"],
         None,
         None,
     );
     assert!(out.success(), "{}", out.describe());
     let out = shell(
         &node,
-        &["demo", "-c", "SELECT x FROM t ORDER BY x"],
+        &["demo", "--command", "SELECT x FROM t ORDER BY x"],
         None,
         None,
     );
@@ -51,7 +56,7 @@ fn one_command_with_dash_c_and_its_exit_status() {
     // The dqlite shell's form: the command after the database name.
     let out = shell(&node, &["demo", "SELECT count(*) AS n FROM t"], None, None);
     assert_eq!(out.stdout, "n\n-\n2\n", "{}", out.describe());
-    let out = shell(&node, &["demo", "-c", "SELEC 1"], None, None);
+    let out = shell(&node, &["demo", "--command", "SELEC 1"], None, None);
     assert!(!out.success(), "{}", out.describe());
     assert!(
         out.stderr.starts_with("Error: ") && out.stderr.contains("syntax error"),
@@ -129,7 +134,12 @@ fn json_output_is_json() {
             {"k": "c", "v": "0a"},
         ])
     );
-    let out = shell(&node, &["-f", "json", "demo", "-c", ".cluster"], None, None);
+    let out = shell(
+        &node,
+        &["-f", "json", "demo", "--command", ".cluster"],
+        None,
+        None,
+    );
     let cluster: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(cluster[0]["address"], node.address.as_str());
     assert_eq!(cluster[0]["role"], "voter");
@@ -146,7 +156,7 @@ fn an_unreachable_cluster_fails_within_the_timeout() {
         "--timeout",
         "1",
         "demo",
-        "-c",
+        "--command",
         "SELECT 1",
     ]);
     let out = run_with_timeout(cmd, None, SHELL_TIMEOUT);
@@ -181,7 +191,7 @@ fn statements_span_lines_and_share_lines() {
     // -c takes several statements too, and goes on after a failing one.
     let out = shell(
         &node,
-        &["demo", "-c", "SELECT 1 AS a; SELEC 2; SELECT 3 AS c"],
+        &["demo", "--command", "SELECT 1 AS a; SELEC 2; SELECT 3 AS c"],
         None,
         None,
     );

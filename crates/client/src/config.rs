@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Limit for one TCP connect (go-dqlite: 5 s).
+    /// Limit for one connect, TLS handshake included (go-dqlite: 5 s).
     pub dial_timeout: Duration,
     /// Limit for one leader-discovery attempt against one listed address:
     /// dial, handshake, LEADER, the one redirect hop and CLIENT (go-dqlite:
@@ -40,6 +40,11 @@ pub struct Config {
     /// and a user is better told at once. Turn off while nodes are still
     /// starting (a program that starts its cluster and connects at once).
     pub give_up_when_all_refuse: bool,
+    /// Opens the connection to a node (default: TCP). Leader discovery
+    /// and every connection use it.
+    pub dial: crate::Dial,
+    /// TLS over whatever `dial` opens; `None` for plaintext.
+    pub tls: Option<crate::Tls>,
 }
 
 impl Default for Config {
@@ -54,6 +59,8 @@ impl Default for Config {
             request_timeout: Duration::from_secs(60),
             max_message_size: 256 << 20,
             give_up_when_all_refuse: true,
+            dial: crate::Dial::tcp(),
+            tls: None,
         }
     }
 }

@@ -30,6 +30,8 @@
 //!   errors told apart from transport errors.
 //! - [`Config`] (`config.rs`): timeouts, retry bounds, the message size
 //!   limit.
+//! - [`net`]: how connections are opened: the [`Dial`] function and
+//!   [`Tls`].
 //! - `transport.rs`: framing over the socket, one request at a time.
 //!
 //! Messages are encoded and decoded by `dqlite-wire`. Every wait is
@@ -45,6 +47,7 @@ mod client;
 mod config;
 mod database;
 mod error;
+pub mod net;
 mod rows;
 mod transport;
 mod value;
@@ -54,5 +57,6 @@ pub use config::Config;
 pub use database::{Database, ExecResult, Statement, Transaction};
 pub use dqlite_wire::{File, NodeInfo, Role, Value};
 pub use error::{Error, Result};
+pub use net::{Dial, Tls};
 pub use rows::{Row, Rows};
 pub use value::{FromValue, IntoValue, Params};

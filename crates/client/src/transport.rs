@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use dqlite_wire::{DecodeContext, Header, Request, Response, Rows, HEADER_SIZE, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use crate::{Config, Error, Result};
 
-/// Any byte stream the protocol can run over (TCP today; TLS later).
+/// Any byte stream the protocol can run over.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -78,7 +77,8 @@ impl fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Connects over TCP and sends the version-1 handshake.
+    /// Connects with the configured dial function (and TLS) and sends the
+    /// version-1 handshake.
     pub(crate) async fn dial(address: &str, config: &Config) -> Result<Transport> {
         if address.starts_with('@') {
             return Err(Error::InvalidArgument(format!(
@@ -89,7 +89,14 @@ impl Transport {
             address: address.to_owned(),
             cause,
         };
-        let tcp = match timeout(config.dial_timeout, TcpStream::connect(address)).await {
+        let open = async {
+            let stream = config.dial.dial(address).await?;
+            match &config.tls {
+                Some(tls) => tls.connect(address, stream).await,
+                None => Ok(stream),
+            }
+        };
+        let stream = match timeout(config.dial_timeout, open).await {
             Ok(result) => result.map_err(connect_error)?,
             Err(_) => {
                 return Err(Error::Timeout {
@@ -99,9 +106,7 @@ impl Transport {
                 })
             }
         };
-        // One small request per round trip: Nagle would add latency.
-        tcp.set_nodelay(true).map_err(connect_error)?;
-        let mut transport = Transport::over(Box::new(tcp), address, config);
+        let mut transport = Transport::over(Box::new(stream), address, config);
         transport.handshake().await?;
         Ok(transport)
     }

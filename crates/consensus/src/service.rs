@@ -58,6 +58,9 @@ pub struct Config {
     pub auto_recovery: bool,
     /// Mutual TLS between peers.
     pub tls: Option<TlsConfig>,
+    /// Opens every connection to a peer (raft traffic, snapshots, joins);
+    /// TLS, if any, runs over it. Default: TCP.
+    pub dial: dqlite_client::Dial,
     /// This node's failure domain, recorded in the registry when it
     /// bootstraps or joins.
     pub failure_domain: u64,
@@ -84,6 +87,7 @@ impl Config {
             segment_size: 8 << 20,
             auto_recovery: false,
             tls: None,
+            dial: dqlite_client::Dial::tcp(),
             failure_domain: 0,
             join_role: None,
             listen: true,
@@ -366,7 +370,8 @@ impl Service {
                 break;
             }
             let attempt = async {
-                let mut conn = client::connect(&target, tls.as_ref()).await?;
+                let mut conn =
+                    client::connect(&target, &self.inner.config.dial, tls.as_ref()).await?;
                 client::request(&mut conn, &target, "/raft/join", &[], full(body.clone())).await
             };
             match attempt.await {
@@ -671,7 +676,7 @@ impl Service {
         };
         let body = serde_json::to_vec(&request).map_err(|e| Error::Join(e.to_string()))?;
         let attempt = async {
-            let mut conn = client::connect(&leader, tls.as_ref()).await?;
+            let mut conn = client::connect(&leader, &self.inner.config.dial, tls.as_ref()).await?;
             client::request(&mut conn, &leader, "/raft/join", &[], full(body)).await
         };
         match tokio::time::timeout(Duration::from_secs(10), attempt).await {
@@ -960,6 +965,7 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
         id,
         config.address.clone(),
         config.tls.as_ref(),
+        config.dial.clone(),
         feedback_tx,
         inner.snapshots.clone(),
         inner.runtime.clone(),

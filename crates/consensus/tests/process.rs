@@ -66,7 +66,7 @@ fn spawn(dir: &Path, raft: &str, extra: &[&str]) -> Node {
 }
 
 async fn call(api: &str, path: &str, body: Vec<u8>) -> Option<(u16, Value)> {
-    let mut conn = connect(api, None).await.ok()?;
+    let mut conn = connect(api, &dqlite_client::Dial::tcp(), None).await.ok()?;
     let (status, bytes) = request(&mut conn, api, path, &[], full(body)).await.ok()?;
     Some((status.as_u16(), serde_json::from_slice(&bytes).ok()?))
 }

@@ -314,7 +314,9 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving() {
         ("/raft/nowhere", Vec::new()),
     ];
     for (path, body) in cases {
-        let mut conn = connect(&addr, None).await.unwrap();
+        let mut conn = connect(&addr, &dqlite_client::Dial::tcp(), None)
+            .await
+            .unwrap();
         let (status, _) = request(&mut conn, &addr, path, &[], full(body))
             .await
             .unwrap();

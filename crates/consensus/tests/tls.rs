@@ -73,10 +73,16 @@ async fn peers_talk_over_mutual_tls_and_strangers_are_refused() {
 
     // A peer with a certificate from another CA cannot connect.
     let stranger = node_tls(&self::ca()).client_config().unwrap();
-    assert!(connect(a.address(), Some(&stranger)).await.is_err());
+    assert!(
+        connect(a.address(), &dqlite_client::Dial::tcp(), Some(&stranger))
+            .await
+            .is_err()
+    );
     // Nor can a plaintext client talk to the TLS listener.
     let plain = async {
-        let mut conn = connect(a.address(), None).await.ok()?;
+        let mut conn = connect(a.address(), &dqlite_client::Dial::tcp(), None)
+            .await
+            .ok()?;
         request(&mut conn, a.address(), "/raft/msg", &[], full(Vec::new()))
             .await
             .ok()

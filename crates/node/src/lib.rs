@@ -46,6 +46,7 @@ mod sqlite;
 mod store;
 
 pub use cluster::RaftCluster;
+pub use dqlite_client::Dial;
 pub use dqlite_consensus::offline::LastEntryInfo;
 pub use dqlite_consensus::transport::TlsConfig;
 pub use dqlite_wire::{NodeInfo, Role};

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use dqlite_consensus::{Role, Service, Status};
 use dqlite_wire::NodeInfo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -18,8 +17,10 @@ use crate::roles::{self, Targets};
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What the manager needs to know, from the node's options.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Settings {
+    /// How to reach other nodes (dial function, TLS).
+    pub client: dqlite_client::Config,
     pub targets: Targets,
     /// How long the leader may not hear from a raft member before it counts
     /// as offline (the consensus core's online window).
@@ -29,9 +30,9 @@ pub(crate) struct Settings {
 }
 
 /// Whether a node answers on its address at all.
-async fn reachable(address: &str) -> bool {
+async fn reachable(address: &str, client: &dqlite_client::Config) -> bool {
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(address)).await,
+        tokio::time::timeout(PROBE_TIMEOUT, client.dial.dial(address)).await,
         Ok(Ok(_))
     )
 }
@@ -40,8 +41,8 @@ async fn reachable(address: &str) -> bool {
 /// manager probes: `None` if it does not answer in time. A node that is
 /// not running raft (a spare just ADDed) only knows its own options, so
 /// this is how they reach the registry.
-async fn describe(address: &str) -> Option<(u64, u64)> {
-    let mut config = dqlite_client::Config::default();
+async fn describe(address: &str, client: &dqlite_client::Config) -> Option<(u64, u64)> {
+    let mut config = client.clone();
     config.dial_timeout = PROBE_TIMEOUT;
     config.request_timeout = PROBE_TIMEOUT;
     let probe = async {
@@ -64,6 +65,7 @@ async fn describe(address: &str) -> Option<(u64, u64)> {
 pub(crate) async fn online(
     status: &Status,
     benefit_of_doubt: bool,
+    client: &dqlite_client::Config,
 ) -> (BTreeSet<u64>, Vec<(u64, u64, u64)>) {
     let mut up = BTreeSet::from([status.id]);
     let mut spares = Vec::new();
@@ -77,13 +79,16 @@ pub(crate) async fn online(
         }
     }
     let me = status.id;
-    let probes = spares.into_iter().map(move |n| async move {
-        let meta = if n.id == me {
-            None
-        } else {
-            describe(&n.address).await
-        };
-        (n, meta)
+    let probes = spares.into_iter().map(move |n| {
+        let client = client.clone();
+        async move {
+            let meta = if n.id == me {
+                None
+            } else {
+                describe(&n.address, &client).await
+            };
+            (n, meta)
+        }
     });
     let mut changed = Vec::new();
     for (n, meta) in futures_join_all(probes).await {
@@ -136,7 +141,7 @@ pub(crate) async fn run(service: Service, settings: Settings, mut stop: watch::R
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
         let doubt = since.elapsed() < settings.online_window;
-        let (online, metadata) = online(&status, doubt).await;
+        let (online, metadata) = online(&status, doubt, &settings.client).await;
         for (id, domain, weight) in metadata {
             match service.set_metadata(id, domain, weight).await {
                 Ok(()) => debug!(node = id, domain, weight, "metadata recorded"),
@@ -179,7 +184,11 @@ async fn apply(service: &Service, status: &Status, role: &Role, candidates: &[u6
 /// Before this node stops: hand its voter or standby role to the best
 /// healthy node, through the leader (this node has already handed over
 /// leadership), then become a spare. Best effort, bounded by `timeout`.
-pub(crate) async fn hand_over_role(service: &Service, timeout: Duration) {
+pub(crate) async fn hand_over_role(
+    service: &Service,
+    timeout: Duration,
+    client: &dqlite_client::Config,
+) {
     let status = service.status();
     let Some(me) = status.cluster.nodes.get(&status.id).cloned() else {
         return;
@@ -199,9 +208,12 @@ pub(crate) async fn hand_over_role(service: &Service, timeout: Duration) {
     }
     let work = async {
         // A follower knows no raft progress: probe everyone.
-        let probes = status.cluster.nodes.values().cloned().map(|n| async move {
-            let ok = reachable(&n.address).await;
-            (n.id, ok)
+        let probes = status.cluster.nodes.values().cloned().map(|n| {
+            let client = client.clone();
+            async move {
+                let ok = reachable(&n.address, &client).await;
+                (n.id, ok)
+            }
         });
         let online: BTreeSet<u64> = futures_join_all(probes)
             .await
@@ -209,8 +221,7 @@ pub(crate) async fn hand_over_role(service: &Service, timeout: Duration) {
             .filter_map(|(id, ok)| ok.then_some(id))
             .collect();
         let nodes: Vec<NodeInfo> = status.cluster.nodes.values().cloned().collect();
-        let config = dqlite_client::Config::default();
-        let mut client = match dqlite_client::Client::connect(&leader, &config).await {
+        let mut client = match dqlite_client::Client::connect(&leader, client).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(%leader, error = %e, "cannot reach the leader to hand over the role");

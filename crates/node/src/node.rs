@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dqlite_client::Dial;
 use dqlite_consensus::transport::TlsConfig;
 use dqlite_consensus::Service;
 use dqlite_server::dir::{DataDir, NodeRecord};
@@ -62,8 +63,16 @@ pub struct Options {
     pub snapshot_trailing: u64,
     /// Set damaged log or snapshot files aside at start instead of failing.
     pub auto_recovery: bool,
-    /// Mutual TLS between nodes.
+    /// Mutual TLS between nodes and for dqlite clients: with it the node
+    /// serves TLS only, and asks every client for a certificate the CA
+    /// vouches for.
     pub tls: Option<TlsConfig>,
+    /// Opens every connection this node makes to another node: raft
+    /// traffic, snapshots, joins, and the role manager's probes and
+    /// handover (TLS runs over it). Default: TCP. A proxy, a tunnel or a
+    /// Unix socket goes here; the addresses are still the ones nodes
+    /// advertise.
+    pub dial: Dial,
     /// Server settings (message size limit, connection limit, busy
     /// timeout, heartbeat reported in WELCOME).
     pub max_message_size: u64,
@@ -89,6 +98,7 @@ impl Default for Options {
             snapshot_trailing: 8192,
             auto_recovery: true,
             tls: None,
+            dial: Dial::tcp(),
             max_message_size: defaults.max_message_size,
             max_connections: defaults.max_connections,
             voters: Targets::default().voters,
@@ -149,7 +159,12 @@ impl Options {
         self.standbys = n;
         self
     }
-    /// Use mutual TLS between nodes.
+    /// Open connections to other nodes with `dial`.
+    pub fn with_dial(mut self, dial: Dial) -> Self {
+        self.dial = dial;
+        self
+    }
+    /// Use mutual TLS between nodes and with clients.
     pub fn with_tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -164,6 +179,8 @@ struct Running {
     server: JoinHandle<Result<(), dqlite_server::ServerError>>,
     store: Arc<Store>,
     bound: String,
+    /// How to reach other nodes as a dqlite client.
+    client: dqlite_client::Config,
     _dir: DataDir,
 }
 
@@ -300,6 +317,7 @@ impl Node {
         config.snapshot_trailing = self.options.snapshot_trailing;
         config.auto_recovery = self.options.auto_recovery;
         config.tls = self.options.tls.clone();
+        config.dial = self.options.dial.clone();
         config.failure_domain = self.options.failure_domain;
         config.join_role = Some(manager::join_role(self.targets()));
         // Peer traffic shares the client port: the server hands it over.
@@ -330,8 +348,9 @@ impl Node {
             ),
             None => None,
         };
-        let peers = Arc::new(RaftPeers::new(service.http(), tls, metrics));
-        let server = Server::from_listener(
+        let client = self.client_config()?;
+        let peers = Arc::new(RaftPeers::new(service.http(), metrics));
+        let mut server = Server::from_listener(
             listener,
             address.clone(),
             server_config,
@@ -339,12 +358,16 @@ impl Node {
             cluster,
             Some(peers),
         );
+        if let Some(tls) = tls {
+            server = server.with_tls(tls);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
         let (roles_stop, roles_stopped) = watch::channel(false);
         let settings = manager::Settings {
+            client: client.clone(),
             targets: self.targets(),
             online_window: self.online_window(),
             // Ten rounds a second at the default latency.
@@ -359,6 +382,7 @@ impl Node {
             server,
             store,
             bound,
+            client,
             _dir: dir,
         };
         // From here on `close` can clean up whatever happens next.
@@ -380,6 +404,20 @@ impl Node {
         }
         info!(id = self.id, address = %self.address, "node started");
         Ok(())
+    }
+
+    /// How this node talks to others as a dqlite client (the role
+    /// manager's probes and handover).
+    fn client_config(&self) -> Result<dqlite_client::Config, NodeError> {
+        let mut config = dqlite_client::Config::default();
+        config.dial = self.options.dial.clone();
+        if let Some(t) = &self.options.tls {
+            config.tls = Some(
+                t.client()
+                    .map_err(|e| NodeError::Misuse(format!("TLS: {e}")))?,
+            );
+        }
+        Ok(config)
     }
 
     fn targets(&self) -> Targets {
@@ -494,7 +532,7 @@ impl Node {
         }
         // Then the role, so the cluster keeps its voters while this node is
         // away (a rolling restart never loses quorum).
-        manager::hand_over_role(service, Duration::from_secs(20)).await;
+        manager::hand_over_role(service, Duration::from_secs(20), &running.client).await;
         let _ = running.stop.send(());
         let result = match tokio::time::timeout(Duration::from_secs(10), running.server).await {
             Ok(Ok(r)) => r.map_err(NodeError::from),

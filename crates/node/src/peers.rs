@@ -1,19 +1,18 @@
 //! HTTP on the client port: the server sniffs each connection and hands
 //! the non-dqlite ones here. They are `/raft/` peer traffic, or a scrape of
-//! `GET /metrics`; in TLS when the cluster uses TLS.
+//! `GET /metrics` (the server has already unwrapped TLS, if any).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dqlite_consensus::transport::RaftHttp;
-use dqlite_server::peer::{sniff, BoxFuture, PeerHandler, Prefixed, Sniffed};
+use dqlite_server::peer::{BoxFuture, PeerHandler, PeerStream, Prefixed};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::metrics::{NodeMetrics, CONTENT_TYPE};
@@ -21,44 +20,20 @@ use crate::metrics::{NodeMetrics, CONTENT_TYPE};
 /// Serves `/raft/` and `/metrics` on connections handed over by the server.
 pub(crate) struct RaftPeers {
     pub http: RaftHttp,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub metrics: Arc<NodeMetrics>,
 }
 
 impl RaftPeers {
-    pub fn new(
-        http: RaftHttp,
-        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-        metrics: Arc<NodeMetrics>,
-    ) -> Self {
-        RaftPeers {
-            http,
-            tls: tls.map(tokio_rustls::TlsAcceptor::from),
-            metrics,
-        }
+    pub fn new(http: RaftHttp, metrics: Arc<NodeMetrics>) -> Self {
+        RaftPeers { http, metrics }
     }
 }
 
 impl PeerHandler for RaftPeers {
-    fn serve(&self, stream: Prefixed<TcpStream>) -> BoxFuture {
+    fn serve(&self, stream: Prefixed<Box<dyn PeerStream>>) -> BoxFuture {
         let http = self.http.clone();
-        let tls = self.tls.clone();
         let metrics = Arc::clone(&self.metrics);
-        let kind = stream
-            .prefix()
-            .try_into()
-            .map_or(Sniffed::Unknown, |first: [u8; 8]| sniff(&first));
-        Box::pin(async move {
-            match (kind, tls) {
-                (Sniffed::Http, None) => serve_http(stream, http, metrics).await,
-                (Sniffed::Tls, Some(acceptor)) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_http(tls, http, metrics).await,
-                    Err(e) => debug!(error = %e, "peer TLS handshake failed"),
-                },
-                // Plain HTTP when TLS is required, or TLS we cannot serve.
-                (kind, _) => debug!(?kind, "peer connection refused"),
-            }
-        })
+        Box::pin(serve_http(stream, http, metrics))
     }
 }
 

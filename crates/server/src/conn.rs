@@ -22,7 +22,7 @@ use crate::gateway::{leadership_lost_failure, Gateway, Reply, RowsStream, Shared
 use crate::metrics::{statement_kind, ConnectionGuard, ServerMetrics};
 
 /// A client that connects must say its protocol version within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One framed message as read off the socket.
 struct Frame {

@@ -32,5 +32,5 @@ pub use cluster::{Cluster, ClusterError, SingleNode};
 pub use databases::{Databases, LocalDatabases};
 pub use error::ServerError;
 pub use metrics::ServerMetrics;
-pub use peer::{PeerHandler, Prefixed};
+pub use peer::{PeerHandler, PeerStream, Prefixed};
 pub use server::{listen, Server, ServerConfig};

@@ -1,6 +1,6 @@
 //! The other protocol on the client port: peer (raft) traffic. The listener
-//! reads the first 8 bytes of every connection; a dqlite handshake goes to
-//! the gateway, anything that looks like HTTP or TLS goes to the
+//! reads the first 8 bytes of every connection (inside TLS when the server
+//! has TLS); a dqlite handshake goes to the gateway, HTTP goes to the
 //! [`PeerHandler`] together with the bytes already read. The hook keeps
 //! this crate free of the consensus crate: the node plugs its `/raft/`
 //! handler in here.
@@ -11,16 +11,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// A boxed, sendable future.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Serves one peer connection whose first bytes have been sniffed.
+/// A connection handed to a [`PeerHandler`]: TCP, or the decrypted
+/// stream when the server runs TLS.
+pub trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PeerStream for T {}
+
+/// Serves one peer connection whose first bytes have been sniffed as HTTP.
 pub trait PeerHandler: Send + Sync + 'static {
     /// Serves `stream` until it closes. The sniffed bytes are replayed
     /// first, so the handler sees the connection from its first byte.
-    fn serve(&self, stream: Prefixed<TcpStream>) -> BoxFuture;
+    fn serve(&self, stream: Prefixed<Box<dyn PeerStream>>) -> BoxFuture;
 }
 
 /// What the first bytes of a non-dqlite connection look like.

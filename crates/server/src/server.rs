@@ -22,7 +22,7 @@ use crate::databases::{Databases, LocalDatabases};
 use crate::dir::{DataDir, NodeRecord};
 use crate::gateway::Shared;
 use crate::metrics::ServerMetrics;
-use crate::peer::{sniff, PeerHandler, Prefixed, Sniffed};
+use crate::peer::{sniff, PeerHandler, PeerStream, Prefixed, Sniffed};
 use crate::ServerError;
 
 /// How to run a server.
@@ -86,6 +86,7 @@ pub struct Server {
     shared: Arc<Shared>,
     config: ServerConfig,
     peers: Option<Arc<dyn PeerHandler>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     _dir: Option<DataDir>,
 }
 
@@ -160,8 +161,17 @@ impl Server {
             shared,
             config,
             peers,
+            tls: None,
             _dir: None,
         }
+    }
+
+    /// Serves every connection over TLS with `config` (which should ask
+    /// for client certificates): dqlite clients and peers alike, told
+    /// apart inside the TLS stream. Plaintext connections are closed.
+    pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Server {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// The server's metrics (live handles: register them once, read them
@@ -214,8 +224,13 @@ impl Server {
             let cancel = cancel.clone();
             let max = self.config.max_message_size;
             let peers = self.peers.clone();
+            let tls = self.tls.clone();
             tracker.spawn(async move {
-                handle(stream, peer, shared, peers, max, cancel).await;
+                let _ = stream.set_nodelay(true);
+                match tls {
+                    None => handle(stream, peer, shared, peers, max, cancel).await,
+                    Some(tls) => handle_tls(stream, tls, peer, shared, peers, max, cancel).await,
+                }
                 drop(permit);
             });
         }
@@ -233,15 +248,13 @@ impl Server {
 }
 
 async fn handle(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     peers: Option<Arc<dyn PeerHandler>>,
     max: u64,
     cancel: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let mut stream = stream;
     let Some(first) = conn::read_handshake(&mut stream).await else {
         debug!(%peer, "no handshake");
         return;
@@ -251,16 +264,73 @@ async fn handle(
         conn::serve(rd, wr, hs, shared, max, cancel).await;
         return;
     }
+    serve_other(Box::new(stream), first, peer, peers, cancel).await;
+}
+
+/// A connection to a TLS server: the TLS handshake first, then the same
+/// sniffing inside. Anything else, a plaintext dqlite handshake included,
+/// is closed: TLS is the only way in.
+async fn handle_tls(
+    mut stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    peers: Option<Arc<dyn PeerHandler>>,
+    max: u64,
+    cancel: CancellationToken,
+) {
+    let Some(first) = conn::read_handshake(&mut stream).await else {
+        debug!(%peer, "no handshake");
+        return;
+    };
+    if sniff(&first) != Sniffed::Tls {
+        debug!(%peer, "plaintext connection to a TLS server; closing");
+        return;
+    }
+    let accept = acceptor.accept(Prefixed::new(first.to_vec(), stream));
+    let mut stream = match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(first) = conn::read_handshake(&mut stream).await else {
+        debug!(%peer, "no handshake inside TLS");
+        return;
+    };
+    if let Some(hs) = parse_handshake(first) {
+        let (rd, wr) = tokio::io::split(stream);
+        conn::serve(rd, wr, hs, shared, max, cancel).await;
+        return;
+    }
+    serve_other(Box::new(stream), first, peer, peers, cancel).await;
+}
+
+/// A connection that is not a dqlite client: HTTP goes to the peer
+/// handler, anything else is closed.
+async fn serve_other(
+    stream: Box<dyn PeerStream>,
+    first: [u8; 8],
+    peer: SocketAddr,
+    peers: Option<Arc<dyn PeerHandler>>,
+    cancel: CancellationToken,
+) {
     match (sniff(&first), peers) {
-        (Sniffed::Http | Sniffed::Tls, Some(peers)) => {
+        (Sniffed::Http, Some(peers)) => {
             let serving = peers.serve(Prefixed::new(first.to_vec(), stream));
             tokio::select! {
                 _ = serving => {}
                 _ = cancel.cancelled() => {}
             }
         }
-        // dqlite closes on an unknown version without a word.
-        _ => debug!(%peer, "unknown protocol version {:02x?}; closing", first),
+        // TLS to a server without it, or an unknown version: dqlite closes
+        // without a word.
+        (kind, _) => debug!(%peer, ?kind, "unknown protocol {:02x?}; closing", first),
     }
 }
 

@@ -16,12 +16,12 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use raft::eraftpb::{Message, MessageType};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{encode_frame, Feedback, TlsConfig, Transport};
 use crate::storage::SnapshotStore;
+use dqlite_client::Dial;
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 1024;
@@ -48,17 +48,18 @@ pub enum ClientError {
     Request(String, String),
 }
 
-/// Opens an HTTP/1.1 connection (TLS when configured) to `address`.
+/// Opens an HTTP/1.1 connection to `address` with `dial` (and TLS over it
+/// when configured).
 pub async fn connect(
     address: &str,
+    dial: &Dial,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<SendRequest<Body>, ClientError> {
     let fail = |e: &dyn std::fmt::Display| ClientError::Connect(address.to_string(), e.to_string());
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial.dial(address))
         .await
         .map_err(|e| fail(&e))?
         .map_err(|e| fail(&e))?;
-    let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls {
         Some(config) => {
             let name = super::tls::server_name(address).ok_or_else(|| fail(&"bad server name"))?;
@@ -125,6 +126,7 @@ struct Inner {
     id: u64,
     address: String,
     tls: Option<Arc<rustls::ClientConfig>>,
+    dial: Dial,
     feedback: FeedbackSender<Feedback>,
     snapshots: SnapshotStore,
     runtime: tokio::runtime::Handle,
@@ -143,6 +145,7 @@ impl HttpTransport {
         id: u64,
         address: String,
         tls: Option<&TlsConfig>,
+        dial: Dial,
         feedback: FeedbackSender<Feedback>,
         snapshots: SnapshotStore,
         runtime: tokio::runtime::Handle,
@@ -153,6 +156,7 @@ impl HttpTransport {
                 id,
                 address,
                 tls,
+                dial,
                 feedback,
                 snapshots,
                 runtime,
@@ -246,7 +250,7 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
             }
         }
         if conn.as_ref().map_or(true, |c| c.is_closed()) {
-            match connect(&address, inner.tls.as_ref()).await {
+            match connect(&address, &inner.dial, inner.tls.as_ref()).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     debug!(to, error = %e, "peer unreachable");
@@ -340,7 +344,7 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
         }
         Ok::<Progress, String>(progress)
     };
-    let mut sender = connect(&address, inner.tls.as_ref())
+    let mut sender = connect(&address, &inner.dial, inner.tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
     let headers = [
