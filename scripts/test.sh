@@ -112,6 +112,8 @@ prerequisites() {
         missing+=(golang-github-canonical-go-dqlite-dev)
     # A terminal for the shell's interactive test (crates/cli/tests/shell_tty.rs).
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+    # The TLS tests make the cluster certificate with the README's command.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi
