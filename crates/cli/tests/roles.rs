@@ -578,3 +578,33 @@ fn a_rolling_restart_of_every_node_never_stops_writes() {
         "writes stopped for {gap:?} ({writes} writes, errors {errors:?})"
     );
 }
+
+/// How long clients cannot write when the leader dies, at the default
+/// network latency (20 ms: election timeout 200-400 ms). Reported, not
+/// asserted as a speed: the bound only says the cluster recovers.
+#[test]
+fn writes_resume_soon_after_the_leader_is_killed() {
+    let mut cluster = Cluster::start_with(3, &[], 20);
+    let servers = cluster.servers();
+    wait_members(&servers, "3 voters", Duration::from_secs(30), |m| {
+        count(m, "voter") == 3
+    });
+    let addresses = cluster.addresses();
+    exec(&addresses, "CREATE TABLE t (x INTEGER)").expect("create");
+    let writer = Writer::start(addresses);
+    writer.wait_writes(20);
+    let leader = cluster.leader(Duration::from_secs(10));
+    cluster.nodes[leader].stop("KILL");
+    writer.wait_writes(50);
+    let (gap, writes, errors) = writer.stop();
+    eprintln!(
+        "client-visible write unavailability after SIGKILL of the leader: {} ms \
+         ({writes} writes, {} errors)",
+        gap.as_millis(),
+        errors.len()
+    );
+    assert!(
+        gap < Duration::from_secs(15),
+        "writes stopped for {gap:?} ({writes} writes, errors {errors:?})"
+    );
+}
