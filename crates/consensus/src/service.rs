@@ -341,13 +341,7 @@ impl Service {
         if self.is_running() {
             return Err(Error::ExistingCluster);
         }
-        let tls = self
-            .inner
-            .config
-            .tls
-            .as_ref()
-            .map(TlsConfig::client_config)
-            .transpose()?;
+        let tls = self.peer_tls()?;
         let request = JoinRequest {
             address: self.inner.config.address.clone(),
             id: self.inner.config.id,
@@ -423,6 +417,18 @@ impl Service {
              ({failures} attempts; last: {last_error})",
             JOIN_TIMEOUT.as_secs()
         )))
+    }
+
+    /// The TLS client configuration for requests to other members, if TLS
+    /// is on.
+    fn peer_tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
+        Ok(self
+            .inner
+            .config
+            .tls
+            .as_ref()
+            .map(TlsConfig::client_config)
+            .transpose()?)
     }
 
     fn is_running(&self) -> bool {
@@ -661,13 +667,7 @@ impl Service {
             return self.set_metadata(status.id, failure_domain, weight).await;
         }
         let (_, leader) = self.leader().ok_or(Error::NotLeader { leader: None })?;
-        let tls = self
-            .inner
-            .config
-            .tls
-            .as_ref()
-            .map(TlsConfig::client_config)
-            .transpose()?;
+        let tls = self.peer_tls()?;
         let request = JoinRequest {
             address: self.inner.config.address.clone(),
             id: status.id,

@@ -126,6 +126,8 @@ where
 /// Runs the role manager until `stop` turns true.
 pub(crate) async fn run(service: Service, settings: Settings, mut stop: watch::Receiver<bool>) {
     let mut leading_since: Option<Instant> = None;
+    // Since when a standby on its way to voter has been awaited.
+    let mut awaiting_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.round) => {}
@@ -151,9 +153,15 @@ pub(crate) async fn run(service: Service, settings: Settings, mut stop: watch::R
         // Decide on the registry as it is now, metadata included.
         let status = service.status();
         // A standby on its way to voter (a joiner, an ASSIGN) counts as a
-        // voter already: wait for it rather than promote another.
+        // voter already: wait for it rather than promote another, but not
+        // for ever (one that never catches up must not freeze the roles).
         if status.cluster.promote.iter().any(|id| online.contains(id)) {
-            continue;
+            let since = *awaiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < settings.online_window {
+                continue;
+            }
+        } else {
+            awaiting_since = None;
         }
         let nodes: Vec<NodeInfo> = status.cluster.nodes.values().cloned().collect();
         let Some(change) = roles::adjust(&nodes, &online, status.id, settings.targets) else {
