@@ -55,6 +55,15 @@ fn client_config() -> dqlite_client::Config {
     c
 }
 
+/// A connection to database `name` on the node at `address` (no leader
+/// discovery: the tests pick the node).
+async fn open_on(address: &str, name: &str) -> dqlite_client::Database {
+    let client = dqlite_client::Client::connect(address, &client_config())
+        .await
+        .unwrap();
+    client.open(name).await.unwrap()
+}
+
 /// The hash of node `address`'s own copy of `db` (DUMP needs no leader).
 fn image_hash(address: &str, db: &str) -> Result<u64, String> {
     runtime().block_on(async {
@@ -612,17 +621,8 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
         .filter_map(|i| cluster.nodes[i].pid())
         .collect();
     let rt = runtime();
-    let connect = |name: &'static str| {
-        let addr = leader_addr.clone();
-        async move {
-            let client = dqlite_client::Client::connect(&addr, &client_config())
-                .await
-                .unwrap();
-            client.open(name).await.unwrap()
-        }
-    };
-    let mut db = rt.block_on(connect("lost"));
-    let mut other = rt.block_on(connect("lost"));
+    let mut db = rt.block_on(open_on(&leader_addr, "lost"));
+    let mut other = rt.block_on(open_on(&leader_addr, "lost"));
     rt.block_on(async {
         db.exec("CREATE TABLE t (v)", ()).await.unwrap();
         db.exec("BEGIN", ()).await.unwrap();
@@ -700,12 +700,7 @@ fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
         .filter_map(|i| cluster.nodes[i].pid())
         .collect();
     let rt = runtime();
-    let mut db = rt.block_on(async {
-        let client = dqlite_client::Client::connect(&leader_addr, &client_config())
-            .await
-            .unwrap();
-        client.open("cut").await.unwrap()
-    });
+    let mut db = rt.block_on(open_on(&leader_addr, "cut"));
     rt.block_on(async {
         db.exec("CREATE TABLE t (v)", ()).await.unwrap();
         db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
@@ -745,12 +740,7 @@ fn a_burst_on_one_database_does_not_stall_another() {
     let rt = runtime();
     let open = |name: &'static str| {
         let addr = leader_addr.clone();
-        async move {
-            let client = dqlite_client::Client::connect(&addr, &client_config())
-                .await
-                .unwrap();
-            client.open(name).await.unwrap()
-        }
+        async move { open_on(&addr, name).await }
     };
     rt.block_on(async {
         for name in ["burst", "quiet"] {
@@ -834,12 +824,7 @@ fn concurrent_writers_queue_instead_of_failing_busy() {
     let rt = runtime();
     let open = || {
         let addr = leader_addr.clone();
-        async move {
-            let client = dqlite_client::Client::connect(&addr, &client_config())
-                .await
-                .unwrap();
-            client.open("queue").await.unwrap()
-        }
+        async move { open_on(&addr, "queue").await }
     };
     rt.block_on(async {
         open()

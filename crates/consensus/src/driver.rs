@@ -39,7 +39,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn send(self, result: Result<Outcome, ProposeError>) {
+    /// Delivers the result.
+    pub(crate) fn send(self, result: Result<Outcome, ProposeError>) {
         match self {
             Reply::Channel(tx) => {
                 let _ = tx.send(result);

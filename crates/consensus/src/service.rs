@@ -436,11 +436,20 @@ impl Service {
     }
 
     fn send(&self, c: Command) -> Result<(), Error> {
+        self.try_send(c).map_err(|refused| refused.0)
+    }
+
+    /// Like [`Service::send`], and a command that was not taken comes back.
+    fn try_send(&self, c: Command) -> Result<(), Box<(Error, Command)>> {
         let guard = lock(&self.inner.driver);
-        let d = guard.as_ref().ok_or(Error::Uninitialized)?;
-        d.commands.try_send(c).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => Error::Busy,
-            crossbeam_channel::TrySendError::Disconnected(_) => Error::Stopped,
+        let Some(d) = guard.as_ref() else {
+            return Err(Box::new((Error::Uninitialized, c)));
+        };
+        d.commands.try_send(c).map_err(|e| {
+            Box::new(match e {
+                crossbeam_channel::TrySendError::Full(c) => (Error::Busy, c),
+                crossbeam_channel::TrySendError::Disconnected(c) => (Error::Stopped, c),
+            })
         })
     }
 
@@ -460,14 +469,15 @@ impl Service {
     /// one after another reach the log in that order, so a caller can keep
     /// many in flight. `done` is called on the driver thread, so it must
     /// not block, once the instruction is applied here (whether the State
-    /// found it satisfied) or has failed; every accepted instruction gets
-    /// an answer (at the latest when leadership is lost or the service
-    /// stops). An error returned here means it was not accepted.
+    /// found it satisfied) or has failed: always exactly once, at the
+    /// latest when leadership is lost or the service stops. An instruction
+    /// the service cannot take is answered at once, on the caller's thread.
     pub fn submit(
         &self,
         instruction: Vec<u8>,
         done: impl FnOnce(Result<bool, Error>) + Send + 'static,
-    ) -> Result<(), Error> {
+    ) {
+        let done: Box<dyn FnOnce(Result<bool, Error>) + Send> = Box::new(done);
         let reply = Reply::Call(Box::new(move |r: Result<Outcome, ProposeError>| {
             // The leader's address is not needed: callers only tell errors
             // apart by kind.
@@ -476,7 +486,17 @@ impl Service {
                     .map_err(|e| Error::from_propose(e, &Status::default())),
             )
         }));
-        self.send(Command::Propose(Proposal::State(instruction), reply))
+        if let Err(refused) = self.try_send(Command::Propose(Proposal::State(instruction), reply)) {
+            // What comes back is the Propose just sent.
+            let (e, Command::Propose(_, reply)) = *refused else {
+                return;
+            };
+            let refused = match e {
+                Error::Uninitialized => ProposeError::NotLeader(0),
+                other => ProposeError::Failed(other.to_string()),
+            };
+            reply.send(Err(refused));
+        }
     }
 
     /// Replicates `instruction` and returns whether the State found it

@@ -1,7 +1,7 @@
 //! The replicated store behind the server: SQLite connections over the
 //! store's VFS, and commits proposed through the consensus service.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite_consensus::{Error, Service};
@@ -79,25 +79,12 @@ impl Proposer for ServiceProposer {
         // database reach the log in the order they were built. The outcome
         // comes back on the driver thread, with no task to wake: success is
         // seen at apply, only a failure is passed on.
-        let failed = Arc::new(Mutex::new(Some(failed)));
-        let on_failure = Arc::clone(&failed);
-        let submitted = self.service.submit(entry, move |outcome| {
+        self.service.submit(entry, move |outcome| {
             if let Err(e) = outcome {
-                if let Some(f) = take(&on_failure) {
-                    f(propose_error(e));
-                }
+                failed(propose_error(e));
             }
         });
-        if let Err(e) = submitted {
-            if let Some(f) = take(&failed) {
-                f(propose_error(e));
-            }
-        }
     }
-}
-
-fn take(slot: &Mutex<Option<OnFailure>>) -> Option<OnFailure> {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub(crate) struct Shared {
 impl Shared {
     fn writer_queue(&self, database: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = writers.get(database) {
+            return Arc::clone(queue);
+        }
         Arc::clone(writers.entry(database.to_owned()).or_default())
     }
 }

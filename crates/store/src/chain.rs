@@ -75,11 +75,6 @@ impl Ticket {
         }
     }
 
-    /// Whether the entry is known not to have committed.
-    pub(crate) fn failed(&self) -> bool {
-        matches!(*self.outcome(), Some(Err(_)))
-    }
-
     /// The failure, if it failed already.
     pub(crate) fn failure(&self) -> Option<SettleError> {
         match &*self.outcome() {

@@ -64,7 +64,7 @@ impl MainFile {
     /// Takes the read snapshot: the head of the database's chain. A
     /// speculative head is recorded so the statement's response waits for it.
     fn take_snapshot(&mut self) {
-        if self.seen.as_ref().is_some_and(|t| t.failed()) {
+        if self.seen.as_ref().is_some_and(|t| t.failure().is_some()) {
             self.reset_cache = true;
             self.seen = None;
         }
