@@ -127,9 +127,14 @@ pub(crate) struct DbState {
     pub(crate) chain: chain::Chain,
     /// The handle holding the RESERVED lock, if any.
     pub(crate) writer: Option<u64>,
-    /// Disk mode: versions replaced since the last checkpoint. While one
-    /// is still read, the file under it must not change.
+    /// Disk mode: every version handed to a reader or a snapshot, and
+    /// every version replaced, since the last checkpoint. A checkpoint
+    /// writes the current version's pages into the file, which changes what
+    /// any version older than the current one reads from it: while one of
+    /// those is alive, the checkpoint waits.
     older: Vec<Weak<Version>>,
+    /// How many of `older` were alive when it was last pruned.
+    older_live: usize,
 }
 
 impl Db {
@@ -141,6 +146,7 @@ impl Db {
                 chain: chain::Chain::default(),
                 writer: None,
                 older: Vec::new(),
+                older_live: 0,
             }),
         }
     }
@@ -160,11 +166,28 @@ impl Db {
 impl DbState {
     /// What a new transaction reads: the newest version in flight (and its
     /// ticket), or the committed one.
-    pub(crate) fn head(&self) -> (Arc<Version>, Option<Arc<chain::Ticket>>) {
-        match self.chain.head() {
+    pub(crate) fn head(&mut self) -> (Arc<Version>, Option<Arc<chain::Ticket>>) {
+        let (version, ticket) = match self.chain.head() {
             Some((v, t)) => (Arc::clone(v), Some(Arc::clone(t))),
             None => (Arc::clone(&self.current), None),
+        };
+        self.track(&version);
+        (version, ticket)
+    }
+
+    /// Records a version a reader may keep (disk mode: see `older`).
+    fn track(&mut self, version: &Arc<Version>) {
+        if version.base.is_none() {
+            // Reads nothing from a file (memory mode, or not checkpointed
+            // yet): no checkpoint can change what it reads.
+            return;
         }
+        // Prune as the list doubles, so tracking stays O(1) amortized.
+        if self.older.len() >= 2 * self.older_live + 16 {
+            self.older.retain(|w| w.strong_count() > 0);
+            self.older_live = self.older.len();
+        }
+        self.older.push(Arc::downgrade(version));
     }
 }
 
@@ -213,8 +236,8 @@ impl Shared {
         let ok = match st.current.apply(entry) {
             Some(next) => {
                 let old = std::mem::replace(&mut st.current, Arc::new(next));
+                st.track(&old);
                 if self.disk.is_some() {
-                    st.older.push(Arc::downgrade(&old));
                     let bytes = entry.pages.len() as u64 * u64::from(entry.page_size);
                     self.pending.fetch_add(bytes, Ordering::Relaxed);
                 }
@@ -251,7 +274,17 @@ impl Shared {
         for db in dbs {
             let mut st = db.lock();
             st.older.retain(|w| w.strong_count() > 0);
-            if !st.older.is_empty() {
+            st.older_live = st.older.len();
+            let seq = st.current.seq;
+            // A version at the current sequence holds every page changed
+            // since the last checkpoint (the current one, or the one a
+            // checkpoint replaced); only older ones read stale pages from
+            // the file. Speculative versions above it only add pages.
+            if st
+                .older
+                .iter()
+                .any(|w| w.upgrade().is_some_and(|o| o.seq < seq))
+            {
                 return Ok(false);
             }
             let v = Arc::clone(&st.current);
@@ -266,6 +299,10 @@ impl Shared {
                     file.write_page(*pgno, page)?;
                 }
                 file.finish(v.pages, v.page_size)?;
+                // A reader of `v` reads its own pages first, so the file
+                // written now is right for it, but not after the next
+                // checkpoint: keep it tracked.
+                st.track(&v);
                 st.current = Arc::new(Version {
                     seq: v.seq,
                     id: v.id,

@@ -147,18 +147,71 @@ fn checkpoints_wait_for_readers_of_older_versions() {
         .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     fill(&writer, 5);
+    // Before the first checkpoint a version reads nothing from the file,
+    // so its reader does not hold checkpoints back.
+    let early = store.open("r.db").unwrap();
+    early.execute_batch("BEGIN").unwrap();
+    assert_eq!(count(&early), 5);
+    fill(&writer, 5);
+    assert!(store.checkpoint(log.last_index()).unwrap());
+    assert_eq!(count(&early), 5, "it still reads its snapshot");
+    early.execute_batch("COMMIT").unwrap();
+
     let reader = store.open("r.db").unwrap();
     reader.execute_batch("BEGIN").unwrap();
-    assert_eq!(count(&reader), 5);
+    assert_eq!(count(&reader), 10);
     fill(&writer, 5);
     assert!(
         !store.checkpoint(log.last_index()).unwrap(),
         "a reader pins an older version"
     );
-    assert_eq!(count(&reader), 5, "and it still reads its snapshot");
+    assert_eq!(count(&reader), 10, "and it still reads its snapshot");
     reader.execute_batch("COMMIT").unwrap();
     assert!(store.checkpoint(log.last_index()).unwrap());
+    assert_eq!(count(&reader), 15);
+}
+
+#[test]
+fn a_reader_of_the_checkpointed_version_keeps_its_snapshot_across_later_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let log = Log::attach(&store);
+    let writer = store.open("k.db").unwrap();
+    writer
+        .execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO u VALUES (1, 'old');",
+        )
+        .unwrap();
+    fill(&writer, 5);
+    // `u` goes to the file; `t` changes after, so the version the reader
+    // takes holds `t`'s pages in memory and reads `u`'s from the file.
+    assert!(store.checkpoint(log.last_index()).unwrap());
+    fill(&writer, 5);
+    let reader = store.open("k.db").unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    // Reads only `t`: the pages of `u` are not in its cache.
     assert_eq!(count(&reader), 10);
+    // The reader holds the current version: checkpointing it is harmless.
+    assert!(store.checkpoint(log.last_index()).unwrap());
+    writer
+        .execute("UPDATE u SET v = 'new' WHERE id = 1", [])
+        .unwrap();
+    // Now the file would get a page the reader's version does not hold.
+    assert!(
+        !store.checkpoint(log.last_index()).unwrap(),
+        "a reader pins the version the first checkpoint replaced"
+    );
+    let v: String = reader
+        .query_row("SELECT v FROM u WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        v, "old",
+        "the reader sees its snapshot, not a later checkpoint"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    assert!(store.checkpoint(log.last_index()).unwrap());
 }
 
 #[test]
