@@ -147,7 +147,7 @@ pub fn bootstrap_cluster<S: State>(
         },
         cluster,
     };
-    snapshots.write(&header, &mut |w| state.snapshot(w))?;
+    snapshots.write(&header, &mut |w| state.freeze()?.write_to(w))?;
     write_identity(disk.as_ref(), raft_dir, id, 1)
 }
 

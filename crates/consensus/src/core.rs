@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 use crate::codec::{self, Payload};
 use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
 use crate::progress::{Progress, ProgressReader};
-use crate::state::State;
-use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotStore};
+use crate::state::{Image, State};
+use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotInfo, SnapshotStore};
 use crate::storage::{RaftLogView, StorageError};
 
 /// Identifies a caller's proposal (chosen by the caller, unique per core).
@@ -206,6 +206,13 @@ pub enum Input {
     /// Everything handed out with [`Action::Persist`] up to this ready number
     /// is durable.
     Persisted(u64),
+    /// A snapshot handed out with [`Action::Snapshot`] was written (or not).
+    SnapshotWritten {
+        /// The file, or why it could not be written.
+        result: Result<SnapshotInfo, String>,
+        /// How long writing took.
+        took: std::time::Duration,
+    },
     /// The outcome of streaming a snapshot to a peer.
     SnapshotSent {
         /// The peer.
@@ -251,6 +258,9 @@ pub enum Action {
     Persist(PersistBatch),
     /// Log segments wholly at or below this index may be removed.
     Compact(u64),
+    /// Write this snapshot off the driver thread, then report
+    /// [`Input::SnapshotWritten`]. One is in flight at a time.
+    Snapshot(SnapshotJob),
     /// A proposal finished.
     Resolve(ProposalId, Result<Outcome, ProposeError>),
     /// A read barrier finished: reads may be served at the State from now.
@@ -267,6 +277,94 @@ pub enum Action {
     /// This node was removed from the cluster.
     Removed,
 }
+
+/// A snapshot to write: its header and the state frozen at its index.
+pub struct SnapshotJob {
+    /// What the file's header says.
+    pub header: SnapshotHeader,
+    image: Box<dyn Image>,
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("index", &self.header.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotJob {
+    /// Writes the snapshot into `store` (blocking: run it on its own
+    /// thread). Once `cancel` is set, the write stops with an error and
+    /// leaves only a temp file, which start-up removes.
+    pub fn write(
+        self,
+        store: &SnapshotStore,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<SnapshotInfo, StorageError> {
+        let index = self.header.index;
+        let mut image = Some(self.image);
+        let mut out = None;
+        let info = store.write(&self.header, &mut |w| {
+            let image = image
+                .take()
+                .ok_or_else(|| std::io::Error::other("snapshot body written twice"))?;
+            let mut writer = SnapshotWriter {
+                out: w,
+                cancel,
+                index,
+                started: std::time::Instant::now(),
+                written: 0,
+                progress: None,
+            };
+            let written = image.write_to(&mut writer);
+            out = writer.progress.take();
+            written
+        });
+        if let Some(progress) = out {
+            progress.finish();
+        }
+        info
+    }
+}
+
+/// Writes a snapshot body: fails once asked to stop (node shutting down),
+/// and reports progress once writing has taken a while.
+struct SnapshotWriter<'a> {
+    out: &'a mut dyn std::io::Write,
+    cancel: &'a std::sync::atomic::AtomicBool,
+    index: u64,
+    started: std::time::Instant,
+    written: u64,
+    /// Started lazily: most snapshots finish before a line is due.
+    progress: Option<Progress>,
+}
+
+impl std::io::Write for SnapshotWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("snapshot cancelled: node stopping"));
+        }
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        if self.progress.is_none() && self.started.elapsed() >= crate::progress::PROGRESS_EVERY {
+            let what = format!("writing snapshot {}", self.index);
+            self.progress = Some(Progress::start(what, "bytes", None));
+        }
+        if let Some(p) = &mut self.progress {
+            p.set(self.written);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Ticks to wait after a failed snapshot before trying again (1 s at the
+/// default 20 ms tick): a full disk must not be hammered.
+const SNAPSHOT_RETRY_TICKS: u64 = 50;
 
 #[derive(Debug)]
 struct Pending {
@@ -325,6 +423,10 @@ pub struct Core<S: State> {
     ticks: u64,
     applied: u64,
     snapshot_index: u64,
+    /// The index of the snapshot being written off the driver thread.
+    snapshotting: Option<u64>,
+    /// No snapshot is started before this tick (after a failure).
+    snapshot_retry_tick: u64,
     last_promotion_tick: u64,
     /// The tick each peer was last heard from.
     last_heard: HashMap<u64, u64>,
@@ -423,6 +525,8 @@ impl<S: State> Core<S> {
             ticks: 0,
             applied: snapshot_index,
             snapshot_index,
+            snapshotting: None,
+            snapshot_retry_tick: 0,
             last_promotion_tick: 0,
             last_heard: HashMap::new(),
             leader_seen,
@@ -659,6 +763,7 @@ impl<S: State> Core<S> {
                 }
             }
             Input::Persisted(number) => self.on_persisted(number, out),
+            Input::SnapshotWritten { result, took } => self.snapshot_written(result, took, out),
             Input::SnapshotSent { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -1405,9 +1510,13 @@ impl<S: State> Core<S> {
         });
     }
 
-    /// Takes a snapshot when enough entries were applied since the last one.
+    /// Starts a snapshot when enough entries were applied since the last
+    /// one (or raft asked for a newer one), unless one is being written.
     fn maybe_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
-        if self.failed.is_some() {
+        if self.failed.is_some()
+            || self.snapshotting.is_some()
+            || self.ticks < self.snapshot_retry_tick
+        {
             return Ok(());
         }
         let requested = self.raw.store().take_snapshot_request();
@@ -1417,10 +1526,13 @@ impl<S: State> Core<S> {
         self.take_snapshot(out)
     }
 
-    /// Writes a snapshot at the applied index now and compacts behind it.
+    /// Freezes the state at the applied index and hands it out to be
+    /// written ([`Action::Snapshot`]); the log is compacted behind it once
+    /// it is durable ([`Input::SnapshotWritten`]). Until then raft keeps
+    /// using the previous snapshot.
     pub fn take_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
         let index = self.applied;
-        if index == 0 || index == self.snapshot_index {
+        if index == 0 || index == self.snapshot_index || self.snapshotting.is_some() {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(index)?;
@@ -1430,21 +1542,49 @@ impl<S: State> Core<S> {
             conf_state: ConfStateCopy::from(&self.conf_state),
             cluster: self.cluster.clone(),
         };
-        let state = &self.state;
-        let started = std::time::Instant::now();
-        let info = self.snapshots.write(&header, &mut |w| state.snapshot(w))?;
+        let image = self
+            .state
+            .freeze()
+            .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?;
+        self.snapshotting = Some(index);
+        out.push(Action::Snapshot(SnapshotJob { header, image }));
+        Ok(())
+    }
+
+    fn snapshot_written(
+        &mut self,
+        result: Result<SnapshotInfo, String>,
+        took: std::time::Duration,
+        out: &mut Vec<Action>,
+    ) {
+        self.snapshotting = None;
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(error = %e, "snapshot failed; will retry");
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+                return;
+            }
+        };
+        let index = info.header.index;
         self.stats
-            .snapshot(&crate::persist::SnapshotKind::TAKEN, started.elapsed());
+            .snapshot(&crate::persist::SnapshotKind::TAKEN, took);
+        if index <= self.snapshot_index {
+            // A newer snapshot was installed from the leader meanwhile;
+            // pruning removes this one.
+            return;
+        }
         debug!(index, size = info.size, "snapshot taken");
-        self.raw.mut_store().set_snapshot(header.metadata());
+        self.raw.mut_store().set_snapshot(info.header.metadata());
         self.snapshot_index = index;
         let compact_to = index.saturating_sub(self.config.snapshot_trailing);
         if compact_to > 0 {
             self.raw.mut_store().compact(compact_to);
             out.push(Action::Compact(compact_to));
         }
-        self.snapshots.prune(2)?;
-        Ok(())
+        if let Err(e) = self.snapshots.prune(2) {
+            warn!(error = %e, "pruning snapshots failed");
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use raft::StateRole;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::core::{Action, Core, Input, Outcome, Proposal, ProposeError};
+use crate::core::{Action, Core, Input, Outcome, Proposal, ProposeError, SnapshotJob};
 use crate::membership::ClusterMeta;
 use crate::persist::{DiskFault, Job, Persister, Report, Stats};
 use crate::transport::{Feedback, Transport};
@@ -136,6 +136,12 @@ struct Driver<S: State> {
     status: watch::Sender<Status>,
     disk_error: Option<DiskFault>,
     peers_published: Vec<(u64, String)>,
+    /// The snapshot being written off this thread (one at a time).
+    snapshot: Option<std::thread::JoinHandle<()>>,
+    /// Tells the snapshot writer to give up (node stopping).
+    snapshot_cancel: Arc<AtomicBool>,
+    /// Where the snapshot writer reports.
+    snapshot_done: (Sender<Input>, Receiver<Input>),
 }
 
 /// Starts the driver and persistence threads.
@@ -170,6 +176,9 @@ pub fn spawn<S: State>(
         status: status_tx,
         disk_error: None,
         peers_published: Vec::new(),
+        snapshot: None,
+        snapshot_cancel: Arc::new(AtomicBool::new(false)),
+        snapshot_done: unbounded(),
     };
     let name = format!("raft-driver-{}", driver.core.id());
     let thread = std::thread::Builder::new().name(name).spawn(move || {
@@ -200,6 +209,7 @@ impl<S: State> Driver<S> {
         let mut stop_reply = None;
         self.publish_peers();
         self.publish();
+        let snapshots = self.snapshot_done.1.clone();
         while stop_reply.is_none() {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             select! {
@@ -210,6 +220,7 @@ impl<S: State> Driver<S> {
                     Err(_) => break,
                 },
                 recv(feedback) -> f => if let Ok(f) = f { self.on_feedback(f, &mut actions) },
+                recv(snapshots) -> i => if let Ok(i) = i { self.core.handle_input(i, &mut actions) },
                 default(timeout) => {},
             }
             // Drain what else is queued so one Ready (and one fsync) covers it.
@@ -249,6 +260,10 @@ impl<S: State> Driver<S> {
             self.dispatch(&mut actions);
         }
         info!(id = self.core.id(), "driver stopping");
+        self.snapshot_cancel.store(true, Ordering::Relaxed);
+        if let Some(t) = self.snapshot.take() {
+            let _ = t.join();
+        }
         let _ = self.persist.send(Job::Stop);
         shutdown.store(true, Ordering::Relaxed);
         for (_, reply) in self.proposals.drain() {
@@ -337,6 +352,7 @@ impl<S: State> Driver<S> {
                 Action::Compact(i) => {
                     let _ = self.persist.send(Job::Compact(i));
                 }
+                Action::Snapshot(job) => self.write_snapshot(job),
                 Action::Resolve(id, r) => {
                     if let Some(reply) = self.proposals.remove(&id) {
                         reply.send(r);
@@ -359,6 +375,39 @@ impl<S: State> Driver<S> {
         }
         // Callers whose receiver is gone (deadline passed) need no answer.
         self.proposals.retain(|_, reply| !reply.is_closed());
+    }
+
+    /// Writes a snapshot on its own thread: ticks, heartbeats, appends and
+    /// applies go on meanwhile.
+    fn write_snapshot(&mut self, job: SnapshotJob) {
+        // The previous writer has reported (the core starts one at a time).
+        if let Some(t) = self.snapshot.take() {
+            let _ = t.join();
+        }
+        let store = self.core.snapshots().clone();
+        let cancel = Arc::clone(&self.snapshot_cancel);
+        let done = self.snapshot_done.0.clone();
+        let index = job.header.index;
+        let spawned = std::thread::Builder::new()
+            .name(format!("raft-snapshot-{}", self.core.id()))
+            .spawn(move || {
+                let started = Instant::now();
+                let result = job.write(&store, &cancel).map_err(|e| e.to_string());
+                let took = started.elapsed();
+                if took > Duration::from_secs(2) {
+                    info!(index, secs = took.as_secs_f64(), "snapshot written");
+                }
+                let _ = done.send(Input::SnapshotWritten { result, took });
+            });
+        match spawned {
+            Ok(t) => self.snapshot = Some(t),
+            Err(e) => {
+                let _ = self.snapshot_done.0.send(Input::SnapshotWritten {
+                    result: Err(format!("cannot start the snapshot thread: {e}")),
+                    took: Duration::ZERO,
+                });
+            }
+        }
     }
 
     fn publish_peers(&mut self) {

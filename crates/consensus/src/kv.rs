@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::State;
+use crate::state::{Image, State};
 
 /// An instruction for the key-value state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,16 +125,9 @@ impl State for KvState {
         self.lock().applied = index;
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        // Streamed one record per key: never one buffer for the whole map.
-        let inner = self.lock().clone();
-        for (k, v) in &inner.map {
-            for part in [k, v] {
-                out.write_all(&(part.len() as u64).to_le_bytes())?;
-                out.write_all(part.as_bytes())?;
-            }
-        }
-        Ok(())
+    fn freeze(&self) -> io::Result<Box<dyn Image>> {
+        // A copy: the key-value service holds small coordination data.
+        Ok(Box::new(KvImage(self.lock().map.clone())))
     }
 
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
@@ -175,6 +168,21 @@ impl State for KvState {
     }
 }
 
+/// A copy of the map, streamed one record per key.
+struct KvImage(BTreeMap<String, String>);
+
+impl Image for KvImage {
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        for (k, v) in &self.0 {
+            for part in [k, v] {
+                out.write_all(&(part.len() as u64).to_le_bytes())?;
+                out.write_all(part.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +214,7 @@ mod tests {
             kv.apply(i as u64 + 1, &cmd.encode());
         }
         let mut buf = Vec::new();
-        kv.snapshot(&mut buf).unwrap();
+        kv.freeze().unwrap().write_to(&mut buf).unwrap();
         let mut other = KvState::new();
         other.restore(100, &mut buf.as_slice()).unwrap();
         assert_eq!(other.dump(), kv.dump());

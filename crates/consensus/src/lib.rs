@@ -32,7 +32,7 @@ pub mod progress;
 pub mod state;
 pub mod storage;
 
-pub use crate::state::State;
+pub use crate::state::{Image, State};
 pub mod boot;
 pub mod driver;
 pub mod persist;

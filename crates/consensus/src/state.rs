@@ -18,12 +18,20 @@ pub trait State: Send + 'static {
     /// (a leader's no-op, a membership change).
     fn skip(&mut self, index: u64);
 
-    /// Streams the whole state into `out`.
-    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+    /// Freezes the state at the applied index into an [`Image`] that a
+    /// background thread writes out while entries go on being applied.
+    /// Called on the driver thread: it must be cheap (share, don't copy).
+    fn freeze(&self) -> io::Result<Box<dyn Image>>;
 
     /// Replaces the whole state with a snapshot taken at `index`.
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()>;
 
     /// The index of the last entry applied.
     fn applied_index(&self) -> u64;
+}
+
+/// The state as it was at one applied index, independent of later applies.
+pub trait Image: Send + 'static {
+    /// Streams the whole image into `out`.
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> io::Result<()>;
 }

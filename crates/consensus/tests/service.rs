@@ -2,11 +2,12 @@
 //! on 127.0.0.1, several nodes in one process.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dqlite_consensus::kv::{KvCommand, KvState};
 use dqlite_consensus::storage::{Disk, DiskFile, RealDisk};
-use dqlite_consensus::{Config, Role, Service};
+use dqlite_consensus::{Config, Image, Role, Service, State};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -441,4 +442,114 @@ async fn membership_changes_never_wedge_the_cluster() {
     for n in nodes {
         n.stop().await;
     }
+}
+
+/// A key-value state whose snapshot images wait at a gate before writing,
+/// to hold a snapshot "in progress" for as long as a test needs.
+struct GatedKv {
+    inner: KvState,
+    started: std::sync::mpsc::Sender<u64>,
+    gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+struct GatedImage {
+    inner: Box<dyn Image>,
+    gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl Image for GatedImage {
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let opened = self
+            .gate
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+        // Disconnected: the test opened the gate for good.
+        if opened == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            return Err(std::io::Error::other("gate never opened"));
+        }
+        self.inner.write_to(out)
+    }
+}
+
+impl State for GatedKv {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+        self.inner.apply(index, instruction)
+    }
+    fn skip(&mut self, index: u64) {
+        self.inner.skip(index)
+    }
+    fn freeze(&self) -> std::io::Result<Box<dyn Image>> {
+        if self.inner.applied_index() == 0 {
+            // The bootstrap snapshot `init` writes.
+            return self.inner.freeze();
+        }
+        let _ = self.started.send(self.inner.applied_index());
+        Ok(Box::new(GatedImage {
+            inner: self.inner.freeze()?,
+            gate: Arc::clone(&self.gate),
+        }))
+    }
+    fn restore(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.inner.restore(index, input)
+    }
+    fn applied_index(&self) -> u64 {
+        self.inner.applied_index()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_while_a_snapshot_is_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.snapshot_threshold = 10;
+    c.snapshot_trailing = 0;
+    let kv = KvState::new();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (open, gate) = std::sync::mpsc::channel();
+    let state = GatedKv {
+        inner: kv.clone(),
+        started: started_tx,
+        gate: Arc::new(Mutex::new(gate)),
+    };
+    let svc = Service::start(c.clone(), state).await.unwrap();
+    svc.init().await.unwrap();
+    wait_until("leadership", || svc.is_leader()).await;
+    let mut frozen_at = None;
+    for i in 0..20 {
+        assert!(svc.exec(set(&format!("a{i}"), "v"), T).await.unwrap());
+        if let Ok(index) = started.try_recv() {
+            frozen_at = Some(index);
+            break;
+        }
+    }
+    let frozen_at = match frozen_at {
+        Some(i) => i,
+        None => started.recv_timeout(T).expect("a snapshot was started"),
+    };
+    // The snapshot is stuck at its gate: the driver must go on committing.
+    for i in 0..50 {
+        assert!(svc.exec(set(&format!("b{i}"), "v"), T).await.unwrap());
+    }
+    let status = svc.status();
+    assert!(status.applied > frozen_at + 49, "{status:?}");
+    assert!(
+        status.snapshot_index < frozen_at,
+        "the log is not compacted behind a snapshot before it is written"
+    );
+    drop(open);
+    wait_until("the snapshot to be recorded", || {
+        svc.status().snapshot_index >= frozen_at
+    })
+    .await;
+    svc.stop().await;
+
+    // Restart from the snapshot written in the background plus the log.
+    let kv2 = KvState::new();
+    let svc = Service::start(c, kv2.clone()).await.unwrap();
+    wait_until("leadership after restart", || svc.is_leader()).await;
+    svc.wait_read(T).await.unwrap();
+    assert_eq!(kv2.dump(), kv.dump());
+    assert_eq!(kv2.dump().len(), kv.dump().len());
+    svc.stop().await;
 }

@@ -22,9 +22,11 @@
 //! production ones.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read as _, Write};
+use std::io::{self, Read as _};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dqlite_consensus::boot;
 use dqlite_consensus::core::{
@@ -35,7 +37,7 @@ use dqlite_consensus::kv::{KvCommand, KvState};
 use dqlite_consensus::membership::{NodeInfo, Role};
 use dqlite_consensus::persist::stage_batch;
 use dqlite_consensus::storage::{Log, LogOptions, MetaFile, StorageError};
-use dqlite_consensus::State;
+use dqlite_consensus::{Image, State};
 use raft::eraftpb::{Entry, Message, MessageType};
 
 use crate::checker::invariants::{EntryView, NodeView};
@@ -69,6 +71,11 @@ pub enum Wire {
 const TOKEN_FSYNC: u64 = 0;
 /// Timer token base: a snapshot to peer `token - TOKEN_SNAPSHOT` timed out.
 const TOKEN_SNAPSHOT: u64 = 1 << 32;
+/// Timer token: the snapshot being written in the background is done.
+const TOKEN_SNAPSHOT_WRITTEN: u64 = u64::MAX;
+/// Longest simulated time a snapshot takes to write: applies, appends and
+/// elections go on meanwhile, as on the driver's background thread.
+const SNAPSHOT_WRITE_MS_MAX: u64 = 400;
 /// How long a snapshot stream may take before it counts as failed.
 const SNAPSHOT_TIMEOUT_MS: u64 = 1_000;
 /// Retry delay after a failed write or fsync.
@@ -109,8 +116,8 @@ impl State for RecordingKv {
         self.inner.skip(index)
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        self.inner.snapshot(out)
+    fn freeze(&self) -> io::Result<Box<dyn Image>> {
+        self.inner.freeze()
     }
 
     fn restore(&mut self, index: u64, input: &mut dyn io::Read) -> io::Result<()> {
@@ -170,6 +177,8 @@ struct Running {
     write_failed: bool,
     fsync_scheduled: bool,
     compact_to: Option<u64>,
+    /// The outcome of the snapshot being "written", delivered at its timer.
+    snapshot_written: Option<Input>,
     requests: BTreeMap<u64, Pending>,
     next_request: u64,
 }
@@ -290,6 +299,7 @@ impl ServiceNode {
             write_failed: false,
             fsync_scheduled: false,
             compact_to: None,
+            snapshot_written: None,
             requests: BTreeMap::new(),
             next_request: 1,
         });
@@ -359,6 +369,21 @@ impl ServiceNode {
                 Action::Compact(index) => {
                     self.mirror.compact(index);
                     running.compact_to = Some(index);
+                }
+                Action::Snapshot(job) => {
+                    // Written at once (the image is frozen), reported later.
+                    let store = running.core.snapshots().clone();
+                    let result = job
+                        .write(&store, &AtomicBool::new(false))
+                        .map_err(storage_err);
+                    running.snapshot_written = Some(Input::SnapshotWritten {
+                        result,
+                        took: Duration::ZERO,
+                    });
+                    fx.timers.push((
+                        rng.between(1, SNAPSHOT_WRITE_MS_MAX),
+                        TOKEN_SNAPSHOT_WRITTEN,
+                    ));
                 }
                 Action::Resolve(id, result) => {
                     let Some(Pending::Write(op_id, command)) = running.requests.remove(&id) else {
@@ -519,6 +544,15 @@ impl SimNode for ServiceNode {
     fn wake(&mut self, token: u64, rng: &mut SimRng, fx: &mut Effects<Wire>) {
         if token == TOKEN_FSYNC {
             self.fsync(rng, fx);
+        } else if token == TOKEN_SNAPSHOT_WRITTEN {
+            // A crash meanwhile lost it, as a real crash loses the thread.
+            let done = self
+                .running
+                .as_mut()
+                .and_then(|r| r.snapshot_written.take());
+            if let Some(input) = done {
+                self.input(input, rng, fx);
+            }
         } else if let Some(to) = token.checked_sub(TOKEN_SNAPSHOT) {
             // Reporting a failure for a stream that succeeded is harmless:
             // raft ignores it unless the peer still waits for a snapshot.

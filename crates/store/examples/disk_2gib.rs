@@ -208,7 +208,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut counter = Counter(0);
     {
         let guard = applier.state.lock().unwrap_or_else(|e| e.into_inner());
-        guard.1.snapshot(&mut counter)?;
+        guard.1.freeze()?.write_to(&mut counter)?;
     }
     println!(
         "[{:7.1}s] snapshot stream: {} MiB ({:.1}s) — {}",

@@ -11,10 +11,11 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use dqlite_consensus::State;
+use dqlite_consensus::{Image, State};
 use tracing::{error, warn};
 
 use crate::entry::{valid_page_size, Entry};
+use crate::pages::Version;
 use crate::Shared;
 
 const MAGIC: &[u8; 4] = b"dqrs";
@@ -49,6 +50,36 @@ fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// Every database's version at one applied index.
+struct StoreImage(Vec<(String, Arc<Version>)>);
+
+impl Image for StoreImage {
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        out.write_all(&(self.0.len() as u32).to_le_bytes())?;
+        for (name, v) in &self.0 {
+            out.write_all(&(name.len() as u32).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+            out.write_all(&v.seq.to_le_bytes())?;
+            out.write_all(&v.id.to_le_bytes())?;
+            out.write_all(&v.page_size.to_le_bytes())?;
+            out.write_all(&v.pages.to_le_bytes())?;
+            let stored = if v.page_size == 0 { 0 } else { v.pages };
+            out.write_all(&stored.to_le_bytes())?;
+            let zeros = vec![0u8; v.page_size as usize];
+            for pgno in 1..=stored {
+                out.write_all(&pgno.to_le_bytes())?;
+                match v.page(pgno)? {
+                    Some(p) => out.write_all(&p)?,
+                    None => out.write_all(&zeros)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl State for StoreState {
     fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
         self.applied = index;
@@ -76,7 +107,7 @@ impl State for StoreState {
         self.applied = index;
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+    fn freeze(&self) -> io::Result<Box<dyn Image>> {
         // Disk mode: a snapshot is a good moment to move changes from memory
         // into the files (it also keeps small databases checkpointed).
         if let Err(e) = self.shared.checkpoint(self.applied) {
@@ -85,29 +116,10 @@ impl State for StoreState {
                 "checkpoint before snapshot failed: {e}"
             );
         }
-        let versions = self.shared.versions();
-        out.write_all(MAGIC)?;
-        out.write_all(&[VERSION])?;
-        out.write_all(&(versions.len() as u32).to_le_bytes())?;
-        for (name, v) in versions {
-            out.write_all(&(name.len() as u32).to_le_bytes())?;
-            out.write_all(name.as_bytes())?;
-            out.write_all(&v.seq.to_le_bytes())?;
-            out.write_all(&v.id.to_le_bytes())?;
-            out.write_all(&v.page_size.to_le_bytes())?;
-            out.write_all(&v.pages.to_le_bytes())?;
-            let stored = if v.page_size == 0 { 0 } else { v.pages };
-            out.write_all(&stored.to_le_bytes())?;
-            for pgno in 1..=stored {
-                let page = v.page(pgno)?;
-                out.write_all(&pgno.to_le_bytes())?;
-                match page {
-                    Some(p) => out.write_all(&p)?,
-                    None => out.write_all(&vec![0u8; v.page_size as usize])?,
-                }
-            }
-        }
-        Ok(())
+        // Versions are immutable and shared: freezing costs a pointer per
+        // database, and the store keeps checkpoints from changing the files
+        // under them until the image is written.
+        Ok(Box::new(StoreImage(self.shared.freeze())))
     }
 
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {

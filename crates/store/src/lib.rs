@@ -393,11 +393,18 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn versions(&self) -> Vec<(String, Arc<Version>)> {
+    /// Every database's committed version, by name, kept safe from later
+    /// checkpoints (disk mode) for as long as they are held.
+    pub(crate) fn freeze(&self) -> Vec<(String, Arc<Version>)> {
         let mut out: Vec<_> = self
             .dbs()
             .iter()
-            .map(|(n, db)| (n.clone(), db.current()))
+            .map(|(n, db)| {
+                let mut st = db.lock();
+                let v = Arc::clone(&st.current);
+                st.track(&v);
+                (n.clone(), v)
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -599,7 +606,9 @@ impl Store {
 
     /// The names of every database this node holds.
     pub fn databases(&self) -> Vec<String> {
-        self.shared.versions().into_iter().map(|(n, _)| n).collect()
+        let mut names: Vec<String> = self.shared.dbs().keys().cloned().collect();
+        names.sort();
+        names
     }
 }
 

@@ -255,7 +255,12 @@ fn snapshots_restore_into_files_and_survive_a_reopen() {
     fill(&conn, 40);
     let image = source.image("s.db").unwrap();
     let mut snap = Vec::new();
-    source.state().snapshot(&mut snap).unwrap();
+    source
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut snap)
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::disk(dir.path()).unwrap();
@@ -277,6 +282,39 @@ fn snapshots_restore_into_files_and_survive_a_reopen() {
     assert_eq!(files, 1, "older generations are removed");
     // And the disk-mode snapshot streams the same bytes back.
     let mut again = Vec::new();
-    reopened.state().snapshot(&mut again).unwrap();
+    reopened
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut again)
+        .unwrap();
     assert_eq!(again, snap);
+}
+
+#[test]
+fn a_frozen_snapshot_image_keeps_its_pages_while_commits_and_checkpoints_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let log = Log::attach(&store);
+    let conn = store.open("f.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 40);
+    // Freezing checkpoints first: the image reads its pages from the file.
+    let image = log.state.lock().unwrap().freeze().unwrap();
+    let at_freeze = store.image("f.db").unwrap();
+    conn.execute("UPDATE t SET v = 'changed'", []).unwrap();
+    fill(&conn, 40);
+    assert!(
+        !store.checkpoint(log.last_index()).unwrap(),
+        "the file must not change under a frozen image"
+    );
+    let mut snap = Vec::new();
+    image.write_to(&mut snap).unwrap();
+    assert!(store.checkpoint(log.last_index()).unwrap());
+
+    let restored = Store::memory().unwrap();
+    restored.state().restore(41, &mut snap.as_slice()).unwrap();
+    assert_eq!(restored.image("f.db").unwrap(), at_freeze);
+    assert_eq!(count(&restored.open("f.db").unwrap()), 40);
 }

@@ -265,7 +265,12 @@ fn replicated_images_are_identical_and_snapshots_restore() {
 
     // Snapshot the leader's state and restore it into a fresh store.
     let mut snap = Vec::new();
-    leader.state().snapshot(&mut snap).unwrap();
+    leader
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut snap)
+        .unwrap();
     let fresh = Store::memory().unwrap();
     let mut state = fresh.state();
     state.restore(201, &mut snap.as_slice()).unwrap();
