@@ -13,8 +13,13 @@
 #
 # Usage: scripts/bench.sh [--duration SECONDS] [--workers "1 8"]
 #                         [--workload kvwrite|kvreadwrite] [--no-build]
-#                         [--results FILE]
-# (--workers or --workload runs only that workload with those workers.)
+#                         [--results FILE] [--nodes "1 3"]
+#                         [--prefill-mib N]
+# (--workers or --workload runs only that workload with those workers;
+# --nodes only those cluster sizes; --prefill-mib first grows each case's
+# database by N MiB of 1 KiB rows in 16 MiB transactions, so that the run
+# goes on while snapshots of a database that size are taken: compare the
+# max latency.)
 # Environment: CARGO_TARGET_DIR (default /work/target-bench when /work
 # exists, else target), DQLITE_RS_BIN (use this binary, build nothing),
 # DQLITE_RS_NODE_ARGS (extra `dqlite-rs node` flags, e.g. --disk-mode),
@@ -32,6 +37,8 @@ WORKERS_LIST=""
 WORKLOAD=""
 BUILD=1
 RESULTS_FILE=""
+NODES_LIST="1 3"
+PREFILL_MIB=0
 COMMAND_LINE="scripts/bench.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -41,7 +48,9 @@ while [ $# -gt 0 ]; do
         --workload) WORKLOAD="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --results) RESULTS_FILE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --nodes) NODES_LIST="$2"; shift 2 ;;
+        --prefill-mib) PREFILL_MIB="$2"; shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -186,6 +195,20 @@ leader_fsyncs() {
     echo "0 0"
 }
 
+# prefill DATABASE: grow DATABASE by $PREFILL_MIB MiB (16 MiB per
+# transaction, through Debian's dqlite shell, the same for both).
+prefill() {
+    local db=$1 i rows=16384 sql
+    [ "$PREFILL_MIB" -gt 0 ] || return 0
+    sql="CREATE TABLE IF NOT EXISTS prefill (v BLOB)"
+    timeout 60 dqlite -s "$ADDRS" "$db" "$sql" >/dev/null || return 1
+    sql="WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $rows) INSERT INTO prefill SELECT randomblob(1024) FROM c"
+    for i in $(seq 1 $(((PREFILL_MIB + 15) / 16))); do
+        timeout 120 dqlite -s "$ADDRS" "$db" "$sql" >/dev/null || return 1
+        log "prefill $db: $((i * 16)) of $PREFILL_MIB MiB"
+    done
+}
+
 # run_case IMPL NODES: benchmark the running cluster at $ADDRS with each
 # worker count; one JSON line per run, tagged with impl and nodes (and, for
 # dqlite-rs, the leader's log entries per fsync during the run).
@@ -194,6 +217,10 @@ run_case() {
     for case in $PLAN; do
         workload=${case%%:*} w=${case##*:}
         log "$impl, $nodes node(s), $workload, $w worker(s), $DURATION s"
+        if ! prefill "bench_${workload}_w$w"; then
+            log "$impl $nodes-node: prefill failed"
+            continue
+        fi
         before=$([ "$impl" = dqlite-rs ] && leader_fsyncs || echo "0 0")
         if line=$(timeout $((DURATION + 120)) "$BIN" bench -s "$ADDRS" --workload "$workload" \
             --workers "$w" --duration "$DURATION" --database "bench_${workload}_w$w" --json \
@@ -223,13 +250,13 @@ if [ -n "${DQLITE_RS_BIN:-}" ]; then
 else
     echo "dqlite-rs: built from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')${RS_NODE_ARGS[*]:+, node flags: ${RS_NODE_ARGS[*]}}"
 fi
-echo "command: $COMMAND_LINE (cases$PLAN, ${DURATION} s each, keys 32 B, values 1024 B)"
+echo "command: $COMMAND_LINE (cases$PLAN, ${DURATION} s each, keys 32 B, values 1024 B$([ "$PREFILL_MIB" -gt 0 ] && echo ", databases prefilled with $PREFILL_MIB MiB"))"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 HAS_JOIN=0
 "$BIN" node --help 2>/dev/null | grep -q -- '--join' && HAS_JOIN=1
 
-for nodes in 1 3; do
+for nodes in $NODES_LIST; do
     if start_c_dqlite "$nodes"; then
         run_case c-dqlite "$nodes"
     else
@@ -269,5 +296,5 @@ jq -rs --arg plan "$PLAN" '
     | "| \($n) | \($wl) | \($w) | \(cell($c.ops_per_sec)) | \(cell($c.latency_ms.p50)) | \(cell($c.latency_ms.p99)) | \(cell($r.ops_per_sec)) | \(cell($r.latency_ms.p50)) | \(cell($r.latency_ms.p99)) | \(ratio($r.ops_per_sec; $c.ops_per_sec)) | \(ratio($r.latency_ms.p50; $c.latency_ms.p50)) | \(ratio($r.latency_ms.p99; $c.latency_ms.p99)) |"
 ' "$JSONL"
 echo
-jq -rs '.[] | "\(.impl) \(.nodes)-node \(.workload) \(.workers)w: busy retries \(.busy_retries), reconnects \(.reconnects), errors \(.errors), unfinished \(.unfinished)\(if .leader_entries_per_fsync then ", leader entries per fsync \(.leader_entries_per_fsync)" else "" end)\(if .first_error then ", first error: " + .first_error else "" end)"' "$JSONL"
+jq -rs '.[] | "\(.impl) \(.nodes)-node \(.workload) \(.workers)w: max latency \(.latency_ms.max) ms, busy retries \(.busy_retries), reconnects \(.reconnects), errors \(.errors), unfinished \(.unfinished)\(if .leader_entries_per_fsync then ", leader entries per fsync \(.leader_entries_per_fsync)" else "" end)\(if .first_error then ", first error: " + .first_error else "" end)"' "$JSONL"
 for note in "${NOTES[@]}"; do echo "note: $note"; done
