@@ -283,12 +283,12 @@ fi
 echo
 echo "| nodes | workload | workers | C dqlite ops/s | C p50 ms | C p99 ms | dqlite-rs ops/s | rs p50 ms | rs p99 ms | ops/s rs/C | p50 rs/C | p99 rs/C |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-jq -rs --arg plan "$PLAN" '
+jq -rs --arg plan "$PLAN" --arg nodes "$NODES_LIST" '
     def cell(x): if x == null then "–" else (x | tostring) end;
     def ratio(a; b): if a == null or b == null or b == 0 then "–"
         else ((a / b * 100 | round) / 100 | tostring) end;
     . as $all
-    | [1, 3][] as $n
+    | ($nodes | split(" ") | map(select(. != "") | tonumber))[] as $n
     | ($plan | split(" ") | map(select(. != "") | split(":")))[] as [$wl, $ws]
     | ($ws | tonumber) as $w
     | ($all | map(select(.impl == "c-dqlite" and .nodes == $n and .workload == $wl and .workers == $w)) | first) as $c
