@@ -149,6 +149,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Before the node starts serving: a SIGTERM that arrives while it
+        // starts is then a graceful stop, not the default instant death.
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let mut node = Node::new(id, args.address, args.dir.clone(), options);
         if let Err(err) = node.start().await {
             let err = anyhow::Error::new(err);
@@ -174,10 +180,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             node.address(),
             args.dir.display()
         );
-        let mut term =
-            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        let mut int =
-            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let on_removal = args.on_removal;
         {
             let removed = async {

@@ -80,7 +80,13 @@ pub(crate) async fn serve<R, W>(
         // Leadership lost: the connection stays open (dqlite >= 1.18), its
         // SQLite state is reset, and its statements answer NOT_LEADER until
         // this node leads again; the client reconnects when it wants to.
-        let leads = leadership.as_mut().is_none_or(|l| *l.borrow_and_update());
+        // The watch only wakes this loop: it follows the service through a
+        // task and can lag, so ask the cluster itself (a statement refused
+        // on the service's word must see its session reset on the next turn).
+        if let Some(l) = leadership.as_mut() {
+            l.borrow_and_update();
+        }
+        let leads = gateway.leads();
         if leads {
             reset_done = false;
         } else if !reset_done && gateway.database().is_some() {

@@ -193,6 +193,11 @@ impl Gateway {
         self.lost_transaction |= rolled_back;
     }
 
+    /// Whether this node leads now.
+    pub(crate) fn leads(&self) -> bool {
+        self.cluster().is_leader()
+    }
+
     fn cluster(&self) -> &dyn Cluster {
         self.shared.cluster.as_ref()
     }
