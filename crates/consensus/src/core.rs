@@ -18,7 +18,7 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
-    EntryType, HardState, Message, SnapshotMetadata,
+    EntryType, HardState, Message, MessageType, SnapshotMetadata,
 };
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use tracing::{debug, info, warn};
@@ -419,6 +419,9 @@ pub struct Core<S: State> {
     seq: u64,
     pending: BTreeMap<u64, Pending>,
     unpersisted: VecDeque<Unpersisted>,
+    /// The ready number of the newest batch that changes term or vote and
+    /// is not durable yet.
+    term_unpersisted: Option<u64>,
     reads: Reads,
     ticks: u64,
     applied: u64,
@@ -521,6 +524,7 @@ impl<S: State> Core<S> {
             seq: 0,
             pending: BTreeMap::new(),
             unpersisted: VecDeque::new(),
+            term_unpersisted: None,
             reads: Reads::default(),
             ticks: 0,
             applied: snapshot_index,
@@ -1117,6 +1121,9 @@ impl<S: State> Core<S> {
             self.durable_commit = self.durable_commit.max(commit);
             self.commit_inflight.pop_front();
         }
+        if self.term_unpersisted.is_some_and(|n| n <= number) {
+            self.term_unpersisted = None;
+        }
     }
 
     /// Drains raft's Ready (bounded: a Ready only appears after new input or
@@ -1214,15 +1221,31 @@ impl<S: State> Core<S> {
         let entries = rd.take_entries();
         self.raw.mut_store().append(&entries);
         let hard_state = rd.hs().cloned();
+        let number = rd.number();
         if let Some(hs) = &hard_state {
+            let before = self.raw.store().hard_state();
+            if hs.term != before.term || hs.vote != before.vote {
+                self.term_unpersisted = Some(number);
+            }
             self.raw.mut_store().set_hard_state(hs.clone());
         }
         let persist = rd.must_sync()
             || !entries.is_empty()
             || snapshot_index.is_some()
             || membership_commit.is_some();
-        let number = rd.number();
         held.extend(rd.take_persisted_messages());
+        if self.term_unpersisted.is_none() && (persist || !self.unpersisted.is_empty()) {
+            // A follower's heartbeat responses say only "I follow you in
+            // this term": they need no entry to be durable, only the term,
+            // so they do not queue behind a large append's fsync (a 16 MiB
+            // transaction made followers silent long enough for the leader
+            // to step down). etcd's raft sends them at once too.
+            let (now, later): (Vec<_>, Vec<_>) = held
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+            out.extend(now.into_iter().map(Action::Send));
+            held = later;
+        }
         if persist {
             if let Some(c) = membership_commit {
                 self.commit_inflight.push_back((number, c));

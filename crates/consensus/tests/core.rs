@@ -448,3 +448,31 @@ fn a_restart_applies_entries_left_on_disk_at_load() {
     c.input(0, Input::Propose(999, Proposal::State(set("after", "1"))));
     c.tick_until(|c| c.nodes.iter().all(|n| n.kv.get("after").is_some()), 100);
 }
+
+#[test]
+fn slow_follower_disks_do_not_depose_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    let term = c.nodes[0].core.term();
+    // A large append takes the followers' disks a long time: meanwhile
+    // they still answer heartbeats, so the leader keeps its quorum.
+    c.disk_works = vec![true, false, false];
+    c.input(0, Input::Propose(5, Proposal::State(set("big", "entry"))));
+    c.run(1000);
+    for _ in 0..60 {
+        for i in 0..3 {
+            c.input(i, Input::Tick);
+        }
+        c.run(1000);
+    }
+    assert!(
+        c.nodes[0].core.is_leader(),
+        "the leader stepped down while its followers fsynced"
+    );
+    assert_eq!(c.nodes[0].core.term(), term);
+    assert!(c.nodes[0].resolved.iter().all(|(id, _)| *id != 5));
+    c.disk_works = vec![true; 3];
+    c.run(1000);
+    c.tick_until(|c| c.nodes[0].resolved.contains(&(5, true)), 20);
+    assert_eq!(c.nodes[0].core.term(), term);
+}
