@@ -1,5 +1,8 @@
-//! The sending side: one task and one persistent HTTP/1.1 connection per
-//! peer, fed by a bounded queue; snapshot streams on connections of their own.
+//! The sending side: two tasks and two persistent HTTP/1.1 connections per
+//! peer, each fed by a bounded queue: one for appends, one for everything
+//! else (heartbeats, votes, responses), so that a large append never holds
+//! back the messages that keep a leader in place; snapshot streams on
+//! connections of their own.
 
 use crate::progress::Progress;
 use std::collections::HashMap;
@@ -119,7 +122,11 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 
 struct Peer {
     address: String,
-    queue: mpsc::Sender<Message>,
+    /// Appends, in order.
+    appends: mpsc::Sender<Message>,
+    /// Every other message: small, and raft tolerates their reordering
+    /// with appends (as with any network).
+    control: mpsc::Sender<Message>,
 }
 
 struct Inner {
@@ -165,11 +172,22 @@ impl HttpTransport {
         })
     }
 
-    fn spawn_peer(&self, to: u64, address: String) -> mpsc::Sender<Message> {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let inner = self.inner.clone();
-        self.inner.runtime.spawn(peer_task(inner, to, address, rx));
-        tx
+    fn spawn_peer(&self, to: u64, address: String) -> Peer {
+        let lane = || {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let inner = self.inner.clone();
+            self.inner
+                .runtime
+                .spawn(peer_task(inner, to, address.clone(), rx));
+            tx
+        };
+        let appends = lane();
+        let control = lane();
+        Peer {
+            address,
+            appends,
+            control,
+        }
     }
 
     fn send_snapshot(&self, msg: Message) {
@@ -202,7 +220,12 @@ impl Transport for HttpTransport {
         let peers = lock(&self.inner.peers);
         match peers.get(&to) {
             Some(peer) => {
-                if peer.queue.try_send(msg).is_err() {
+                let lane = if msg.get_msg_type() == MessageType::MsgAppend {
+                    &peer.appends
+                } else {
+                    &peer.control
+                };
+                if lane.try_send(msg).is_err() {
                     debug!(to, "peer queue full; message dropped");
                 }
             }
@@ -221,10 +244,7 @@ impl Transport for HttpTransport {
             }
             let peer = match old.remove(&id) {
                 Some(p) if p.address == address => p,
-                _ => Peer {
-                    queue: self.spawn_peer(id, address.clone()),
-                    address,
-                },
+                _ => self.spawn_peer(id, address),
             };
             fresh.insert(id, peer);
         }
