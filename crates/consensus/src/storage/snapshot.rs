@@ -131,7 +131,14 @@ struct FileWriter<'a> {
     offset: u64,
     crc: u32,
     buf: Vec<u8>,
+    /// Where the data was last synced.
+    synced: u64,
 }
+
+/// A large snapshot is synced as it is written, every this many bytes:
+/// one fsync of hundreds of MiB at the end would hold the disk, and the
+/// log's own fsyncs behind it, for seconds.
+const SYNC_EVERY: u64 = 16 << 20;
 
 impl FileWriter<'_> {
     fn flush_buf(&mut self) -> io::Result<()> {
@@ -139,6 +146,10 @@ impl FileWriter<'_> {
             self.file.write_all_at(&self.buf, self.offset)?;
             self.offset += self.buf.len() as u64;
             self.buf.clear();
+        }
+        if self.offset - self.synced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.synced = self.offset;
         }
         Ok(())
     }
@@ -313,6 +324,7 @@ impl SnapshotStore {
                 offset: 0,
                 crc: 0,
                 buf: Vec::with_capacity(BUF),
+                synced: 0,
             };
             w.write_all(MAGIC).map_err(io)?;
             w.write_all(&hlen.to_le_bytes()).map_err(io)?;
