@@ -225,6 +225,10 @@ pub enum Input {
     /// member. A removed node is not told otherwise: once the removal is
     /// applied, nobody sends to it any more.
     RemovedByLeader,
+    /// Writing or syncing the log failed (the persister retries the same
+    /// batch): a leader hands leadership to the most caught-up online
+    /// voter, so writes go on through a node whose disk works.
+    DiskFailed,
 }
 
 /// Work to persist before the messages that depend on it may leave.
@@ -485,6 +489,29 @@ impl<S: State> Core<S> {
                     | MessageType::MsgRequestPreVote
                     | MessageType::MsgTimeoutNow
             )
+    }
+
+    /// A leader whose log cannot be written hands leadership to the most
+    /// caught-up online voter. Its unwritten entries stay where they are:
+    /// the persister retries the same batch, so no index is ever given to
+    /// another entry in this term, and a new leader's entries replace them
+    /// only through raft's ordinary conflict rule.
+    fn hand_over_for_disk(&mut self) {
+        if !self.is_leader() || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let me = self.config.id;
+        let target = self
+            .progress()
+            .into_iter()
+            .filter(|(id, (_, online))| *id != me && *online)
+            .filter(|(id, _)| self.raw.raft.prs().conf().voters().contains(*id))
+            .max_by_key(|(_, (matched, _))| *matched)
+            .map(|(id, _)| id);
+        if let Some(to) = target {
+            warn!(to, "the log cannot be written: handing leadership over");
+            self.raw.transfer_leader(to);
+        }
     }
 
     /// A fenced node tells a leader that believes it holds more than its
@@ -817,6 +844,7 @@ impl<S: State> Core<S> {
                 }
             }
             Input::Abandon(id) => self.pending.retain(|_, p| p.id != id),
+            Input::DiskFailed => self.hand_over_for_disk(),
             Input::RemovedByLeader => {
                 if !self.removed {
                     info!("the leader no longer counts this node as a member");

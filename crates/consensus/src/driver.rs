@@ -282,7 +282,13 @@ impl<S: State> Driver<S> {
     fn on_report(&mut self, r: Report, actions: &mut Vec<Action>) {
         match r {
             Report::Persisted(n) => self.core.handle_input(Input::Persisted(n), actions),
-            Report::Error(e) => self.disk_error = e,
+            Report::Error(e) => {
+                let failed = e.is_some();
+                self.disk_error = e;
+                if failed {
+                    self.core.handle_input(Input::DiskFailed, actions);
+                }
+            }
             Report::Stopped => {}
         }
     }
