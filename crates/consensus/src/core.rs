@@ -514,11 +514,14 @@ impl<S: State> Core<S> {
         }
     }
 
-    /// A fenced node tells a leader that believes it holds more than its
-    /// log does (raft-rs never lowers a peer's match index, and ignores a
-    /// rejection below it, so it would never resend what was set aside).
+    /// Tells a leader that believes this node holds more than its log does
+    /// (raft-rs never lowers a peer's match index, and ignores a rejection
+    /// below it, so it would never resend what was lost). After
+    /// auto-recovery, or a damaged last record taken for a torn write. Any
+    /// other time the leader's match index is at most our last index and
+    /// the leader ignores the report.
     fn report_lost_log(&self, m: &Message, out: &mut Vec<Action>) {
-        if self.fence.is_none() || m.term < self.raw.raft.term {
+        if m.term < self.raw.raft.term {
             return;
         }
         let last = self.raw.raft.raft_log.last_index();
