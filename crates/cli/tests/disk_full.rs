@@ -1,7 +1,9 @@
-//! A node whose data directory fills up: writes fail with `SQLITE_FULL`
-//! (13) "database or disk is full", and the node says why in its log. The
-//! directory is a small tmpfs, so the test needs root for `mount` (CI runs
-//! as root); without it the test fails, it never skips.
+//! A node whose data directory fills up. As the only node (so leader):
+//! writes fail with `SQLITE_FULL` (13) "database or disk is full", and the
+//! node says why in its log. As a follower: it stops acknowledging, stays
+//! up, the other two keep the cluster writable, and once space is freed it
+//! catches up by itself. The directory is a small tmpfs, so the tests need
+//! root for `mount` (CI runs as root); without it they fail, never skip.
 
 mod support;
 
@@ -110,4 +112,174 @@ fn a_full_disk_is_sqlite_full_for_the_client_and_logged_on_the_node() {
     );
     assert!(log.contains("No space left on device"), "{log}");
     node.stop("TERM");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client_config() -> dqlite_client::Config {
+    let mut c = dqlite_client::Config::default();
+    c.connect_timeout = Duration::from_secs(10);
+    c.request_timeout = Duration::from_secs(30);
+    c
+}
+
+/// Inserts rows `from..from + n` of `blob` bytes through the leader of
+/// `servers`; each must be acknowledged.
+fn insert(servers: &[String], from: i64, n: i64, blob: usize) {
+    runtime().block_on(async {
+        let mut db = dqlite_client::Database::connect_with(servers, "full", &client_config())
+            .await
+            .expect("connect");
+        db.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
+            .await
+            .expect("create");
+        for x in from..from + n {
+            let sql = format!("INSERT INTO t VALUES ({x}, zeroblob({blob}))");
+            db.exec(&sql, ())
+                .await
+                .unwrap_or_else(|e| panic!("insert {x}: {e}"));
+        }
+    });
+}
+
+/// The hash of node `address`'s own copy (DUMP needs no leader).
+fn image_hash(address: &str) -> Result<u64, String> {
+    use std::hash::{Hash, Hasher};
+    runtime().block_on(async {
+        let mut c = dqlite_client::Client::connect(address, &client_config())
+            .await
+            .map_err(|e| e.to_string())?;
+        let files = c.dump("full").await.map_err(|e| e.to_string())?;
+        let main = files.first().ok_or("no files")?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        main.data.hash(&mut h);
+        Ok(h.finish())
+    })
+}
+
+/// `count(*)` and `sum(x)` read on the node at `address` (which must lead).
+fn totals_on(address: &str) -> Result<(i64, i64), String> {
+    runtime().block_on(async {
+        let client = dqlite_client::Client::connect(address, &client_config())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut db = client.open("full").await.map_err(|e| e.to_string())?;
+        let rows = db
+            .query_all("SELECT count(*), sum(x) FROM t", ())
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = rows.first().ok_or("no row")?;
+        Ok((
+            row.get::<i64>(0).map_err(|e| e.to_string())?,
+            row.get::<i64>(1).map_err(|e| e.to_string())?,
+        ))
+    })
+}
+
+fn cli(args: &[&str]) -> support::Output {
+    let mut cmd = Command::new(support::dqlite_rs_bin());
+    cmd.args(args);
+    support::run_with_timeout(cmd, None, Duration::from_secs(60))
+}
+
+/// Polls `ok` every 200 ms until it holds or `timeout` passes.
+fn wait_for(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok()
+}
+
+#[test]
+fn a_follower_with_a_full_disk_stops_acknowledging_and_catches_up_once_space_is_freed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut n1 = Proc::new(root.path(), "n1", &[]);
+    n1.start();
+    let join = n1.address.clone();
+    let mut n2 = Proc::new(root.path(), "n2", &["--join", &join]);
+    n2.start();
+    let mount = Tmpfs::mount(&root.path().join("mnt"), "24m");
+    let mut n3 = Proc::new(&mount.0, "n3", &["--join", &join]);
+    // The log goes beside the tmpfs, so it can be written once it is full.
+    n3.log = root.path().join("n3.log");
+    n3.start();
+    let addresses = vec![n1.address.clone(), n2.address.clone(), n3.address.clone()];
+    let servers = addresses.join(",");
+    let voters = || {
+        let out = cli(&["cluster", "-s", &servers, "list"]);
+        out.stdout.lines().filter(|l| l.contains("voter")).count() == 3
+    };
+    assert!(wait_for(Duration::from_secs(60), voters), "not 3 voters");
+    let full_line = "the disk is full: writes are refused until space is freed";
+
+    // Rows of 256 KiB: n3's 24 MiB fill up, the others' disks do not. Every
+    // write is acknowledged by n1 and n2 meanwhile.
+    let mut rows = 0;
+    while !n3.read_log().contains(full_line) {
+        assert!(rows < 400, "n3 never filled up:\n{}", n3.read_log());
+        insert(&addresses, rows, 10, 256 << 10);
+        rows += 10;
+    }
+    // Full, it stays up; the cluster keeps taking writes through the others.
+    insert(&addresses, rows, 20, 256 << 10);
+    rows += 20;
+    assert!(n3.is_alive(), "the full node exited:\n{}", n3.read_log());
+    // It acknowledged none of those: it could not persist them, so it did
+    // not apply them either.
+    let lagging = image_hash(&n3.address).expect("the full node stopped serving");
+    let (_, leader) = support::probe_leader(&n1.address, Duration::from_secs(5)).expect("a leader");
+    assert_ne!(Ok(lagging), image_hash(&leader), "n3 kept up while full");
+
+    // Space comes back: it persists what it was sent and catches up.
+    let out = Command::new("mount")
+        .args(["-o", "remount,size=1g"])
+        .arg(&mount.0)
+        .output()
+        .expect("run mount");
+    assert!(out.status.success(), "remount: {out:?}");
+    let same = wait_for(Duration::from_secs(120), || {
+        let hashes: Vec<_> = addresses.iter().map(|a| image_hash(a)).collect();
+        hashes.iter().all(|h| h.is_ok() && *h == hashes[0])
+    });
+    assert!(same, "n3 did not catch up:\n{}", n3.read_log());
+    assert!(
+        n3.read_log().contains("persisting the log recovered"),
+        "{}",
+        n3.read_log()
+    );
+
+    // Made leader, it returns every acknowledged row.
+    let id = {
+        let out = cli(&["cluster", "-s", &servers, "list"]);
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&n3.address))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("n3 listed")
+            .to_string()
+    };
+    let leads = wait_for(Duration::from_secs(60), || {
+        let _ = cli(&["cluster", "-s", &servers, "transfer", &id]);
+        support::probe_leader(&n3.address, Duration::from_secs(2))
+            .is_ok_and(|(_, addr)| addr == n3.address)
+    });
+    assert!(leads, "n3 never became leader:\n{}", n3.read_log());
+    let totals = wait_for(Duration::from_secs(30), || totals_on(&n3.address).is_ok());
+    assert!(totals, "cannot read on n3");
+    assert_eq!(
+        totals_on(&n3.address).unwrap(),
+        (rows, (0..rows).sum::<i64>())
+    );
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.stop("TERM");
+    }
 }

@@ -608,3 +608,74 @@ fn writes_resume_soon_after_the_leader_is_killed() {
         "writes stopped for {gap:?} ({writes} writes, errors {errors:?})"
     );
 }
+
+/// How long clients cannot write when the leader is cut off from its peers
+/// (its clients still reach it), at the default network latency: the old
+/// leader must notice it lost its quorum (check_quorum, about an election
+/// timeout), step down and answer its clients 10250 or close, so they
+/// move to the new leader. Each node sits behind a proxy
+/// (`support::proxy`) that drops peer traffic and lets clients through.
+#[test]
+fn writes_resume_soon_after_the_leader_is_partitioned() {
+    let root = tempfile::tempdir().unwrap();
+    let mut proxies: Vec<support::proxy::Proxy> = Vec::new();
+    let mut nodes: Vec<Proc> = Vec::new();
+    for i in 0..3 {
+        let bind = format!("127.0.0.1:{}", free_port());
+        let proxy = support::proxy::Proxy::start(bind.clone());
+        let mut args = vec!["--bind".to_string(), bind];
+        if let Some(first) = proxies.first() {
+            args.extend(["--join".to_string(), first.address.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = Proc::new(root.path(), &format!("n{}", i + 1), &args);
+        p.address = proxy.address.clone();
+        p.latency_ms = 20;
+        p.start();
+        proxies.push(proxy);
+        nodes.push(p);
+    }
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let servers = addresses.join(",");
+    wait_members(&servers, "3 voters", Duration::from_secs(30), |m| {
+        count(m, "voter") == 3
+    });
+    exec(&addresses, "CREATE TABLE t (x INTEGER)").expect("create");
+    let writer = Writer::start(addresses.clone());
+    writer.wait_writes(20);
+    let (_, leader_addr) =
+        support::probe_leader(&addresses[0], Duration::from_secs(5)).expect("a leader");
+    let leader = addresses
+        .iter()
+        .position(|a| *a == leader_addr)
+        .expect("the leader is a member");
+    // Cut the leader off from its peers, both ways; clients still reach it.
+    proxies[leader].isolate();
+    for (i, p) in proxies.iter().enumerate() {
+        if i != leader {
+            p.block_sender(&leader_addr);
+        }
+    }
+    writer.wait_writes(50);
+    let (gap, writes, errors) = writer.stop();
+    eprintln!(
+        "client-visible write unavailability after a partition of the leader: {} ms \
+         ({writes} writes, {} errors: {:?})",
+        gap.as_millis(),
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>()
+    );
+    // The old leader knows it no longer leads: it names another or none.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match support::probe_leader(&leader_addr, Duration::from_secs(2)) {
+            Ok((_, addr)) if addr != leader_addr => break,
+            _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            other => panic!("the cut-off leader still leads: {other:?}"),
+        }
+    }
+    assert!(
+        gap < Duration::from_secs(15),
+        "writes stopped for {gap:?} ({writes} writes, errors {errors:?})"
+    );
+}

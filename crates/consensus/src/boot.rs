@@ -12,8 +12,11 @@ use crate::membership::{ClusterMeta, NodeInfo, Role};
 use crate::storage::log::LoadReport;
 use crate::storage::mem::DEFAULT_LOG_CACHE_BYTES;
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader};
-use crate::storage::{Disk, Log, LogOptions, MetaFile, MetaState, SnapshotStore, StorageError};
+use crate::storage::{
+    Disk, Fence, Log, LogOptions, MetaFile, MetaState, SnapshotStore, StorageError,
+};
 use crate::State;
+use tracing::warn;
 
 /// Everything opened at start.
 pub struct Opened {
@@ -58,20 +61,63 @@ pub fn open_bounded(
         .map_err(|e| StorageError::io(raft_dir, e))?;
     let snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
     snapshots.remove_temps()?;
-    let snapshot = snapshots.latest(options.auto_recovery)?;
-    let meta = MetaFile::open(disk.as_ref(), raft_dir)?;
+    let auto = options.auto_recovery;
+    let (snapshot, snapshots_aside) = snapshots.latest_recovering(auto)?;
+    let fence = Fence::read(disk.clone(), raft_dir)?;
+    let (mut meta, meta_aside) = MetaFile::open_recovering(disk.as_ref(), raft_dir, auto)?;
     let after = snapshot.as_ref().map_or(0, |s| s.header.index);
     let st = meta.state();
     // Only a bounded tail of payloads stays in memory; committed entries
     // before it are read back from the segment files when needed.
     let (log, mut report) = Log::open_bounded(
-        disk,
+        disk.clone(),
         raft_dir,
         options,
         after,
         log_budget,
         st.commit.max(applied),
     )?;
+    let mut lost = report.lost_upto;
+    for (path, index) in snapshots_aside {
+        report.set_aside.push(path);
+        lost = Some(lost.unwrap_or(0).max(index));
+    }
+    let mut st = st;
+    if let Some(aside) = meta_aside {
+        // The vote is gone: the term restarts from the newest one the log
+        // and snapshot show, and the fence keeps the node from voting until
+        // it has caught up past everything it holds.
+        let last_term = report
+            .entries
+            .last()
+            .map(|e| e.term)
+            .or_else(|| report.dropped_terms.last().copied())
+            .unwrap_or(0);
+        let snap_term = snapshot.as_ref().map_or(0, |s| s.header.term);
+        st = MetaState {
+            id: 0,
+            term: last_term.max(snap_term),
+            vote: 0,
+            commit: 0,
+        };
+        let path = raft_dir.join("meta");
+        meta.write(st).map_err(|e| StorageError::io(&path, e))?;
+        meta.sync().map_err(|e| StorageError::io(&path, e))?;
+        report.set_aside.push(aside);
+        lost = Some(lost.unwrap_or(0).max(log.last_index()).max(after));
+    }
+    let fence = match lost {
+        Some(upto) => {
+            let fence = Fence::raise(disk, raft_dir, fence, upto)?;
+            warn!(
+                upto = fence.upto(),
+                file = %fence.path().display(),
+                "auto-recovery discarded data this node may have acknowledged: it will not vote until it has caught up to the fence"
+            );
+            Some(fence)
+        }
+        None => fence,
+    };
     let hard_state = HardState {
         term: st.term,
         vote: st.vote,
@@ -88,6 +134,7 @@ pub fn open_bounded(
             snapshot: snapshot.map(|s| s.header),
             dropped_terms,
             entries,
+            fence,
         },
         snapshots,
         report,
@@ -172,4 +219,125 @@ pub fn write_identity(
     })
     .map_err(io)?;
     meta.sync().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvState;
+    use crate::storage::fence::fence_path;
+    use crate::storage::snapshot::snapshot_name;
+    use crate::storage::RealDisk;
+    use raft::eraftpb::Entry;
+
+    fn recover(on: bool) -> LogOptions {
+        LogOptions {
+            auto_recovery: on,
+            ..LogOptions::default()
+        }
+    }
+
+    /// A node directory with the bootstrap snapshot at 1 and entries
+    /// 2..=`last` in term 2; returns its raft directory.
+    fn node_dir(root: &Path, last: u64) -> std::path::PathBuf {
+        let raft_dir = root.join("raft");
+        let disk: Arc<dyn Disk> = Arc::new(RealDisk);
+        let me = NodeInfo {
+            id: 1,
+            address: "n1".into(),
+            role: Role::Voter,
+            ..Default::default()
+        };
+        let other = NodeInfo {
+            id: 2,
+            address: "n2".into(),
+            ..me.clone()
+        };
+        bootstrap_cluster(disk.clone(), &raft_dir, 1, &[me, other], &KvState::new()).unwrap();
+        let mut opened = open(disk, &raft_dir, recover(false)).unwrap();
+        let entries: Vec<Entry> = (2..=last)
+            .map(|index| Entry {
+                index,
+                term: 2,
+                ..Default::default()
+            })
+            .collect();
+        opened.log.append(&entries).unwrap();
+        opened.log.sync().unwrap();
+        opened
+            .meta
+            .write(MetaState {
+                id: 1,
+                term: 3,
+                vote: 2,
+                commit: last,
+            })
+            .unwrap();
+        opened.meta.sync().unwrap();
+        raft_dir
+    }
+
+    fn flip(path: &Path, at: usize) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= 0x20;
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    fn must_refuse(raft_dir: &Path, file: &Path) {
+        match open(Arc::new(RealDisk), raft_dir, recover(false)) {
+            Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, file),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("damage to {} went unnoticed", file.display()),
+        }
+    }
+
+    #[test]
+    fn a_damaged_hard_state_is_refused_or_rebuilt_behind_a_fence() {
+        let root = tempfile::tempdir().unwrap();
+        let raft_dir = node_dir(root.path(), 9);
+        let meta = raft_dir.join("meta");
+        // Both slots: one copy alone is survived silently (see meta.rs).
+        flip(&meta, 20);
+        flip(&meta, 64 + 20);
+        must_refuse(&raft_dir, &meta);
+        let opened = open(Arc::new(RealDisk), &raft_dir, recover(true)).unwrap();
+        assert!(opened
+            .report
+            .set_aside
+            .contains(&raft_dir.join("meta.corrupt")));
+        // The vote is gone; the term is the newest one the log shows, and
+        // the node may not vote before it caught up with all it held.
+        let st = opened.meta.state();
+        assert_eq!((st.term, st.vote), (2, 0));
+        assert_eq!(opened.boot.fence.as_ref().map(Fence::upto), Some(9));
+        assert_eq!(opened.boot.entries.len(), 8);
+        drop(opened);
+        // The fence outlives a restart, though nothing is damaged now.
+        let again = open(Arc::new(RealDisk), &raft_dir, recover(true)).unwrap();
+        assert_eq!(again.boot.fence.as_ref().map(Fence::upto), Some(9));
+        assert!(fence_path(&raft_dir).exists());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused_or_set_aside_behind_a_fence() {
+        // Damage in the state bytes, then in the header (the metadata).
+        for at_header in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            let raft_dir = node_dir(root.path(), 5);
+            let snap = raft_dir.join("snap").join(snapshot_name(1, 1));
+            let len = std::fs::metadata(&snap).unwrap().len() as usize;
+            flip(&snap, if at_header { 14 } else { len - 13 });
+            must_refuse(&raft_dir, &snap);
+            let opened = open(Arc::new(RealDisk), &raft_dir, recover(true)).unwrap();
+            assert!(opened.boot.snapshot.is_none());
+            assert!(opened
+                .report
+                .set_aside
+                .iter()
+                .any(|p| p.ends_with(format!("{}.corrupt", snapshot_name(1, 1)))));
+            // The log after it is still there, but the state it builds on
+            // is gone: the node must be sent a snapshot and stay fenced.
+            assert!(opened.boot.fence.as_ref().is_some_and(|f| f.upto() >= 5));
+        }
+    }
 }

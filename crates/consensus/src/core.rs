@@ -28,7 +28,7 @@ use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceComman
 use crate::progress::{Progress, ProgressReader};
 use crate::state::{Image, State};
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotInfo, SnapshotStore};
-use crate::storage::{RaftLogView, StorageError};
+use crate::storage::{Fence, RaftLogView, StorageError};
 
 /// Identifies a caller's proposal (chosen by the caller, unique per core).
 pub type ProposalId = u64;
@@ -232,6 +232,10 @@ pub enum Input {
     /// member. A removed node is not told otherwise: once the removal is
     /// applied, nobody sends to it any more.
     RemovedByLeader,
+    /// Writing or syncing the log failed (the persister retries the same
+    /// batch): a leader hands leadership to the most caught-up online
+    /// voter, so writes go on through a node whose disk works.
+    DiskFailed,
 }
 
 /// Work to persist before the messages that depend on it may leave.
@@ -406,6 +410,8 @@ pub struct Boot {
     /// The entries after those (all the entries after the snapshot when
     /// nothing was dropped).
     pub entries: Vec<Entry>,
+    /// A standing recovery fence: no vote until the commit index reaches it.
+    pub fence: Option<Fence>,
 }
 
 /// The consensus core.
@@ -454,7 +460,15 @@ pub struct Core<S: State> {
     /// Replaying the committed log after a restart: (up to this index,
     /// its progress in entries).
     replay: Option<(u64, Progress)>,
+    /// Auto-recovery discarded data this node may have acknowledged: until
+    /// the commit index reaches the fence it neither votes nor campaigns
+    /// (see [`crate::storage::fence`]).
+    fence: Option<Fence>,
 }
+
+/// Context of the rejection a fenced node sends to a leader that believes
+/// it holds entries it set aside ([`Core::report_lost_log`]).
+const LOST_LOG: &[u8] = b"dqlite-rs:lost-log";
 
 fn discard_logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
@@ -514,6 +528,15 @@ impl<S: State> Core<S> {
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, storage, &discard_logger())?;
         let leader_seen = (raw.raft.leader_id, raw.raft.term, raw.raft.state);
+        let mut fence = boot.fence;
+        if fence.is_some() && conf_state.voters == [config.id] {
+            // No peer holds a copy to catch up from: what was set aside is
+            // lost either way, and waiting would only keep the node down.
+            warn!("auto-recovery discarded data on the only voter; nothing to catch up from");
+            if let Some(f) = fence.take() {
+                f.lift().map_err(CoreError::from)?;
+            }
+        }
         Ok(Core {
             config,
             raw,
@@ -554,7 +577,133 @@ impl<S: State> Core<S> {
                 );
                 (durable_commit, progress)
             }),
+            fence,
         })
+    }
+
+    /// The commit index this node must reach before it votes again after
+    /// auto-recovery, if it is fenced.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence.as_ref().map(Fence::upto)
+    }
+
+    /// Whether a fenced node must drop this message: votes, pre-votes and
+    /// leadership transfers to it.
+    fn fenced_out(&self, m: &Message) -> bool {
+        self.fence.is_some()
+            && matches!(
+                m.msg_type,
+                MessageType::MsgRequestVote
+                    | MessageType::MsgRequestPreVote
+                    | MessageType::MsgTimeoutNow
+            )
+    }
+
+    /// A leader whose log cannot be written hands leadership to the most
+    /// caught-up online voter. Its unwritten entries stay where they are:
+    /// the persister retries the same batch, so no index is ever given to
+    /// another entry in this term, and a new leader's entries replace them
+    /// only through raft's ordinary conflict rule.
+    fn hand_over_for_disk(&mut self) {
+        if !self.is_leader() || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let me = self.config.id;
+        let target = self
+            .progress()
+            .into_iter()
+            .filter(|(id, (_, online))| *id != me && *online)
+            .filter(|(id, _)| self.raw.raft.prs().conf().voters().contains(*id))
+            .max_by_key(|(_, (matched, _))| *matched)
+            .map(|(id, _)| id);
+        if let Some(to) = target {
+            warn!(to, "the log cannot be written: handing leadership over");
+            self.raw.transfer_leader(to);
+        }
+    }
+
+    /// Tells a leader that believes this node holds more than its log does
+    /// (raft-rs never lowers a peer's match index, and ignores a rejection
+    /// below it, so it would never resend what was lost). After
+    /// auto-recovery, or a damaged last record taken for a torn write. Any
+    /// other time the leader's match index is at most our last index and
+    /// the leader ignores the report.
+    fn report_lost_log(&self, m: &Message, out: &mut Vec<Action>) {
+        if m.term < self.raw.raft.term {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let ahead = match m.msg_type {
+            MessageType::MsgHeartbeat => m.commit > last,
+            MessageType::MsgAppend => m.index > last,
+            _ => false,
+        };
+        if !ahead {
+            return;
+        }
+        let mut reply = Message {
+            msg_type: MessageType::MsgAppendResponse,
+            to: m.from,
+            from: self.config.id,
+            term: self.raw.raft.term.max(m.term),
+            reject: true,
+            reject_hint: last,
+            ..Default::default()
+        };
+        reply.context = LOST_LOG.to_vec().into();
+        debug!(
+            to = m.from,
+            last, "telling the leader this node lost entries"
+        );
+        out.push(Action::Send(reply));
+    }
+
+    /// On the leader: a fenced peer holds no more than `reject_hint`; probe
+    /// it from there.
+    fn forget_progress(&mut self, m: &Message) {
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Leader || m.term != raft.term {
+            return;
+        }
+        if let Some(pr) = raft.mut_prs().get_mut(m.from) {
+            if pr.matched > m.reject_hint {
+                info!(
+                    peer = m.from,
+                    was = pr.matched,
+                    now = m.reject_hint,
+                    "peer lost entries to auto-recovery: resending them"
+                );
+                pr.matched = m.reject_hint;
+                pr.become_probe();
+                pr.next_idx = m.reject_hint + 1;
+            }
+        }
+    }
+
+    /// Lifts the fence once a leader's commit index, learned by
+    /// replication, reached it: every entry this node could have helped
+    /// commit is in its log again.
+    fn maybe_lift_fence(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        // Durable here too: a crash right after lifting loses nothing.
+        let caught_up = log.committed.min(log.persisted);
+        let Some(f) = self.fence.as_ref() else {
+            return;
+        };
+        if self.raw.raft.leader_id == 0 || caught_up < f.upto() {
+            return;
+        }
+        match f.lift() {
+            Ok(()) => {
+                info!(
+                    upto = f.upto(),
+                    caught_up, "caught up after auto-recovery: voting again"
+                );
+                self.fence = None;
+            }
+            // Keep abstaining; the next step tries again.
+            Err(e) => warn!(error = %e, "cannot remove the recovery fence"),
+        }
     }
 
     /// Records snapshot counts and durations in `stats` from now on.
@@ -745,16 +894,36 @@ impl<S: State> Core<S> {
         match input {
             Input::Tick => {
                 self.ticks += 1;
-                self.raw.tick();
+                // A fenced node is always a follower; without ticks its
+                // election timer never fires, so it never campaigns.
+                if self.fence.is_none() {
+                    self.raw.tick();
+                }
                 self.expire_reads(out);
                 self.maybe_promote(out);
             }
-            Input::Step(m) => {
+            Input::Step(mut m) => {
+                if m.msg_type == MessageType::MsgAppendResponse && m.context == LOST_LOG {
+                    self.forget_progress(&m);
+                    self.after_step(out);
+                    return;
+                }
+                self.report_lost_log(&m, out);
+                if m.msg_type == MessageType::MsgHeartbeat {
+                    // A leader's heartbeat carries min(its commit, what it
+                    // last saw this node hold); after auto-recovery set
+                    // entries aside that can exceed the log, which raft-rs
+                    // treats as fatal. Entries up to our own last index
+                    // match the leader's, so clamping commits nothing wrong.
+                    m.commit = m.commit.min(self.raw.raft.raft_log.last_index());
+                }
                 if m.from != 0 {
                     self.last_heard.insert(m.from, self.ticks);
                 }
-                // A bad or unexpected peer message is dropped, never fatal.
-                if let Err(e) = self.raw.step(m) {
+                if self.fenced_out(&m) {
+                    debug!(from = m.from, kind = ?m.msg_type, "fenced after auto-recovery: not voting");
+                } else if let Err(e) = self.raw.step(m) {
+                    // A bad or unexpected peer message is dropped, never fatal.
                     debug!(error = %e, "peer message rejected");
                 }
             }
@@ -778,12 +947,16 @@ impl<S: State> Core<S> {
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
             Input::TransferLeader(to) => self.raw.transfer_leader(to),
+            Input::Campaign if self.fence.is_some() => {
+                info!("fenced after auto-recovery: not campaigning");
+            }
             Input::Campaign => {
                 if let Err(e) = self.raw.campaign() {
                     debug!(error = %e, "campaign refused");
                 }
             }
             Input::Abandon(id) => self.pending.retain(|_, p| p.id != id),
+            Input::DiskFailed => self.hand_over_for_disk(),
             Input::RemovedByLeader => {
                 if !self.removed {
                     info!("the leader no longer counts this node as a member");
@@ -1007,6 +1180,7 @@ impl<S: State> Core<S> {
     /// After a step: election timeout from the seeded RNG, leader changes.
     fn after_step(&mut self, out: &mut Vec<Action>) {
         self.report_deferred_removal(out);
+        self.maybe_lift_fence();
         let now = (
             self.raw.raft.leader_id,
             self.raw.raft.term,

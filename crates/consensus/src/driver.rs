@@ -65,6 +65,10 @@ pub enum Command {
     TransferLeader(u64),
     /// Campaign now.
     Campaign,
+    /// A peer's address, from the messages it sent; used while this node
+    /// is fenced after auto-recovery, whose registry may have been set
+    /// aside with its snapshot (it could not answer the leader otherwise).
+    LearnPeer(u64, String),
     /// Stop the driver.
     Stop(oneshot::Sender<()>),
 }
@@ -97,6 +101,8 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// The latest persistent error (cleared when it recovers).
     pub error: Option<String>,
+    /// Fenced after auto-recovery: not voting until caught up.
+    pub fenced: bool,
     /// The driver has stopped.
     pub stopped: bool,
     /// On the leader: each raft member's matched index and whether it was
@@ -291,7 +297,13 @@ impl<S: State> Driver<S> {
     fn on_report(&mut self, r: Report, actions: &mut Vec<Action>) {
         match r {
             Report::Persisted(n) => self.core.handle_input(Input::Persisted(n), actions),
-            Report::Error(e) => self.disk_error = e,
+            Report::Error(e) => {
+                let failed = e.is_some();
+                self.disk_error = e;
+                if failed {
+                    self.core.handle_input(Input::DiskFailed, actions);
+                }
+            }
             Report::Stopped => {}
         }
     }
@@ -334,6 +346,14 @@ impl<S: State> Driver<S> {
                 self.core.handle_input(Input::TransferLeader(to), actions)
             }
             Command::Campaign => self.core.handle_input(Input::Campaign, actions),
+            Command::LearnPeer(id, address) => {
+                let known = self.peers_published.iter().any(|(p, _)| *p == id);
+                if self.core.fence().is_some() && !known && id != self.core.id() {
+                    info!(peer = id, %address, "fenced: learned a peer's address from its messages");
+                    self.peers_published.push((id, address));
+                    self.transport.set_peers(self.peers_published.clone());
+                }
+            }
             Command::Stop(tx) => return Some(tx),
         }
         None
@@ -444,6 +464,7 @@ impl<S: State> Driver<S> {
                 .or_else(|| self.disk_error.as_ref().map(|e| e.message.clone())),
             stopped: false,
             progress: core.progress(),
+            fenced: core.fence().is_some(),
         };
         self.status.send_if_modified(|s| {
             if *s != status {

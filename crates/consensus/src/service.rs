@@ -178,6 +178,13 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A damaged file was found at start with auto-recovery off.
+    #[error(
+        "{0}; auto-recovery is off: start the node with auto-recovery (without \
+         --no-auto-recovery) to set the damaged file aside and catch up from the other \
+         nodes, or restore the data directory from a backup"
+    )]
+    CorruptAtStart(StorageError),
     /// The consensus core failed.
     #[error("consensus failed: {0}")]
     Core(String),
@@ -258,7 +265,13 @@ impl Service {
             .create_dir_all(&raft_dir)
             .map_err(|e| StorageError::io(&raft_dir, e))?;
         let snapshots = SnapshotStore::new(config.disk.clone(), &raft_dir)?;
-        let meta = storage::meta::read_meta(config.disk.as_ref(), &raft_dir)?;
+        let member = match storage::meta::read_meta(config.disk.as_ref(), &raft_dir) {
+            Ok(meta) => meta.is_some_and(|m| m.id != 0),
+            // Start-up sets the damaged file aside and rebuilds it.
+            Err(StorageError::Corrupt { .. }) if config.auto_recovery => true,
+            Err(e @ StorageError::Corrupt { .. }) => return Err(Error::CorruptAtStart(e)),
+            Err(e) => return Err(e.into()),
+        };
         let server_tls = config
             .tls
             .as_ref()
@@ -286,7 +299,7 @@ impl Service {
                     .await;
             });
         }
-        if meta.is_some_and(|m| m.id != 0) {
+        if member {
             service.launch(StartMode::Restart).await?;
         }
         Ok(service)
@@ -925,9 +938,15 @@ impl PeerService for Service {
         let this = self.clone();
         Box::pin(async move {
             let id = this.inner.config.id;
+            if this.is_running() {
+                if from != 0 && this.inner.status.borrow().fenced {
+                    let _ = this.try_send(Command::LearnPeer(from, address));
+                }
+                return;
+            }
             // Only a node started with its own id and no cluster waits to
             // be added; messages for another id are not for it.
-            if id == 0 || to != id || from == 0 || this.is_running() {
+            if id == 0 || to != id || from == 0 {
                 return;
             }
             let leader = NodeInfo::new(from, address.clone(), Role::Voter);
@@ -966,17 +985,40 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
     };
     // A State that keeps its data on disk knows how far it applied: those
     // entries are committed, so their payloads may stay on disk at load.
-    let opened = boot::open_bounded(
+    let mut opened = boot::open_bounded(
         disk,
         &raft_dir,
         options,
         storage::mem::DEFAULT_LOG_CACHE_BYTES,
         state.applied_index(),
-    )?;
+    )
+    .map_err(|e| match e {
+        StorageError::Corrupt { .. } if !config.auto_recovery => Error::CorruptAtStart(e),
+        e => Error::Storage(e),
+    })?;
     for path in &opened.report.set_aside {
         warn!(path = %path.display(), "set aside by auto-recovery");
     }
-    let id = opened.meta.state().id;
+    let mut st = opened.meta.state();
+    if st.id == 0 && config.id != 0 && !matches!(mode, StartMode::Join(..)) {
+        // Auto-recovery rebuilt a damaged hard-state file: the id comes
+        // back from the node's own record.
+        st.id = config.id;
+        let meta = raft_dir.join("meta");
+        opened
+            .meta
+            .write(st)
+            .and_then(|()| opened.meta.sync())
+            .map_err(|e| storage::StorageError::io(&meta, e))?;
+    }
+    let id = st.id;
+    if id == 0 {
+        return Err(Error::Core(format!(
+            "the hard state in {} was rebuilt but this node's id is unknown; \
+             start it with its id",
+            raft_dir.display()
+        )));
+    }
     let core = Core::new(config.core_config(id), state, opened.snapshots, opened.boot)
         .map_err(|e| Error::Core(e.to_string()))?;
     let persister = Persister::new(id, opened.log, opened.meta);

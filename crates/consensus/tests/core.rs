@@ -31,15 +31,20 @@ fn open_node(dir: &Path, id: u64, seed: u64) -> Node {
 }
 
 fn open_node_bounded(dir: &Path, id: u64, seed: u64, log_budget: u64, applied: u64) -> Node {
+    open_node_with(dir, id, seed, log_budget, applied, LogOptions::default())
+}
+
+fn open_node_with(
+    dir: &Path,
+    id: u64,
+    seed: u64,
+    log_budget: u64,
+    applied: u64,
+    options: LogOptions,
+) -> Node {
     let disk = Arc::new(RealDisk);
-    let mut opened = boot::open_bounded(
-        disk,
-        &dir.join("raft"),
-        LogOptions::default(),
-        log_budget,
-        applied,
-    )
-    .unwrap();
+    let mut opened =
+        boot::open_bounded(disk, &dir.join("raft"), options, log_budget, applied).unwrap();
     if log_budget < u64::MAX {
         let kept: usize = opened.boot.entries.iter().map(|e| e.data.len()).sum();
         assert!(
@@ -74,6 +79,8 @@ struct Cluster {
     wire: VecDeque<Message>,
     /// When false, node i's writes are never reported durable.
     disk_works: Vec<bool>,
+    /// Node i is stopped: it neither ticks nor receives.
+    down: Vec<bool>,
 }
 
 impl Cluster {
@@ -99,6 +106,7 @@ impl Cluster {
             nodes,
             wire: VecDeque::new(),
             disk_works: vec![true; 3],
+            down: vec![false; 3],
         };
         c.input(0, Input::Campaign);
         c.tick_until(
@@ -137,7 +145,7 @@ impl Cluster {
                 // Snapshots are not exercised here (no compaction).
                 assert_ne!(m.get_msg_type(), MessageType::MsgSnapshot);
                 let to = (m.to - 1) as usize;
-                if to < self.nodes.len() {
+                if to < self.nodes.len() && !self.down[to] {
                     self.input(to, Input::Step(m));
                 }
             }
@@ -165,7 +173,9 @@ impl Cluster {
                 return;
             }
             for i in 0..self.nodes.len() {
-                self.input(i, Input::Tick);
+                if !self.down[i] {
+                    self.input(i, Input::Tick);
+                }
             }
             self.run(1000);
         }
@@ -475,4 +485,122 @@ fn slow_follower_disks_do_not_depose_the_leader() {
     c.run(1000);
     c.tick_until(|c| c.nodes[0].resolved.contains(&(5, true)), 20);
     assert_eq!(c.nodes[0].core.term(), term);
+}
+
+#[test]
+fn a_node_that_lost_acknowledged_entries_does_not_vote_until_it_caught_up() {
+    // The classic danger: node 2 acknowledges an entry that commits with
+    // nodes 1 and 2, loses it to corruption, and votes for node 3, which
+    // never had it. Without the fence node 3 wins and the write is lost.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    c.down[2] = true;
+    c.input(0, Input::Propose(1, Proposal::State(set("a", "1"))));
+    c.tick_until(|c| c.nodes[0].resolved.contains(&(1, true)), 100);
+    assert!(c.nodes[2].kv.get("a").is_none());
+
+    // Stop node 2 and damage the first record of its open segment: valid
+    // records follow, so this is corruption, not a torn tail.
+    let dir2 = root.path().join("n2");
+    let log = dir2.join("raft/log");
+    let open = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("open-")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&open).unwrap();
+    bytes[32 + 8 + 3] ^= 0x40;
+    std::fs::write(&open, &bytes).unwrap();
+    let recover = LogOptions {
+        auto_recovery: true,
+        ..LogOptions::default()
+    };
+    c.nodes[1] = open_node_with(&dir2, 2, 5, u64::MAX, 0, recover);
+    let fence = c.nodes[1].core.fence().expect("node 2 is fenced");
+    assert!(fence >= c.nodes[0].core.commit_index(), "fence {fence}");
+    assert!(dir2.join("raft/fence").exists());
+
+    // Node 1 stops; nodes 2 and 3 are up. Node 2 refuses its vote, so
+    // node 3, which lacks the write, never becomes leader.
+    c.down = vec![true, false, false];
+    c.down[2] = false;
+    for _ in 0..100 {
+        for i in 1..3 {
+            c.input(i, Input::Tick);
+        }
+        c.run(1000);
+        assert!(!c.nodes[2].core.is_leader(), "node 3 won without the write");
+        assert!(!c.nodes[1].core.is_leader());
+    }
+    // A direct order to campaign is refused too.
+    c.input(1, Input::Campaign);
+    c.run(1000);
+    assert!(!c.nodes[1].core.is_leader());
+
+    // Node 1 returns: it wins, node 2 catches up, lifts its fence, and
+    // then may lead with every acknowledged write.
+    c.down = vec![false; 3];
+    c.tick_until(|c| c.nodes[1].core.fence().is_none(), 300);
+    assert!(!dir2.join("raft/fence").exists());
+    assert_eq!(c.nodes[1].kv.get("a").as_deref(), Some("1"));
+    c.input(0, Input::TransferLeader(2));
+    c.tick_until(|c| c.nodes[1].core.is_leader(), 300);
+    c.input(1, Input::Propose(2, Proposal::State(set("b", "2"))));
+    c.tick_until(|c| c.nodes.iter().all(|n| n.kv.get("b").is_some()), 100);
+    for n in &c.nodes {
+        assert_eq!(n.kv.get("a").as_deref(), Some("1"));
+    }
+}
+
+#[test]
+fn a_follower_whose_last_acknowledged_record_reads_as_torn_catches_up() {
+    // A flipped byte in the last record of the open segment looks like a
+    // torn write: the record is dropped at start, though the follower had
+    // acknowledged it. The leader still believes it holds it and must be
+    // told, or it would never send it again.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    for i in 0..5u64 {
+        c.input(
+            0,
+            Input::Propose(i, Proposal::State(set(&format!("k{i}"), "v"))),
+        );
+        c.run(1000);
+    }
+    c.tick_until(|c| c.nodes.iter().all(|n| n.kv.get("k4").is_some()), 100);
+    let last = c.nodes[1].core.last_index();
+    c.down[1] = true;
+    let dir2 = root.path().join("n2");
+    let open = std::fs::read_dir(dir2.join("raft/log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("open-")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&open).unwrap();
+    // The last record ends where the zero frame after it begins.
+    let end = bytes.windows(8).rposition(|w| w != [0u8; 8]).unwrap() + 8;
+    bytes[end - 2] ^= 0x01;
+    std::fs::write(&open, &bytes).unwrap();
+    c.nodes[1] = open_node(&dir2, 2, 11);
+    assert_eq!(
+        c.nodes[1].core.last_index(),
+        last - 1,
+        "read as a torn tail"
+    );
+    c.down[1] = false;
+    c.tick_until(|c| c.nodes[1].core.last_index() >= last, 100);
+    c.input(0, Input::Propose(9, Proposal::State(set("after", "1"))));
+    c.tick_until(|c| c.nodes[1].kv.get("after").is_some(), 100);
 }

@@ -130,18 +130,17 @@ async fn three_nodes_join_replicate_and_promote() {
     }
 }
 
-/// A real disk whose writes and syncs can be made to fail with ENOSPC.
+/// A real disk whose writes and syncs can be made to fail with `errno`
+/// (ENOSPC 28, EIO 5).
 struct FlakyDisk {
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    errno: i32,
 }
 
 struct FlakyFile {
     inner: Box<dyn DiskFile>,
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-fn enospc() -> std::io::Error {
-    std::io::Error::from_raw_os_error(28)
+    errno: i32,
 }
 
 impl DiskFile for FlakyFile {
@@ -150,13 +149,13 @@ impl DiskFile for FlakyFile {
     }
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(enospc());
+            return Err(std::io::Error::from_raw_os_error(self.errno));
         }
         self.inner.write_all_at(buf, offset)
     }
     fn sync_data(&mut self) -> std::io::Result<()> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(enospc());
+            return Err(std::io::Error::from_raw_os_error(self.errno));
         }
         self.inner.sync_data()
     }
@@ -176,12 +175,14 @@ impl Disk for FlakyDisk {
         Ok(Box::new(FlakyFile {
             inner: RealDisk.open(path)?,
             failing: self.failing.clone(),
+            errno: self.errno,
         }))
     }
     fn create(&self, path: &Path) -> std::io::Result<Box<dyn DiskFile>> {
         Ok(Box::new(FlakyFile {
             inner: RealDisk.create(path)?,
             failing: self.failing.clone(),
+            errno: self.errno,
         }))
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -208,6 +209,7 @@ async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
     let mut c = config(dir.path());
     c.disk = std::sync::Arc::new(FlakyDisk {
         failing: failing.clone(),
+        errno: 28,
     });
     let kv = KvState::new();
     let svc = Service::start(c.clone(), kv.clone()).await.unwrap();
@@ -552,4 +554,95 @@ async fn writes_commit_while_a_snapshot_is_being_written() {
     assert_eq!(kv2.dump(), kv.dump());
     assert_eq!(kv2.dump().len(), kv.dump().len());
     svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_log_cannot_be_written_hands_over_and_no_index_is_reused() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut c = config(d.path());
+        if i == 0 {
+            c.disk = std::sync::Arc::new(FlakyDisk {
+                failing: failing.clone(),
+                errno: 5,
+            });
+        }
+        nodes.push(Service::start(c, kvs[i].clone()).await.unwrap());
+    }
+    nodes[0].init().await.unwrap();
+    wait_until("leadership", || nodes[0].is_leader()).await;
+    let boot = nodes[0].address().to_string();
+    nodes[1].join(&boot).await.unwrap();
+    nodes[2].join(&boot).await.unwrap();
+    wait_until("three voters", || {
+        let m = nodes[0].membership();
+        m.len() == 3 && m.iter().all(|n| n.role == Role::Voter)
+    })
+    .await;
+    assert!(nodes[0].exec(set("a", "1"), T).await.unwrap());
+
+    // EIO on every write and fsync of node 1's log: its write is never
+    // acknowledged, and it hands leadership to a node whose disk works.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = nodes[0].exec(set("b", "2"), Duration::from_secs(1)).await;
+    assert!(
+        !matches!(r, Ok(true)),
+        "acknowledged without a durable log: {r:?}"
+    );
+    wait_until("another leader", || {
+        nodes[1].is_leader() || nodes[2].is_leader()
+    })
+    .await;
+    let new = if nodes[1].is_leader() { 1 } else { 2 };
+    assert!(nodes[new].exec(set("c", "3"), T).await.unwrap());
+
+    // The disk heals: node 1 writes what it was sent and converges.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("node 1 recovers", || nodes[0].err().is_none()).await;
+    wait_until("every node applied c", || {
+        kvs.iter().all(|kv| kv.get("c").is_some())
+    })
+    .await;
+    assert!(nodes[new].exec(set("d", "4"), T).await.unwrap());
+    wait_until("every node applied d", || {
+        kvs.iter().all(|kv| kv.get("d").is_some())
+    })
+    .await;
+    for kv in &kvs {
+        assert_eq!(kv.dump(), kvs[new].dump());
+    }
+    for n in &nodes {
+        n.stop().await;
+    }
+    // No index holds two entries: every index any two logs share holds
+    // the same entry (term and bytes) on both.
+    let logs: Vec<std::collections::BTreeMap<u64, (u64, Vec<u8>)>> = dirs
+        .iter()
+        .map(|d| {
+            let raft_dir = dqlite_consensus::storage::raft_dir(d.path());
+            let disk = std::sync::Arc::new(RealDisk);
+            let after = dqlite_consensus::storage::SnapshotStore::read_only(disk, &raft_dir)
+                .latest(false)
+                .unwrap()
+                .map_or(0, |s| s.header.index);
+            dqlite_consensus::storage::log::read_only(&RealDisk, &raft_dir, after)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.index, (e.term, e.data.to_vec())))
+                .collect()
+        })
+        .collect();
+    let mut shared = 0;
+    for (index, entry) in &logs[0] {
+        for other in &logs[1..] {
+            if let Some(theirs) = other.get(index) {
+                assert_eq!(entry, theirs, "index {index} differs");
+                shared += 1;
+            }
+        }
+    }
+    assert!(shared > 0, "the logs share no index");
 }

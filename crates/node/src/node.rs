@@ -10,7 +10,7 @@ use dqlite_consensus::transport::TlsConfig;
 use dqlite_consensus::Service;
 use dqlite_server::dir::{DataDir, NodeRecord};
 use dqlite_server::{Databases, Server, ServerConfig};
-use dqlite_store::Store;
+use dqlite_store::{Store, StoreError};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -323,11 +323,18 @@ impl Node {
         // Peer traffic shares the client port: the server hands it over.
         config.listen = false;
         let store = if self.options.disk_mode {
-            Store::disk(&self.dir.join("db"))
+            Store::disk_with(&self.dir.join("db"), self.options.auto_recovery)
         } else {
             Store::memory()
         }
-        .map_err(|e| NodeError::Store(e.to_string()))?;
+        .map_err(|e| match e {
+            StoreError::Damaged { .. } => NodeError::Store(format!(
+                "{e}; auto-recovery is off: start the node with auto-recovery (without \
+                 --no-auto-recovery) to set the damaged files aside and rebuild them from \
+                 the raft snapshot and log, or restore the data directory from a backup"
+            )),
+            e => NodeError::Store(e.to_string()),
+        })?;
         let service = Service::start(config, store.state()).await?;
         store.set_proposer(Arc::new(ServiceProposer {
             service: service.clone(),

@@ -99,6 +99,17 @@ pub struct CheckpointDb {
 }
 
 const RECORD: &str = "checkpoint.json";
+/// Ends the record: `\ncrc32c <8 hex digits>\n` over the JSON before it.
+const CRC_TAG: &str = "\ncrc32c ";
+
+/// Splits a record into its JSON and its checksum, if it has one.
+fn split_crc(bytes: &[u8]) -> Option<(&[u8], u32)> {
+    let tail = bytes.len().checked_sub(CRC_TAG.len() + 9)?;
+    let (body, rest) = bytes.split_at(tail);
+    let hex = rest.strip_prefix(CRC_TAG.as_bytes())?.strip_suffix(b"\n")?;
+    let crc = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    Some((body, crc))
+}
 
 /// The directory of a disk-mode store.
 #[derive(Debug, Clone)]
@@ -149,26 +160,45 @@ impl DiskDir {
         }
     }
 
-    /// Reads the checkpoint record; none yet means an empty store.
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the checkpoint record.
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.join(RECORD)
+    }
+
+    /// Reads the checkpoint record; none yet means an empty store. A record
+    /// that fails its checksum or does not parse is `InvalidData`.
     pub fn read_record(&self) -> io::Result<Checkpoint> {
-        match fs::read(self.dir.join(RECORD)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is not a valid checkpoint record: {e}",
-                        self.dir.join(RECORD).display()
-                    ),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-            Err(e) => Err(e),
-        }
+        let path = self.dir.join(RECORD);
+        let invalid = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a valid checkpoint record: {why}", path.display()),
+            )
+        };
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+            Err(e) => return Err(e),
+        };
+        let body = match split_crc(&bytes) {
+            Some((body, crc)) if crc32c::crc32c(body) == crc => body,
+            Some(_) => return Err(invalid("checksum mismatch".into())),
+            // Records written before the checksum existed.
+            None => &bytes[..],
+        };
+        serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))
     }
 
     /// Replaces the record atomically: temp file, fsync, rename, fsync dir.
     pub fn write_record(&self, record: &Checkpoint) -> io::Result<()> {
-        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        let mut bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(format!("{CRC_TAG}{crc:08x}\n").as_bytes());
         let tmp = self.dir.join(format!(".{RECORD}.tmp"));
         {
             let mut f = File::create(&tmp)?;
@@ -201,6 +231,19 @@ mod tests {
             }],
         };
         dir.write_record(&rec).unwrap();
+        assert_eq!(dir.read_record().unwrap(), rec);
+        // A flipped digit still parses as JSON: the checksum catches it.
+        let path = tmp.path().join(RECORD);
+        let good = std::fs::read(&path).unwrap();
+        let at = good.iter().position(|b| *b == b'7').unwrap();
+        let mut bad = good.clone();
+        bad[at] = b'5';
+        std::fs::write(&path, &bad).unwrap();
+        let err = dir.read_record().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        // A record from before checksums still reads.
+        std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
         assert_eq!(dir.read_record().unwrap(), rec);
         std::fs::write(tmp.path().join(RECORD), b"{garbage").unwrap();
         let err = dir.read_record().unwrap_err();

@@ -39,7 +39,7 @@ pub mod pages;
 pub mod vfs;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
@@ -66,6 +66,14 @@ pub enum StoreError {
     /// SQLite refused to register the VFS.
     #[error("cannot register the SQLite VFS (code {0})")]
     Vfs(i32),
+    /// The disk-mode checkpoint record fails its checksum at open.
+    #[error("{detail}")]
+    Damaged {
+        /// The damaged file.
+        file: PathBuf,
+        /// What is wrong (naming the file).
+        detail: String,
+    },
     /// A disk-mode file could not be read or written.
     #[error("{context}: {source}")]
     Io {
@@ -475,6 +483,19 @@ fn retry_busy(attempt: i32) -> bool {
     true
 }
 
+/// A free name beside `dir` to move it aside to: `<dir>.corrupt`, then
+/// `<dir>.corrupt.1`, ...
+fn aside_name(dir: &Path) -> PathBuf {
+    let base = format!("{}.corrupt", dir.display());
+    let mut aside = PathBuf::from(&base);
+    let mut n = 0;
+    while aside.exists() {
+        n += 1;
+        aside = PathBuf::from(format!("{base}.{n}"));
+    }
+    aside
+}
+
 impl Store {
     /// A store holding its databases in memory; they persist through
     /// consensus snapshots and the log.
@@ -486,12 +507,53 @@ impl Store {
     /// is not limited by memory. Reopening the directory brings back what
     /// the last checkpoint recorded; consensus replays the rest.
     pub fn disk(dir: &Path) -> Result<Arc<Store>, StoreError> {
+        Self::disk_with(dir, false)
+    }
+
+    /// Like [`Store::disk`]. With `auto_recovery`, a checkpoint record that
+    /// fails its checksum makes the whole directory move aside
+    /// (`<dir>.corrupt`, never deleted) and the store start empty: consensus
+    /// then rebuilds it from its snapshot and log, which hold everything
+    /// the files did.
+    pub fn disk_with(dir: &Path, auto_recovery: bool) -> Result<Arc<Store>, StoreError> {
+        match Self::open_disk(dir) {
+            Err(StoreError::Damaged { file, detail }) if auto_recovery => {
+                let aside = aside_name(dir);
+                tracing::warn!(
+                    file = %file.display(),
+                    aside = %aside.display(),
+                    detail,
+                    "auto-recovery set the damaged disk-mode databases aside; they are rebuilt from the raft snapshot and log"
+                );
+                std::fs::rename(dir, &aside).map_err(|source| StoreError::Io {
+                    context: format!("cannot move {} aside", dir.display()),
+                    source,
+                })?;
+                Self::open_disk(dir)
+            }
+            other => other,
+        }
+    }
+
+    fn open_disk(dir: &Path) -> Result<Arc<Store>, StoreError> {
         let io = |context: String| move |source| StoreError::Io { context, source };
+        let damaged = |file: PathBuf| {
+            move |e: std::io::Error| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    StoreError::Damaged {
+                        file,
+                        detail: e.to_string(),
+                    }
+                } else {
+                    StoreError::Io {
+                        context: format!("cannot read {}", file.display()),
+                        source: e,
+                    }
+                }
+            }
+        };
         let disk = DiskDir::new(dir).map_err(io(format!("cannot create {}", dir.display())))?;
-        let record = disk.read_record().map_err(io(format!(
-            "cannot read the checkpoint in {}",
-            dir.display()
-        )))?;
+        let record = disk.read_record().map_err(damaged(disk.record_path()))?;
         let mut dbs = HashMap::new();
         for db in &record.databases {
             let path = disk

@@ -6,10 +6,13 @@
 //! fdatasync that does not change the file size is an order of magnitude
 //! cheaper than one that does (see DESIGN.md, performance model).
 //!
-//! Loading checks every record. A bad record in the open segment is a torn
-//! tail: the log ends just before it. A bad record in a closed segment is
+//! Loading checks every record. A bad record at the end of the open segment
+//! is a torn tail: the log ends just before it. A bad record in a closed
+//! segment, or one in the open segment followed by valid records, is
 //! corruption: an error, or with auto-recovery the damaged segment and
-//! everything after it are renamed aside (`*.corrupt`), never deleted.
+//! everything after it are renamed aside (`*.corrupt`), never deleted, and
+//! [`LoadReport::lost_upto`] bounds what this node may have acknowledged
+//! from them (see [`super::fence`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,9 @@ pub struct LoadReport {
     pub torn_tail: bool,
     /// Files renamed aside by auto-recovery.
     pub set_aside: Vec<PathBuf>,
+    /// When auto-recovery set entries aside: an upper bound on the last
+    /// index this node may have acknowledged before the damage.
+    pub lost_upto: Option<u64>,
 }
 
 /// The open on-disk log. Owned by one writer at a time.
@@ -142,6 +148,75 @@ fn read_segment(file: &dyn DiskFile, header: Header) -> std::io::Result<SegmentS
             }
         }
     }
+}
+
+/// The highest index of a valid record after the bad record at `at`
+/// (entry `bad_index`), found by skipping damaged records by their length
+/// fields. `None` when nothing valid follows: a torn tail.
+fn valid_after(
+    file: &dyn DiskFile,
+    header: Header,
+    at: u64,
+    len: u64,
+    bad_index: u64,
+) -> std::io::Result<Option<u64>> {
+    let mut found: Option<u64> = None;
+    let mut pos = skip_record(file, at, len)?;
+    // Bounded: each step moves at least FRAME_SIZE bytes forward.
+    while let Some(here) = pos {
+        pos = match segment::read_record(file, header.salt, here, len)? {
+            Read::End => None,
+            Read::Invalid(_) => skip_record(file, here, len)?,
+            Read::Entry(e, next) => {
+                if e.index > bad_index {
+                    found = Some(found.map_or(e.index, |f| f.max(e.index)));
+                }
+                Some(next)
+            }
+        };
+    }
+    Ok(found)
+}
+
+/// The offset after the record at `at`, by its length field alone (its
+/// checksum is not checked); `None` at the end or when the length is absurd.
+fn skip_record(file: &dyn DiskFile, at: u64, len: u64) -> std::io::Result<Option<u64>> {
+    if at + FRAME_SIZE > len {
+        return Ok(None);
+    }
+    let mut frame = [0u8; FRAME_SIZE as usize];
+    super::disk::read_exact_at(file, &mut frame, at)?;
+    let n = u64::from(u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]));
+    if n == 0 || n > segment::MAX_RECORD || at + FRAME_SIZE + n > len {
+        return Ok(None);
+    }
+    Ok(Some(at + FRAME_SIZE + n))
+}
+
+/// An upper bound on the last index a set-aside segment holds: a closed
+/// segment's name says it; an open one is walked by its length fields
+/// (checksums unchecked: the k-th record is entry `first + k`, whatever its
+/// bytes say), from its header's first index or, when the header is
+/// damaged, `fallback_first`. A damaged length field ends the walk early;
+/// the caller also counts the durable commit index.
+fn set_aside_bound(disk: &dyn Disk, path: &Path, name: &str, fallback_first: u64) -> Option<u64> {
+    if let Some((_, last)) = segment::parse_closed_name(name) {
+        return Some(last);
+    }
+    let file = disk.open(path).ok()?;
+    let len = file.len().ok()?;
+    let first = segment::read_header(file.as_ref())
+        .ok()
+        .flatten()
+        .map_or(fallback_first, |h| h.first_index);
+    let mut at = HEADER_SIZE;
+    let mut records = 0u64;
+    // Bounded: each step moves at least FRAME_SIZE bytes forward.
+    while let Ok(Some(next)) = skip_record(file.as_ref(), at, len) {
+        records += 1;
+        at = next;
+    }
+    (records > 0).then(|| first + records - 1)
 }
 
 /// How much of the log's payload loading keeps in memory.
@@ -313,6 +388,24 @@ fn scan(disk: &dyn Disk, dir: &Path, after_index: u64, keep: Keep) -> Result<Sca
                 usable_header = None;
             } else {
                 if let Some(why) = bad {
+                    let bad_index = h.first_index + entries.len() as u64;
+                    let len = file.len().map_err(|e| StorageError::io(&path, e))?;
+                    let later = valid_after(file.as_ref(), h, valid_end, len, bad_index)
+                        .map_err(|e| StorageError::io(&path, e))?;
+                    if let Some(later) = later {
+                        // Durable records follow the bad one: not a torn
+                        // append but damage to entries that were synced.
+                        out.corrupt_from = Some((
+                            name,
+                            StorageError::Corrupt {
+                                path,
+                                detail: format!(
+                                    "{why} at entry {bad_index}, with valid entries up to {later} after it"
+                                ),
+                            },
+                        ));
+                        return Ok(out);
+                    }
                     warn!(segment = %name, why, good = entries.len(), "torn tail truncated");
                     out.torn_tail = true;
                 }
@@ -525,9 +618,17 @@ impl Log {
                 return Err(err);
             }
             warn!(error = %err, "corrupt log; auto-recovery sets the damaged segments aside");
+            let mut lost_upto = drop_upto;
             // Set aside the damaged segment and everything after it.
             let bad_first = segment::parse_closed_name(&bad_name).map(|(f, _)| f);
-            for name in disk.list(&dir).map_err(io)? {
+            let names = disk.list(&dir).map_err(io)?;
+            let fallback_first = names
+                .iter()
+                .filter_map(|n| segment::parse_closed_name(n))
+                .map(|(_, last)| last + 1)
+                .max()
+                .unwrap_or(after_index + 1);
+            for name in names {
                 let later = match segment::parse_closed_name(&name) {
                     Some((first, _)) => bad_first.map_or(true, |b| first >= b),
                     None => name.starts_with("open-"),
@@ -535,10 +636,17 @@ impl Log {
                 if later || name == bad_name {
                     let from = dir.join(&name);
                     let to = dir.join(format!("{name}.corrupt"));
+                    // Unknown extent (a damaged open segment that cannot be
+                    // walked): at least the durable commit index.
+                    let bound =
+                        set_aside_bound(disk.as_ref(), &from, &name, fallback_first).unwrap_or(0);
+                    lost_upto = lost_upto.max(bound);
                     disk.rename(&from, &to).map_err(io)?;
+                    warn!(file = %from.display(), aside = %to.display(), "auto-recovery set a damaged log segment aside");
                     report.set_aside.push(to);
                 }
             }
+            report.lost_upto = Some(lost_upto);
             disk.sync_dir(&dir).map_err(io)?;
             s = scan(disk.as_ref(), &dir, after_index, keep)?;
             if let Some((_, err)) = s.corrupt_from {
@@ -1070,6 +1178,80 @@ mod tests {
         for p in &r.set_aside {
             assert!(p.exists(), "{} kept", p.display());
         }
+    }
+
+    #[test]
+    fn damage_inside_the_open_segment_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(1 << 20), 0).unwrap();
+        log.append(&(1..=10).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
+            .unwrap();
+        log.sync().unwrap();
+        let at = log.open.offsets[3];
+        let open_name = log.open.name.clone();
+        drop(log);
+        let path = log_dir(dir.path()).join(&open_name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(at + FRAME_SIZE + 7) as usize] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+
+        match open(dir.path(), opts(1 << 20), 0) {
+            Err(StorageError::Corrupt { path: p, detail }) => {
+                assert!(p.ends_with(&open_name), "{}", p.display());
+                assert!(detail.contains("up to 10"), "{detail}");
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("damage read as a torn tail"),
+        }
+        let recover = LogOptions {
+            segment_size: 1 << 20,
+            auto_recovery: true,
+        };
+        let (mut log, r) = open(dir.path(), recover, 0).unwrap();
+        assert!(r
+            .set_aside
+            .iter()
+            .any(|p| p.ends_with(format!("{open_name}.corrupt"))));
+        // Everything the segment held may have been acknowledged.
+        assert_eq!(r.lost_upto, Some(10));
+        assert!(r.entries.is_empty());
+        // The log starts over after what is left and keeps working.
+        log.append(&[entry(1, 2, 5)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (_, r) = open(dir.path(), recover, 0).unwrap();
+        assert_eq!(indexes(&r), vec![1]);
+        assert_eq!(r.lost_upto, None);
+    }
+
+    #[test]
+    fn setting_a_closed_segment_aside_bounds_what_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(dir.path(), opts(4096), 0).unwrap();
+        for i in 1..=40 {
+            log.append(&[entry(i, 1, 300)]).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let mut closed: Vec<_> = names(dir.path())
+            .into_iter()
+            .filter_map(|n| segment::parse_closed_name(&n).map(|(f, l)| (f, l, n)))
+            .collect();
+        closed.sort();
+        // Damage the segment header this time.
+        let path = log_dir(dir.path()).join(&closed[0].2);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let recover = LogOptions {
+            segment_size: 4096,
+            auto_recovery: true,
+        };
+        let (log, r) = open(dir.path(), recover, 0).unwrap();
+        assert!(r.entries.is_empty());
+        assert_eq!(log.last_index(), 0);
+        // The open segment held entries up to 40: the bound covers them.
+        assert_eq!(r.lost_upto, Some(40));
     }
 
     #[test]

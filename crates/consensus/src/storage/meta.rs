@@ -134,6 +134,29 @@ impl MetaFile {
         })
     }
 
+    /// Like [`MetaFile::open`]; with `auto_recovery`, a file whose two slots
+    /// both fail their checksum is renamed aside (`meta.corrupt`) and a
+    /// fresh one is created: the term and vote are lost, so the caller must
+    /// rebuild the term and fence the node (see [`super::fence`]). Returns
+    /// the set-aside path when that happened.
+    pub fn open_recovering(
+        disk: &dyn Disk,
+        raft_dir: &Path,
+        auto_recovery: bool,
+    ) -> Result<(Self, Option<PathBuf>), StorageError> {
+        match Self::open(disk, raft_dir) {
+            Err(StorageError::Corrupt { path, detail }) if auto_recovery => {
+                let aside = path.with_extension("corrupt");
+                tracing::warn!(file = %path.display(), aside = %aside.display(), detail, "auto-recovery set the damaged hard-state file aside");
+                let io = |e| StorageError::io(&path, e);
+                disk.rename(&path, &aside).map_err(io)?;
+                disk.sync_dir(raft_dir).map_err(io)?;
+                Ok((Self::open(disk, raft_dir)?, Some(aside)))
+            }
+            other => other.map(|m| (m, None)),
+        }
+    }
+
     /// The last state written (or loaded).
     pub fn state(&self) -> MetaState {
         self.state

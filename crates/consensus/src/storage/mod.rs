@@ -3,6 +3,7 @@
 //! plus the in-memory view raft-rs reads ([`RaftLogView`]).
 
 pub mod disk;
+pub mod fence;
 pub mod log;
 pub mod mem;
 pub mod meta;
@@ -12,6 +13,7 @@ pub mod snapshot;
 use std::path::{Path, PathBuf};
 
 pub use disk::{Disk, DiskFile, RealDisk};
+pub use fence::Fence;
 pub use log::{Log, LogOptions, LogReader};
 pub use mem::RaftLogView;
 pub use meta::{MetaFile, MetaState};

@@ -104,6 +104,10 @@ pub struct SnapshotInfo {
     pub size: u64,
 }
 
+/// A snapshot auto-recovery renamed aside: its new path and the index its
+/// name carried.
+pub type SetAside = (PathBuf, u64);
+
 /// Snapshot files in `raft/snap/`.
 #[derive(Clone)]
 pub struct SnapshotStore {
@@ -369,8 +373,18 @@ impl SnapshotStore {
     /// `auto_recovery` is set: then it is renamed aside (`.corrupt`) and the
     /// next older one is tried. Read-only when nothing is damaged.
     pub fn latest(&self, auto_recovery: bool) -> Result<Option<SnapshotInfo>, StorageError> {
+        self.latest_recovering(auto_recovery).map(|(info, _)| info)
+    }
+
+    /// Like [`SnapshotStore::latest`], also returning the snapshots set
+    /// aside on the way (their new path and the index their name carried).
+    pub fn latest_recovering(
+        &self,
+        auto_recovery: bool,
+    ) -> Result<(Option<SnapshotInfo>, Vec<SetAside>), StorageError> {
+        let mut set_aside = Vec::new();
         if !self.disk.exists(&self.dir) {
-            return Ok(None);
+            return Ok((None, set_aside));
         }
         let mut names: Vec<(u64, u64, String)> = self
             .disk
@@ -380,12 +394,12 @@ impl SnapshotStore {
             .filter_map(|n| parse_name(&n).map(|(t, i)| (i, t, n)))
             .collect();
         names.sort();
-        while let Some((_, _, name)) = names.pop() {
+        while let Some((index, _, name)) = names.pop() {
             let path = self.dir.join(&name);
             match self.check(&path) {
-                Ok(info) => return Ok(Some(info)),
+                Ok(info) => return Ok((Some(info), set_aside)),
                 Err(e) if auto_recovery => {
-                    warn!(error = %e, "damaged snapshot set aside");
+                    warn!(error = %e, file = %path.display(), "auto-recovery set a damaged snapshot aside");
                     let aside = self.dir.join(format!("{name}.corrupt"));
                     self.disk
                         .rename(&path, &aside)
@@ -393,11 +407,12 @@ impl SnapshotStore {
                     self.disk
                         .sync_dir(&self.dir)
                         .map_err(|e| StorageError::io(&path, e))?;
+                    set_aside.push((aside, index));
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok((None, set_aside))
     }
 
     /// Verifies one snapshot file.
