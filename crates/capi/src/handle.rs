@@ -1,0 +1,263 @@
+//! What a `dqlite_node *` points to: the settings gathered before start,
+//! the running node with its own tokio runtime, and the last error
+//! message. Every method returns a dqlite return code and keeps
+//! `errmsg` up to date, as C dqlite does.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::c_int;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dqlite_node::{Dial, Node, NodeError, NodeInfo, Options};
+use tokio::runtime::Runtime;
+use tracing::warn;
+
+/// Success.
+pub const OK: c_int = 0;
+/// Generic error (`DQLITE_ERROR`).
+pub const ERROR: c_int = 1;
+/// Library used incorrectly (`DQLITE_MISUSE`).
+pub const MISUSE: c_int = 2;
+
+/// How long `stop` waits for the runtime's last tasks after the node has
+/// closed.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
+
+enum State {
+    /// Created, settings may change.
+    Created,
+    /// Serving on its own runtime.
+    Running { runtime: Runtime, node: Box<Node> },
+    /// Stopped: only `destroy` (or read-only calls) make sense now.
+    Stopped,
+}
+
+/// One `dqlite_node`.
+pub struct NodeHandle {
+    id: u64,
+    address: String,
+    dir: PathBuf,
+    options: Options,
+    /// What `dqlite_node_get_bind_address` returns: the requested address
+    /// until the node has bound, then the bound one.
+    bind_address: Option<CString>,
+    errmsg: CString,
+    state: State,
+}
+
+impl NodeHandle {
+    /// A node that will be `id` at `address` with its data in `dir`.
+    /// Nothing is touched until `start` (go-dqlite's
+    /// `ReconfigureMembershipExt` creates a node only to recover it).
+    pub fn new(id: u64, address: &str, dir: &str) -> NodeHandle {
+        NodeHandle {
+            id,
+            address: address.to_string(),
+            dir: PathBuf::from(dir),
+            options: Options::default(),
+            bind_address: None,
+            errmsg: CString::default(),
+            state: State::Created,
+        }
+    }
+
+    /// The last error message ("" if none).
+    pub fn errmsg(&self) -> &CStr {
+        &self.errmsg
+    }
+
+    /// The bind address, if one was set or the node is serving.
+    pub fn bind_address(&self) -> Option<&CStr> {
+        self.bind_address.as_deref()
+    }
+
+    /// Records `message` for `dqlite_node_errmsg` and returns `code`.
+    pub fn fail(&mut self, code: c_int, message: impl Into<String>) -> c_int {
+        let mut message = message.into();
+        message.retain(|c| c != '\0');
+        self.errmsg = CString::new(message).unwrap_or_default();
+        code
+    }
+
+    /// Applies a setting that is only valid before start.
+    fn configure(&mut self, what: &str, f: impl FnOnce(&mut Options)) -> c_int {
+        if !matches!(self.state, State::Created) {
+            return self.fail(MISUSE, format!("{what} must be set before the node starts"));
+        }
+        f(&mut self.options);
+        OK
+    }
+
+    /// Listen on `address` (`host:port`). Abstract Unix sockets (`@name`)
+    /// are not served yet.
+    pub fn set_bind_address(&mut self, address: &str) -> c_int {
+        if address.starts_with('@') || address.starts_with('/') {
+            return self.fail(
+                MISUSE,
+                format!("cannot bind {address}: dqlite-rs listens on TCP addresses only"),
+            );
+        }
+        if !address.contains(':') {
+            return self.fail(MISUSE, format!("invalid bind address {address:?}"));
+        }
+        let code = self.configure("the bind address", |o| {
+            o.bind_address = Some(address.to_string())
+        });
+        if code == OK {
+            self.bind_address = CString::new(address).ok();
+        }
+        code
+    }
+
+    /// Open connections to other nodes with `dial`.
+    pub fn set_dial(&mut self, dial: Dial) -> c_int {
+        self.configure("the connect function", |o| o.dial = dial)
+    }
+
+    /// dqlite accepts at least 500 µs.
+    pub fn set_network_latency(&mut self, latency: Duration) -> c_int {
+        if latency < Duration::from_micros(500) || latency > Duration::from_secs(3600) {
+            return self.fail(
+                MISUSE,
+                format!("network latency {latency:?} out of range (500us to 1h)"),
+            );
+        }
+        self.configure("the network latency", |o| o.network_latency = latency)
+    }
+
+    /// Tag reported by DESCRIBE and used to spread voters.
+    pub fn set_failure_domain(&mut self, code: u64) -> c_int {
+        self.configure("the failure domain", |o| o.failure_domain = code)
+    }
+
+    /// Snapshot every `threshold` entries, keep `trailing` behind it.
+    pub fn set_snapshot_params(&mut self, threshold: u64, trailing: u64) -> c_int {
+        // As C dqlite: fewer than 4 trailing entries is refused.
+        if threshold == 0 || trailing < 4 {
+            return self.fail(
+                MISUSE,
+                format!("invalid snapshot parameters: threshold {threshold}, trailing {trailing}"),
+            );
+        }
+        self.configure("the snapshot parameters", |o| {
+            o.snapshot_threshold = threshold;
+            o.snapshot_trailing = trailing;
+        })
+    }
+
+    /// Keep databases on disk.
+    pub fn enable_disk_mode(&mut self) -> c_int {
+        self.configure("disk mode", |o| o.disk_mode = true)
+    }
+
+    /// Set damaged raft files aside at start, or refuse to start.
+    pub fn set_auto_recovery(&mut self, on: bool) -> c_int {
+        self.configure("auto recovery", |o| o.auto_recovery = on)
+    }
+
+    /// Voters the role manager keeps.
+    pub fn set_target_voters(&mut self, n: c_int) -> c_int {
+        match usize::try_from(n) {
+            Ok(n) if n >= 1 => self.configure("the voters target", |o| o.voters = n),
+            _ => self.fail(MISUSE, format!("invalid voters target {n}")),
+        }
+    }
+
+    /// Standbys the role manager keeps.
+    pub fn set_target_standbys(&mut self, n: c_int) -> c_int {
+        match usize::try_from(n) {
+            Ok(n) => self.configure("the standbys target", |o| o.standbys = n),
+            _ => self.fail(MISUSE, format!("invalid standbys target {n}")),
+        }
+    }
+
+    /// Starts the node on a runtime of its own and returns once it serves.
+    pub fn start(&mut self) -> c_int {
+        if !matches!(self.state, State::Created) {
+            return self.fail(MISUSE, "the node was already started");
+        }
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dqlite-rs")
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => return self.fail(ERROR, format!("cannot start the node's threads: {e}")),
+        };
+        let mut node = Box::new(Node::new(
+            self.id,
+            self.address.clone(),
+            self.dir.clone(),
+            self.options.clone(),
+        ));
+        if let Err(e) = runtime.block_on(node.start()) {
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            return self.fail(ERROR, e.to_string());
+        }
+        if let Some(bound) = node.bind_address() {
+            self.bind_address = CString::new(bound).ok();
+        }
+        self.id = node.id();
+        self.state = State::Running { runtime, node };
+        OK
+    }
+
+    /// Stops the node and waits until it has stopped.
+    pub fn stop(&mut self) -> c_int {
+        match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Running { runtime, mut node } => {
+                let result = runtime.block_on(node.close());
+                drop(node);
+                runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+                match result {
+                    Ok(()) => OK,
+                    Err(e) => self.fail(ERROR, format!("the node did not stop cleanly: {e}")),
+                }
+            }
+            other => {
+                self.state = other;
+                self.fail(MISUSE, "the node is not running")
+            }
+        }
+    }
+
+    /// Forces the membership of the (stopped) node's directory to `nodes`.
+    pub fn recover(&mut self, nodes: &[NodeInfo]) -> c_int {
+        if matches!(self.state, State::Running { .. }) {
+            return self.fail(MISUSE, "cannot recover a running node");
+        }
+        match dqlite_node::reconfigure_membership_ext(&self.dir, nodes) {
+            Ok(_) => OK,
+            Err(e) => self.fail(code_of(&e), e.to_string()),
+        }
+    }
+
+    /// Index and term of the last entry in the (stopped) node's log.
+    pub fn describe_last_entry(&mut self) -> Result<(u64, u64), c_int> {
+        if matches!(self.state, State::Running { .. }) {
+            return Err(self.fail(MISUSE, "cannot read the log of a running node"));
+        }
+        match dqlite_node::read_last_entry_info(&self.dir) {
+            Ok(info) => Ok((info.index, info.term)),
+            Err(e) => Err(self.fail(code_of(&e), e.to_string())),
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    /// `destroy` without `stop`: stop first so the directory is unlocked
+    /// and the threads are gone when `destroy` returns.
+    fn drop(&mut self) {
+        if matches!(self.state, State::Running { .. }) && self.stop() != OK {
+            warn!(error = ?self.errmsg, "node destroyed while running did not stop cleanly");
+        }
+    }
+}
+
+fn code_of(e: &NodeError) -> c_int {
+    match e {
+        NodeError::Misuse(_) | NodeError::NotANode { .. } => MISUSE,
+        _ => ERROR,
+    }
+}
