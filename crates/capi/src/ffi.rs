@@ -304,6 +304,15 @@ pub unsafe extern "C" fn dqlite_node_set_auto_recovery(n: *mut NodeHandle, enabl
     unsafe { with_node(n, |node| node.set_auto_recovery(enabled)) }
 }
 
+/// Runs the role manager on this node (dqlite 1.17+; off by default).
+///
+/// # Safety
+/// Module invariants.
+#[no_mangle]
+pub unsafe extern "C" fn dqlite_node_enable_role_management(n: *mut NodeHandle) -> c_int {
+    unsafe { with_node(n, |node| node.enable_role_management()) }
+}
+
 /// Voters the role manager keeps (dqlite 1.15+).
 ///
 /// # Safety

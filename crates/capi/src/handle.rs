@@ -54,7 +54,9 @@ impl NodeHandle {
             id,
             address: address.to_string(),
             dir: PathBuf::from(dir),
-            options: Options::default(),
+            // C dqlite manages no roles unless asked: go-dqlite's app
+            // does it over the wire.
+            options: Options::default().with_role_management(false),
             bind_address: None,
             errmsg: CString::default(),
             state: State::Created,
@@ -153,6 +155,12 @@ impl NodeHandle {
     /// Set damaged raft files aside at start, or refuse to start.
     pub fn set_auto_recovery(&mut self, on: bool) -> c_int {
         self.configure("auto recovery", |o| o.auto_recovery = on)
+    }
+
+    /// Run the role manager (dqlite 1.17's opt-in server-side role
+    /// management).
+    pub fn enable_role_management(&mut self) -> c_int {
+        self.configure("role management", |o| o.role_management = true)
     }
 
     /// Voters the role manager keeps.

@@ -144,7 +144,20 @@ func main() {
 	if err := a.Close(); err != nil {
 		fail("close a", err)
 	}
-	// Two voters, one gone for good: A alone is made the whole cluster.
+	// Two voters, one gone for good: A alone has no quorum...
+	a = newNode(dqlite.BootstrapID, addrA, dirA, &dialsA)
+	db = openDB(addrA)
+	short, cancelShort := context.WithTimeout(ctx, 3*time.Second)
+	if _, err := db.ExecContext(short, "INSERT INTO t VALUES (99)"); err == nil {
+		fail("write without quorum", fmt.Errorf("succeeded"))
+	}
+	cancelShort()
+	fmt.Println("no quorum before recovery")
+	db.Close()
+	if err := a.Close(); err != nil {
+		fail("close a without quorum", err)
+	}
+	// ...until it is made the whole cluster.
 	recovered := []client.NodeInfo{{ID: dqlite.BootstrapID, Address: addrA, Role: client.Voter}}
 	if err := dqlite.ReconfigureMembershipExt(dirA, recovered); err != nil {
 		fail("reconfigure", err)
