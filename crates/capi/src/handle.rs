@@ -90,16 +90,17 @@ impl NodeHandle {
         OK
     }
 
-    /// Listen on `address` (`host:port`). Abstract Unix sockets (`@name`)
-    /// are not served yet.
+    /// Listen on `address`: `host:port`, or `@name` for an abstract Unix
+    /// socket only this process may connect to (go-dqlite's app behind
+    /// its TLS proxy).
     pub fn set_bind_address(&mut self, address: &str) -> c_int {
-        if address.starts_with('@') || address.starts_with('/') {
+        if address == "@" {
             return self.fail(
                 MISUSE,
-                format!("cannot bind {address}: dqlite-rs listens on TCP addresses only"),
+                "an abstract socket needs a name: dqlite-rs does not autobind",
             );
         }
-        if !address.contains(':') {
+        if !address.starts_with('@') && !address.contains(':') {
             return self.fail(MISUSE, format!("invalid bind address {address:?}"));
         }
         let code = self.configure("the bind address", |o| {

@@ -1,6 +1,8 @@
-//! go-dqlite's Node API (`dqlite.New` with its options, `Start`, `Close`,
-//! `ReconfigureMembershipExt`) in a Go program built with cgo against
-//! Debian's go-dqlite sources and linked to this library.
+//! Go programs built with cgo against Debian's go-dqlite sources and
+//! linked to this library: go-dqlite's Node API (`dqlite.New` with its
+//! options, `Start`, `Close`, `ReconfigureMembershipExt`), and its app with
+//! TLS (nodes on abstract Unix sockets behind the app's TLS proxy, peer
+//! connections through its connect function).
 
 mod support;
 
@@ -10,8 +12,9 @@ use std::time::Duration;
 
 use support::{built_library, free_port, library_dir, loopback_ip, run_with_timeout};
 
-/// Builds tests/go/nodeapi.go, linked to the library in `lib`.
-fn build_nodeapi(lib: &Path) -> PathBuf {
+/// Builds tests/go/`name`.go (given as `source`), linked to the library
+/// in `lib`.
+fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
     let go = Path::new("/usr/bin/go");
     let src = Path::new("/usr/share/gocode/src/github.com/canonical/go-dqlite");
     assert!(
@@ -20,15 +23,15 @@ fn build_nodeapi(lib: &Path) -> PathBuf {
          (this test never skips)"
     );
     // One GOPATH and cache per target dir: later builds reuse the cgo objects.
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-nodeapi");
-    let pkg = work.join("src/nodeapi");
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("go-{name}"));
+    let pkg = work.join("src").join(name);
     std::fs::create_dir_all(&pkg).expect("go dir");
-    std::fs::write(pkg.join("main.go"), include_str!("go/nodeapi.go")).expect("go source");
-    let bin = lib.parent().expect("root").join("nodeapi");
+    std::fs::write(pkg.join("main.go"), source).expect("go source");
+    let bin = lib.parent().expect("root").join(name);
     let mut cmd = Command::new(go);
     cmd.args(["build", "-o"])
         .arg(&bin)
-        .arg("nodeapi")
+        .arg(name)
         .env("GOPATH", format!("{}:/usr/share/gocode", work.display()))
         .env("GO111MODULE", "off")
         .env("GOFLAGS", "")
@@ -47,7 +50,7 @@ fn build_nodeapi(lib: &Path) -> PathBuf {
 fn go_dqlite_node_api_starts_serves_and_recovers() {
     let root = tempfile::tempdir().expect("tempdir");
     let lib = library_dir(root.path());
-    let bin = build_nodeapi(&lib);
+    let bin = build_go(&lib, "nodeapi", include_str!("go/nodeapi.go"));
     let ip = loopback_ip();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
     let (addr_a, addr_b) = (
@@ -87,4 +90,34 @@ fn go_dqlite_node_api_starts_serves_and_recovers() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(dials > 0, "{}", out.describe());
+}
+
+#[test]
+fn go_dqlite_app_with_tls_runs_its_nodes_on_abstract_sockets() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let lib = library_dir(root.path());
+    let bin = build_go(&lib, "tlsapp", include_str!("go/tlsapp.go"));
+    let ip = loopback_ip();
+    let mut cmd = Command::new(&bin);
+    cmd.arg(root.path());
+    for _ in 0..3 {
+        cmd.arg(format!("{ip}:{}", free_port(&ip)));
+    }
+    cmd.env("LD_LIBRARY_PATH", &lib).env("LIBDQLITE_TRACE", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(300));
+    assert!(out.success(), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    for wanted in ["voters: 3", "read: over TLS", "ok"] {
+        assert!(
+            lines.contains(&wanted),
+            "no {wanted:?} in\n{}",
+            out.describe()
+        );
+    }
+    // The nodes listened on the app's abstract sockets, not on TCP.
+    assert!(
+        out.stderr.contains("bound=@dqlite-"),
+        "no node served an abstract socket:\n{}",
+        out.describe()
+    );
 }

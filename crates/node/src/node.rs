@@ -317,9 +317,8 @@ impl Node {
         server_config.max_connections = self.options.max_connections;
         let (listener, address) = dqlite_server::listen(&server_config).await?;
         let bound = listener
-            .local_addr()
-            .map_err(|e| NodeError::Misuse(format!("cannot read the bound address: {e}")))?
-            .to_string();
+            .local_address()
+            .map_err(|e| NodeError::Misuse(format!("cannot read the bound address: {e}")))?;
         self.address = address.clone();
 
         let mut config = dqlite_consensus::Config::new(address.clone(), &self.dir);
