@@ -270,3 +270,75 @@ fn code_of(e: &NodeError) -> c_int {
         _ => ERROR,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqlite_node::{Role, BOOTSTRAP_ID};
+
+    fn msg(h: &NodeHandle) -> String {
+        h.errmsg().to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn settings_are_checked_and_frozen_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("n1");
+        let mut h = NodeHandle::new(BOOTSTRAP_ID, "127.0.0.1:0", &data.to_string_lossy());
+        assert_eq!(h.set_network_latency(Duration::from_micros(499)), MISUSE);
+        assert!(msg(&h).contains("out of range"), "{}", msg(&h));
+        assert_eq!(h.set_snapshot_params(64, 3), MISUSE);
+        assert_eq!(h.set_bind_address("@"), MISUSE);
+        assert_eq!(h.set_bind_address("nonsense"), MISUSE);
+        assert!(h.bind_address().is_none());
+        assert_eq!(h.set_bind_address("127.0.0.1:0"), OK);
+        assert_eq!(h.set_network_latency(Duration::from_millis(5)), OK);
+        assert_eq!(h.set_snapshot_params(64, 128), OK);
+        assert_eq!(h.set_failure_domain(3), OK);
+        assert_eq!(h.stop(), MISUSE, "stop before start");
+
+        assert_eq!(h.start(), OK, "{}", msg(&h));
+        let bound = h
+            .bind_address()
+            .expect("bound")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            bound.starts_with("127.0.0.1:") && !bound.ends_with(":0"),
+            "{bound}"
+        );
+        assert_eq!(h.set_failure_domain(4), MISUSE);
+        assert!(msg(&h).contains("before the node starts"), "{}", msg(&h));
+        assert_eq!(h.start(), MISUSE);
+        assert_eq!(h.describe_last_entry(), Err(MISUSE));
+        assert_eq!(h.recover(&[]), MISUSE);
+
+        assert_eq!(h.stop(), OK, "{}", msg(&h));
+        assert_eq!(h.stop(), MISUSE);
+        let (index, term) = h.describe_last_entry().expect("last entry");
+        assert!(index > 0 && term > 0, "{index} {term}");
+        let me = NodeInfo::new(BOOTSTRAP_ID, bound.as_str(), Role::Voter);
+        assert_eq!(h.recover(&[me]), OK, "{}", msg(&h));
+        let (after, _) = h.describe_last_entry().expect("last entry");
+        assert!(after > index, "recovery appends a configuration entry");
+    }
+
+    #[test]
+    fn a_start_that_fails_says_why() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = taken.local_addr().expect("addr").to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut h = NodeHandle::new(1, &address, &dir.path().join("n").to_string_lossy());
+        assert_eq!(h.start(), ERROR);
+        assert!(msg(&h).contains(&address), "{}", msg(&h));
+    }
+
+    #[test]
+    fn recovery_needs_a_node_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut h = NodeHandle::new(1, "1", &dir.path().to_string_lossy());
+        let me = NodeInfo::new(1, "127.0.0.1:9001", Role::Voter);
+        assert_ne!(h.recover(&[me]), OK);
+        assert!(!msg(&h).is_empty());
+    }
+}
