@@ -233,4 +233,26 @@ fn dqlite_demo_forms_a_cluster_serves_and_survives_a_sigkill() {
         logs(&demos)
     );
     eprintln!("voters after the restart: {members:?}");
+
+    // SIGTERM: the demo hands over and closes its node
+    // (dqlite_node_stop, dqlite_node_destroy), then exits cleanly.
+    let pid = demos[2].pid().to_string();
+    let out = run_with_timeout(
+        {
+            let mut kill = Command::new("kill");
+            kill.args(["-TERM", &pid]);
+            kill
+        },
+        Duration::from_secs(10),
+    );
+    assert!(out.success(), "{}", out.describe());
+    let mut child = demos[2].child.take().expect("running");
+    let status = support::wait_child(&mut child, FORM);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        logs(&demos)
+    );
+    demos[1].put("k4", "v4");
+    demos[0].expect("k4", "v4");
 }

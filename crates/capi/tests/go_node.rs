@@ -22,8 +22,10 @@ fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
         "apt-get install -y golang-go golang-github-canonical-go-dqlite-dev libdqlite-dev \
          (this test never skips)"
     );
-    // One GOPATH and cache per target dir: later builds reuse the cgo objects.
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("go-{name}"));
+    // One GOPATH per program and one build cache for both (Go's cache is
+    // safe to share): later builds reuse go-dqlite's cgo objects.
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let work = tmp.join(format!("go-{name}"));
     let pkg = work.join("src").join(name);
     std::fs::create_dir_all(&pkg).expect("go dir");
     std::fs::write(pkg.join("main.go"), source).expect("go source");
@@ -35,7 +37,7 @@ fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
         .env("GOPATH", format!("{}:/usr/share/gocode", work.display()))
         .env("GO111MODULE", "off")
         .env("GOFLAGS", "")
-        .env("GOCACHE", work.join("cache"))
+        .env("GOCACHE", tmp.join("go-cache"))
         .env("GOPROXY", "off")
         .env("CGO_ENABLED", "1")
         // -ldqlite finds this library first; go-dqlite asks for -z now.
