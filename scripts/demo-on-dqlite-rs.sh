@@ -30,13 +30,23 @@ API=(0 18001 18002 18003)
 DB=(0 19001 19002 19003)
 PIDS=(0 0 0 0)
 
+# stop_demo I: SIGKILL demo I and reap it quietly.
+stop_demo() {
+    local pid=${PIDS[$1]}
+    if [ "$pid" -gt 0 ]; then
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        PIDS[$1]=0
+    fi
+}
+
 cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then
         echo "==> left running: pids ${PIDS[*]:1}; data and logs in $WORK"
         return
     fi
     for i in 1 2 3; do
-        [ "${PIDS[$i]}" -gt 0 ] && kill -9 "${PIDS[$i]}" 2>/dev/null || true
+        stop_demo "$i"
     done
     rm -rf "$WORK"
 }
@@ -90,7 +100,7 @@ retry 60 get 3 answer 42
 curl -s "http://$IP:${API[3]}/answer"
 
 echo "==> SIGKILL node 3; nodes 1 and 2 keep serving"
-kill -9 "${PIDS[3]}"
+stop_demo 3
 retry 60 put 1 after-kill yes
 retry 60 get 2 after-kill yes
 
