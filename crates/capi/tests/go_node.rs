@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use support::{built_library, free_port, library_dir, loopback_ip, run_with_timeout};
 
-/// Builds tests/go/`name`.go (given as `source`), linked to the library
-/// in `lib`.
-fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
+/// Builds tests/go/`name`.go (given as `source`) into `out_dir`, linked
+/// to the built library.
+fn build_go(out_dir: &Path, name: &str, source: &str) -> PathBuf {
     let go = Path::new("/usr/bin/go");
     let src = Path::new("/usr/share/gocode/src/github.com/canonical/go-dqlite");
     assert!(
@@ -22,14 +22,21 @@ fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
         "apt-get install -y golang-go golang-github-canonical-go-dqlite-dev libdqlite-dev \
          (this test never skips)"
     );
-    // One GOPATH per program and one build cache for both (Go's cache is
-    // safe to share): later builds reuse go-dqlite's cgo objects.
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let work = tmp.join(format!("go-{name}"));
+    // One GOPATH, build cache and link folder for every run: the cgo flags
+    // are part of Go's cache keys, so a stable -L path lets later builds
+    // reuse go-dqlite's cgo objects (Go's cache is safe to share).
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go");
+    let link = work.join("lib");
+    std::fs::create_dir_all(&link).expect("go lib dir");
+    // Swapped in atomically: the other Go test may be linking right now.
+    let fresh = link.join(format!(".libdqlite.so.{name}"));
+    let _ = std::fs::remove_file(&fresh);
+    std::os::unix::fs::symlink(built_library(), &fresh).expect("symlink");
+    std::fs::rename(&fresh, link.join("libdqlite.so")).expect("rename");
     let pkg = work.join("src").join(name);
     std::fs::create_dir_all(&pkg).expect("go dir");
     std::fs::write(pkg.join("main.go"), source).expect("go source");
-    let bin = lib.parent().expect("root").join(name);
+    let bin = out_dir.join(name);
     let mut cmd = Command::new(go);
     cmd.args(["build", "-o"])
         .arg(&bin)
@@ -37,14 +44,16 @@ fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
         .env("GOPATH", format!("{}:/usr/share/gocode", work.display()))
         .env("GO111MODULE", "off")
         .env("GOFLAGS", "")
-        .env("GOCACHE", tmp.join("go-cache"))
+        .env("GOCACHE", work.join("cache"))
         .env("GOPROXY", "off")
         .env("CGO_ENABLED", "1")
         // -ldqlite finds this library first; go-dqlite asks for -z now.
-        .env("CGO_LDFLAGS", format!("-L{}", lib.display()))
+        .env("CGO_LDFLAGS", format!("-L{}", link.display()))
         .env("CGO_LDFLAGS_ALLOW", "-Wl,-z,now");
+    let started = std::time::Instant::now();
     let out = run_with_timeout(cmd, Duration::from_secs(600));
     assert!(out.success(), "go build: {}", out.describe());
+    eprintln!("go build {name}: {:?}", started.elapsed());
     bin
 }
 
@@ -52,7 +61,7 @@ fn build_go(lib: &Path, name: &str, source: &str) -> PathBuf {
 fn go_dqlite_node_api_starts_serves_and_recovers() {
     let root = tempfile::tempdir().expect("tempdir");
     let lib = library_dir(root.path());
-    let bin = build_go(&lib, "nodeapi", include_str!("go/nodeapi.go"));
+    let bin = build_go(root.path(), "nodeapi", include_str!("go/nodeapi.go"));
     let ip = loopback_ip();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
     let (addr_a, addr_b) = (
@@ -98,7 +107,7 @@ fn go_dqlite_node_api_starts_serves_and_recovers() {
 fn go_dqlite_app_with_tls_runs_its_nodes_on_abstract_sockets() {
     let root = tempfile::tempdir().expect("tempdir");
     let lib = library_dir(root.path());
-    let bin = build_go(&lib, "tlsapp", include_str!("go/tlsapp.go"));
+    let bin = build_go(root.path(), "tlsapp", include_str!("go/tlsapp.go"));
     let ip = loopback_ip();
     let mut cmd = Command::new(&bin);
     cmd.arg(root.path());

@@ -88,6 +88,7 @@ func main() {
 		if err := a.Ready(ctx); err != nil {
 			fail("ready", err)
 		}
+		fmt.Println(time.Now().Format(time.StampMilli), "ready", i)
 		apps = append(apps, a)
 	}
 
@@ -114,6 +115,7 @@ func main() {
 			}
 		}
 	}
+	fmt.Println(time.Now().Format(time.StampMilli), "voters")
 	fmt.Println("voters:", voters)
 
 	db, err := apps[1].Open(ctx, "demo")
@@ -137,12 +139,17 @@ func main() {
 	}
 	db.Close()
 	fmt.Println("read:", x)
+	fmt.Println(time.Now().Format(time.StampMilli), "read")
 
 	for i := len(apps) - 1; i >= 0; i-- {
-		apps[i].Handover(ctx)
+		// The last one has no quorum left to hand over to.
+		if i > 0 {
+			apps[i].Handover(ctx)
+		}
 		if err := apps[i].Close(); err != nil {
 			fail("close", err)
 		}
+		fmt.Println(time.Now().Format(time.StampMilli), "closed", i)
 	}
 	fmt.Println("ok")
 }
