@@ -110,6 +110,11 @@ prerequisites() {
     command -v go >/dev/null 2>&1 || missing+=(golang-go)
     [ -d /usr/share/gocode/src/github.com/canonical/go-dqlite/client ] ||
         missing+=(golang-github-canonical-go-dqlite-dev)
+    # crates/capi's tests: nm/readelf on libdqlite.so, and cgo builds of
+    # Go programs against go-dqlite's bindings (dqlite.h, -lraft, -lsqlite3).
+    command -v nm >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+    [ -f /usr/include/dqlite.h ] || missing+=(libdqlite-dev)
+    [ -f /usr/include/raft.h ] || missing+=(libraft-dev)
     # A terminal for the shell's interactive test (crates/cli/tests/shell_tty.rs).
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)
     # The TLS tests make the cluster certificate with the README's command.

@@ -82,6 +82,11 @@ pub struct Options {
     pub voters: usize,
     /// Standbys the role manager keeps (go-dqlite's default: 3).
     pub standbys: usize,
+    /// Run the role manager (it acts while this node leads) and hand the
+    /// role over on close. Off, roles change only when a client asks
+    /// (ASSIGN), as with C dqlite 1.11 under go-dqlite's app, which
+    /// manages roles itself.
+    pub role_management: bool,
 }
 
 impl Default for Options {
@@ -103,6 +108,7 @@ impl Default for Options {
             max_connections: defaults.max_connections,
             voters: Targets::default().voters,
             standbys: Targets::default().standbys,
+            role_management: true,
         }
     }
 }
@@ -159,6 +165,11 @@ impl Options {
         self.standbys = n;
         self
     }
+    /// Turn the role manager and the role handover on close on or off.
+    pub fn with_role_management(mut self, on: bool) -> Self {
+        self.role_management = on;
+        self
+    }
     /// Open connections to other nodes with `dial`.
     pub fn with_dial(mut self, dial: Dial) -> Self {
         self.dial = dial;
@@ -174,7 +185,8 @@ impl Options {
 struct Running {
     service: Service,
     roles_stop: watch::Sender<bool>,
-    roles: JoinHandle<()>,
+    /// The role manager, when it runs.
+    roles: Option<JoinHandle<()>>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), dqlite_server::ServerError>>,
     store: Arc<Store>,
@@ -305,9 +317,8 @@ impl Node {
         server_config.max_connections = self.options.max_connections;
         let (listener, address) = dqlite_server::listen(&server_config).await?;
         let bound = listener
-            .local_addr()
-            .map_err(|e| NodeError::Misuse(format!("cannot read the bound address: {e}")))?
-            .to_string();
+            .local_address()
+            .map_err(|e| NodeError::Misuse(format!("cannot read the bound address: {e}")))?;
         self.address = address.clone();
 
         let mut config = dqlite_consensus::Config::new(address.clone(), &self.dir);
@@ -380,7 +391,10 @@ impl Node {
             // Ten rounds a second at the default latency.
             round: self.options.network_latency * 5,
         };
-        let roles = tokio::spawn(manager::run(service.clone(), settings, roles_stopped));
+        let roles = self
+            .options
+            .role_management
+            .then(|| tokio::spawn(manager::run(service.clone(), settings, roles_stopped)));
         let running = Running {
             service: service.clone(),
             roles_stop,
@@ -519,14 +533,17 @@ impl Node {
     /// up-to-date online voter, so the cluster does not wait for an
     /// election timeout; then a voter or standby asks the leader to give
     /// its role to the best online standby or spare and becomes a spare,
-    /// so the cluster keeps its voters while this node is away.
+    /// so the cluster keeps its voters while this node is away (with
+    /// [`Options::role_management`] only).
     pub async fn close(&mut self) -> Result<(), NodeError> {
         let Some(running) = self.running.take() else {
             return Ok(());
         };
         let service = &running.service;
         let _ = running.roles_stop.send(true);
-        let _ = running.roles.await;
+        if let Some(roles) = running.roles {
+            let _ = roles.await;
+        }
         let status = service.status();
         if status.is_leader {
             if let Some(target) = crate::cluster::best_voter(&status) {
@@ -539,7 +556,9 @@ impl Node {
         }
         // Then the role, so the cluster keeps its voters while this node is
         // away (a rolling restart never loses quorum).
-        manager::hand_over_role(service, Duration::from_secs(20), &running.client).await;
+        if self.options.role_management {
+            manager::hand_over_role(service, Duration::from_secs(20), &running.client).await;
+        }
         let _ = running.stop.send(());
         let result = match tokio::time::timeout(Duration::from_secs(10), running.server).await {
             Ok(Ok(r)) => r.map_err(NodeError::from),

@@ -1,6 +1,7 @@
 //! The dqlite-rs server: any dqlite client talks to it unchanged.
 //!
 //! Layout:
+//! - [`listener`]: TCP or an abstract Unix socket (`@name`).
 //! - [`server`]: the listener; binds, accepts, tells dqlite clients apart
 //!   by their handshake, and shuts down in order.
 //! - `conn`: one connection; framing, the request loop, streaming.
@@ -22,6 +23,7 @@ pub mod databases;
 pub mod dir;
 mod error;
 mod gateway;
+pub mod listener;
 pub mod metrics;
 pub mod peer;
 pub mod policy;
@@ -31,6 +33,7 @@ pub mod sql;
 pub use cluster::{Cluster, ClusterError, SingleNode};
 pub use databases::{Databases, LocalDatabases};
 pub use error::ServerError;
+pub use listener::Listener;
 pub use metrics::ServerMetrics;
 pub use peer::{PeerHandler, PeerStream, Prefixed};
 pub use server::{listen, Server, ServerConfig};

@@ -10,8 +10,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -21,6 +21,7 @@ use crate::conn::{self, parse_handshake};
 use crate::databases::{Databases, LocalDatabases};
 use crate::dir::{DataDir, NodeRecord};
 use crate::gateway::Shared;
+use crate::listener::{Listener, Stream};
 use crate::metrics::ServerMetrics;
 use crate::peer::{sniff, PeerHandler, PeerStream, Prefixed, Sniffed};
 use crate::ServerError;
@@ -81,7 +82,7 @@ impl ServerConfig {
 /// # }
 /// ```
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     address: String,
     shared: Arc<Shared>,
     config: ServerConfig,
@@ -139,7 +140,7 @@ impl Server {
     /// clients (the `/raft/` HTTP traffic of a replicated node). The
     /// caller keeps the data directory (and its lock) itself.
     pub fn from_listener(
-        listener: TcpListener,
+        listener: Listener,
         address: String,
         config: ServerConfig,
         databases: Arc<dyn Databases>,
@@ -180,9 +181,14 @@ impl Server {
         self.shared.metrics.clone()
     }
 
-    /// The socket address actually bound.
+    /// The TCP address actually bound (an error for a Unix socket).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listener.tcp_addr()?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the server listens on a Unix socket",
+            )
+        })
     }
 
     /// The address clients are told to dial.
@@ -197,7 +203,8 @@ impl Server {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
         tokio::pin!(shutdown);
-        info!(id = self.config.id, address = %self.address, "serving");
+        let bound = self.listener.local_address().unwrap_or_default();
+        info!(id = self.config.id, address = %self.address, %bound, "serving");
         loop {
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
@@ -226,7 +233,6 @@ impl Server {
             let peers = self.peers.clone();
             let tls = self.tls.clone();
             tracker.spawn(async move {
-                let _ = stream.set_nodelay(true);
                 match tls {
                     None => handle(stream, peer, shared, peers, max, cancel).await,
                     Some(tls) => handle_tls(stream, tls, peer, shared, peers, max, cancel).await,
@@ -248,8 +254,8 @@ impl Server {
 }
 
 async fn handle(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: Stream,
+    peer: String,
     shared: Arc<Shared>,
     peers: Option<Arc<dyn PeerHandler>>,
     max: u64,
@@ -260,20 +266,29 @@ async fn handle(
         return;
     };
     if let Some(hs) = parse_handshake(first) {
-        let (rd, wr) = stream.into_split();
-        conn::serve(rd, wr, hs, shared, max, cancel).await;
+        // Owned halves: no lock between the reader and the writer.
+        match stream {
+            Either::Left(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                conn::serve(rd, wr, hs, shared, max, cancel).await;
+            }
+            Either::Right(unix) => {
+                let (rd, wr) = unix.into_split();
+                conn::serve(rd, wr, hs, shared, max, cancel).await;
+            }
+        }
         return;
     }
-    serve_other(Box::new(stream), first, peer, peers, cancel).await;
+    serve_other(Box::new(stream), first, &peer, peers, cancel).await;
 }
 
 /// A connection to a TLS server: the TLS handshake first, then the same
 /// sniffing inside. Anything else, a plaintext dqlite handshake included,
 /// is closed: TLS is the only way in.
 async fn handle_tls(
-    mut stream: TcpStream,
+    mut stream: Stream,
     acceptor: tokio_rustls::TlsAcceptor,
-    peer: SocketAddr,
+    peer: String,
     shared: Arc<Shared>,
     peers: Option<Arc<dyn PeerHandler>>,
     max: u64,
@@ -308,7 +323,7 @@ async fn handle_tls(
         conn::serve(rd, wr, hs, shared, max, cancel).await;
         return;
     }
-    serve_other(Box::new(stream), first, peer, peers, cancel).await;
+    serve_other(Box::new(stream), first, &peer, peers, cancel).await;
 }
 
 /// A connection that is not a dqlite client: HTTP goes to the peer
@@ -316,7 +331,7 @@ async fn handle_tls(
 async fn serve_other(
     stream: Box<dyn PeerStream>,
     first: [u8; 8],
-    peer: SocketAddr,
+    peer: &str,
     peers: Option<Arc<dyn PeerHandler>>,
     cancel: CancellationToken,
 ) {
@@ -334,24 +349,27 @@ async fn serve_other(
     }
 }
 
-/// Binds the listener for `config` (its bind address, else its address)
-/// and returns it with the address to advertise.
-pub async fn listen(config: &ServerConfig) -> Result<(TcpListener, String), ServerError> {
+/// Binds the listener for `config` (its bind address, else its address;
+/// `@name` is an abstract Unix socket) and returns it with the address to
+/// advertise.
+pub async fn listen(config: &ServerConfig) -> Result<(Listener, String), ServerError> {
     let bind = config
         .bind
         .clone()
         .unwrap_or_else(|| config.address.clone());
-    let listener = TcpListener::bind(&bind)
-        .await
-        .map_err(|e| ServerError::Io {
-            context: format!("cannot listen on {bind}"),
-            source: e,
-        })?;
-    let local = listener.local_addr().map_err(|e| ServerError::Io {
+    let listener = Listener::bind(&bind).await.map_err(|e| ServerError::Io {
+        context: format!("cannot listen on {bind}"),
+        source: e,
+    })?;
+    let local = listener.tcp_addr().map_err(|e| ServerError::Io {
         context: "cannot read the bound address".into(),
         source: e,
     })?;
-    Ok((listener, advertised(&config.address, local)))
+    let address = match local {
+        Some(local) => advertised(&config.address, local),
+        None => config.address.clone(),
+    };
+    Ok((listener, address))
 }
 
 /// The address to advertise: the configured one, with the bound port if
