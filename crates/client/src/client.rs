@@ -2,7 +2,7 @@
 //! calls (LEADER, CLUSTER, DESCRIBE, WEIGHT, DUMP, ADD, ASSIGN, REMOVE,
 //! TRANSFER).
 
-use dqlite_wire::{DecodeContext, File, NodeInfo, Request, Response, Role};
+use dqlite_wire::{DecodeContext, File, NodeInfo, ReadMode, Request, Response, Role};
 use tokio::time::{timeout, Instant};
 
 use crate::transport::{remaining, Transport};
@@ -154,17 +154,25 @@ impl Client {
     }
 
     /// Opens (and creates) a database on this connection: OPEN with flags
-    /// 0 and the VFS name "volatile", as go-dqlite sends.
+    /// 0 and the VFS name "volatile", as go-dqlite sends; then the
+    /// configured read mode, unless it is the default.
     pub async fn open(mut self, name: &str) -> Result<Database> {
         let request = Request::Open {
             name: name.to_owned(),
             flags: 0,
             vfs: "volatile".to_owned(),
         };
-        match self.call(&request).await? {
-            Response::Db { id } => Ok(Database::new(self, name, id)),
-            other => Err(self.unexpected("DB", &other)),
+        let id = match self.call(&request).await? {
+            Response::Db { id } => id,
+            other => return Err(self.unexpected("DB", &other)),
+        };
+        let read_mode = self.config.read_mode;
+        let mut db = Database::new(self, name, id);
+        if read_mode != ReadMode::Leader {
+            let pragma = format!("PRAGMA {} = '{read_mode}'", dqlite_wire::read_mode::PRAGMA);
+            db.exec(&pragma, ()).await?;
         }
+        Ok(db)
     }
 
     /// Whom this node believes is the leader; `None` if it does not know
