@@ -198,6 +198,32 @@ fn plain_sql_opts_a_connection_in() {
         let err = db.query_all("SELECT a FROM t", ()).await.unwrap_err();
         assert_eq!(err.code(), Some(10250), "{err:?}");
     });
+    // Our shell, pointed at the follower with --read-mode, reads there.
+    let mut cmd = Command::new(dqlite_rs_bin());
+    cmd.args([
+        "shell",
+        "-s",
+        &follower,
+        "--read-mode",
+        "follower",
+        "-f",
+        "csv",
+        "plain",
+        "--command",
+        "PRAGMA dqlite_read_mode; SELECT a FROM t; INSERT INTO t VALUES (2);",
+    ]);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(60));
+    assert!(out.stdout.contains("follower"), "{}", out.describe());
+    assert!(
+        out.stdout.lines().any(|l| l.trim() == "1"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("not leader") || out.stderr.contains("not leader"),
+        "a write from the shell on a follower: {}",
+        out.describe()
+    );
     // Debian's shell (go-dqlite) sends the pragma like any statement; it
     // connects to the leader, where the mode changes nothing.
     let shell = |sql: &str| {
