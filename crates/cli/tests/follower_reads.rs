@@ -2,8 +2,9 @@
 //! linearizable reads on followers see every write acknowledged before
 //! them, bounded-stale reads on a cut-off follower are refused once their
 //! bound has passed, writes on a follower-read connection answer 10250,
-//! and unmodified clients (plain SQL, Debian's `dqlite` shell) can use
-//! `PRAGMA dqlite_read_mode`.
+//! and unmodified clients can opt in (a database name with
+//! `?dqlite_read_mode=`, then `PRAGMA dqlite_read_mode` in plain SQL, also
+//! through Debian's `dqlite` shell).
 
 mod support;
 
@@ -152,8 +153,9 @@ fn linearizable_follower_reads_see_every_acknowledged_write() {
     });
 }
 
-/// An unmodified client opts in with plain SQL on a connection to a
-/// follower; without it the follower answers 10250 as before.
+/// An unmodified client opts in through the database name it opens on a
+/// follower, then changes the mode with plain SQL; without the opt-in the
+/// follower answers 10250 as before.
 #[test]
 fn plain_sql_opts_a_connection_in() {
     let (cluster, leader) = started(3);
@@ -165,11 +167,25 @@ fn plain_sql_opts_a_connection_in() {
         w.exec("CREATE TABLE t (a); INSERT INTO t VALUES (1)", ())
             .await
             .unwrap();
-        let mut db = open_on(&follower, "plain", ReadMode::Leader).await;
-        let err = db.query_all("SELECT a FROM t", ()).await.unwrap_err();
+        // Without the opt-in a follower refuses OPEN (dqlite 1.18.2;
+        // clients move to the leader on it).
+        let client = Client::connect(&follower, &config(ReadMode::Leader))
+            .await
+            .unwrap();
+        let err = client.open("plain").await.unwrap_err();
         assert_eq!(err.code(), Some(10250), "{err:?}");
+        // With it in the database name, as any client can send it.
+        let client = Client::connect(&follower, &config(ReadMode::Leader))
+            .await
+            .unwrap();
+        let mut db = client
+            .open("plain?dqlite_read_mode=follower")
+            .await
+            .unwrap();
         let mode = db.query_all("PRAGMA dqlite_read_mode", ()).await.unwrap();
-        assert_eq!(mode[0].get::<String>(0).unwrap(), "leader");
+        assert_eq!(mode[0].get::<String>(0).unwrap(), "follower");
+        let rows = db.query_all("SELECT a FROM t", ()).await.unwrap();
+        assert_eq!(rows[0].get::<i64>(0).unwrap(), 1);
         let err = db
             .exec("PRAGMA dqlite_read_mode = anywhere", ())
             .await

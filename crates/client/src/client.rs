@@ -154,25 +154,26 @@ impl Client {
     }
 
     /// Opens (and creates) a database on this connection: OPEN with flags
-    /// 0 and the VFS name "volatile", as go-dqlite sends; then the
-    /// configured read mode, unless it is the default.
+    /// 0 and the VFS name "volatile", as go-dqlite sends. A read mode other
+    /// than the default goes with the name (`NAME?dqlite_read_mode=MODE`),
+    /// so a follower accepts the OPEN.
     pub async fn open(mut self, name: &str) -> Result<Database> {
+        let read_mode = self.config.read_mode;
+        let open_name = if read_mode == ReadMode::Leader {
+            name.to_owned()
+        } else {
+            let sep = if name.contains('?') { '&' } else { '?' };
+            format!("{name}{sep}{}={read_mode}", dqlite_wire::read_mode::PRAGMA)
+        };
         let request = Request::Open {
-            name: name.to_owned(),
+            name: open_name,
             flags: 0,
             vfs: "volatile".to_owned(),
         };
-        let id = match self.call(&request).await? {
-            Response::Db { id } => id,
-            other => return Err(self.unexpected("DB", &other)),
-        };
-        let read_mode = self.config.read_mode;
-        let mut db = Database::new(self, name, id);
-        if read_mode != ReadMode::Leader {
-            let pragma = format!("PRAGMA {} = '{read_mode}'", dqlite_wire::read_mode::PRAGMA);
-            db.exec(&pragma, ()).await?;
+        match self.call(&request).await? {
+            Response::Db { id } => Ok(Database::new(self, name, id)),
+            other => Err(self.unexpected("DB", &other)),
         }
-        Ok(db)
     }
 
     /// Whom this node believes is the leader; `None` if it does not know

@@ -48,7 +48,7 @@ pub struct Config {
     /// TLS over whatever `dial` opens; `None` for plaintext.
     pub tls: Option<crate::Tls>,
     /// Where reads may be served. Not [`ReadMode::Leader`]: every
-    /// database opened sends `PRAGMA dqlite_read_mode` right after OPEN,
+    /// database is opened as `NAME?dqlite_read_mode=MODE`,
     /// and [`Database::connect_with`](crate::Database::connect_with) opens
     /// on the first listed node that answers instead of the leader, so
     /// list a different node first to spread reads. Writes on such a

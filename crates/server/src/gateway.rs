@@ -594,10 +594,15 @@ impl Gateway {
                 "a database for this connection is already open",
             ));
         }
-        // No leader check (as dqlite 1.11; 1.18.2 answers NOT_LEADER): a
-        // session must open its database on a follower to ask for follower
-        // reads there. Its statements still answer NOT_LEADER unless it
-        // does.
+        let (name, mode) = read_mode::split_name(&name)
+            .map_err(|e| Response::failure(SQLITE_ERROR, e.to_string()))?;
+        // Only a session that asks for follower reads opens on a follower;
+        // any other gets NOT_LEADER here, as from dqlite 1.18.2, which
+        // clients rely on to move to the leader.
+        let read_mode = mode.unwrap_or(self.read_mode);
+        if read_mode == ReadMode::Leader {
+            self.require_leader()?;
+        }
         let databases = Arc::clone(&self.shared.databases);
         let db_name = name.clone();
         let conn = tokio::task::spawn_blocking(move || {
@@ -611,6 +616,7 @@ impl Gateway {
         .map_err(|_| internal("open task failed").into_response())?
         .map_err(Failure::into_response)?;
         let interrupt = Arc::new(conn.get_interrupt_handle());
+        self.read_mode = read_mode;
         self.db = Some(OpenDb {
             name,
             conn: Arc::new(Mutex::new(conn)),

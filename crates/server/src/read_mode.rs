@@ -1,6 +1,7 @@
-//! Follower reads in the gateway: `PRAGMA dqlite_read_mode`, recognized
-//! in client SQL and answered by the gateway itself (SQLite never sees
-//! it), so unmodified clients can opt in per connection.
+//! Follower reads in the gateway, chosen per connection by unmodified
+//! clients: at OPEN with a database name `NAME?dqlite_read_mode=MODE`,
+//! and later with `PRAGMA dqlite_read_mode`, which the gateway answers
+//! itself (SQLite never sees it).
 
 pub use dqlite_wire::read_mode::{ParseReadModeError, ReadMode, PRAGMA};
 
@@ -29,6 +30,36 @@ pub fn parse_pragma(sql: &str) -> Option<ReadModePragma> {
     };
     let value = unquote(value);
     Some(Some(value.parse()))
+}
+
+/// The query parameter of a database name that sets the read mode at
+/// OPEN: `NAME?dqlite_read_mode=MODE`.
+const NAME_PARAM: &str = "dqlite_read_mode=";
+
+/// Splits the read mode off a database name given to OPEN: `app?dqlite_read_mode=follower`
+/// is database `app` read in follower mode. Other `&`-separated parameters
+/// stay in the name; a name without the parameter is returned whole.
+pub fn split_name(name: &str) -> Result<(String, Option<ReadMode>), ParseReadModeError> {
+    let Some((base, query)) = name.split_once('?') else {
+        return Ok((name.to_owned(), None));
+    };
+    let mut mode = None;
+    let mut rest = Vec::new();
+    for param in query.split('&') {
+        match param.strip_prefix(NAME_PARAM) {
+            Some(value) => mode = Some(value.parse()?),
+            None => rest.push(param),
+        }
+    }
+    if mode.is_none() {
+        return Ok((name.to_owned(), None));
+    }
+    let name = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((name, mode))
 }
 
 /// `s` without a leading `keyword` (any case); a word keyword must end
@@ -61,6 +92,29 @@ mod tests {
     use super::*;
 
     use std::time::Duration;
+
+    #[test]
+    fn the_mode_splits_off_a_database_name() {
+        let cases: &[(&str, &str, Option<ReadMode>)] = &[
+            ("app", "app", None),
+            (
+                "app?dqlite_read_mode=follower",
+                "app",
+                Some(ReadMode::Follower),
+            ),
+            (
+                "app?x=1&dqlite_read_mode=stale:40",
+                "app?x=1",
+                Some(ReadMode::Stale(Duration::from_millis(40))),
+            ),
+            ("app?x=1", "app?x=1", None),
+            ("a?b", "a?b", None),
+        ];
+        for &(name, base, mode) in cases {
+            assert_eq!(split_name(name), Ok((base.to_owned(), mode)), "{name}");
+        }
+        assert!(split_name("app?dqlite_read_mode=nowhere").is_err());
+    }
 
     #[test]
     fn the_pragma_is_recognized_in_its_sqlite_forms() {
