@@ -62,6 +62,11 @@ else
     for w in ${WORKERS_LIST:-1 8}; do PLAN="$PLAN ${WORKLOAD:-kvwrite}:$w"; done
 fi
 
+if [ "$FOLLOWER_READS" = 1 ]; then
+    PLAN=""
+    for w in ${WORKERS_LIST:-8 64}; do PLAN="$PLAN kvread:$w"; done
+fi
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${CARGO_TARGET_DIR:-}" ]; then
     if [ -d /work ]; then CARGO_TARGET_DIR=/work/target-bench; else CARGO_TARGET_DIR="$ROOT/target"; fi
