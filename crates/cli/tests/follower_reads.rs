@@ -205,7 +205,15 @@ fn plain_sql_opts_a_connection_in() {
         let rows = db.query_all("SELECT a FROM t", ()).await.unwrap();
         assert_eq!(rows[0].get::<i64>(0).unwrap(), 1);
         // The pragma through PREPARE and EXEC, as database/sql drivers
-        // send a statement with arguments.
+        // send a statement with arguments; a bad value fails at PREPARE.
+        let err = db
+            .prepare("PRAGMA dqlite_read_mode = nowhere")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("leader, follower or stale:MS"),
+            "{err}"
+        );
         let stmt = db
             .prepare("PRAGMA dqlite_read_mode = leader")
             .await

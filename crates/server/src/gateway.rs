@@ -634,6 +634,9 @@ impl Gateway {
     ) -> Result<Response, Response> {
         self.db(db)?;
         let (stmt, params, tail) = if let Some(pragma) = read_mode::parse_pragma(&sql) {
+            if let Some(Err(e)) = &pragma {
+                return Err(Response::failure(SQLITE_ERROR, e.to_string()));
+            }
             let tail = with_tail.then_some(sql.len() as u64);
             (Stmt::ReadMode(pragma), 0, tail)
         } else {
