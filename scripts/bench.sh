@@ -14,12 +14,17 @@
 # Usage: scripts/bench.sh [--duration SECONDS] [--workers "1 8"]
 #                         [--workload kvwrite|kvreadwrite] [--no-build]
 #                         [--results FILE] [--nodes "1 3"]
-#                         [--prefill-mib N]
+#                         [--prefill-mib N] [--follower-reads]
 # (--workers or --workload runs only that workload with those workers;
 # --nodes only those cluster sizes; --prefill-mib first grows each case's
 # database by N MiB of 1 KiB rows in 16 MiB transactions, so that the run
 # goes on while snapshots of a database that size are taken: compare the
 # max latency.)
+# --follower-reads: instead, a 3-node dqlite-rs cluster only, kvread
+# (reads of 1000 keys written first) with each worker count (default
+# "8 64") in three read modes: leader (every read on the leader),
+# follower (linearizable reads spread over the 3 nodes) and stale:100;
+# the table gives ops/s and the ratio to leader-only reads.
 # Environment: CARGO_TARGET_DIR (default /work/target-bench when /work
 # exists, else target), DQLITE_RS_BIN (use this binary, build nothing),
 # DQLITE_RS_NODE_ARGS (extra `dqlite-rs node` flags, e.g. --disk-mode),
@@ -39,6 +44,7 @@ BUILD=1
 RESULTS_FILE=""
 NODES_LIST="1 3"
 PREFILL_MIB=0
+FOLLOWER_READS=0
 COMMAND_LINE="scripts/bench.sh $*"
 
 while [ $# -gt 0 ]; do
@@ -50,7 +56,8 @@ while [ $# -gt 0 ]; do
         --results) RESULTS_FILE="$2"; shift 2 ;;
         --nodes) NODES_LIST="$2"; shift 2 ;;
         --prefill-mib) PREFILL_MIB="$2"; shift 2 ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --follower-reads) FOLLOWER_READS=1; shift ;;
+        -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -62,6 +69,11 @@ if [ -z "$WORKLOAD$WORKERS_LIST" ]; then
 else
     PLAN=""
     for w in ${WORKERS_LIST:-1 8}; do PLAN="$PLAN ${WORKLOAD:-kvwrite}:$w"; done
+fi
+
+if [ "$FOLLOWER_READS" = 1 ]; then
+    PLAN=""
+    for w in ${WORKERS_LIST:-8 64}; do PLAN="$PLAN kvread:$w"; done
 fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -255,6 +267,37 @@ echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 HAS_JOIN=0
 "$BIN" node --help 2>/dev/null | grep -q -- '--join' && HAS_JOIN=1
+
+if [ "$FOLLOWER_READS" = 1 ]; then
+    start_dqlite_rs 3 || die "dqlite-rs 3-node cluster did not form (logs: $(tail -n 3 "$WORK/rs3-1.log" | tr '\n' ' '))"
+    for w in ${WORKERS_LIST:-8 64}; do
+        for mode in leader follower stale:100; do
+            log "dqlite-rs, 3 nodes, kvread, read mode $mode, $w worker(s), $DURATION s"
+            if line=$(timeout $((DURATION + 120)) "$BIN" bench -s "$ADDRS" --workload kvread \
+                --read-mode "$mode" --workers "$w" --duration "$DURATION" \
+                --database "bench_kvread_w$w" --json 2> >(sed 's/^/    /' >&2)); then
+                echo "$line" | jq -c '{impl: "dqlite-rs", nodes: 3} + .' | tee -a "$JSONL"
+            else
+                log "kvread $mode $w workers: bench failed: $line"
+            fi
+        done
+    done
+    stop_pids
+    [ -n "$RESULTS_FILE" ] && cat "$JSONL" >>"$RESULTS_FILE"
+    echo
+    echo "| workers | read mode | ops/s | p50 ms | p99 ms | ops/s vs leader | errors |"
+    echo "|---|---|---|---|---|---|---|"
+    jq -rs '
+        def ratio(a; b): if a == null or b == null or b == 0 then "–"
+            else ((a / b * 100 | round) / 100 | tostring) end;
+        . as $all
+        | .[]
+        | . as $r
+        | ($all | map(select(.workers == $r.workers and .read_mode == "leader")) | first) as $l
+        | "| \(.workers) | \(.read_mode) | \(.ops_per_sec) | \(.latency_ms.p50) | \(.latency_ms.p99) | \(ratio(.ops_per_sec; $l.ops_per_sec)) | \(.errors) |"
+    ' "$JSONL"
+    exit 0
+fi
 
 for nodes in $NODES_LIST; do
     if start_c_dqlite "$nodes"; then

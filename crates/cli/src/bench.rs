@@ -14,8 +14,14 @@
 //!   bytes of text, the first half one repeated letter and the second half
 //!   random letters (half compressible, half not).
 //!
+//! Ours, for follower reads: `kvread` writes `--keys` keys before the clock
+//! starts and then only reads (`kvreadwrite`'s read) a random one of them.
+//!
 //! Each worker has its own connection, found by leader discovery among
-//! `-s`. An operation is retried on `SQLITE_BUSY` (after a short, growing,
+//! `-s`. With `--read-mode follower` or `stale:MS` its reads go instead to
+//! a connection to one node, worker *i* to the *i*-th listed node (modulo
+//! their number), so reads spread over every node; its writes go to a
+//! second connection, to the leader. An operation is retried on `SQLITE_BUSY` (after a short, growing,
 //! jittered pause) and after a leadership or transport error (the
 //! connection is dropped and the leader found again), as go-dqlite's
 //! `database/sql` driver does with `ErrBadConn`; both are counted. A write
@@ -38,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dqlite_client::{Config, Database, Error};
+use dqlite_client::{Config, Database, Error, ReadMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -67,6 +73,9 @@ const BUSY_PAUSE_MAX: Duration = Duration::from_millis(32);
 const MAX_WORKERS: usize = 1024;
 const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
 const MAX_KEY_SIZE: usize = 1 << 20;
+const MAX_KEYS: usize = 10_000_000;
+/// Keys `kvread` writes per statement while filling the table.
+const FILL_BATCH: usize = 100;
 /// Values travel in one message; keep well under the server's limit.
 const MAX_VALUE_SIZE: usize = 16 << 20;
 
@@ -77,6 +86,8 @@ pub enum Workload {
     Kvwrite,
     /// Half reads of keys this worker wrote, half writes.
     Kvreadwrite,
+    /// Reads only, of `--keys` keys written before the clock starts.
+    Kvread,
 }
 
 impl Workload {
@@ -84,6 +95,7 @@ impl Workload {
         match self {
             Workload::Kvwrite => "kvwrite",
             Workload::Kvreadwrite => "kvreadwrite",
+            Workload::Kvread => "kvread",
         }
     }
 }
@@ -123,6 +135,14 @@ pub struct Args {
     /// Print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Where reads are served: `leader` (default), `follower` (linearizable
+    /// reads on every node) or `stale:MS` (reads at most MS ms old on every
+    /// node); see `PRAGMA dqlite_read_mode`.
+    #[arg(long, default_value = "leader")]
+    pub read_mode: ReadMode,
+    /// Keys `kvread` writes before the clock starts.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
 }
@@ -140,6 +160,8 @@ struct Settings {
     setup_timeout: Duration,
     progress: Option<Duration>,
     json: bool,
+    read_mode: ReadMode,
+    keys: usize,
     /// Connection settings every client starts from (TLS).
     base: Config,
 }
@@ -180,6 +202,12 @@ impl Settings {
                 args.value_size
             ));
         }
+        if args.keys == 0 || args.keys > MAX_KEYS {
+            return Err(format!(
+                "--keys must be between 1 and {MAX_KEYS}, not {}",
+                args.keys
+            ));
+        }
         if args.database.is_empty() {
             return Err("--database must not be empty".into());
         }
@@ -215,6 +243,8 @@ impl Settings {
             setup_timeout: Duration::from_secs_f64(args.setup_timeout),
             progress: (progress > 0.0).then(|| Duration::from_secs_f64(progress)),
             json: args.json,
+            read_mode: args.read_mode,
+            keys: args.keys,
         })
     }
 }
@@ -287,7 +317,12 @@ fn next_op(
     key_size: usize,
     value_size: usize,
 ) -> Op {
-    if workload == Workload::Kvreadwrite && rng.gen_bool(0.5) && !written.is_empty() {
+    let read = match workload {
+        Workload::Kvwrite => false,
+        Workload::Kvreadwrite => rng.gen_bool(0.5),
+        Workload::Kvread => true,
+    };
+    if read && !written.is_empty() {
         let key = written[rng.gen_range(0..written.len())].clone();
         return Op::Read { key };
     }
@@ -489,6 +524,7 @@ impl Report {
         };
         json!({
             "workload": s.workload.name(),
+            "read_mode": s.read_mode.to_string(),
             "servers": s.servers.join(","),
             "database": s.database,
             "workers": s.workers,
@@ -512,8 +548,9 @@ impl Report {
 
     fn to_text(&self, s: &Settings) -> String {
         let mut out = format!(
-            "workload {}, {} worker{}, {:.1} s, keys {} B, values {} B, servers {}, database {}\n",
+            "workload {}, read mode {}, {} worker{}, {:.1} s, keys {} B, values {} B, servers {}, database {}\n",
             s.workload.name(),
+            s.read_mode,
             s.workers,
             if s.workers == 1 { "" } else { "s" },
             s.duration.as_secs_f64(),
@@ -559,6 +596,39 @@ impl Report {
     }
 }
 
+/// Where a connection goes: the leader (writes, and reads in leader mode),
+/// or one node for reads (follower read modes), the `worker`-th listed
+/// node first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Leader,
+    Reads { worker: usize },
+}
+
+impl Target {
+    /// The target of `op` for a worker.
+    fn of(s: &Settings, worker: usize, op: &Op) -> Target {
+        match op {
+            Op::Read { .. } if s.read_mode != ReadMode::Leader => Target::Reads { worker },
+            _ => Target::Leader,
+        }
+    }
+}
+
+/// Opens a connection to `target` within `timeout`.
+async fn connect(s: &Settings, target: Target, timeout: Duration) -> Result<Database, Error> {
+    let mut config = client_config(&s.base, timeout);
+    match target {
+        Target::Leader => Database::connect_with(&s.servers, &s.database, &config).await,
+        Target::Reads { worker } => {
+            config.read_mode = s.read_mode;
+            let mut servers = s.servers.clone();
+            servers.rotate_left(worker % s.servers.len());
+            Database::connect_with(&servers, &s.database, &config).await
+        }
+    }
+}
+
 fn client_config(base: &Config, connect_timeout: Duration) -> Config {
     let mut config = base.clone();
     config.connect_timeout = connect_timeout.max(Duration::from_millis(100));
@@ -573,21 +643,36 @@ fn client_config(base: &Config, connect_timeout: Duration) -> Config {
 async fn execute(s: &Settings) -> anyhow::Result<Report> {
     let setup_deadline = Instant::now() + s.setup_timeout;
     create_table(s, setup_deadline).await?;
+    let keys = if s.workload == Workload::Kvread {
+        fill(s, setup_deadline).await?
+    } else {
+        Vec::new()
+    };
+    let keys = Arc::new(keys);
+    // Each worker's first connection: the one its first kind of operation
+    // uses (reads, for kvread in a follower read mode).
+    let first_op = match s.workload {
+        Workload::Kvread => Op::Read { key: String::new() },
+        _ => Op::Write {
+            key: String::new(),
+            value: String::new(),
+        },
+    };
     let mut connecting = tokio::task::JoinSet::new();
     for i in 0..s.workers {
-        let (servers, database) = (s.servers.clone(), s.database.clone());
-        let config = client_config(
-            &s.base,
-            setup_deadline.saturating_duration_since(Instant::now()),
-        );
+        let settings = s.clone();
+        let target = Target::of(s, i, &first_op);
+        let left = setup_deadline.saturating_duration_since(Instant::now());
         connecting.spawn(async move {
             (
                 i,
-                Database::connect_with(&servers, &database, &config).await,
+                connect(&settings, target, left)
+                    .await
+                    .map(|db| (target, db)),
             )
         });
     }
-    let mut connections: Vec<Option<Database>> = (0..s.workers).map(|_| None).collect();
+    let mut connections: Vec<Option<(Target, Database)>> = (0..s.workers).map(|_| None).collect();
     while let Some(joined) = connecting.join_next().await {
         let (i, db) = joined.context("a connecting task failed")?;
         let db = db.with_context(|| format!("worker {i} cannot connect"))?;
@@ -598,10 +683,12 @@ async fn execute(s: &Settings) -> anyhow::Result<Report> {
     let start = Instant::now();
     let deadline = start + s.duration;
     let mut workers = tokio::task::JoinSet::new();
-    for db in connections.into_iter().flatten() {
+    for (i, first) in connections.into_iter().enumerate() {
+        let Some(first) = first else { continue };
         let settings = s.clone();
         let counters = Arc::clone(&counters);
-        workers.spawn(async move { worker(&settings, db, deadline, &counters).await });
+        let keys = Arc::clone(&keys);
+        workers.spawn(async move { worker(&settings, i, first, &keys, deadline, &counters).await });
     }
     let progress = s.progress.map(|every| {
         let counters = Arc::clone(&counters);
@@ -644,6 +731,33 @@ async fn create_table(s: &Settings, deadline: Instant) -> anyhow::Result<()> {
     }
 }
 
+/// `kvread`: writes `s.keys` new keys through the leader, in batches, and
+/// returns them.
+async fn fill(s: &Settings, deadline: Instant) -> anyhow::Result<Vec<String>> {
+    let mut rng = StdRng::from_entropy();
+    let keys: Vec<String> = (0..s.keys).map(|_| new_key(&mut rng, s.key_size)).collect();
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let mut db = connect(s, Target::Leader, timeout)
+        .await
+        .context("cannot connect to write the keys")?;
+    for chunk in keys.chunks(FILL_BATCH) {
+        let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT OR REPLACE INTO model(key, value) VALUES {placeholders}");
+        let mut params: Vec<dqlite_client::Value> = Vec::with_capacity(2 * chunk.len());
+        for key in chunk {
+            params.push(dqlite_client::Value::Text(key.clone()));
+            params.push(dqlite_client::Value::Text(new_value(
+                &mut rng,
+                s.value_size,
+            )));
+        }
+        db.exec(&sql, params)
+            .await
+            .context("cannot write the keys kvread reads")?;
+    }
+    Ok(keys)
+}
+
 /// Runs one operation on `db`.
 async fn run_op(db: &mut Database, op: &Op) -> Result<(), Error> {
     match op {
@@ -668,19 +782,34 @@ async fn run_op(db: &mut Database, op: &Op) -> Result<(), Error> {
 /// One worker: operations on its own connection until `deadline`.
 async fn worker(
     s: &Settings,
-    db: Database,
+    index: usize,
+    first: (Target, Database),
+    keys: &[String],
     deadline: Instant,
     counters: &Counters,
 ) -> WorkerReport {
     let mut rng = StdRng::from_entropy();
     let mut report = WorkerReport::default();
-    let mut written: Vec<String> = Vec::new();
-    let mut db = Some(db);
+    let mut written: Vec<String> = keys.to_vec();
+    // One connection per target: the leader, and in a follower read mode
+    // one for reads.
+    let (first_target, first_db) = first;
+    let mut leader = None;
+    let mut reads = None;
+    match first_target {
+        Target::Leader => leader = Some(first_db),
+        Target::Reads { .. } => reads = Some(first_db),
+    }
     'ops: while Instant::now() < deadline {
         let op = next_op(s.workload, &mut rng, &written, s.key_size, s.value_size);
+        let target = Target::of(s, index, &op);
         let started = Instant::now();
         let mut busy_attempt = 0u32;
         loop {
+            let db = match target {
+                Target::Leader => &mut leader,
+                Target::Reads { .. } => &mut reads,
+            };
             if db.is_none() {
                 if Instant::now() >= deadline {
                     report.unfinished += 1;
@@ -688,9 +817,8 @@ async fn worker(
                 }
                 // Leader discovery stops at the end of the run.
                 let left = deadline.saturating_duration_since(Instant::now());
-                let config = client_config(&s.base, left.min(RECONNECT_TIMEOUT));
-                match Database::connect_with(&s.servers, &s.database, &config).await {
-                    Ok(new) => db = Some(new),
+                match connect(s, target, left.min(RECONNECT_TIMEOUT)).await {
+                    Ok(new) => *db = Some(new),
                     Err(err) => {
                         report.error(counters, format_args!("reconnect: {err}"));
                         tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -741,7 +869,7 @@ async fn worker(
                     }
                     report.reconnects += 1;
                     counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    db = None;
+                    *db = None;
                 }
                 Err(err) => {
                     report.error(counters, err);
@@ -865,7 +993,9 @@ mod tests {
             (&["-s", "a:1", "--duration", "inf"], "--duration"),
             (&["-s", "a:1", "--key-size", "0"], "--key-size"),
             (&["-s", "a:1", "--value-size", "999999999"], "--value-size"),
-            (&["-s", "a:1", "--workload", "kvread"], "kvread"),
+            (&["-s", "a:1", "--workload", "kvreads"], "kvreads"),
+            (&["-s", "a:1", "--read-mode", "nearby"], "stale:MS"),
+            (&["-s", "a:1", "--keys", "0"], "--keys"),
             (&["-s", "a:1", "--database", ""], "--database"),
             (&["-s", "a:1", "--progress=-1"], "--progress"),
             (&["-s", "a:1", "--setup-timeout", "0"], "--setup-timeout"),
@@ -931,6 +1061,31 @@ mod tests {
             }
         }
         assert!((350..650).contains(&reads), "{reads} reads of 1000");
+        for _ in 0..100 {
+            match next_op(Workload::Kvread, &mut rng, &written, 8, 16) {
+                Op::Read { key } => assert!(written.contains(&key)),
+                op => panic!("kvread chose {op:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn follower_reads_spread_over_the_listed_nodes() {
+        let s = parse(&["-s", "a:1,b:2,c:3", "--read-mode", "follower"]).unwrap();
+        assert_eq!(s.read_mode, ReadMode::Follower);
+        let read = Op::Read { key: "k".into() };
+        let write = Op::Write {
+            key: "k".into(),
+            value: "v".into(),
+        };
+        assert_eq!(Target::of(&s, 4, &read), Target::Reads { worker: 4 });
+        assert_eq!(Target::of(&s, 4, &write), Target::Leader);
+        let s = parse(&["-s", "a:1,b:2", "--read-mode", "leader"]).unwrap();
+        assert_eq!(Target::of(&s, 1, &read), Target::Leader);
+        let s = parse(&["-s", "a:1", "--read-mode", "stale:250"]).unwrap();
+        assert_eq!(s.read_mode, ReadMode::Stale(Duration::from_millis(250)));
+        assert!(parse(&["-s", "a:1", "--read-mode", "sometimes"]).is_err());
+        assert!(parse(&["-s", "a:1", "--keys", "0"]).is_err());
     }
 
     #[test]
@@ -1115,6 +1270,35 @@ mod tests {
         assert_eq!(count as u64, report.writes.count);
         assert_eq!(rows[0].get::<i64>(1).unwrap(), 12);
         assert_eq!(rows[0].get::<i64>(2).unwrap(), 100);
+
+        // kvread with follower reads (on the one node, which leads): every
+        // read finds one of the keys written first.
+        let s = parse(&[
+            "-s",
+            &address,
+            "--workload",
+            "kvread",
+            "--read-mode",
+            "follower",
+            "--keys",
+            "150",
+            "--workers",
+            "2",
+            "--duration",
+            "0.5",
+            "--database",
+            "reads",
+            "--progress",
+            "0",
+        ])
+        .unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(60), execute(&s))
+            .await
+            .expect("the run is bounded")
+            .unwrap();
+        assert_eq!(report.errors, 0, "{:?}", report.first_error);
+        assert_eq!(report.writes.count, 0);
+        assert!(report.reads.count > 0);
         drop(stop);
     }
 }

@@ -65,6 +65,12 @@ pub struct Args {
     /// Seconds to look for the leader before a command fails.
     #[arg(long = "timeout", default_value_t = 10)]
     pub timeout: u64,
+    /// Where reads may be served: `leader` (default), `follower`
+    /// (linearizable reads on the first listed node, which need not lead)
+    /// or `stale:MS` (reads at most MS milliseconds old there). Sent as
+    /// `PRAGMA dqlite_read_mode` on every connection the shell opens.
+    #[arg(long = "read-mode", default_value = "leader")]
+    pub read_mode: dqlite_client::ReadMode,
     /// Database name.
     pub database: String,
     /// A command to run and exit, as the `dqlite` shell takes it.
@@ -91,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let mut config = Config::default();
     config.connect_timeout = Duration::from_secs(args.timeout.max(1));
+    config.read_mode = args.read_mode;
     args.tls.apply(&mut config)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     let session = Session::new(

@@ -2,7 +2,7 @@
 //! calls (LEADER, CLUSTER, DESCRIBE, WEIGHT, DUMP, ADD, ASSIGN, REMOVE,
 //! TRANSFER).
 
-use dqlite_wire::{DecodeContext, File, NodeInfo, Request, Response, Role};
+use dqlite_wire::{DecodeContext, File, NodeInfo, ReadMode, Request, Response, Role};
 use tokio::time::{timeout, Instant};
 
 use crate::transport::{remaining, Transport};
@@ -154,10 +154,19 @@ impl Client {
     }
 
     /// Opens (and creates) a database on this connection: OPEN with flags
-    /// 0 and the VFS name "volatile", as go-dqlite sends.
+    /// 0 and the VFS name "volatile", as go-dqlite sends. A read mode other
+    /// than the default goes with the name (`NAME?dqlite_read_mode=MODE`),
+    /// so a follower accepts the OPEN.
     pub async fn open(mut self, name: &str) -> Result<Database> {
+        let read_mode = self.config.read_mode;
+        let open_name = if read_mode == ReadMode::Leader {
+            name.to_owned()
+        } else {
+            let sep = if name.contains('?') { '&' } else { '?' };
+            format!("{name}{sep}{}={read_mode}", dqlite_wire::read_mode::PRAGMA)
+        };
         let request = Request::Open {
-            name: name.to_owned(),
+            name: open_name,
             flags: 0,
             vfs: "volatile".to_owned(),
         };

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use dqlite_wire::ReadMode;
+
 /// Client settings. Every wait is bounded: a call never hangs forever.
 ///
 /// ```
@@ -45,6 +47,13 @@ pub struct Config {
     pub dial: crate::Dial,
     /// TLS over whatever `dial` opens; `None` for plaintext.
     pub tls: Option<crate::Tls>,
+    /// Where reads may be served. Not [`ReadMode::Leader`]: every
+    /// database is opened as `NAME?dqlite_read_mode=MODE`,
+    /// and [`Database::connect_with`](crate::Database::connect_with) opens
+    /// on the first listed node that answers instead of the leader, so
+    /// list a different node first to spread reads. Writes on such a
+    /// connection to a follower fail with [`Error::NotLeader`](crate::Error::NotLeader).
+    pub read_mode: ReadMode,
 }
 
 impl Default for Config {
@@ -61,6 +70,7 @@ impl Default for Config {
             give_up_when_all_refuse: true,
             dial: crate::Dial::tcp(),
             tls: None,
+            read_mode: ReadMode::Leader,
         }
     }
 }

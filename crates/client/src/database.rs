@@ -3,7 +3,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use dqlite_wire::{Request, Response};
+use dqlite_wire::{ReadMode, Request, Response};
 
 use crate::{Client, Config, Error, Params, Result, Row, Rows};
 
@@ -53,16 +53,29 @@ impl Database {
         Database::connect_with(addresses, name, &Config::default()).await
     }
 
-    /// Like [`Database::connect`] with a given configuration.
+    /// Like [`Database::connect`] with a given configuration. With
+    /// follower reads ([`Config::read_mode`] not `Leader`), opens on the
+    /// first of `addresses` that accepts a connection, in order, with no
+    /// leader discovery.
     pub async fn connect_with<S: AsRef<str>>(
         addresses: &[S],
         name: &str,
         config: &Config,
     ) -> Result<Database> {
-        Client::find_leader(addresses, config)
-            .await?
-            .open(name)
-            .await
+        if config.read_mode == ReadMode::Leader {
+            return Client::find_leader(addresses, config)
+                .await?
+                .open(name)
+                .await;
+        }
+        let mut last = None;
+        for address in addresses {
+            match Client::connect(address.as_ref(), config).await {
+                Ok(client) => return client.open(name).await,
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidArgument("no server addresses given".into())))
     }
 
     /// The database name.

@@ -55,7 +55,7 @@ mod value;
 pub use client::{Client, Leader, Metadata};
 pub use config::Config;
 pub use database::{Database, ExecResult, Statement, Transaction};
-pub use dqlite_wire::{File, NodeInfo, Role, Value};
+pub use dqlite_wire::{File, NodeInfo, ReadMode, Role, Value};
 pub use error::{Error, Result};
 pub use net::{Dial, Tls};
 pub use rows::{Row, Rows};

@@ -383,6 +383,17 @@ struct Unpersisted {
     messages: Vec<Message>,
 }
 
+/// The context of this node's ReadIndex round `round`. The leader keeps
+/// pending reads by context and drops one whose context it already holds,
+/// so rounds of different nodes (followers forward theirs) must never share
+/// one: the node id goes in beside the round number.
+fn read_ctx(id: u64, round: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&id.to_le_bytes());
+    ctx.extend_from_slice(&round.to_le_bytes());
+    ctx
+}
+
 /// Read barriers: queued callers share one ReadIndex round.
 #[derive(Debug, Default)]
 struct Reads {
@@ -1155,7 +1166,7 @@ impl<S: State> Core<S> {
         self.reads.next_round += 1;
         let ctx = self.reads.next_round;
         let callers = std::mem::take(&mut self.reads.queued);
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.raw.read_index(read_ctx(self.id(), ctx));
         self.reads.inflight = Some((ctx, callers, self.ticks));
     }
 
@@ -1680,17 +1691,13 @@ impl<S: State> Core<S> {
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
-            return;
-        };
-        let round = u64::from_le_bytes(bytes);
-        if let Some((ctx, callers, _)) = self.reads.inflight.take() {
-            if ctx == round {
+        if let Some((round, callers, _)) = self.reads.inflight.take() {
+            if ctx == read_ctx(self.id(), round).as_slice() {
                 self.reads
                     .waiting
                     .extend(callers.into_iter().map(|c| (index, c)));
             } else {
-                self.reads.inflight = Some((ctx, callers, self.ticks));
+                self.reads.inflight = Some((round, callers, self.ticks));
             }
         }
     }

@@ -221,6 +221,38 @@ fn proposals_resolve_with_satisfied_and_replicate_identically() {
     assert!(c.nodes[1].resolved.contains(&(3, false)));
 }
 
+/// Followers get read indexes through the leader, and rounds started at
+/// the same moment on different nodes all complete: their contexts differ
+/// (the leader drops a round whose context it already holds, and every
+/// node numbers its rounds from 1). No tick: a dropped round would never
+/// resolve.
+#[test]
+fn reads_on_every_node_at_once_all_complete_without_a_tick() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    c.input(0, Input::Propose(1, Proposal::State(set("k", "v"))));
+    c.run(1000);
+    let committed = c.nodes[0].core.commit_index();
+    for i in 0..3 {
+        let mut out = Vec::new();
+        c.nodes[i]
+            .core
+            .handle_input(Input::Read(100 + i as u64), &mut out);
+        c.nodes[i].core.process_ready(&mut out);
+        c.absorb(i, out);
+    }
+    c.run(1000);
+    for i in 0..3 {
+        assert_eq!(
+            c.nodes[i].reads_done,
+            vec![100 + i as u64],
+            "node {} read",
+            i + 1
+        );
+        assert!(c.nodes[i].core.applied_index() >= committed);
+    }
+}
+
 #[test]
 fn concurrent_reads_share_one_read_index_round() {
     let root = tempfile::tempdir().unwrap();

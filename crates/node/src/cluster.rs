@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dqlite_consensus::{Error, Service, Status};
@@ -30,6 +30,9 @@ pub struct RaftCluster {
     leadership: watch::Receiver<bool>,
     /// Set once the service reports this node removed from the cluster.
     removed: Arc<AtomicBool>,
+    /// When the newest read barrier that completed here started: the
+    /// State holds every write acknowledged before then.
+    confirmed: Mutex<Option<Instant>>,
 }
 
 /// The voter other than this node to hand leadership to: the most
@@ -104,6 +107,7 @@ impl RaftCluster {
             barrier_timeout: (latency * 60).max(Duration::from_secs(1)),
             leadership: rx,
             removed,
+            confirmed: Mutex::new(None),
         }
     }
 
@@ -246,6 +250,11 @@ impl Cluster for RaftCluster {
         self.service.is_leader()
     }
 
+    fn staleness(&self) -> Option<Duration> {
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        confirmed.map(|at| at.elapsed())
+    }
+
     fn barrier_after(&self) -> bool {
         self.service.caught_up_in_term()
     }
@@ -260,8 +269,15 @@ impl Cluster for RaftCluster {
     }
 
     async fn barrier(&self) -> Result<(), ClusterError> {
+        let started = Instant::now();
         match self.service.wait_read(self.barrier_timeout).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The read index was taken after `started`, so it covers
+                // every write acknowledged before it.
+                let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+                *confirmed = (*confirmed).max(Some(started));
+                Ok(())
+            }
             // Leadership could not be confirmed with a quorum in time.
             // Nothing has run yet, so NOT_LEADER is exact: the client may
             // retry wherever the cluster's leader is now.

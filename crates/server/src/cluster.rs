@@ -61,6 +61,14 @@ pub trait Cluster: Send + Sync + 'static {
     fn barrier_after(&self) -> bool {
         false
     }
+    /// How old this node's data may be: the time since the start of the
+    /// last read barrier it completed, so its state reflects every write
+    /// acknowledged before that instant (on this node's monotonic clock).
+    /// `None`: no barrier completed yet. Bounded-stale follower reads
+    /// compare it with their bound.
+    fn staleness(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Adds a node as a spare.
     async fn add(&self, id: u64, address: &str) -> Result<(), ClusterError>;
     /// Changes a node's role.

@@ -132,28 +132,37 @@ pub(crate) async fn serve<R, W>(
                 continue;
             }
         };
+        // A statement answered in one message is counted before it leaves,
+        // so a client that scrapes right after the answer sees it; a
+        // streamed query is counted when its stream ends.
         let kind = statement_kind(&request);
-        let (result, ok) = match gateway.handle(request).await {
+        let count = |ok: bool| {
+            if let Some(kind) = kind {
+                metrics.statement(kind, ok);
+            }
+        };
+        let result = match gateway.handle(request).await {
             Reply::One(resp) => {
-                let ok = !matches!(resp, Response::Failure { .. });
-                (write(&mut out, &resp, &metrics).await, ok)
+                count(!matches!(resp, Response::Failure { .. }));
+                write(&mut out, &resp, &metrics).await
             }
             Reply::Rows(stream) => {
                 match drive(stream, &mut out, &mut frames, &cancel, &mut leadership).await {
                     Ok((next, failure)) => {
                         pending = next;
+                        count(failure.is_none());
                         match failure {
-                            Some(f) => (write(&mut out, &f, &metrics).await, false),
-                            None => (Ok(()), true),
+                            Some(f) => write(&mut out, &f, &metrics).await,
+                            None => Ok(()),
                         }
                     }
-                    Err(e) => (Err(e), false),
+                    Err(e) => {
+                        count(false);
+                        Err(e)
+                    }
                 }
             }
         };
-        if let Some(kind) = kind {
-            metrics.statement(kind, ok);
-        }
         if result.is_err() {
             break;
         }

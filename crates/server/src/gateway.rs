@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use crate::cluster::{Cluster, ClusterError};
 use crate::databases::Databases;
 use crate::policy;
-use crate::sql::{self, Failure, Prepared};
+use crate::read_mode::{self, ReadMode, ReadModePragma};
+use crate::sql::{self, Access, Failure, Prepared};
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -84,12 +85,37 @@ impl RowsStream {
 /// Messages a query may run ahead of the client.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// A prepared statement slot.
+enum Stmt {
+    /// Compiled by SQLite.
+    Sql(Prepared),
+    /// `PRAGMA dqlite_read_mode`, which the gateway answers itself.
+    ReadMode(ReadModePragma),
+}
+
 struct OpenDb {
     name: String,
     conn: Arc<Mutex<Connection>>,
     interrupt: Arc<InterruptHandle>,
     /// Statement ids are slots, lowest free first, as dqlite allocates them.
-    stmts: Vec<Option<Prepared>>,
+    stmts: Vec<Option<Stmt>>,
+}
+
+/// Where a statement runs: on the leader, or as a read on a follower
+/// (the session chose follower reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    Leader,
+    FollowerRead,
+}
+
+impl Serve {
+    fn access(self) -> Access {
+        match self {
+            Serve::Leader => Access::ReadWrite,
+            Serve::FollowerRead => Access::ReadOnly,
+        }
+    }
 }
 
 /// One client session.
@@ -102,6 +128,8 @@ pub(crate) struct Gateway {
     /// node leads again by then, rather than running outside the
     /// transaction the client believes it is in.
     lost_transaction: bool,
+    /// Where this session's reads may be served (`PRAGMA dqlite_read_mode`).
+    read_mode: ReadMode,
 }
 
 /// What a statement in flight when leadership was lost answers.
@@ -122,6 +150,37 @@ fn no_db() -> Response {
 
 fn no_stmt() -> Response {
     Response::failure(SQLITE_NOTFOUND, "no statement with the given id")
+}
+
+/// The RESULT of a statement that changed nothing.
+fn empty_result() -> Response {
+    Response::Result {
+        last_insert_id: 0,
+        rows_affected: 0,
+    }
+}
+
+/// A bounded-stale read refused: this node's data is older than the bound
+/// and it could not confirm with the leader.
+fn too_stale(bound: Duration, age: Option<Duration>, why: &ClusterError) -> Response {
+    let age = age.map_or_else(
+        || "never confirmed its data with the leader".to_owned(),
+        |a| {
+            format!(
+                "last confirmed its data with the leader {} ms ago",
+                a.as_millis()
+            )
+        },
+    );
+    Response::failure(
+        dqlite_wire::error::SQLITE_IOERR_NOT_LEADER,
+        format!(
+            "not leader: follower read refused: this node {age}, more than the {} ms \
+             allowed (dqlite_read_mode = stale:{}), and cannot reach the leader now ({why})",
+            bound.as_millis(),
+            bound.as_millis()
+        ),
+    )
 }
 
 fn cluster_failure(e: ClusterError) -> Response {
@@ -163,6 +222,7 @@ impl Gateway {
             legacy,
             db: None,
             lost_transaction: false,
+            read_mode: ReadMode::default(),
         }
     }
 
@@ -202,37 +262,77 @@ impl Gateway {
         self.shared.cluster.as_ref()
     }
 
-    /// Checks leadership, then confirms it with a read barrier so what the
-    /// statement reads is at least as new as anything acknowledged.
+    /// Checks where the statement may run, then takes a read barrier so
+    /// what it reads is at least as new as anything acknowledged (on a
+    /// follower: the leader's read index, applied here), or for a
+    /// bounded-stale session on a follower, as new as its bound asks.
     ///
     /// Inside an open transaction the barrier is skipped: SQLite reads the
     /// snapshot the transaction started on, which the barrier of its first
     /// statement already covered, and a COMMIT must reach consensus (and
     /// fail with leadership-lost there) rather than stop at a barrier.
-    async fn leader_barrier(&mut self) -> Result<(), Response> {
-        self.require_session()?;
+    async fn read_barrier(&mut self) -> Result<Serve, Response> {
+        let serve = self.require_session()?;
         if self.in_transaction() {
-            return Ok(());
+            return Ok(serve);
         }
-        self.cluster().barrier().await.map_err(cluster_failure)
+        if let (Serve::FollowerRead, ReadMode::Stale(bound)) = (serve, self.read_mode) {
+            if self.cluster().staleness().is_some_and(|age| age <= bound) {
+                return Ok(serve);
+            }
+            // Too old: confirm with the leader now, or refuse.
+            return match self.cluster().barrier().await {
+                Ok(()) => Ok(serve),
+                Err(e) => Err(too_stale(bound, self.cluster().staleness(), &e)),
+            };
+        }
+        self.cluster().barrier().await.map_err(cluster_failure)?;
+        Ok(serve)
     }
 
-    /// Refuses a statement on a node that does not lead, and the first one
-    /// after this session's transaction was rolled back by a leadership
-    /// change.
-    fn require_session(&mut self) -> Result<(), Response> {
+    /// Refuses a statement on a node that does not lead, unless the
+    /// session reads from followers (then its statements run read-only),
+    /// and the first one after this session's transaction was rolled back
+    /// by a leadership change.
+    fn require_session(&mut self) -> Result<Serve, Response> {
         let leads = self.cluster().is_leader();
+        let follower_reads = self.read_mode != ReadMode::Leader;
         if std::mem::take(&mut self.lost_transaction) {
-            return Err(if leads {
+            return Err(if leads || follower_reads {
                 leadership_lost_failure().into_response()
             } else {
                 not_leader()
             });
         }
-        if !leads {
-            return Err(not_leader());
+        match (leads, follower_reads) {
+            (true, _) => Ok(Serve::Leader),
+            (false, true) => Ok(Serve::FollowerRead),
+            (false, false) => Err(not_leader()),
         }
-        Ok(())
+    }
+
+    /// Answers `PRAGMA dqlite_read_mode`: sets the session's mode when a
+    /// value is given; either way the mode in force is the answer.
+    fn read_mode_pragma(&mut self, pragma: ReadModePragma) -> Result<ReadMode, Response> {
+        self.db(0)?;
+        if let Some(mode) = pragma {
+            self.read_mode = mode.map_err(|e| Response::failure(SQLITE_ERROR, e.to_string()))?;
+        }
+        Ok(self.read_mode)
+    }
+
+    /// The read mode as a one-row result, through SQLite so it streams
+    /// like any query.
+    fn read_mode_rows(&mut self, pragma: ReadModePragma) -> Result<Reply, Response> {
+        let mode = self.read_mode_pragma(pragma)?.to_string();
+        let open = self.db(0)?;
+        let sql = format!("SELECT ? AS {}", read_mode::PRAGMA);
+        let params = vec![dqlite_wire::Value::Text(mode)];
+        Ok(Reply::Rows(spawn_query(
+            &self.shared.databases,
+            open,
+            move |c, stop, sink| sql::query_sql(c, &sql, &params, Access::ReadOnly, stop, sink),
+        )))
     }
 
     /// Runs an EXEC. A statement that commits an entry needs no read
@@ -246,21 +346,25 @@ impl Gateway {
     /// the database's queue (first come, first served) instead of colliding
     /// in SQLite's lock and retrying; the turn ends when the statement has
     /// run, before it waits for its commit, so the next one builds on it.
+    ///
+    /// On a follower (a session reading from followers) statements run
+    /// read-only: one that may write answers NOT_LEADER before it runs.
     async fn exec(
         &mut self,
         db: u64,
         readonly: bool,
-        run: impl FnOnce(&Connection) -> Result<sql::ExecResult, Failure> + Send + 'static,
+        run: impl FnOnce(&Connection, Access) -> Result<sql::ExecResult, Failure> + Send + 'static,
     ) -> Result<Response, Response> {
         let in_transaction = self.in_transaction();
         let barrier_after = !in_transaction && self.cluster().barrier_after();
-        if barrier_after {
-            self.require_session()?;
+        let serve = if barrier_after {
+            self.require_session()?
         } else {
-            self.leader_barrier().await?;
-        }
+            self.read_barrier().await?
+        };
+        let access = serve.access();
         let open = self.db(db)?;
-        let turn = if in_transaction || readonly {
+        let turn = if in_transaction || readonly || access == Access::ReadOnly {
             None
         } else {
             let queue = self.shared.writer_queue(&open.name);
@@ -275,7 +379,7 @@ impl Gateway {
             Some(turn)
         };
         let result = with_conn(&self.shared.databases, &open.conn, move |c| {
-            let result = run(c);
+            let result = run(c, access);
             drop(turn);
             result
         })
@@ -303,7 +407,7 @@ impl Gateway {
         }
     }
 
-    fn stmt(&self, db: u32, stmt: u32) -> Result<(&OpenDb, &Prepared), Response> {
+    fn stmt(&self, db: u32, stmt: u32) -> Result<(&OpenDb, &Stmt), Response> {
         let open = self.db(u64::from(db))?;
         let prepared = open
             .stmts
@@ -340,26 +444,50 @@ impl Gateway {
             Request::Open { name, .. } => self.open(name).await.map(Reply::One),
             Request::Prepare { db, sql, with_tail } => self.prepare(db, sql, with_tail).await.map(Reply::One),
             Request::Exec { db, stmt, params } => {
-                let prepared = self.stmt(db, stmt)?.1;
-                let (sql, readonly) = (prepared.sql.clone(), prepared.readonly);
-                self.exec(u64::from(db), readonly, move |c| sql::exec(c, &sql, &params)).await.map(Reply::One)
+                let (sql, readonly) = match self.stmt(db, stmt)?.1 {
+                    Stmt::ReadMode(pragma) => {
+                        self.read_mode_pragma(pragma.clone())?;
+                        return one(empty_result());
+                    }
+                    Stmt::Sql(prepared) => (prepared.sql.clone(), prepared.readonly),
+                };
+                // A write on a follower is refused before any barrier.
+                if !readonly && self.read_mode != ReadMode::Leader && !self.cluster().is_leader() {
+                    return Err(sql::write_on_follower().into_response());
+                }
+                self.exec(u64::from(db), readonly, move |c, access| sql::exec(c, &sql, &params, access)).await.map(Reply::One)
             }
             Request::ExecSql { db, sql, params } => {
-                self.exec(db, false, move |c| sql::exec_sql(c, &sql, &params)).await.map(Reply::One)
+                if let Some(pragma) = read_mode::parse_pragma(&sql) {
+                    self.db(db)?;
+                    self.read_mode_pragma(pragma)?;
+                    return one(empty_result());
+                }
+                self.exec(db, false, move |c, access| sql::exec_sql(c, &sql, &params, access)).await.map(Reply::One)
             }
             Request::Query { db, stmt, params } => {
-                self.leader_barrier().await?;
-                let (open, prepared) = self.stmt(db, stmt)?;
+                if let Stmt::ReadMode(pragma) = self.stmt(db, stmt)?.1 {
+                    let pragma = pragma.clone();
+                    return self.read_mode_rows(pragma);
+                }
+                let access = self.read_barrier().await?.access();
+                let (open, Stmt::Sql(prepared)) = self.stmt(db, stmt)? else {
+                    return Err(no_stmt());
+                };
                 let sql = prepared.sql.clone();
                 Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
-                    sql::query(c, &sql, &params, stop, sink)
+                    sql::query(c, &sql, &params, access, stop, sink)
                 })))
             }
             Request::QuerySql { db, sql, params } => {
-                self.leader_barrier().await?;
+                if let Some(pragma) = read_mode::parse_pragma(&sql) {
+                    self.db(db)?;
+                    return self.read_mode_rows(pragma);
+                }
+                let access = self.read_barrier().await?.access();
                 let open = self.db(db)?;
                 Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
-                    sql::query_sql(c, &sql, &params, stop, sink)
+                    sql::query_sql(c, &sql, &params, access, stop, sink)
                 })))
             }
             Request::Finalize { db, stmt } => {
@@ -429,6 +557,16 @@ impl Gateway {
         }
     }
 
+    /// PREPARE needs the leader, or a session that reads from followers
+    /// (a write prepared there fails when executed).
+    fn require_session_for_prepare(&self) -> Result<(), Response> {
+        if self.read_mode == ReadMode::Leader {
+            self.require_leader()
+        } else {
+            Ok(())
+        }
+    }
+
     fn require_leader(&self) -> Result<(), Response> {
         if self.cluster().is_leader() {
             Ok(())
@@ -461,7 +599,15 @@ impl Gateway {
                 "a database for this connection is already open",
             ));
         }
-        self.require_leader()?;
+        let (name, mode) = read_mode::split_name(&name)
+            .map_err(|e| Response::failure(SQLITE_ERROR, e.to_string()))?;
+        // Only a session that asks for follower reads opens on a follower;
+        // any other gets NOT_LEADER here, as from dqlite 1.18.2, which
+        // clients rely on to move to the leader.
+        let read_mode = mode.unwrap_or(self.read_mode);
+        if read_mode == ReadMode::Leader {
+            self.require_leader()?;
+        }
         let databases = Arc::clone(&self.shared.databases);
         let db_name = name.clone();
         let conn = tokio::task::spawn_blocking(move || {
@@ -475,6 +621,7 @@ impl Gateway {
         .map_err(|_| internal("open task failed").into_response())?
         .map_err(Failure::into_response)?;
         let interrupt = Arc::new(conn.get_interrupt_handle());
+        self.read_mode = read_mode;
         self.db = Some(OpenDb {
             name,
             conn: Arc::new(Mutex::new(conn)),
@@ -490,25 +637,34 @@ impl Gateway {
         sql: String,
         with_tail: bool,
     ) -> Result<Response, Response> {
-        self.require_leader()?;
-        let open = self.db(db)?;
-        let (prepared, _) = with_conn(&self.shared.databases, &open.conn, move |c| {
-            sql::prepare(c, &sql, with_tail)
-        })
-        .await
-        .map_err(Failure::into_response)?;
-        let params = prepared.params;
-        let tail = prepared.tail;
+        self.db(db)?;
+        let (stmt, params, tail) = if let Some(pragma) = read_mode::parse_pragma(&sql) {
+            if let Some(Err(e)) = &pragma {
+                return Err(Response::failure(SQLITE_ERROR, e.to_string()));
+            }
+            let tail = with_tail.then_some(sql.len() as u64);
+            (Stmt::ReadMode(pragma), 0, tail)
+        } else {
+            self.require_session_for_prepare()?;
+            let open = self.db(db)?;
+            let (prepared, _) = with_conn(&self.shared.databases, &open.conn, move |c| {
+                sql::prepare(c, &sql, with_tail)
+            })
+            .await
+            .map_err(Failure::into_response)?;
+            let (params, tail) = (prepared.params, prepared.tail);
+            (Stmt::Sql(prepared), params, tail)
+        };
         let Some(open) = self.db.as_mut() else {
             return Err(no_db());
         };
         let id = match open.stmts.iter().position(Option::is_none) {
             Some(free) => {
-                open.stmts[free] = Some(prepared);
+                open.stmts[free] = Some(stmt);
                 free
             }
             None => {
-                open.stmts.push(Some(prepared));
+                open.stmts.push(Some(stmt));
                 open.stmts.len() - 1
             }
         };

@@ -8,6 +8,8 @@
 //! - `gateway`: one client session; what each request does.
 //! - [`sql`]: SQL execution on a SQLite connection (blocking threads).
 //! - [`policy`]: what client SQL may not do (denied pragmas, ATTACH).
+//! - [`read_mode`]: follower reads, chosen per connection with
+//!   `PRAGMA dqlite_read_mode`.
 //! - [`databases`]: where SQLite connections come from; the seam where
 //!   the replicated page store plugs in.
 //! - [`cluster`]: leadership and membership as the gateway sees them.
@@ -27,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod peer;
 pub mod policy;
+pub mod read_mode;
 pub mod server;
 pub mod sql;
 
@@ -36,4 +39,5 @@ pub use error::ServerError;
 pub use listener::Listener;
 pub use metrics::ServerMetrics;
 pub use peer::{PeerHandler, PeerStream, Prefixed};
+pub use read_mode::ReadMode;
 pub use server::{listen, Server, ServerConfig};

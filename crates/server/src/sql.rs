@@ -91,6 +91,33 @@ pub struct Prepared {
     pub readonly: bool,
 }
 
+/// What a request may do to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write (on the leader).
+    ReadWrite,
+    /// Read only: a statement that may write is refused before it runs,
+    /// with NOT_LEADER (a follower serving reads).
+    ReadOnly,
+}
+
+/// What a statement that may write answers on a follower's read-only
+/// session: NOT_LEADER, so clients retry it on the leader.
+pub fn write_on_follower() -> Failure {
+    Failure::new(
+        dqlite_wire::error::SQLITE_IOERR_NOT_LEADER,
+        "not leader: this connection reads from a follower (PRAGMA dqlite_read_mode); \
+         writes go to the leader",
+    )
+}
+
+fn check_access(stmt: &Statement<'_>, access: Access) -> Result<(), Failure> {
+    if access == Access::ReadOnly && !stmt.readonly() {
+        return Err(write_on_follower());
+    }
+    Ok(())
+}
+
 /// RESULT of an execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecResult {
@@ -248,8 +275,14 @@ fn run_to_completion(stmt: &mut Statement<'_>) -> Result<(), Failure> {
 
 /// Runs one prepared statement (EXEC). Bindings never carry over from an
 /// earlier execution: placeholders without a value are NULL.
-pub fn exec(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
+pub fn exec(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    access: Access,
+) -> Result<ExecResult, Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
+    check_access(&stmt, access)?;
     bind_all(&mut stmt, params)?;
     run_to_completion(&mut stmt)?;
     Ok(ExecResult::of(conn))
@@ -264,11 +297,17 @@ pub fn exec(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult
 /// whether there is one. A statement that cannot compile yet (it uses a
 /// table an earlier one creates) counts as one and is compiled again when
 /// its turn comes.
-pub fn exec_sql(conn: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
+pub fn exec_sql(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    access: Access,
+) -> Result<ExecResult, Failure> {
     let mut batch = Batch::new(conn, sql);
     let mut rest = params;
     let mut current = batch.next()?;
     while let Some(mut stmt) = current {
+        check_access(&stmt, access)?;
         let n = stmt.parameter_count().min(rest.len());
         bind(&mut stmt, &rest[..n])?;
         rest = &rest[n..];
@@ -307,6 +346,7 @@ pub fn query_sql(
     conn: &Connection,
     sql: &str,
     params: &[Value],
+    access: Access,
     stop: &AtomicBool,
     sink: &mut Sink<'_>,
 ) -> Result<(), Failure> {
@@ -315,6 +355,7 @@ pub fn query_sql(
     if batch.next()?.is_some() {
         return Err(nonempty_tail());
     }
+    check_access(&stmt, access)?;
     bind_all(&mut stmt, params)?;
     stream(&mut stmt, stop, sink)
 }
@@ -324,10 +365,12 @@ pub fn query(
     conn: &Connection,
     sql: &str,
     params: &[Value],
+    access: Access,
     stop: &AtomicBool,
     sink: &mut Sink<'_>,
 ) -> Result<(), Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
+    check_access(&stmt, access)?;
     bind_all(&mut stmt, params)?;
     stream(&mut stmt, stop, sink)
 }
@@ -422,10 +465,53 @@ mod tests {
         Connection::open_in_memory().unwrap()
     }
 
+    fn exec(c: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
+        super::exec(c, sql, params, Access::ReadWrite)
+    }
+
+    fn exec_sql(c: &Connection, sql: &str, params: &[Value]) -> Result<ExecResult, Failure> {
+        super::exec_sql(c, sql, params, Access::ReadWrite)
+    }
+
+    #[test]
+    fn a_read_only_session_refuses_writes_before_they_run() {
+        let c = conn();
+        exec_sql(&c, "CREATE TABLE t(a)", &[]).unwrap();
+        let ro = Access::ReadOnly;
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "BEGIN; DELETE FROM t",
+            "CREATE TABLE u(b)",
+        ] {
+            let err = super::exec_sql(&c, sql, &[], ro).unwrap_err();
+            assert_eq!(err, write_on_follower(), "{sql}");
+            if !c.is_autocommit() {
+                exec_sql(&c, "ROLLBACK", &[]).unwrap();
+            }
+        }
+        let err = super::exec(&c, "UPDATE t SET a = 2", &[], ro).unwrap_err();
+        assert_eq!(err, write_on_follower());
+        let stop = AtomicBool::new(false);
+        let err = query_sql(
+            &c,
+            "INSERT INTO t VALUES (3) RETURNING a",
+            &[],
+            ro,
+            &stop,
+            &mut |_| true,
+        )
+        .unwrap_err();
+        assert_eq!(err, write_on_follower());
+        // Nothing was written; reads and transaction control pass.
+        super::exec_sql(&c, "BEGIN; SELECT * FROM t; COMMIT", &[], ro).unwrap();
+        let rows = collect(&c, "SELECT count(*) FROM t", &[]).unwrap();
+        assert_eq!(rows[0].rows[0][0], Value::Integer(0));
+    }
+
     fn collect(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Rows>, Failure> {
         let mut out = Vec::new();
         let stop = AtomicBool::new(false);
-        query_sql(conn, sql, params, &stop, &mut |bytes| {
+        query_sql(conn, sql, params, Access::ReadWrite, &stop, &mut |bytes| {
             let header = Header::decode(bytes[..8].try_into().unwrap());
             match Response::decode(&header, &bytes[8..], DecodeContext::default()).unwrap() {
                 Response::Rows(r) => out.push(r),
@@ -609,6 +695,7 @@ mod tests {
             &c,
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n",
             &[],
+            Access::ReadWrite,
             &stop,
             &mut |_| {
                 batches += 1;

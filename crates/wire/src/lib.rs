@@ -13,6 +13,7 @@
 //! - [`value`]: values, parameter tuples, row tuples.
 //! - [`request`] and [`response`]: the messages.
 //! - [`error`]: decode errors and wire error codes.
+//! - [`read_mode`]: follower reads' `PRAGMA dqlite_read_mode` values.
 //!
 //! ```
 //! use dqlite_wire::{Header, Request, Value};
@@ -29,12 +30,14 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod node;
+pub mod read_mode;
 pub mod request;
 pub mod response;
 pub mod value;
 
 pub use error::DecodeError;
 pub use frame::{encode_frame, Header, HEADER_SIZE, PROTOCOL_VERSION, PROTOCOL_VERSION_LEGACY};
+pub use read_mode::ReadMode;
 pub use request::Request;
 pub use response::{DecodeContext, File, NodeInfo, Response, Role, Rows, RowsWriter};
 pub use value::{ParamsFormat, Value};
