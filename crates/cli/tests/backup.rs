@@ -13,19 +13,12 @@ use std::time::{Duration, Instant};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::Connection;
-use support::{dqlite_rs_bin, run_with_timeout, Node, Output};
+use support::{dqlite_rs_bin, run_with_timeout, runtime, Node, Output};
 
 fn cli(args: &[&str]) -> Output {
     let mut cmd = Command::new(dqlite_rs_bin());
     cmd.args(args);
     run_with_timeout(cmd, None, Duration::from_secs(120))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Every table's rows (with rowids where there are any), the schema and

@@ -15,7 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
-use support::{dqlite_rs_bin, probe_leader, run_with_timeout, send_signal, Output};
+use support::{
+    client_config, dqlite_rs_bin, probe_leader, run_with_timeout, runtime, send_signal, Output,
+};
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -41,24 +43,10 @@ fn cli(args: &[&str]) -> Output {
     run_with_timeout(cmd, None, Duration::from_secs(60))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_config() -> dqlite_client::Config {
-    let mut c = dqlite_client::Config::default();
-    c.connect_timeout = Duration::from_secs(10);
-    c.request_timeout = Duration::from_secs(10);
-    c
-}
-
 /// A connection to database `name` on the node at `address` (no leader
 /// discovery: the tests pick the node).
 async fn open_on(address: &str, name: &str) -> dqlite_client::Database {
-    let client = dqlite_client::Client::connect(address, &client_config())
+    let client = dqlite_client::Client::connect(address, &client_config(Duration::from_secs(10)))
         .await
         .unwrap();
     client.open(name).await.unwrap()
@@ -67,9 +55,10 @@ async fn open_on(address: &str, name: &str) -> dqlite_client::Database {
 /// The hash of node `address`'s own copy of `db` (DUMP needs no leader).
 fn image_hash(address: &str, db: &str) -> Result<u64, String> {
     runtime().block_on(async {
-        let mut c = dqlite_client::Client::connect(address, &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut c =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(10)))
+                .await
+                .map_err(|e| e.to_string())?;
         let files = c.dump(db).await.map_err(|e| e.to_string())?;
         let main = files.first().ok_or("no files")?;
         let mut h = DefaultHasher::new();
@@ -146,9 +135,10 @@ fn replicate_redirect_and_survive_the_leader(mode: &[&str]) {
 
     // SQL sent to a follower directly gets SQLITE_IOERR_NOT_LEADER.
     let code = runtime().block_on(async {
-        let client = dqlite_client::Client::connect(&follower_addr, &client_config())
-            .await
-            .unwrap();
+        let client =
+            dqlite_client::Client::connect(&follower_addr, &client_config(Duration::from_secs(10)))
+                .await
+                .unwrap();
         match client.open("direct").await {
             Err(e) => e.code(),
             Ok(mut db) => db
@@ -460,10 +450,13 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
 
     let rt = runtime();
     let mut db = rt.block_on(async {
-        let mut db =
-            dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
-                .await
-                .unwrap();
+        let mut db = dqlite_client::Database::connect_with(
+            &[&leader_addr],
+            "adm",
+            &client_config(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
         db.exec("CREATE TABLE t (v)", ()).await.unwrap();
         db.exec("BEGIN", ()).await.unwrap();
         db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
@@ -494,10 +487,13 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
     // works and the rolled-back row never appears.
     let new_addr = cluster.nodes[new_leader].address.clone();
     rt.block_on(async {
-        let mut fresh =
-            dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
-                .await
-                .unwrap();
+        let mut fresh = dqlite_client::Database::connect_with(
+            &[&leader_addr],
+            "adm",
+            &client_config(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
         assert_eq!(fresh.client().address(), new_addr);
         fresh.exec("INSERT INTO t VALUES (3)", ()).await.unwrap();
         let rows = fresh.query_all("SELECT v FROM t", ()).await.unwrap();
@@ -526,10 +522,13 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
     rt.block_on(db.exec("INSERT INTO t VALUES (4)", ()))
         .unwrap();
     let committed = rt.block_on(async {
-        let mut other =
-            dqlite_client::Database::connect_with(&[&leader_addr], "adm", &client_config())
-                .await
-                .unwrap();
+        let mut other = dqlite_client::Database::connect_with(
+            &[&leader_addr],
+            "adm",
+            &client_config(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
         other.query_all("SELECT count(*) FROM t", ()).await.unwrap()[0]
             .get::<i64>(0)
             .unwrap()
@@ -640,9 +639,10 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
     // NOT_LEADER; opening a database there is refused the same way.
     let refused = rt.block_on(other.exec("INSERT INTO t VALUES (2)", ()));
     let reopened = rt.block_on(async {
-        let client = dqlite_client::Client::connect(&leader_addr, &client_config())
-            .await
-            .unwrap();
+        let client =
+            dqlite_client::Client::connect(&leader_addr, &client_config(Duration::from_secs(10)))
+                .await
+                .unwrap();
         client.open("lost").await.map(|_| ())
     });
     for pid in &followers {
@@ -939,7 +939,11 @@ fn a_removed_node_logs_it_and_stops_serving() {
     let rt = runtime();
     let err = rt
         .block_on(async {
-            let mut c = dqlite_client::Client::connect(&waiter_address, &client_config()).await?;
+            let mut c = dqlite_client::Client::connect(
+                &waiter_address,
+                &client_config(Duration::from_secs(10)),
+            )
+            .await?;
             c.leader().await
         })
         .expect_err("a removed node refuses clients");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::cluster::Proc;
+use support::{client_config, cluster::Proc, runtime};
 
 /// A tmpfs mounted for the test; unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -114,27 +114,17 @@ fn a_full_disk_is_sqlite_full_for_the_client_and_logged_on_the_node() {
     node.stop("TERM");
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_config() -> dqlite_client::Config {
-    let mut c = dqlite_client::Config::default();
-    c.connect_timeout = Duration::from_secs(10);
-    c.request_timeout = Duration::from_secs(30);
-    c
-}
-
 /// Inserts rows `from..from + n` of `blob` bytes through the leader of
 /// `servers`; each must be acknowledged.
 fn insert(servers: &[String], from: i64, n: i64, blob: usize) {
     runtime().block_on(async {
-        let mut db = dqlite_client::Database::connect_with(servers, "full", &client_config())
-            .await
-            .expect("connect");
+        let mut db = dqlite_client::Database::connect_with(
+            servers,
+            "full",
+            &client_config(Duration::from_secs(30)),
+        )
+        .await
+        .expect("connect");
         db.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
             .await
             .expect("create");
@@ -151,9 +141,10 @@ fn insert(servers: &[String], from: i64, n: i64, blob: usize) {
 fn image_hash(address: &str) -> Result<u64, String> {
     use std::hash::{Hash, Hasher};
     runtime().block_on(async {
-        let mut c = dqlite_client::Client::connect(address, &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut c =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(30)))
+                .await
+                .map_err(|e| e.to_string())?;
         let files = c.dump("full").await.map_err(|e| e.to_string())?;
         let main = files.first().ok_or("no files")?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -165,9 +156,10 @@ fn image_hash(address: &str) -> Result<u64, String> {
 /// `count(*)` and `sum(x)` read on the node at `address` (which must lead).
 fn totals_on(address: &str) -> Result<(i64, i64), String> {
     runtime().block_on(async {
-        let client = dqlite_client::Client::connect(address, &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let client =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(30)))
+                .await
+                .map_err(|e| e.to_string())?;
         let mut db = client.open("full").await.map_err(|e| e.to_string())?;
         let rows = db
             .query_all("SELECT count(*), sum(x) FROM t", ())

@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 
 use dqlite_client::{Client, Config, Database, ReadMode};
 use support::cluster::Cluster;
-use support::{dqlite_rs_bin, run_with_timeout, send_signal};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::{dqlite_rs_bin, run_with_timeout, runtime, send_signal};
 
 fn config(read_mode: ReadMode) -> Config {
     let mut c = Config::default();

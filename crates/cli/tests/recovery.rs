@@ -16,29 +16,19 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::Cluster;
-use support::{dqlite_rs_bin, run_with_timeout};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_config() -> dqlite_client::Config {
-    let mut c = dqlite_client::Config::default();
-    c.connect_timeout = Duration::from_secs(10);
-    c.request_timeout = Duration::from_secs(20);
-    c
-}
+use support::{client_config, dqlite_rs_bin, run_with_timeout, runtime};
 
 /// Inserts `rows` rows of `blob` bytes each through the leader; every one
 /// must be acknowledged.
 fn insert(servers: &[String], from: i64, rows: i64, blob: usize) {
     runtime().block_on(async {
-        let mut db = dqlite_client::Database::connect_with(servers, "rec", &client_config())
-            .await
-            .expect("connect");
+        let mut db = dqlite_client::Database::connect_with(
+            servers,
+            "rec",
+            &client_config(Duration::from_secs(20)),
+        )
+        .await
+        .expect("connect");
         db.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
             .await
             .expect("create");
@@ -53,9 +43,10 @@ fn insert(servers: &[String], from: i64, rows: i64, blob: usize) {
 /// must lead).
 fn totals_on(address: &str) -> Result<(i64, i64), String> {
     runtime().block_on(async {
-        let client = dqlite_client::Client::connect(address, &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let client =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(20)))
+                .await
+                .map_err(|e| e.to_string())?;
         let mut db = client.open("rec").await.map_err(|e| e.to_string())?;
         let rows = db
             .query_all("SELECT count(*), sum(x) FROM t", ())
@@ -73,9 +64,10 @@ fn totals_on(address: &str) -> Result<(i64, i64), String> {
 /// leader).
 fn image_hash(address: &str) -> Result<u64, String> {
     runtime().block_on(async {
-        let mut c = dqlite_client::Client::connect(address, &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut c =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(20)))
+                .await
+                .map_err(|e| e.to_string())?;
         let files = c.dump("rec").await.map_err(|e| e.to_string())?;
         let main = files.first().ok_or("no files")?;
         let mut h = DefaultHasher::new();

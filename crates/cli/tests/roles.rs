@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
-use support::{dqlite_rs_bin, free_port, run_with_timeout, Output};
+use support::{client_config, dqlite_rs_bin, free_port, run_with_timeout, runtime, Output};
 
 fn cli(args: &[&str]) -> Output {
     let mut cmd = Command::new(dqlite_rs_bin());
@@ -85,25 +85,15 @@ fn wait_members(
     panic!("{what}: not within {timeout:?}; last listing: {last:?}");
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn client_config() -> dqlite_client::Config {
-    let mut c = dqlite_client::Config::default();
-    c.connect_timeout = Duration::from_secs(10);
-    c.request_timeout = Duration::from_secs(10);
-    c
-}
-
 fn exec(servers: &[String], sql: &str) -> Result<(), String> {
     runtime().block_on(async {
-        let mut db = dqlite_client::Database::connect_with(servers, "app", &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut db = dqlite_client::Database::connect_with(
+            servers,
+            "app",
+            &client_config(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         db.exec(sql, ())
             .await
             .map(|_| ())
@@ -115,9 +105,10 @@ fn exec(servers: &[String], sql: &str) -> Result<(), String> {
 /// (which must lead).
 fn count_rows_on(address: &str) -> Result<i64, String> {
     runtime().block_on(async {
-        let client = dqlite_client::Client::connect(address, &client_config())
-            .await
-            .map_err(|e| e.to_string())?;
+        let client =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(10)))
+                .await
+                .map_err(|e| e.to_string())?;
         let mut db = client.open("app").await.map_err(|e| e.to_string())?;
         let mut rows = db
             .query("SELECT count(*) FROM t", ())
@@ -167,7 +158,7 @@ impl Writer {
                         db = dqlite_client::Database::connect_with(
                             &addresses,
                             "app",
-                            &client_config(),
+                            &client_config(Duration::from_secs(10)),
                         )
                         .await
                         .ok();

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::Proc;
-use support::{dqlite_rs_bin, probe_leader, run_with_timeout, Output};
+use support::{dqlite_rs_bin, probe_leader, run_with_timeout, runtime, Output};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,13 +57,6 @@ fn tls_config(crt: &Path, key: &Path) -> dqlite_client::Config {
     c.request_timeout = Duration::from_secs(10);
     c.tls = Some(dqlite_client::Tls::from_pem(&cert, &cert, &std::fs::read(key).unwrap()).unwrap());
     c
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Waits (bounded) until the node logs that it started.

@@ -369,3 +369,20 @@ pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duratio
         elapsed: start.elapsed(),
     }
 }
+
+/// A current-thread runtime for a test's client calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Our client's settings for tests: a 10 s connect timeout and the given
+/// request timeout.
+pub fn client_config(request_timeout: Duration) -> dqlite_client::Config {
+    let mut c = dqlite_client::Config::default();
+    c.connect_timeout = Duration::from_secs(10);
+    c.request_timeout = request_timeout;
+    c
+}
