@@ -1691,14 +1691,21 @@ impl<S: State> Core<S> {
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
-        if let Some((round, callers, _)) = self.reads.inflight.take() {
-            if ctx == read_ctx(self.id(), round).as_slice() {
-                self.reads
-                    .waiting
-                    .extend(callers.into_iter().map(|c| (index, c)));
-            } else {
-                self.reads.inflight = Some((round, callers, self.ticks));
-            }
+        // A read state of another (older) round leaves the one in flight,
+        // and the tick it started at, as they were: its expiry must not
+        // move.
+        let ours = self
+            .reads
+            .inflight
+            .as_ref()
+            .is_some_and(|(round, _, _)| ctx == read_ctx(self.id(), *round).as_slice());
+        if !ours {
+            return;
+        }
+        if let Some((_, callers, _)) = self.reads.inflight.take() {
+            self.reads
+                .waiting
+                .extend(callers.into_iter().map(|c| (index, c)));
         }
     }
 
