@@ -873,14 +873,19 @@ impl<S: State> Core<S> {
 
     /// Whether a peer has caught up (leader only): it replicates in the
     /// steady state and is at most [`PROMOTE_LAG`] entries behind the
-    /// commit index. Under a steady stream of writes the commit index moves
-    /// on every round, so an exact match may never be seen (a standby
-    /// assigned voter under load never got promoted).
+    /// commit index, or it has acknowledged everything committed. Under a
+    /// steady stream of writes the commit index moves on every round, so an
+    /// exact match may never be seen (a standby assigned voter under load
+    /// never got promoted). In an idle cluster a learner that caught up by
+    /// snapshot stays in probe state (raft-rs sends it nothing more while
+    /// it holds the last entry), so the replicate state alone left such a
+    /// standby unpromoted for good; one heard from recently counts then.
     pub fn caught_up(&self, id: u64) -> bool {
         let committed = self.raw.raft.raft_log.committed;
-        self.raw.raft.prs().get(id).is_some_and(|p| {
-            p.state == raft::ProgressState::Replicate
-                && p.matched.saturating_add(PROMOTE_LAG) >= committed
+        self.raw.raft.prs().get(id).is_some_and(|p| match p.state {
+            raft::ProgressState::Replicate => p.matched.saturating_add(PROMOTE_LAG) >= committed,
+            raft::ProgressState::Probe => p.matched >= committed && self.is_online(id),
+            raft::ProgressState::Snapshot => false,
         })
     }
 
