@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite_consensus::{Error, Service};
+use dqlite_server::databases::BoxFuture;
 use dqlite_server::sql::Failure;
-use dqlite_server::Databases;
+use dqlite_server::{Databases, Unsettled};
 use dqlite_store::SettleError;
 use dqlite_store::{OnFailure, ProposeError, Proposer, Store};
 use dqlite_wire::error::{
@@ -32,6 +33,27 @@ impl Databases for StoreDatabases {
 
     fn forget(&self) {
         drop(dqlite_store::pending());
+    }
+
+    fn unsettled(&self) -> Box<dyn Unsettled> {
+        Box::new(StorePending(dqlite_store::pending()))
+    }
+}
+
+/// What a statement left in flight on the store's chain.
+struct StorePending(dqlite_store::Pending);
+
+impl Unsettled for StorePending {
+    fn settled(self: Box<Self>) -> BoxFuture<'static, Result<bool, Failure>> {
+        let pending = self.0;
+        Box::pin(async move {
+            let wrote = pending.wrote();
+            match tokio::time::timeout(SETTLE_TIMEOUT, pending.settled()).await {
+                Ok(Ok(())) => Ok(wrote),
+                Ok(Err(e)) => Err(settle_failure(e)),
+                Err(_) => Err(settle_failure(SettleError::LeadershipLost)),
+            }
+        })
     }
 }
 

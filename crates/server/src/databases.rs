@@ -29,11 +29,40 @@ pub trait Databases: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Like [`Databases::settle`], but only takes what the statement left
+    /// to wait for (on the SQL thread) and lets the caller await it on the
+    /// async side, so no thread is parked while the entry replicates. The
+    /// default settles at once.
+    fn unsettled(&self) -> Box<dyn Unsettled> {
+        Box::new(Settled(self.settle()))
+    }
+
     /// Called on the SQL thread after work whose response nobody waits
     /// for (a rollback on leadership loss): forgets what it wrote or read
     /// without waiting, so that a later statement on the same thread does
     /// not wait for it.
     fn forget(&self) {}
+}
+
+/// What a statement's SQLite work left to wait for before its response
+/// may leave (see [`Databases::unsettled`]).
+pub trait Unsettled: Send {
+    /// Resolves to whether the statement committed an entry of its own,
+    /// once everything it wrote or read committed, or fails with what the
+    /// client must be told instead.
+    fn settled(self: Box<Self>) -> BoxFuture<'static, Result<bool, Failure>>;
+}
+
+/// A boxed future, as [`Unsettled`] returns it.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Nothing left to wait for.
+struct Settled(Result<bool, Failure>);
+
+impl Unsettled for Settled {
+    fn settled(self: Box<Self>) -> BoxFuture<'static, Result<bool, Failure>> {
+        Box::pin(std::future::ready(self.0))
+    }
 }
 
 /// Databases as files under `<dir>/db/`, in WAL mode with a full fsync at

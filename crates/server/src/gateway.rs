@@ -203,16 +203,18 @@ async fn with_conn<T: Send + 'static>(
 ) -> Result<(T, bool), Failure> {
     let conn = Arc::clone(conn);
     let databases = Arc::clone(databases);
-    tokio::task::spawn_blocking(move || {
+    let (result, unsettled) = tokio::task::spawn_blocking(move || {
         let guard = conn
             .lock()
             .map_err(|_| internal("connection lock poisoned"))?;
         let result = f(&guard);
-        let wrote = databases.settle()?;
-        result.map(|r| (r, wrote))
+        Ok::<_, Failure>((result, databases.unsettled()))
     })
     .await
-    .map_err(|_| internal("SQL task failed"))?
+    .map_err(|_| internal("SQL task failed"))??;
+    // Awaited here, not on the SQL thread: no thread waits for the commit.
+    let wrote = unsettled.settled().await?;
+    result.map(|r| (r, wrote))
 }
 
 impl Gateway {

@@ -34,7 +34,7 @@ pub mod server;
 pub mod sql;
 
 pub use cluster::{Cluster, ClusterError, SingleNode};
-pub use databases::{Databases, LocalDatabases};
+pub use databases::{Databases, LocalDatabases, Unsettled};
 pub use error::ServerError;
 pub use listener::Listener;
 pub use metrics::ServerMetrics;

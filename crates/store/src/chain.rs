@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::pages::Version;
@@ -60,6 +61,8 @@ impl From<ProposeError> for SettleError {
 pub(crate) struct Ticket {
     outcome: Mutex<Option<Result<(), SettleError>>>,
     done: Condvar,
+    /// Tasks waiting without a thread ([`Pending::settled`]).
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl Ticket {
@@ -72,6 +75,27 @@ impl Ticket {
         if o.is_none() {
             *o = Some(result);
             self.done.notify_all();
+            drop(o);
+            let wakers =
+                std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+
+    /// The outcome, or `Pending` with `cx`'s waker registered first (so a
+    /// resolve between the check and the registration is never missed).
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Result<(), SettleError>> {
+        {
+            let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        match &*self.outcome() {
+            Some(r) => Poll::Ready(r.clone()),
+            None => Poll::Pending,
         }
     }
 
@@ -236,6 +260,23 @@ impl Pending {
         Ok(())
     }
 
+    /// Resolves as [`Pending::wait`] does, without a thread: for a caller
+    /// on an async runtime (which bounds it with its own timeout).
+    pub async fn settled(self) -> Result<(), SettleError> {
+        let mut next = self.tickets.len();
+        std::future::poll_fn(|cx| {
+            while next > 0 {
+                match self.tickets[next - 1].poll_outcome(cx) {
+                    Poll::Ready(Ok(())) => next -= 1,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
     /// Whether the work committed an entry of its own.
     pub fn wrote(&self) -> bool {
         self.wrote
@@ -359,5 +400,37 @@ mod tests {
             Err(SettleError::LeadershipLost),
             "no outcome in time is an unknown outcome"
         );
+    }
+
+    #[test]
+    fn settled_wakes_when_every_ticket_resolves_and_stops_at_a_failure() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (older, newer) = (Arc::new(Ticket::default()), Arc::new(Ticket::default()));
+        touch(&older, false);
+        touch(&newer, true);
+        let waiting = pending();
+        assert!(waiting.wrote());
+        let (o, n) = (Arc::clone(&older), Arc::clone(&newer));
+        let resolver = std::thread::spawn(move || {
+            n.resolve(Ok(()));
+            o.resolve(Ok(()));
+        });
+        assert_eq!(rt.block_on(waiting.settled()), Ok(()));
+        resolver.join().unwrap();
+
+        let (stuck, failed) = (Arc::new(Ticket::default()), Arc::new(Ticket::default()));
+        touch(&stuck, false);
+        touch(&failed, false);
+        let waiting = pending();
+        let f = Arc::clone(&failed);
+        let resolver = std::thread::spawn(move || f.resolve(Err(SettleError::Stale)));
+        assert_eq!(
+            rt.block_on(waiting.settled()),
+            Err(SettleError::Stale),
+            "a failed newest entry answers without waiting for a stuck older one"
+        );
+        resolver.join().unwrap();
     }
 }
