@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
@@ -16,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
 use support::{
-    client_config, dqlite_rs_bin, probe_leader, run_with_timeout, runtime, send_signal, Output,
+    client_config, dqlite_rs_bin, image_hash, probe_leader, run_with_timeout, runtime, send_signal,
+    Output,
 };
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,21 +49,6 @@ async fn open_on(address: &str, name: &str) -> dqlite_client::Database {
         .await
         .unwrap();
     client.open(name).await.unwrap()
-}
-
-/// The hash of node `address`'s own copy of `db` (DUMP needs no leader).
-fn image_hash(address: &str, db: &str) -> Result<u64, String> {
-    runtime().block_on(async {
-        let mut c =
-            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(10)))
-                .await
-                .map_err(|e| e.to_string())?;
-        let files = c.dump(db).await.map_err(|e| e.to_string())?;
-        let main = files.first().ok_or("no files")?;
-        let mut h = DefaultHasher::new();
-        main.data.hash(&mut h);
-        Ok(h.finish())
-    })
 }
 
 /// Waits until every address holds the same image of `db`.

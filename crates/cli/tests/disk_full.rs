@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{client_config, cluster::Proc, runtime};
+use support::{cluster::Proc, image_hash, insert_rows, totals_on};
 
 /// A tmpfs mounted for the test; unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -114,65 +114,6 @@ fn a_full_disk_is_sqlite_full_for_the_client_and_logged_on_the_node() {
     node.stop("TERM");
 }
 
-/// Inserts rows `from..from + n` of `blob` bytes through the leader of
-/// `servers`; each must be acknowledged.
-fn insert(servers: &[String], from: i64, n: i64, blob: usize) {
-    runtime().block_on(async {
-        let mut db = dqlite_client::Database::connect_with(
-            servers,
-            "full",
-            &client_config(Duration::from_secs(30)),
-        )
-        .await
-        .expect("connect");
-        db.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
-            .await
-            .expect("create");
-        for x in from..from + n {
-            let sql = format!("INSERT INTO t VALUES ({x}, zeroblob({blob}))");
-            db.exec(&sql, ())
-                .await
-                .unwrap_or_else(|e| panic!("insert {x}: {e}"));
-        }
-    });
-}
-
-/// The hash of node `address`'s own copy (DUMP needs no leader).
-fn image_hash(address: &str) -> Result<u64, String> {
-    use std::hash::{Hash, Hasher};
-    runtime().block_on(async {
-        let mut c =
-            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(30)))
-                .await
-                .map_err(|e| e.to_string())?;
-        let files = c.dump("full").await.map_err(|e| e.to_string())?;
-        let main = files.first().ok_or("no files")?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        main.data.hash(&mut h);
-        Ok(h.finish())
-    })
-}
-
-/// `count(*)` and `sum(x)` read on the node at `address` (which must lead).
-fn totals_on(address: &str) -> Result<(i64, i64), String> {
-    runtime().block_on(async {
-        let client =
-            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(30)))
-                .await
-                .map_err(|e| e.to_string())?;
-        let mut db = client.open("full").await.map_err(|e| e.to_string())?;
-        let rows = db
-            .query_all("SELECT count(*), sum(x) FROM t", ())
-            .await
-            .map_err(|e| e.to_string())?;
-        let row = rows.first().ok_or("no row")?;
-        Ok((
-            row.get::<i64>(0).map_err(|e| e.to_string())?,
-            row.get::<i64>(1).map_err(|e| e.to_string())?,
-        ))
-    })
-}
-
 fn cli(args: &[&str]) -> support::Output {
     let mut cmd = Command::new(support::dqlite_rs_bin());
     cmd.args(args);
@@ -218,18 +159,22 @@ fn a_follower_with_a_full_disk_stops_acknowledging_and_catches_up_once_space_is_
     let mut rows = 0;
     while !n3.read_log().contains(full_line) {
         assert!(rows < 400, "n3 never filled up:\n{}", n3.read_log());
-        insert(&addresses, rows, 10, 256 << 10);
+        insert_rows(&addresses, "full", rows, 10, 256 << 10);
         rows += 10;
     }
     // Full, it stays up; the cluster keeps taking writes through the others.
-    insert(&addresses, rows, 20, 256 << 10);
+    insert_rows(&addresses, "full", rows, 20, 256 << 10);
     rows += 20;
     assert!(n3.is_alive(), "the full node exited:\n{}", n3.read_log());
     // It acknowledged none of those: it could not persist them, so it did
     // not apply them either.
-    let lagging = image_hash(&n3.address).expect("the full node stopped serving");
+    let lagging = image_hash(&n3.address, "full").expect("the full node stopped serving");
     let (_, leader) = support::probe_leader(&n1.address, Duration::from_secs(5)).expect("a leader");
-    assert_ne!(Ok(lagging), image_hash(&leader), "n3 kept up while full");
+    assert_ne!(
+        Ok(lagging),
+        image_hash(&leader, "full"),
+        "n3 kept up while full"
+    );
 
     // Space comes back: it persists what it was sent and catches up.
     let out = Command::new("mount")
@@ -239,7 +184,7 @@ fn a_follower_with_a_full_disk_stops_acknowledging_and_catches_up_once_space_is_
         .expect("run mount");
     assert!(out.status.success(), "remount: {out:?}");
     let same = wait_for(Duration::from_secs(120), || {
-        let hashes: Vec<_> = addresses.iter().map(|a| image_hash(a)).collect();
+        let hashes: Vec<_> = addresses.iter().map(|a| image_hash(a, "full")).collect();
         hashes.iter().all(|h| h.is_ok() && *h == hashes[0])
     });
     assert!(same, "n3 did not catch up:\n{}", n3.read_log());
@@ -265,10 +210,12 @@ fn a_follower_with_a_full_disk_stops_acknowledging_and_catches_up_once_space_is_
             .is_ok_and(|(_, addr)| addr == n3.address)
     });
     assert!(leads, "n3 never became leader:\n{}", n3.read_log());
-    let totals = wait_for(Duration::from_secs(30), || totals_on(&n3.address).is_ok());
+    let totals = wait_for(Duration::from_secs(30), || {
+        totals_on(&n3.address, "full").is_ok()
+    });
     assert!(totals, "cannot read on n3");
     assert_eq!(
-        totals_on(&n3.address).unwrap(),
+        totals_on(&n3.address, "full").unwrap(),
         (rows, (0..rows).sum::<i64>())
     );
     for n in [&mut n1, &mut n2, &mut n3] {

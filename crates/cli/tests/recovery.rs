@@ -8,80 +8,20 @@
 
 mod support;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::Cluster;
-use support::{client_config, dqlite_rs_bin, run_with_timeout, runtime};
-
-/// Inserts `rows` rows of `blob` bytes each through the leader; every one
-/// must be acknowledged.
-fn insert(servers: &[String], from: i64, rows: i64, blob: usize) {
-    runtime().block_on(async {
-        let mut db = dqlite_client::Database::connect_with(
-            servers,
-            "rec",
-            &client_config(Duration::from_secs(20)),
-        )
-        .await
-        .expect("connect");
-        db.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
-            .await
-            .expect("create");
-        for x in from..from + rows {
-            let sql = format!("INSERT INTO t VALUES ({x}, randomblob({blob}))");
-            db.exec(&sql, ()).await.expect("insert");
-        }
-    });
-}
-
-/// `count(*)` and `sum(x)` of `t`, read on the node at `address` (which
-/// must lead).
-fn totals_on(address: &str) -> Result<(i64, i64), String> {
-    runtime().block_on(async {
-        let client =
-            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(20)))
-                .await
-                .map_err(|e| e.to_string())?;
-        let mut db = client.open("rec").await.map_err(|e| e.to_string())?;
-        let rows = db
-            .query_all("SELECT count(*), sum(x) FROM t", ())
-            .await
-            .map_err(|e| e.to_string())?;
-        let row = rows.first().ok_or("no row")?;
-        Ok((
-            row.get::<i64>(0).map_err(|e| e.to_string())?,
-            row.get::<i64>(1).map_err(|e| e.to_string())?,
-        ))
-    })
-}
-
-/// The hash of node `address`'s own copy of the database (DUMP needs no
-/// leader).
-fn image_hash(address: &str) -> Result<u64, String> {
-    runtime().block_on(async {
-        let mut c =
-            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(20)))
-                .await
-                .map_err(|e| e.to_string())?;
-        let files = c.dump("rec").await.map_err(|e| e.to_string())?;
-        let main = files.first().ok_or("no files")?;
-        let mut h = DefaultHasher::new();
-        main.data.hash(&mut h);
-        Ok(h.finish())
-    })
-}
+use support::{dqlite_rs_bin, image_hash, insert_rows, run_with_timeout, totals_on};
 
 fn wait_same_image(cluster: &Cluster, timeout: Duration) {
     let addresses = cluster.addresses();
     let deadline = Instant::now() + timeout;
     let mut last = Vec::new();
     while Instant::now() < deadline {
-        last = addresses.iter().map(|a| image_hash(a)).collect();
+        last = addresses.iter().map(|a| image_hash(a, "rec")).collect();
         if let Some(Ok(first)) = last.first() {
             if last.iter().all(|h| h.as_ref() == Ok(first)) {
                 return;
@@ -238,7 +178,7 @@ fn recovers_from(what: Damage) {
     } else {
         (30, 100)
     };
-    insert(&addresses, 0, rows, blob);
+    insert_rows(&addresses, "rec", 0, rows, blob);
     let leader = cluster.leader(Duration::from_secs(10));
     // A node that joined (it received a snapshot), and a follower.
     let victim = if leader == 1 { 2 } else { 1 };
@@ -267,7 +207,7 @@ fn recovers_from(what: Damage) {
     assert!(file.exists(), "{what:?}: {} moved", file.display());
 
     // The others keep the cluster writable meanwhile.
-    insert(&addresses, rows, 5, 100);
+    insert_rows(&addresses, "rec", rows, 5, 100);
 
     // Auto-recovery on (the default): it sets the file aside and says so.
     cluster.nodes[victim].args.pop();
@@ -286,7 +226,7 @@ fn recovers_from(what: Damage) {
         file.with_file_name(format!("{name}.corrupt"))
     };
     assert!(aside.exists(), "{what:?}: {} missing", aside.display());
-    insert(&addresses, rows + 5, 5, 100);
+    insert_rows(&addresses, "rec", rows + 5, 5, 100);
     let total = rows + 10;
     wait_same_image(&cluster, Duration::from_secs(90));
 
@@ -305,7 +245,7 @@ fn recovers_from(what: Damage) {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let totals = loop {
-        match totals_on(&victim_addr) {
+        match totals_on(&victim_addr, "rec") {
             Ok(t) => break t,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("read on the new leader: {e}");

@@ -386,3 +386,63 @@ pub fn client_config(request_timeout: Duration) -> dqlite_client::Config {
     c.request_timeout = request_timeout;
     c
 }
+
+/// Inserts rows `from..from + n` of `blob` random bytes into `t` of `db`
+/// through the leader of `servers`; each must be acknowledged.
+pub fn insert_rows(servers: &[String], db: &str, from: i64, n: i64, blob: usize) {
+    runtime().block_on(async {
+        let mut conn = dqlite_client::Database::connect_with(
+            servers,
+            db,
+            &client_config(Duration::from_secs(30)),
+        )
+        .await
+        .expect("connect");
+        conn.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
+            .await
+            .expect("create");
+        for x in from..from + n {
+            let sql = format!("INSERT INTO t VALUES ({x}, randomblob({blob}))");
+            conn.exec(&sql, ())
+                .await
+                .unwrap_or_else(|e| panic!("insert {x}: {e}"));
+        }
+    });
+}
+
+/// A hash of node `address`'s own copy of `db` (DUMP needs no leader).
+pub fn image_hash(address: &str, db: &str) -> Result<u64, String> {
+    use std::hash::{Hash, Hasher};
+    runtime().block_on(async {
+        let mut c =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(30)))
+                .await
+                .map_err(|e| e.to_string())?;
+        let files = c.dump(db).await.map_err(|e| e.to_string())?;
+        let main = files.first().ok_or("no files")?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        main.data.hash(&mut h);
+        Ok(h.finish())
+    })
+}
+
+/// `count(*)` and `sum(x)` of `t` in `db`, read on the node at `address`
+/// (which must lead).
+pub fn totals_on(address: &str, db: &str) -> Result<(i64, i64), String> {
+    runtime().block_on(async {
+        let client =
+            dqlite_client::Client::connect(address, &client_config(Duration::from_secs(30)))
+                .await
+                .map_err(|e| e.to_string())?;
+        let mut conn = client.open(db).await.map_err(|e| e.to_string())?;
+        let rows = conn
+            .query_all("SELECT count(*), sum(x) FROM t", ())
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = rows.first().ok_or("no row")?;
+        Ok((
+            row.get::<i64>(0).map_err(|e| e.to_string())?,
+            row.get::<i64>(1).map_err(|e| e.to_string())?,
+        ))
+    })
+}
