@@ -1060,6 +1060,35 @@ mod tests {
         r.entries.iter().map(|e| e.index).collect()
     }
 
+    /// Writes entries `1..=n` of `size` bytes into a fresh log in `dir`,
+    /// then flips the bits of `mask` in byte `at` of the payload of record
+    /// `record` (0-based) of the open segment. Returns (the segment's
+    /// name, where the record starts, where the segment's data ends).
+    fn flip_in_open_segment(
+        dir: &Path,
+        n: u64,
+        size: usize,
+        record: usize,
+        at: u64,
+        mask: u8,
+    ) -> (String, u64, u64) {
+        let (mut log, _) = open(dir, opts(1 << 20), 0).unwrap();
+        log.append(&(1..=n).map(|i| entry(i, 1, size)).collect::<Vec<_>>())
+            .unwrap();
+        log.sync().unwrap();
+        let (name, start, end) = (
+            log.open.name.clone(),
+            log.open.offsets[record],
+            log.open.end,
+        );
+        drop(log);
+        let path = log_dir(dir).join(&name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(start + FRAME_SIZE + at) as usize] ^= mask;
+        std::fs::write(&path, &bytes).unwrap();
+        (name, start, end)
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         RealDisk.list(&log_dir(dir)).unwrap()
     }
@@ -1108,19 +1137,8 @@ mod tests {
     #[test]
     fn torn_tail_of_the_open_segment_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = open(dir.path(), opts(1 << 20), 0).unwrap();
-        log.append(&(1..=10).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
-            .unwrap();
-        log.sync().unwrap();
-        let end = log.open.end;
-        let last_at = log.open.offsets[9];
-        let open_name = log.open.name.clone();
-        drop(log);
         // Tear the last record: flip a byte in its payload.
-        let path = log_dir(dir.path()).join(&open_name);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[(last_at + FRAME_SIZE + 5) as usize] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        let (_, last_at, end) = flip_in_open_segment(dir.path(), 10, 100, 9, 5, 0xff);
         assert!(end > last_at);
         let (mut log, r) = open(dir.path(), opts(1 << 20), 0).unwrap();
         assert!(r.torn_tail);
@@ -1183,17 +1201,7 @@ mod tests {
     #[test]
     fn damage_inside_the_open_segment_is_corruption_not_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = open(dir.path(), opts(1 << 20), 0).unwrap();
-        log.append(&(1..=10).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
-            .unwrap();
-        log.sync().unwrap();
-        let at = log.open.offsets[3];
-        let open_name = log.open.name.clone();
-        drop(log);
-        let path = log_dir(dir.path()).join(&open_name);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[(at + FRAME_SIZE + 7) as usize] ^= 0x10;
-        std::fs::write(&path, &bytes).unwrap();
+        let (open_name, _, _) = flip_in_open_segment(dir.path(), 10, 100, 3, 7, 0x10);
 
         match open(dir.path(), opts(1 << 20), 0) {
             Err(StorageError::Corrupt { path: p, detail }) => {
@@ -1281,17 +1289,9 @@ mod tests {
     #[test]
     fn read_only_scan_never_modifies_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = open(dir.path(), opts(1 << 20), 0).unwrap();
-        log.append(&(1..=5).map(|i| entry(i, 1, 10)).collect::<Vec<_>>())
-            .unwrap();
-        log.sync().unwrap();
-        let last_at = log.open.offsets[4];
-        let open_name = log.open.name.clone();
-        drop(log);
+        let (open_name, _, _) = flip_in_open_segment(dir.path(), 5, 10, 4, 2, 0xff);
         let path = log_dir(dir.path()).join(&open_name);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[(last_at + FRAME_SIZE + 2) as usize] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
         let entries = read_only(&RealDisk, dir.path(), 0).unwrap();
         assert_eq!(entries.len(), 4);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
