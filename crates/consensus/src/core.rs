@@ -380,6 +380,8 @@ struct Pending {
 struct Unpersisted {
     number: u64,
     persist: bool,
+    /// It changes term or vote.
+    new_term: bool,
     messages: Vec<Message>,
 }
 
@@ -436,9 +438,6 @@ pub struct Core<S: State> {
     seq: u64,
     pending: BTreeMap<u64, Pending>,
     unpersisted: VecDeque<Unpersisted>,
-    /// The ready number of the newest batch that changes term or vote and
-    /// is not durable yet.
-    term_unpersisted: Option<u64>,
     reads: Reads,
     ticks: u64,
     applied: u64,
@@ -558,7 +557,6 @@ impl<S: State> Core<S> {
             seq: 0,
             pending: BTreeMap::new(),
             unpersisted: VecDeque::new(),
-            term_unpersisted: None,
             reads: Reads::default(),
             ticks: 0,
             applied: snapshot_index,
@@ -1311,9 +1309,6 @@ impl<S: State> Core<S> {
             self.durable_commit = self.durable_commit.max(commit);
             self.commit_inflight.pop_front();
         }
-        if self.term_unpersisted.is_some_and(|n| n <= number) {
-            self.term_unpersisted = None;
-        }
     }
 
     /// Drains raft's Ready (bounded: a Ready only appears after new input or
@@ -1412,11 +1407,10 @@ impl<S: State> Core<S> {
         self.raw.mut_store().append(&entries);
         let hard_state = rd.hs().cloned();
         let number = rd.number();
+        let mut new_term = false;
         if let Some(hs) = &hard_state {
             let before = self.raw.store().hard_state();
-            if hs.term != before.term || hs.vote != before.vote {
-                self.term_unpersisted = Some(number);
-            }
+            new_term = hs.term != before.term || hs.vote != before.vote;
             self.raw.mut_store().set_hard_state(hs.clone());
         }
         let persist = rd.must_sync()
@@ -1424,7 +1418,8 @@ impl<S: State> Core<S> {
             || snapshot_index.is_some()
             || membership_commit.is_some();
         held.extend(rd.take_persisted_messages());
-        if self.term_unpersisted.is_none() && (persist || !self.unpersisted.is_empty()) {
+        let term_durable = !new_term && !self.unpersisted.iter().any(|u| u.new_term);
+        if term_durable && (persist || !self.unpersisted.is_empty()) {
             // A follower's heartbeat responses say only "I follow you in
             // this term": they need no entry to be durable, only the term,
             // so they do not queue behind a large append's fsync (a 16 MiB
@@ -1459,6 +1454,7 @@ impl<S: State> Core<S> {
             self.unpersisted.push_back(Unpersisted {
                 number,
                 persist,
+                new_term,
                 messages: held,
             });
         }
