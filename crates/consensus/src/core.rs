@@ -308,8 +308,7 @@ impl SnapshotJob {
     ) -> Result<SnapshotInfo, StorageError> {
         let index = self.header.index;
         let mut image = Some(self.image);
-        let mut out = None;
-        let info = store.write(&self.header, &mut |w| {
+        store.write(&self.header, &mut |w| {
             let image = image
                 .take()
                 .ok_or_else(|| std::io::Error::other("snapshot body written twice"))?;
@@ -322,13 +321,11 @@ impl SnapshotJob {
                 progress: None,
             };
             let written = image.write_to(&mut writer);
-            out = writer.progress.take();
+            if let Some(progress) = writer.progress {
+                progress.finish();
+            }
             written
-        });
-        if let Some(progress) = out {
-            progress.finish();
-        }
-        info
+        })
     }
 }
 
