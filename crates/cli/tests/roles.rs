@@ -525,7 +525,16 @@ fn weight_lives_in_the_registry_and_survives_a_restart() {
     });
     cluster.nodes[follower].stop("KILL");
     cluster.nodes[follower].start();
-    let out = cli(&["cluster", "-s", &address, "describe"]);
+    // The restarted node serves before it has replayed or been sent every
+    // committed entry; the weight is there once it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = cli(&["cluster", "-s", &address, "describe"]);
+        if out.stdout.contains("weight: 42") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(out.success(), "{}", out.describe());
     assert!(out.stdout.contains("weight: 42"), "{}", out.describe());
     assert!(

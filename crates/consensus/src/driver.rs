@@ -73,7 +73,9 @@ pub enum Command {
     Stop(oneshot::Sender<()>),
 }
 
-/// What the driver publishes after every step.
+/// What the driver publishes after every step. Watchers wake at once for
+/// a change of anything but `applied`, `commit` and `progress`, which they
+/// see at most one tick late.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     /// This node's id.
@@ -110,6 +112,56 @@ pub struct Status {
     pub progress: BTreeMap<u64, (u64, bool)>,
 }
 
+impl Status {
+    /// Equal apart from the counters that move with every commit.
+    fn same_but_counters(&self, other: &Status) -> bool {
+        let Status {
+            id,
+            leader,
+            term,
+            is_leader,
+            caught_up_in_term,
+            cluster,
+            applied: _,
+            commit: _,
+            snapshot_index,
+            removed,
+            snapshots_installed,
+            error,
+            fenced,
+            stopped,
+            progress: _,
+        } = self;
+        (
+            *id,
+            *leader,
+            *term,
+            *is_leader,
+            *caught_up_in_term,
+            cluster,
+            *snapshot_index,
+            *removed,
+            *snapshots_installed,
+            error,
+            *fenced,
+            *stopped,
+        ) == (
+            other.id,
+            other.leader,
+            other.term,
+            other.is_leader,
+            other.caught_up_in_term,
+            &other.cluster,
+            other.snapshot_index,
+            other.removed,
+            other.snapshots_installed,
+            &other.error,
+            other.fenced,
+            other.stopped,
+        )
+    }
+}
+
 /// Handle on a running driver.
 pub struct DriverHandle {
     /// Commands.
@@ -142,6 +194,8 @@ struct Driver<S: State> {
     status: watch::Sender<Status>,
     disk_error: Option<DiskFault>,
     peers_published: Vec<(u64, String)>,
+    /// The status changed since watchers were last woken (only counters).
+    unannounced: bool,
     /// The snapshot being written off this thread (one at a time).
     snapshot: Option<std::thread::JoinHandle<()>>,
     /// Tells the snapshot writer to give up (node stopping).
@@ -182,6 +236,7 @@ pub fn spawn<S: State>(
         status: status_tx,
         disk_error: None,
         peers_published: Vec::new(),
+        unannounced: false,
         snapshot: None,
         snapshot_cancel: Arc::new(AtomicBool::new(false)),
         snapshot_done: unbounded(),
@@ -214,7 +269,7 @@ impl<S: State> Driver<S> {
         let mut actions = Vec::new();
         let mut stop_reply = None;
         self.publish_peers();
-        self.publish();
+        self.publish(true);
         let snapshots = self.snapshot_done.1.clone();
         while stop_reply.is_none() {
             let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -251,7 +306,8 @@ impl<S: State> Driver<S> {
                 }
             }
             let now = Instant::now();
-            if now >= next_tick {
+            let ticked = now >= next_tick;
+            if ticked {
                 self.core.handle_input(Input::Tick, &mut actions);
                 next_tick += tick;
                 if next_tick < now {
@@ -262,7 +318,7 @@ impl<S: State> Driver<S> {
             self.core.process_ready(&mut actions);
             // Status first: a caller woken by its result sees the state
             // that produced it.
-            self.publish();
+            self.publish(ticked);
             self.dispatch(&mut actions);
         }
         info!(id = self.core.id(), "driver stopping");
@@ -444,7 +500,11 @@ impl<S: State> Driver<S> {
         }
     }
 
-    fn publish(&mut self) {
+    /// Publishes the status. Watchers are woken at once when anything but
+    /// the counters (applied, commit, progress) changed, and otherwise at
+    /// most once a tick: those move with every commit, and waking every
+    /// watcher for each would cost a thread wake-up per write.
+    fn publish(&mut self, ticked: bool) {
         let core = &self.core;
         let status = Status {
             id: core.id(),
@@ -466,13 +526,19 @@ impl<S: State> Driver<S> {
             progress: core.progress(),
             fenced: core.fence().is_some(),
         };
+        let unannounced = &mut self.unannounced;
         self.status.send_if_modified(|s| {
-            if *s != status {
+            let changed = *s != status;
+            let now = changed && !s.same_but_counters(&status);
+            if changed {
                 *s = status;
-                true
-            } else {
-                false
             }
+            *unannounced |= changed;
+            let wake = now || (ticked && *unannounced);
+            if wake {
+                *unannounced = false;
+            }
+            wake
         });
     }
 }

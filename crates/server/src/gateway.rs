@@ -20,10 +20,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, ClusterError};
-use crate::databases::Databases;
+use crate::databases::{Databases, Unsettled};
 use crate::policy;
 use crate::read_mode::{self, ReadMode, ReadModePragma};
 use crate::sql::{self, Access, Failure, Prepared};
+use crate::writers::Writers;
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -36,13 +37,13 @@ pub(crate) struct Shared {
     pub weight: AtomicU64,
     /// Per database, the queue of statements that may write, served in
     /// arrival order.
-    pub writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub writers: Mutex<HashMap<String, Arc<Writers>>>,
     /// Statements, connections and errors, for the embedder's metrics.
     pub metrics: crate::metrics::ServerMetrics,
 }
 
 impl Shared {
-    fn writer_queue(&self, database: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn writer_queue(&self, database: &str) -> Arc<Writers> {
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = writers.get(database) {
             return Arc::clone(queue);
@@ -187,7 +188,7 @@ fn cluster_failure(e: ClusterError) -> Response {
     Response::failure(e.code(), e.to_string())
 }
 
-fn internal(what: &str) -> Failure {
+pub(crate) fn internal(what: &str) -> Failure {
     Failure::new(SQLITE_IOERR, format!("internal error: {what}"))
 }
 
@@ -212,7 +213,15 @@ async fn with_conn<T: Send + 'static>(
     })
     .await
     .map_err(|_| internal("SQL task failed"))??;
-    // Awaited here, not on the SQL thread: no thread waits for the commit.
+    settled(result, unsettled).await
+}
+
+/// Waits, here and not on the SQL thread (no thread waits for the
+/// commit), until what a statement wrote or read has committed.
+async fn settled<T>(
+    result: Result<T, Failure>,
+    unsettled: Box<dyn Unsettled>,
+) -> Result<(T, bool), Failure> {
     let wrote = unsettled.settled().await?;
     result.map(|r| (r, wrote))
 }
@@ -366,26 +375,20 @@ impl Gateway {
         };
         let access = serve.access();
         let open = self.db(db)?;
-        let turn = if in_transaction || readonly || access == Access::ReadOnly {
-            None
+        let databases = &self.shared.databases;
+        let result = if in_transaction || readonly || access == Access::ReadOnly {
+            with_conn(databases, &open.conn, move |c| run(c, access)).await
         } else {
             let queue = self.shared.writer_queue(&open.name);
-            let turn = tokio::time::timeout(WRITER_WAIT, queue.lock_owned())
+            let statement = Box::new(move |c: &Connection| run(c, access));
+            match queue
+                .run(databases, &open.conn, statement, WRITER_WAIT)
                 .await
-                .map_err(|_| {
-                    Response::failure(
-                        SQLITE_BUSY,
-                        "database is locked: the writers queued ahead did not finish in time",
-                    )
-                })?;
-            Some(turn)
+            {
+                Ok((result, unsettled)) => settled(result, unsettled).await,
+                Err(e) => Err(e),
+            }
         };
-        let result = with_conn(&self.shared.databases, &open.conn, move |c| {
-            let result = run(c, access);
-            drop(turn);
-            result
-        })
-        .await;
         if barrier_after && !matches!(result, Ok((_, true))) {
             self.cluster().barrier().await.map_err(cluster_failure)?;
         }

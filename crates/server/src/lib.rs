@@ -6,6 +6,8 @@
 //!   by their handshake, and shuts down in order.
 //! - `conn`: one connection; framing, the request loop, streaming.
 //! - `gateway`: one client session; what each request does.
+//! - `writers`: each database's writer queue; a burst of writes runs
+//!   back to back on one blocking thread.
 //! - [`sql`]: SQL execution on a SQLite connection (blocking threads).
 //! - [`policy`]: what client SQL may not do (denied pragmas, ATTACH).
 //! - [`read_mode`]: follower reads, chosen per connection with
@@ -32,6 +34,7 @@ pub mod policy;
 pub mod read_mode;
 pub mod server;
 pub mod sql;
+mod writers;
 
 pub use cluster::{Cluster, ClusterError, SingleNode};
 pub use databases::{Databases, LocalDatabases, Unsettled};
