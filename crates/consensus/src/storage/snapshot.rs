@@ -142,7 +142,7 @@ struct FileWriter<'a> {
 /// A large snapshot is synced as it is written, every this many bytes:
 /// one fsync of hundreds of MiB at the end would hold the disk, and the
 /// log's own fsyncs behind it, for seconds.
-const SYNC_EVERY: u64 = 16 << 20;
+const SYNC_EVERY: u64 = 4 << 20;
 
 impl FileWriter<'_> {
     fn flush_buf(&mut self) -> io::Result<()> {
