@@ -26,7 +26,10 @@
 //!   and the deliberate bugs ([`raftrs::Broken`]) canaries plant.
 //! - [`simfs`]: the consensus crate's `Disk` trait over [`disk::SimDisk`].
 //! - [`service`]: a node running the consensus crate's real `Core`, `Log`,
-//!   `MetaFile` and `SnapshotStore` on the simulated disk.
+//!   `MetaFile` and `SnapshotStore` on the simulated disk, generic over its
+//!   [`service::Machine`] (state machine and client handling).
+//! - [`store`]: that machine as the real replicated SQLite store (VFS,
+//!   speculative chain, `StoreState`) under SQL workloads.
 //! - [`options`]: everything a run varies, derived from its seed.
 //! - [`cluster`]: one run: scheduler loop, clients, faults, membership,
 //!   checks after every event, linearizability at the end.
@@ -52,4 +55,5 @@ pub mod runner;
 pub mod scheduler;
 pub mod service;
 pub mod simfs;
+pub mod store;
 pub mod trace;
