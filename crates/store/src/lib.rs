@@ -18,6 +18,11 @@
 //! - [`fsm`]: the consensus [`dqlite_consensus::State`]: apply, snapshot,
 //!   restore.
 //!
+//! The `sim-bugs` feature compiles `Broken` and `Store::set_broken`:
+//! deliberate bugs in the real commit and apply paths that the simulator
+//! (`dqlite-sim --node store --broken ...`) must catch. They stay off unless
+//! set, so a build that unifies the feature behaves as before.
+//!
 //! ```
 //! // Without a proposer, commits apply locally (tests, tools).
 //! let store = dqlite_store::Store::memory().unwrap();

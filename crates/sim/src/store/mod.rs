@@ -40,12 +40,16 @@ use dqlite_consensus::core::{Core, Input, Outcome as CoreOutcome, Proposal};
 use dqlite_store::{
     OnFailure, Pending, ProposeError as StoreProposeError, Proposer, SettleError, Store, StoreState,
 };
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode};
+
+mod sql;
+
+use sql::Seen;
 
 use crate::checker::linearizability::{Command, Outcome};
 use crate::kv::KvRequest;
 use crate::node::{Answer, ProposeError};
-use crate::options::{Workload, BANK_ACCOUNTS};
+use crate::options::Workload;
 use crate::raftrs::Broken;
 use crate::service::{Events, Machine, Recording};
 
@@ -103,20 +107,6 @@ struct Interactive {
     seen: Seen,
     /// What the read touched.
     read: Pending,
-}
-
-/// What a write's first half read.
-enum Seen {
-    /// The register's value.
-    Register(Option<i64>),
-    /// The two accounts of a transfer with their balances, and the amount.
-    Bank {
-        from: (i64, i64),
-        to: (i64, i64),
-        amount: i64,
-    },
-    /// Whether the element is there already.
-    Set(bool),
 }
 
 /// The real store, driven by one of the three SQL workloads.
@@ -211,10 +201,6 @@ fn failed_answer(e: &rusqlite::Error, pending: Pending) -> Answer {
     }
 }
 
-fn is_missing_table(e: &rusqlite::Error) -> bool {
-    e.to_string().contains("no such table")
-}
-
 impl Open {
     fn take_conn(&mut self) -> rusqlite::Result<Connection> {
         match self.idle.pop() {
@@ -226,11 +212,7 @@ impl Open {
     /// Runs a read as one statement on a connection of the pool.
     fn read(&mut self, workload: Workload, key: u64) -> rusqlite::Result<Outcome> {
         let conn = self.take_conn()?;
-        let result = match workload {
-            Workload::Register => register_read(&conn, key),
-            Workload::Bank => bank_read(&conn),
-            Workload::Set => set_read(&conn),
-        };
+        let result = sql::read(&conn, workload, key);
         self.put_back(conn, result.is_err());
         result
     }
@@ -252,7 +234,7 @@ impl Open {
     ) -> rusqlite::Result<Interactive> {
         let conn = self.take_conn()?;
         let key = key as i64;
-        match begin(&conn, workload, key, command) {
+        match sql::begin(&conn, workload, key, command) {
             Ok(seen) => Ok(Interactive {
                 conn,
                 key,
@@ -265,181 +247,6 @@ impl Open {
                 Err(e)
             }
         }
-    }
-}
-
-/// The schema of each workload, created by the first write.
-fn schema(workload: Workload) -> String {
-    match workload {
-        Workload::Register => {
-            "CREATE TABLE IF NOT EXISTS reg (k INTEGER PRIMARY KEY, v INTEGER NOT NULL);".into()
-        }
-        Workload::Set => "CREATE TABLE IF NOT EXISTS elems (v INTEGER PRIMARY KEY);".into(),
-        Workload::Bank => {
-            let mut sql = String::from(
-                "CREATE TABLE IF NOT EXISTS acct (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL);",
-            );
-            for id in 0..BANK_ACCOUNTS {
-                sql.push_str(&format!(
-                    "INSERT OR IGNORE INTO acct (id, bal) VALUES ({id}, 100);"
-                ));
-            }
-            sql
-        }
-    }
-}
-
-fn table(workload: Workload) -> &'static str {
-    match workload {
-        Workload::Register => "reg",
-        Workload::Bank => "acct",
-        Workload::Set => "elems",
-    }
-}
-
-/// Opens a write's transaction and reads what it depends on.
-fn begin(
-    conn: &Connection,
-    workload: Workload,
-    key: i64,
-    command: Command,
-) -> rusqlite::Result<Seen> {
-    let exists: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name = ?1",
-        [table(workload)],
-        |r| r.get(0),
-    )?;
-    if exists == 0 {
-        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-        tx.execute_batch(&schema(workload))?;
-        tx.commit()?;
-    }
-    conn.execute_batch("BEGIN DEFERRED")?;
-    let v = match command {
-        Command::Write(v) | Command::Cas { new: v, .. } => v,
-        Command::Read => 0,
-    };
-    Ok(match workload {
-        Workload::Register => Seen::Register(
-            conn.query_row("SELECT v FROM reg WHERE k = ?1", [key], |r| r.get(0))
-                .optional()?,
-        ),
-        Workload::Set => Seen::Set(
-            conn.query_row("SELECT count(*) FROM elems WHERE v = ?1", [v as i64], |r| {
-                r.get::<_, i64>(0)
-            })? > 0,
-        ),
-        Workload::Bank => {
-            let n = BANK_ACCOUNTS;
-            let from = (v % n) as i64;
-            let to = ((v % n + 1 + (v / n) % (n - 1)) % n) as i64;
-            let balance = |id: i64| {
-                conn.query_row("SELECT bal FROM acct WHERE id = ?1", [id], |r| {
-                    r.get::<_, i64>(0)
-                })
-            };
-            Seen::Bank {
-                from: (from, balance(from)?),
-                to: (to, balance(to)?),
-                amount: (1 + v % 30) as i64,
-            }
-        }
-    })
-}
-
-/// Closes a write's transaction: writes what the client computed from its
-/// read, and commits.
-fn finish(w: &Interactive) -> rusqlite::Result<Outcome> {
-    let upsert = |v: u64| {
-        w.conn.execute(
-            "INSERT INTO reg (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            params![w.key, v as i64],
-        )
-    };
-    let outcome = match (&w.seen, w.command) {
-        (Seen::Register(_), Command::Write(v)) => {
-            upsert(v)?;
-            Outcome::Written
-        }
-        (Seen::Register(seen), Command::Cas { expected, new }) => {
-            let swaps = seen.map(|v| v as u64) == expected;
-            if swaps {
-                upsert(new)?;
-            }
-            Outcome::Cas(swaps)
-        }
-        (Seen::Set(present), Command::Write(v)) => {
-            if !present {
-                w.conn
-                    .execute("INSERT INTO elems (v) VALUES (?1)", [v as i64])?;
-            }
-            Outcome::Written
-        }
-        (&Seen::Bank { from, to, amount }, _) => {
-            if from.1 >= amount {
-                w.conn.execute(
-                    "UPDATE acct SET bal = ?2 WHERE id = ?1",
-                    [from.0, from.1 - amount],
-                )?;
-                w.conn.execute(
-                    "UPDATE acct SET bal = ?2 WHERE id = ?1",
-                    [to.0, to.1 + amount],
-                )?;
-            }
-            Outcome::Written
-        }
-        _ => Outcome::Unknown,
-    };
-    w.conn.execute_batch("COMMIT")?;
-    Ok(outcome)
-}
-
-/// `acct(id, bal)`: a read sums every balance in one statement.
-fn bank_read(conn: &Connection) -> rusqlite::Result<Outcome> {
-    let read = conn.query_row(
-        "SELECT count(*), coalesce(sum(bal), 0), coalesce(min(bal), 0) FROM acct",
-        [],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        },
-    );
-    match read {
-        Ok((count, sum, min)) => Ok(Outcome::Read(Some(
-            if count as u64 == BANK_ACCOUNTS && min >= 0 {
-                sum as u64
-            } else {
-                u64::MAX
-            },
-        ))),
-        Err(e) if is_missing_table(&e) => Ok(Outcome::Read(None)),
-        Err(e) => Err(e),
-    }
-}
-
-/// One register per row: `reg(k, v)`.
-fn register_read(conn: &Connection, key: u64) -> rusqlite::Result<Outcome> {
-    let read = conn
-        .query_row("SELECT v FROM reg WHERE k = ?1", [key as i64], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional();
-    match read {
-        Ok(v) => Ok(Outcome::Read(v.map(|v| v as u64))),
-        Err(e) if is_missing_table(&e) => Ok(Outcome::Read(None)),
-        Err(e) => Err(e),
-    }
-}
-
-/// `elems(v)`: a read counts the elements.
-fn set_read(conn: &Connection) -> rusqlite::Result<Outcome> {
-    match conn.query_row("SELECT count(*) FROM elems", [], |r| r.get::<_, i64>(0)) {
-        Ok(n) => Ok(Outcome::Read(Some(n as u64))),
-        Err(e) if is_missing_table(&e) => Ok(Outcome::Read(None)),
-        Err(e) => Err(e),
     }
 }
 
@@ -566,7 +373,7 @@ impl Machine for StoreMachine {
             return;
         }
         drop(dqlite_store::pending());
-        let written = finish(&write);
+        let written = sql::finish(&write.conn, write.key, write.command, &write.seen);
         let pending = dqlite_store::pending();
         let Interactive { conn, read, .. } = write;
         open.put_back(conn, written.is_err());
@@ -609,27 +416,17 @@ impl Machine for StoreMachine {
     }
 
     fn final_read(&mut self, core: &Core<Recording<StoreState>>) -> Option<(u64, Vec<u64>)> {
-        let sql = match self.workload {
-            Workload::Register => return None,
-            Workload::Bank => "SELECT bal FROM acct ORDER BY id",
-            Workload::Set => "SELECT v FROM elems ORDER BY v",
-        };
+        if self.workload == Workload::Register {
+            return None;
+        }
         let applied = core.applied_index();
         let open = self.open.as_mut()?;
         // A connection of its own: a pooled one's page cache could hide
         // what was applied under it.
         let conn = open.store.open(DATABASE).ok()?;
         drop(dqlite_store::pending());
-        let read = conn.prepare(sql).and_then(|mut s| {
-            s.query_map([], |r| r.get::<_, i64>(0))?
-                .map(|v| v.map(|v| v as u64))
-                .collect::<rusqlite::Result<Vec<u64>>>()
-        });
+        let read = sql::final_read(&conn, self.workload);
         drop(dqlite_store::pending());
-        match read {
-            Ok(values) => Some((applied, values)),
-            Err(e) if is_missing_table(&e) => Some((applied, Vec::new())),
-            Err(_) => None,
-        }
+        read.ok().map(|values| (applied, values))
     }
 }
