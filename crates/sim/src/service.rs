@@ -179,14 +179,16 @@ pub trait Machine: 'static {
     fn fresh(&mut self, events: &Events) -> Result<Recording<Self::State>, String>;
 
     /// A client request arrived: the input to hand the core (a proposal or
-    /// a read barrier, under `id`), or a refusal.
+    /// a read barrier, under `id`), none if the machine handled it itself,
+    /// or a refusal. Timers as for [`Machine::read_done`].
     fn request(
         &mut self,
         core: &Core<Recording<Self::State>>,
         id: u64,
         request: KvRequest,
         answers: &mut Vec<(u64, Answer)>,
-    ) -> Result<Input, ProposeError>;
+        timers: &mut Vec<(u64, u64)>,
+    ) -> Result<Option<Input>, ProposeError>;
 
     /// Proposal `id` finished.
     fn resolved(
@@ -267,7 +269,8 @@ impl Machine for KvMachine {
         id: u64,
         request: KvRequest,
         answers: &mut Vec<(u64, Answer)>,
-    ) -> Result<Input, ProposeError> {
+        _timers: &mut Vec<(u64, u64)>,
+    ) -> Result<Option<Input>, ProposeError> {
         let key = key_name(request.key);
         let (input, pending) = match request.command {
             Command::Read => (Input::Read(id), KvPending::Read(request.op_id, request.key)),
@@ -307,7 +310,7 @@ impl Machine for KvMachine {
         } else {
             self.requests.insert(id, pending);
         }
-        Ok(input)
+        Ok(Some(input))
     }
 
     fn resolved(
@@ -797,11 +800,20 @@ impl<M: Machine> SimNode for ServiceNode<M> {
         let running = self.running.as_mut().ok_or(ProposeError::NotLeader)?;
         let id = running.next_request;
         running.next_request += 1;
-        let input = self
-            .machine
-            .request(&running.core, id, request, &mut fx.answers)?;
         let mut inner = Effects::default();
-        self.input(input, rng, &mut inner);
+        let mut timers = Vec::new();
+        let input =
+            self.machine
+                .request(&running.core, id, request, &mut inner.answers, &mut timers)?;
+        inner.timers.extend(
+            timers
+                .into_iter()
+                .map(|(delay, token)| (delay, TOKEN_MACHINE + token)),
+        );
+        match input {
+            Some(input) => self.input(input, rng, &mut inner),
+            None => self.poll_machine(rng, &mut inner),
+        }
         // A refusal inside the same input means it never entered the log.
         if let Some(position) = inner
             .answers

@@ -86,7 +86,7 @@ fn correct_store_nodes_pass_under_faults() {
 }
 
 /// A ticket resolved when its entry is proposed, not applied (first
-/// caught at seed 13 today).
+/// caught at seed 3 today).
 #[test]
 fn a_commit_acknowledged_before_it_commits_is_caught() {
     assert!(

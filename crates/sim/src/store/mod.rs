@@ -94,6 +94,11 @@ struct Open {
     writes: BTreeMap<u64, Interactive>,
     /// Operations whose SQL ran, waiting for what they touched to settle.
     settling: Vec<(u64, Outcome, Vec<Pending>)>,
+    /// Operations that ran without a barrier and committed nothing of their
+    /// own: they need a barrier after (handed to the core at the next poll).
+    unconfirmed: Vec<(u64, Outcome, Vec<Pending>)>,
+    /// Those barriers, by id.
+    confirming: BTreeMap<u64, (u64, Outcome, Vec<Pending>)>,
 }
 
 /// A write in progress: a transaction that read, and writes what the
@@ -107,6 +112,8 @@ struct Interactive {
     seen: Seen,
     /// What the read touched.
     read: Pending,
+    /// Ran without a barrier first: needs one after if it commits nothing.
+    fast: bool,
 }
 
 /// The real store, driven by one of the three SQL workloads.
@@ -231,6 +238,7 @@ impl Open {
         workload: Workload,
         key: u64,
         command: Command,
+        fast: bool,
     ) -> rusqlite::Result<Interactive> {
         let conn = self.take_conn()?;
         let key = key as i64;
@@ -241,11 +249,52 @@ impl Open {
                 command,
                 seen,
                 read: dqlite_store::pending(),
+                fast,
             }),
             Err(e) => {
                 self.put_back(conn, true);
                 Err(e)
             }
+        }
+    }
+}
+
+impl Open {
+    /// Runs client operation `op_id`: a read at once, or a write's first
+    /// half (its second comes back as a timer). `fast`: no barrier was
+    /// taken first (the leader had applied an entry of its term).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        workload: Workload,
+        op_id: u64,
+        key: u64,
+        command: Command,
+        fast: bool,
+        answers: &mut Vec<(u64, Answer)>,
+        timers: &mut Vec<(u64, u64)>,
+    ) {
+        // Anything left by an earlier boot or statement is not ours.
+        drop(dqlite_store::pending());
+        if command == Command::Read {
+            let ran = self.read(workload, key);
+            let pending = dqlite_store::pending();
+            match ran {
+                // Confirm leadership before answering what was read.
+                Ok(outcome) if fast => self.unconfirmed.push((op_id, outcome, vec![pending])),
+                Ok(outcome) => self.settling.push((op_id, outcome, vec![pending])),
+                Err(e) => answers.push((op_id, failed_answer(&e, pending))),
+            }
+            return;
+        }
+        match self.begin_write(workload, key, command, fast) {
+            Ok(write) => {
+                self.writes.insert(op_id, write);
+                // The client computes its write meanwhile; others may
+                // commit.
+                timers.push((1 + op_id % 20, op_id));
+            }
+            Err(e) => answers.push((op_id, failed_answer(&e, dqlite_store::pending()))),
         }
     }
 }
@@ -268,6 +317,8 @@ impl Machine for StoreMachine {
             entries: BTreeMap::new(),
             writes: BTreeMap::new(),
             settling: Vec::new(),
+            unconfirmed: Vec::new(),
+            confirming: BTreeMap::new(),
         });
         Ok(Recording::new(
             state,
@@ -281,15 +332,25 @@ impl Machine for StoreMachine {
         core: &Core<Recording<StoreState>>,
         id: u64,
         request: KvRequest,
-        _answers: &mut Vec<(u64, Answer)>,
-    ) -> Result<Input, ProposeError> {
+        answers: &mut Vec<(u64, Answer)>,
+        timers: &mut Vec<(u64, u64)>,
+    ) -> Result<Option<Input>, ProposeError> {
         let open = self.open.as_mut().ok_or(ProposeError::NotLeader)?;
         if !core.is_leader() {
             return Err(ProposeError::NotLeader);
         }
+        // As the server does: a leader that applied an entry of its term
+        // holds every earlier one, so the statement runs at once (and
+        // takes a barrier after, unless it commits an entry of its own);
+        // otherwise a barrier comes first.
+        if core.caught_up_in_term() {
+            let (op_id, key, command) = (request.op_id, request.key, request.command);
+            open.start(self.workload, op_id, key, command, true, answers, timers);
+            return Ok(None);
+        }
         open.barriers
             .insert(id, (request.op_id, request.key, request.command));
-        Ok(Input::Read(id))
+        Ok(Some(Input::Read(id)))
     }
 
     fn resolved(
@@ -322,6 +383,15 @@ impl Machine for StoreMachine {
         let Some(open) = self.open.as_mut() else {
             return;
         };
+        if let Some((op_id, outcome, pendings)) = open.confirming.remove(&id) {
+            match result {
+                Ok(_) => open.settling.push((op_id, outcome, pendings)),
+                // Leadership unconfirmed: the client gets an error, and the
+                // operation changed nothing.
+                Err(_) => answers.push((op_id, Answer::Refused)),
+            }
+            return;
+        }
         let Some((op_id, key, command)) = open.barriers.remove(&id) else {
             return;
         };
@@ -330,26 +400,7 @@ impl Machine for StoreMachine {
             answers.push((op_id, Answer::Refused));
             return;
         }
-        // Anything left by an earlier boot or statement is not ours.
-        drop(dqlite_store::pending());
-        if command == Command::Read {
-            let ran = open.read(workload, key);
-            let pending = dqlite_store::pending();
-            match ran {
-                Ok(outcome) => open.settling.push((op_id, outcome, vec![pending])),
-                Err(e) => answers.push((op_id, failed_answer(&e, pending))),
-            }
-            return;
-        }
-        match open.begin_write(workload, key, command) {
-            Ok(write) => {
-                open.writes.insert(op_id, write);
-                // The client computes its write meanwhile; others may
-                // commit.
-                timers.push((1 + op_id % 20, op_id));
-            }
-            Err(e) => answers.push((op_id, failed_answer(&e, dqlite_store::pending()))),
-        }
+        open.start(workload, op_id, key, command, false, answers, timers);
     }
 
     fn wake(
@@ -375,9 +426,15 @@ impl Machine for StoreMachine {
         drop(dqlite_store::pending());
         let written = sql::finish(&write.conn, write.key, write.command, &write.seen);
         let pending = dqlite_store::pending();
-        let Interactive { conn, read, .. } = write;
+        let Interactive {
+            conn, read, fast, ..
+        } = write;
         open.put_back(conn, written.is_err());
         match written {
+            // A commit of its own proves the leadership it read under.
+            Ok(outcome) if fast && !pending.wrote() => {
+                open.unconfirmed.push((op_id, outcome, vec![read, pending]))
+            }
             Ok(outcome) => open.settling.push((op_id, outcome, vec![read, pending])),
             Err(e) => answers.push((op_id, failed_answer(&e, pending))),
         }
@@ -399,6 +456,12 @@ impl Machine for StoreMachine {
             *next_id += 1;
             open.entries.insert(id, failed);
             inputs.push(Input::Propose(id, Proposal::State(entry)));
+        }
+        for unconfirmed in std::mem::take(&mut open.unconfirmed) {
+            let id = *next_id;
+            *next_id += 1;
+            open.confirming.insert(id, unconfirmed);
+            inputs.push(Input::Read(id));
         }
         open.settling
             .retain(|(op_id, outcome, pendings)| match settled(pendings) {
