@@ -112,3 +112,13 @@ fn a_skipped_base_check_is_caught() {
         "the simulator missed a skipped base check"
     );
 }
+
+/// Regression: a leader elected alone sent its appends of the new term
+/// before that term was durable; it lost the term in a crash, voted again
+/// in it, and two leaders of term 5 followed (consensus core, held since in
+/// `process_one_ready`). Fails without the fix.
+#[test]
+fn a_leader_crashing_before_its_term_is_durable_does_not_vote_again_in_it() {
+    let report = run_seed(6070, NodeKind::Store, Broken::None, false);
+    assert_eq!(report.result, Ok(()), "{:?}", report.trace_tail);
+}
