@@ -18,8 +18,8 @@
 #
 # Knobs (environment):
 #   SIM_SEEDS=500      seeds for the simulator (consensus node)
-#   SIM_STORE_SEEDS=1000  seeds for the simulator over the SQLite store
-#                      (about a minute on 2 cores)
+#   SIM_STORE_SEEDS=2000  seeds for the simulator over the SQLite store
+#                      (40-90 s on 2 cores)
 #   FUZZ_SECONDS=40    libFuzzer -max_total_time per fuzz target
 #   SKIP_FUZZ=1        skip the fuzz step (it says so at the end)
 #   CARGO_TARGET_DIR   honoured as usual
@@ -29,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 SIM_SEEDS=${SIM_SEEDS:-500}
-SIM_STORE_SEEDS=${SIM_STORE_SEEDS:-1000}
+SIM_STORE_SEEDS=${SIM_STORE_SEEDS:-2000}
 FUZZ_SECONDS=${FUZZ_SECONDS:-40}
 SKIP_FUZZ=${SKIP_FUZZ:-0}
 # Safety nets only: every test bounds its own waits. A step that runs into
