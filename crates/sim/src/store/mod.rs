@@ -9,19 +9,24 @@
 //! How a client operation runs, as the server runs a statement on the
 //! leader (`crates/server/src/gateway.rs`, `crates/node/src/store.rs`):
 //!
-//! 1. Only the leader takes it (a follower answers not-leader); it first
-//!    takes a read barrier (`Input::Read`).
-//! 2. When the barrier is done, the SQL transaction runs at once on the
-//!    node's connection. At its commit point the store calls
-//!    [`Proposer::propose`], which here only queues the entry; the node
-//!    hands the queue to the core in order right after the statement, and
-//!    a refusal or a lost leadership reaches the store through the entry's
-//!    `failed` callback, exactly as `ServiceProposer` passes it on.
-//! 3. [`dqlite_store::pending`] takes what the statement wrote or read on
-//!    the speculative chain (a thread-local, so it is taken after every
-//!    statement); the operation completes when [`Pending::outcome`] says so:
-//!    ok is success; stale or not-leader certainly did not apply (refused);
-//!    anything else is an unknown outcome.
+//! 1. Only the leader takes it (a follower answers not-leader). A leader
+//!    that has applied an entry of its term runs it at once and takes a
+//!    read barrier (`Input::Read`) after it unless it committed an entry
+//!    of its own; otherwise the barrier comes first.
+//! 2. A read is one statement on a pooled connection (one per operation in
+//!    flight, as each client has its own). A write is an interactive
+//!    transaction (module `sql`): `BEGIN` and a read, then, 1–20 simulated ms
+//!    later while others commit, the write computed from it and `COMMIT`.
+//!    At the commit point the store calls [`Proposer::propose`], which here
+//!    only queues the entry; the node hands the queue to the core in order
+//!    right after the statement, and a refusal or a lost leadership reaches
+//!    the store through the entry's `failed` callback, as
+//!    `ServiceProposer` passes it on.
+//! 3. [`dqlite_store::pending`] takes what a statement wrote or read on the
+//!    speculative chain (a thread-local, so it is taken after every
+//!    statement); the operation completes when every [`Pending`] it
+//!    collected has an outcome: ok is success; stale, not-leader or a full
+//!    disk certainly did not apply (refused); anything else is unknown.
 //!
 //! Each boot builds a new in-memory store: what survives a crash is what
 //! consensus replays (its snapshots go through the store's own snapshot
