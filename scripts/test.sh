@@ -10,13 +10,16 @@
 #   2. cargo clippy on every target, warnings are errors
 #   3. the workspace tests (nextest if installed, else cargo test), which
 #      include the compatibility tests against Debian's real `dqlite` shell
-#   4. the deterministic simulator over $SIM_SEEDS seeds (if crates/sim has
-#      the dqlite-sim binary)
+#   4. the deterministic simulator over $SIM_SEEDS seeds of the consensus
+#      node, then $SIM_STORE_SEEDS seeds of the replicated SQLite store (if
+#      crates/sim has the dqlite-sim binary)
 #   5. every cargo-fuzz target in fuzz/ for $FUZZ_SECONDS seconds each (if
 #      fuzz/ exists)
 #
 # Knobs (environment):
-#   SIM_SEEDS=500      seeds for the simulator
+#   SIM_SEEDS=500      seeds for the simulator (consensus node)
+#   SIM_STORE_SEEDS=2000  seeds for the simulator over the SQLite store
+#                      (40-90 s on 2 cores)
 #   FUZZ_SECONDS=40    libFuzzer -max_total_time per fuzz target
 #   SKIP_FUZZ=1        skip the fuzz step (it says so at the end)
 #   CARGO_TARGET_DIR   honoured as usual
@@ -26,6 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 SIM_SEEDS=${SIM_SEEDS:-500}
+SIM_STORE_SEEDS=${SIM_STORE_SEEDS:-2000}
 FUZZ_SECONDS=${FUZZ_SECONDS:-40}
 SKIP_FUZZ=${SKIP_FUZZ:-0}
 # Safety nets only: every test bounds its own waits. A step that runs into
@@ -163,6 +167,9 @@ has_sim_binary() {
 run_sim() {
     timeout --kill-after=30 "$SIM_STEP_TIMEOUT" \
         cargo run --release -p dqlite-sim --bin dqlite-sim -- --seeds "$SIM_SEEDS"
+    timeout --kill-after=30 "$SIM_STEP_TIMEOUT" \
+        cargo run --release -p dqlite-sim --bin dqlite-sim -- --node store \
+        --seeds "$SIM_STORE_SEEDS"
 }
 
 ensure_cargo_fuzz() {

@@ -1370,7 +1370,17 @@ impl<S: State> Core<S> {
             .iter()
             .any(|e| e.index > self.durable_commit && is_membership_entry(e))
             .then(|| committed.last().map_or(0, |e| e.index));
-        let hold = membership_commit.is_some() || !self.commit_inflight.is_empty();
+        // A leader's appends go out before its own log is durable, but never
+        // before the term they carry: a leader that crashed before its new
+        // term was durable could vote again in that term, and a second
+        // leader's entry at an index and term its followers already hold
+        // would be taken for theirs (found by the simulator, store node,
+        // seed 6070).
+        let term_changes = rd.hs().is_some_and(|hs| {
+            let before = self.raw.store().hard_state();
+            hs.term != before.term || hs.vote != before.vote
+        }) || self.unpersisted.iter().any(|u| u.new_term);
+        let hold = membership_commit.is_some() || !self.commit_inflight.is_empty() || term_changes;
         // 1. Messages that need no persistence (a leader's appends).
         let mut held = Vec::new();
         let immediate = rd.take_messages();

@@ -21,7 +21,7 @@ use crate::disk::CrashMode;
 use crate::kv::KvRequest;
 use crate::net::{random_split, NetConfig, NodeId, SimNetwork};
 use crate::node::{Answer, Applied, Effects, MemberChange, SimNode};
-use crate::options::Options;
+use crate::options::{Options, Workload, BANK_ACCOUNTS, BANK_TOTAL};
 use crate::rng::SimRng;
 use crate::scheduler::Scheduler;
 use crate::trace::Trace;
@@ -50,6 +50,9 @@ pub enum Failure {
     /// The healed cluster made no progress.
     #[error("liveness: {0}")]
     Liveness(String),
+    /// A workload's own check failed (bank totals, set contents).
+    #[error("{0}")]
+    Workload(String),
     /// The node code (or the simulator) panicked.
     #[error("panic: {0}")]
     Panic(String),
@@ -316,7 +319,76 @@ impl<N: SimNode> Cluster<N> {
             .filter(|(i, _)| !self.omitted.contains(i))
             .map(|(_, o)| o.clone())
             .collect();
-        linearizability::check(&history).map_err(Failure::Linearizability)
+        match self.options.workload {
+            Workload::Register => {
+                linearizability::check(&history).map_err(Failure::Linearizability)
+            }
+            Workload::Bank => {
+                check_bank(&history)?;
+                let (node, applied, balances) = self.final_read()?;
+                let total: u64 = balances.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+                if !balances.is_empty()
+                    && (balances.len() as u64 != BANK_ACCOUNTS || total != BANK_TOTAL)
+                {
+                    return Err(Failure::Workload(format!(
+                        "bank: the final read on node {node} at index {applied} holds balances {balances:?}, not {BANK_ACCOUNTS} accounts totalling {BANK_TOTAL}"
+                    )));
+                }
+                Ok(())
+            }
+            Workload::Set => self.check_set(&history),
+        }
+    }
+
+    /// The final read of a set or bank run, on the live node that applied
+    /// the most: every entry acknowledged anywhere was applied there, and
+    /// image identity makes its state the one every node reaches.
+    fn final_read(&mut self) -> Result<(NodeId, u64, Vec<u64>), Failure> {
+        let mut best: Option<(u64, NodeId, Vec<u64>)> = None;
+        for (&id, slot) in self.nodes.iter_mut() {
+            if !slot.up || slot.retired {
+                continue;
+            }
+            if let Some((applied, values)) = slot.node.final_read() {
+                if !best.as_ref().is_some_and(|(a, _, _)| applied <= *a) {
+                    best = Some((applied, id, values));
+                }
+            }
+        }
+        let Some((applied, node, values)) = best else {
+            return Err(Failure::Workload(
+                "no live node could be read at the end".into(),
+            ));
+        };
+        self.record(format!(
+            "final read on node {node} at index {applied}: {values:?}"
+        ));
+        Ok((node, applied, values))
+    }
+
+    /// The final read of a set run holds every acknowledged element and
+    /// nothing no client attempted, refused attempts included.
+    fn check_set(&mut self, history: &[Operation]) -> Result<(), Failure> {
+        let (node, applied, present) = self.final_read()?;
+        let present: BTreeSet<u64> = present.into_iter().collect();
+        let mut attempted = BTreeSet::new();
+        for op in history {
+            if let Command::Write(v) = op.command {
+                attempted.insert(v);
+                if op.outcome == Outcome::Written && !present.contains(&v) {
+                    return Err(Failure::Workload(format!(
+                        "set: element {v} acknowledged to client {} (op {}) is missing from the final read on node {node} at index {applied}",
+                        op.client, op.id
+                    )));
+                }
+            }
+        }
+        if let Some(v) = present.iter().find(|v| !attempted.contains(v)) {
+            return Err(Failure::Workload(format!(
+                "set: the final read on node {node} at index {applied} holds {v}, which no client attempted or whose attempt was refused"
+            )));
+        }
+        Ok(())
     }
 
     /// In the calm phase a client keeps going until one of its operations
@@ -487,6 +559,10 @@ impl<N: SimNode> Cluster<N> {
                     .on_apply(from, index, digest)
                     .map_err(|violation| Failure::Invariant { at, violation })?,
                 Applied::Restored { index } => self.checker.on_reset(from, index),
+                Applied::Image { index, digest } => self
+                    .checker
+                    .on_image(from, index, digest)
+                    .map_err(|violation| Failure::Invariant { at, violation })?,
             }
         }
         for (to, message) in fx.messages {
@@ -652,20 +728,20 @@ impl<N: SimNode> Cluster<N> {
             None => ids[self.rng.index(ids.len())],
         };
         let key = self.rng.between(0, self.options.keys - 1);
-        let command = match self.rng.index(10) {
-            0..=3 => Command::Read,
-            4..=7 => {
-                self.next_value += 1;
-                Command::Write(self.next_value)
-            }
-            _ => {
-                self.next_value += 1;
-                // Expect a recent value, so some CAS succeed.
-                let back = self.rng.between(0, 3);
-                let expected = self.next_value.checked_sub(1 + back).filter(|&v| v > 1);
-                Command::Cas {
-                    expected,
-                    new: self.next_value,
+        let command = match self.options.workload {
+            Workload::Register => self.register_command(),
+            // Writes are transfers (bank) or inserts (set) of fresh values.
+            Workload::Bank | Workload::Set => {
+                let reads = if self.options.workload == Workload::Bank {
+                    4
+                } else {
+                    2
+                };
+                if self.rng.index(10) < reads {
+                    Command::Read
+                } else {
+                    self.next_value += 1;
+                    Command::Write(self.next_value)
                 }
             }
         };
@@ -721,6 +797,27 @@ impl<N: SimNode> Cluster<N> {
             }
         }
         Ok(())
+    }
+
+    /// A register operation: mostly reads and writes, some compare-and-sets.
+    fn register_command(&mut self) -> Command {
+        match self.rng.index(10) {
+            0..=3 => Command::Read,
+            4..=7 => {
+                self.next_value += 1;
+                Command::Write(self.next_value)
+            }
+            _ => {
+                self.next_value += 1;
+                // Expect a recent value, so some CAS succeed.
+                let back = self.rng.between(0, 3);
+                let expected = self.next_value.checked_sub(1 + back).filter(|&v| v > 1);
+                Command::Cas {
+                    expected,
+                    new: self.next_value,
+                }
+            }
+        }
     }
 
     /// Crashes `victim` (losing unsynced writes, tearing the last one when
@@ -821,4 +918,23 @@ impl<N: SimNode> Cluster<N> {
         self.record(format!("restart node {id} (applied {applied})"));
         self.effects(id, fx)
     }
+}
+
+/// Every read of a bank run saw the constant total (a read of the whole
+/// table in one statement: a snapshot), and no negative balance (the node
+/// reports `u64::MAX` then, or for a missing account).
+fn check_bank(history: &[Operation]) -> Result<(), Failure> {
+    for op in history {
+        if let (Command::Read, Outcome::Read(Some(total))) = (op.command, op.outcome) {
+            if total != BANK_TOTAL {
+                return Err(Failure::Workload(format!(
+                    "bank: client {} (op {}) read a total of {total}, not {BANK_TOTAL} ({} marks a negative balance or a missing account)",
+                    op.client,
+                    op.id,
+                    u64::MAX
+                )));
+            }
+        }
+    }
+    Ok(())
 }

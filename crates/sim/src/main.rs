@@ -3,6 +3,8 @@
 //! ```text
 //! dqlite-sim --seeds N [--start S] [--jobs J]   run seeds S..S+N
 //! dqlite-sim --seed S [--trace]                 replay one seed exactly
+//! --node raftrs|consensus|store                 what each node runs
+//! --broken none|ack-before-commit|send-before-fsync|apply-twice|skip-base-check
 //! ```
 //!
 //! Output of a multi-seed run: one `FAIL seed=S: <failure>` line per failing
@@ -28,6 +30,9 @@ enum Node {
     Raftrs,
     /// The consensus crate's core, log and snapshots on the simulated disk.
     Consensus,
+    /// The consensus node running the real replicated SQLite store under
+    /// SQL workloads (register, bank or set, by seed).
+    Store,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -38,6 +43,12 @@ enum Bug {
     AckBeforeCommit,
     /// Canary: report log writes durable before fsync (consensus node).
     SendBeforeFsync,
+    /// Canary: the store applies an entry twice on the node that built it
+    /// (store node).
+    ApplyTwice,
+    /// Canary: the store skips the base check and applies stale entries
+    /// (store node).
+    SkipBaseCheck,
 }
 
 /// Deterministic simulator for the dqlite-rs consensus service.
@@ -71,6 +82,7 @@ fn kind(node: Node) -> NodeKind {
     match node {
         Node::Raftrs => NodeKind::RaftRs,
         Node::Consensus => NodeKind::Consensus,
+        Node::Store => NodeKind::Store,
     }
 }
 
@@ -79,6 +91,8 @@ fn broken(bug: Bug) -> Broken {
         Bug::None => Broken::None,
         Bug::AckBeforeCommit => Broken::AckBeforeCommit,
         Bug::SendBeforeFsync => Broken::SendBeforeFsync,
+        Bug::ApplyTwice => Broken::ApplyTwice,
+        Bug::SkipBaseCheck => Broken::SkipBaseCheck,
     }
 }
 

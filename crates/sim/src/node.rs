@@ -29,6 +29,14 @@ pub enum Applied {
         /// The snapshot's index.
         index: u64,
     },
+    /// After applying (or restoring) `index`, the state machine's whole
+    /// image has this digest (equal on every node for one index).
+    Image {
+        /// Log index.
+        index: u64,
+        /// Digest of every database's bytes.
+        digest: u64,
+    },
 }
 
 /// How a client request ended, as far as its node knows.
@@ -138,6 +146,14 @@ pub trait SimNode {
     /// node then shuts down).
     fn removed(&self) -> bool {
         false
+    }
+
+    /// The final read of a set or bank run, on a fresh connection: the
+    /// set's elements or the accounts' balances as this node's state
+    /// machine holds them, and the index it stands at. `None` if the node
+    /// runs neither workload (or is down).
+    fn final_read(&mut self) -> Option<(u64, Vec<u64>)> {
+        None
     }
 
     /// The node's raft state for the invariant checker.

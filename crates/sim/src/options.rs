@@ -39,6 +39,37 @@ pub struct Options {
     pub torn_writes: bool,
     /// A deliberate bug, for canary runs; never set from a seed.
     pub broken: Broken,
+    /// What the clients do (the store node varies it; the others always
+    /// run the register workload).
+    pub workload: Workload,
+}
+
+/// What the clients do, and what is checked at the end of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Reads, writes and compare-and-sets of a few keys: the history must
+    /// be linearizable.
+    Register,
+    /// Transfers between [`BANK_ACCOUNTS`] accounts and reads of every
+    /// balance: every read sums to [`BANK_TOTAL`] with no balance negative.
+    Bank,
+    /// Inserts of unique elements: the final read holds every acknowledged
+    /// element and nothing that was never attempted (or was refused).
+    Set,
+}
+
+/// Accounts of the bank workload.
+pub const BANK_ACCOUNTS: u64 = 5;
+/// What the accounts of the bank workload hold together (100 each).
+pub const BANK_TOTAL: u64 = BANK_ACCOUNTS * 100;
+
+impl Workload {
+    /// The workload of `seed` for a node that runs all three (a stream of
+    /// its own, so the other options stay what they are for other nodes).
+    pub fn for_seed(seed: u64) -> Self {
+        let mut rng = SimRng::new(seed ^ 0x776f_726b_6c6f_6164);
+        [Workload::Register, Workload::Bank, Workload::Set][rng.index(3)]
+    }
 }
 
 impl Options {
@@ -62,6 +93,7 @@ impl Options {
             torn_writes: rng.chance(0.5),
             fsync_ms_max: [2, 10, 30][rng.index(3)],
             broken: Broken::None,
+            workload: Workload::Register,
         }
     }
 }

@@ -32,6 +32,12 @@ pub enum Broken {
     /// Report log writes durable before their fsync, so votes and append
     /// acknowledgements leave first (consensus node only).
     SendBeforeFsync,
+    /// The store applies an entry a second time on the node that built it
+    /// (store node only: `dqlite_store::Broken::ApplyTwice`).
+    ApplyTwice,
+    /// The store applies stale entries, skipping the base check (store
+    /// node only: `dqlite_store::Broken::SkipBaseCheck`).
+    SkipBaseCheck,
 }
 
 /// Election timeout in ticks; raft-rs randomizes in `[E, 2E)`.

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::cluster::{Cluster, Failure, Formation, Report};
-use crate::options::Options;
+use crate::options::{Options, Workload};
 use crate::raftrs::{Broken, RaftRsNode};
-use crate::service::ServiceNode;
+use crate::service::{KvMachine, ServiceNode};
+use crate::store::StoreMachine;
 
 /// Which node implementation a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +21,18 @@ pub enum NodeKind {
     RaftRs,
     /// The consensus crate's core, log and snapshots on the simulated disk.
     Consensus,
+    /// The consensus node with the real replicated SQLite store as its
+    /// state machine, under a register, bank or set workload.
+    Store,
 }
 
 /// Run one seed to completion.
 pub fn run_seed(seed: u64, kind: NodeKind, broken: Broken, echo_trace: bool) -> Report {
     let mut options = Options::from_seed(seed);
     options.broken = broken;
+    if kind == NodeKind::Store {
+        options.workload = Workload::for_seed(seed);
+    }
     run_options(options, kind, echo_trace)
 }
 
@@ -50,7 +57,42 @@ pub fn run_options(options: Options, kind: NodeKind, echo_trace: bool) -> Report
                 options.clone(),
                 Formation::GrowFromFirst,
                 echo_trace,
-                move |id, voters, rng| ServiceNode::new(id, voters, broken, fsync_ms_max, rng),
+                move |id, voters, rng| {
+                    ServiceNode::new(
+                        id,
+                        voters,
+                        KvMachine::new(broken),
+                        broken,
+                        fsync_ms_max,
+                        rng,
+                    )
+                },
+            )
+            .map(Cluster::run)
+        }
+        NodeKind::Store => {
+            let broken = options.broken;
+            let fsync_ms_max = options.fsync_ms_max;
+            let workload = options.workload;
+            // Acknowledging early is planted in the store, not the adapter.
+            let adapter = match broken {
+                Broken::SendBeforeFsync => broken,
+                _ => Broken::None,
+            };
+            Cluster::new(
+                options.clone(),
+                Formation::GrowFromFirst,
+                echo_trace,
+                move |id, voters, rng| {
+                    ServiceNode::new(
+                        id,
+                        voters,
+                        StoreMachine::new(workload, broken),
+                        adapter,
+                        fsync_ms_max,
+                        rng,
+                    )
+                },
             )
             .map(Cluster::run)
         }

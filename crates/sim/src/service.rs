@@ -14,8 +14,10 @@
 //!   node's disk and travels with the message; the receiver writes it through
 //!   `SnapshotStore::incoming` and answers with an acknowledgement that the
 //!   sender turns into `Input::SnapshotSent`.
-//! - Client writes and compare-and-sets are proposals of the crate's
-//!   `KvCommand`; reads are `Input::Read` barriers followed by a local read.
+//! - Clients and the state machine are a [`Machine`]: [`KvMachine`] here
+//!   (writes and compare-and-sets are proposals of the crate's `KvCommand`;
+//!   reads are `Input::Read` barriers followed by a local read), or
+//!   [`crate::store::StoreMachine`], the real replicated SQLite store.
 //!
 //! Persisting a batch calls the persistence thread's own `stage_batch`, so
 //! the rules (what rewrites the meta file, what resets the log) are the
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use dqlite_consensus::boot;
 use dqlite_consensus::core::{
-    Action, Core, CoreConfig, Input, MemberRequest, PersistBatch, Proposal,
+    Action, Core, CoreConfig, Input, MemberRequest, Outcome as CoreOutcome, PersistBatch, Proposal,
     ProposeError as CoreProposeError,
 };
 use dqlite_consensus::kv::{KvCommand, KvState};
@@ -71,6 +73,9 @@ pub enum Wire {
 const TOKEN_FSYNC: u64 = 0;
 /// Timer token base: a snapshot to peer `token - TOKEN_SNAPSHOT` timed out.
 const TOKEN_SNAPSHOT: u64 = 1 << 32;
+/// Timer token base: the machine's own timers (below the snapshot written
+/// token).
+const TOKEN_MACHINE: u64 = 1 << 48;
 /// Timer token: the snapshot being written in the background is done.
 const TOKEN_SNAPSHOT_WRITTEN: u64 = u64::MAX;
 /// Longest simulated time a snapshot takes to write: applies, appends and
@@ -83,29 +88,59 @@ const RETRY_MS: u64 = 20;
 /// Segment size: small, so runs cross segment boundaries often.
 const SEGMENT_BYTES: u64 = 16 << 10;
 
-/// Records what the state machine applies, for state-machine safety.
-#[derive(Clone)]
-struct RecordingKv {
-    inner: KvState,
-    events: Arc<Mutex<Vec<Applied>>>,
+/// Where a node's state machine reports what it applied.
+pub type Events = Arc<Mutex<Vec<Applied>>>;
+
+/// A digest of the state machine's whole image (every database), taken
+/// after each apply and restore.
+pub type ImageDigest = Box<dyn Fn() -> u64 + Send>;
+
+/// Wraps a state machine to record what it applies (state-machine safety)
+/// and, if it has an image, a digest of it at every applied index (image
+/// identity across nodes).
+pub struct Recording<S> {
+    /// The real state machine.
+    pub inner: S,
+    events: Events,
+    image: Option<ImageDigest>,
 }
 
-impl RecordingKv {
+impl<S> Recording<S> {
+    /// Records into `events`; `image` digests the state after each change.
+    pub fn new(inner: S, events: Events, image: Option<ImageDigest>) -> Self {
+        Self {
+            inner,
+            events,
+            image,
+        }
+    }
+
     fn push(&self, event: Applied) {
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(event);
     }
+
+    fn push_image(&self, index: u64) {
+        if let Some(image) = &self.image {
+            self.push(Applied::Image {
+                index,
+                digest: image(),
+            });
+        }
+    }
 }
 
-impl State for RecordingKv {
+impl<S: State> State for Recording<S> {
     fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
         self.push(Applied::Entry {
             index,
             digest: digest(instruction),
         });
-        self.inner.apply(index, instruction)
+        let satisfied = self.inner.apply(index, instruction);
+        self.push_image(index);
+        satisfied
     }
 
     fn skip(&mut self, index: u64) {
@@ -122,11 +157,203 @@ impl State for RecordingKv {
 
     fn restore(&mut self, index: u64, input: &mut dyn io::Read) -> io::Result<()> {
         self.push(Applied::Restored { index });
-        self.inner.restore(index, input)
+        self.inner.restore(index, input)?;
+        self.push_image(index);
+        Ok(())
     }
 
     fn applied_index(&self) -> u64 {
         self.inner.applied_index()
+    }
+}
+
+/// What a [`ServiceNode`] runs: its state machine, and how client requests
+/// become core inputs and answers. Answers go to `answers` as
+/// `(operation id, answer)`.
+pub trait Machine: 'static {
+    /// The consensus state machine, wrapped to record what it applies.
+    type State: State;
+
+    /// A fresh state machine for a boot (and for the bootstrap snapshot),
+    /// recording into `events`. Whatever the previous one held is gone.
+    fn fresh(&mut self, events: &Events) -> Result<Recording<Self::State>, String>;
+
+    /// A client request arrived: the input to hand the core (a proposal or
+    /// a read barrier, under `id`), none if the machine handled it itself,
+    /// or a refusal. Timers as for [`Machine::read_done`].
+    fn request(
+        &mut self,
+        core: &Core<Recording<Self::State>>,
+        id: u64,
+        request: KvRequest,
+        answers: &mut Vec<(u64, Answer)>,
+        timers: &mut Vec<(u64, u64)>,
+    ) -> Result<Option<Input>, ProposeError>;
+
+    /// Proposal `id` finished.
+    fn resolved(
+        &mut self,
+        id: u64,
+        result: Result<CoreOutcome, CoreProposeError>,
+        answers: &mut Vec<(u64, Answer)>,
+    );
+
+    /// Read barrier `id` finished. The machine may set timers (delay in
+    /// ms, token) that come back through [`Machine::wake`].
+    fn read_done(
+        &mut self,
+        core: &Core<Recording<Self::State>>,
+        id: u64,
+        result: Result<u64, CoreProposeError>,
+        answers: &mut Vec<(u64, Answer)>,
+        timers: &mut Vec<(u64, u64)>,
+    );
+
+    /// A timer the machine set fired (not after a crash).
+    fn wake(
+        &mut self,
+        core: &Core<Recording<Self::State>>,
+        token: u64,
+        answers: &mut Vec<(u64, Answer)>,
+    ) {
+        let _ = (core, token, answers);
+    }
+
+    /// After every core input: proposals to hand the core next, in order
+    /// (ids from `next_id`), and answers that became known meanwhile.
+    fn poll(&mut self, next_id: &mut u64, answers: &mut Vec<(u64, Answer)>) -> Vec<Input> {
+        let _ = (next_id, answers);
+        Vec::new()
+    }
+
+    /// The final read of a set or bank run ([`SimNode::final_read`]).
+    fn final_read(&mut self, core: &Core<Recording<Self::State>>) -> Option<(u64, Vec<u64>)> {
+        let _ = core;
+        None
+    }
+}
+
+/// The consensus crate's key-value state machine, driven by the clients'
+/// register operations.
+pub struct KvMachine {
+    broken: Broken,
+    requests: BTreeMap<u64, KvPending>,
+}
+
+impl KvMachine {
+    /// With `broken` planted (only `AckBeforeCommit` concerns it).
+    pub fn new(broken: Broken) -> Self {
+        Self {
+            broken,
+            requests: BTreeMap::new(),
+        }
+    }
+}
+
+enum KvPending {
+    Write(u64, Command),
+    Read(u64, u64),
+}
+
+impl Machine for KvMachine {
+    type State = KvState;
+
+    fn fresh(&mut self, events: &Events) -> Result<Recording<KvState>, String> {
+        self.requests.clear();
+        Ok(Recording::new(KvState::new(), events.clone(), None))
+    }
+
+    fn request(
+        &mut self,
+        core: &Core<Recording<KvState>>,
+        id: u64,
+        request: KvRequest,
+        answers: &mut Vec<(u64, Answer)>,
+        _timers: &mut Vec<(u64, u64)>,
+    ) -> Result<Option<Input>, ProposeError> {
+        let key = key_name(request.key);
+        let (input, pending) = match request.command {
+            Command::Read => (Input::Read(id), KvPending::Read(request.op_id, request.key)),
+            Command::Write(v) => (
+                Input::Propose(
+                    id,
+                    Proposal::State(
+                        KvCommand::Set {
+                            key,
+                            value: v.to_string(),
+                        }
+                        .encode(),
+                    ),
+                ),
+                KvPending::Write(request.op_id, request.command),
+            ),
+            Command::Cas { expected, new } => (
+                Input::Propose(
+                    id,
+                    Proposal::State(
+                        KvCommand::Cas {
+                            key,
+                            expected: expected.map(|v| v.to_string()),
+                            value: Some(new.to_string()),
+                        }
+                        .encode(),
+                    ),
+                ),
+                KvPending::Write(request.op_id, request.command),
+            ),
+        };
+        if !matches!(request.command, Command::Read) && !core.is_leader() {
+            return Err(ProposeError::NotLeader);
+        }
+        if self.broken == Broken::AckBeforeCommit && matches!(request.command, Command::Write(_)) {
+            answers.push((request.op_id, Answer::Done(Outcome::Written)));
+        } else {
+            self.requests.insert(id, pending);
+        }
+        Ok(Some(input))
+    }
+
+    fn resolved(
+        &mut self,
+        id: u64,
+        result: Result<CoreOutcome, CoreProposeError>,
+        answers: &mut Vec<(u64, Answer)>,
+    ) {
+        let Some(KvPending::Write(op_id, command)) = self.requests.remove(&id) else {
+            return;
+        };
+        let answer = match result {
+            Ok(outcome) => Answer::Done(match command {
+                Command::Cas { .. } => Outcome::Cas(outcome.satisfied),
+                _ => Outcome::Written,
+            }),
+            Err(e) => refused_or_unknown(&e),
+        };
+        answers.push((op_id, answer));
+    }
+
+    fn read_done(
+        &mut self,
+        core: &Core<Recording<KvState>>,
+        id: u64,
+        result: Result<u64, CoreProposeError>,
+        answers: &mut Vec<(u64, Answer)>,
+        _timers: &mut Vec<(u64, u64)>,
+    ) {
+        let Some(KvPending::Read(op_id, key)) = self.requests.remove(&id) else {
+            return;
+        };
+        let answer = match result {
+            Ok(_) => Answer::Done(Outcome::Read(
+                core.state()
+                    .inner
+                    .get(&key_name(key))
+                    .and_then(|v| v.parse().ok()),
+            )),
+            // A read that did not complete has no effect.
+            Err(_) => Answer::Refused,
+        };
+        answers.push((op_id, answer));
     }
 }
 
@@ -163,13 +390,8 @@ impl Mirror {
     }
 }
 
-enum Pending {
-    Write(u64, Command),
-    Read(u64, u64),
-}
-
-struct Running {
-    core: Core<RecordingKv>,
+struct Running<S: State> {
+    core: Core<Recording<S>>,
     log: Log,
     meta: MetaFile,
     /// Batches written (or to rewrite) but not yet fsynced.
@@ -179,18 +401,18 @@ struct Running {
     compact_to: Option<u64>,
     /// The outcome of the snapshot being "written", delivered at its timer.
     snapshot_written: Option<Input>,
-    requests: BTreeMap<u64, Pending>,
     next_request: u64,
 }
 
-/// A consensus-core node on a simulated disk.
-pub struct ServiceNode {
+/// A consensus-core node on a simulated disk, running machine `M`.
+pub struct ServiceNode<M: Machine> {
     id: NodeId,
+    machine: M,
     fs: SimFs,
     raft_dir: PathBuf,
     broken: Broken,
-    events: Arc<Mutex<Vec<Applied>>>,
-    running: Option<Running>,
+    events: Events,
+    running: Option<Running<M::State>>,
     mirror: Mirror,
     /// Last known term (for the view while down).
     term: u64,
@@ -204,12 +426,13 @@ fn storage_err(e: StorageError) -> String {
     e.to_string()
 }
 
-impl ServiceNode {
+impl<M: Machine> ServiceNode<M> {
     /// A node: `voters == [id]` bootstraps a one-node cluster, an empty
     /// `voters` is a joiner waiting to be added by the leader.
     pub fn new(
         id: NodeId,
         voters: &[NodeId],
+        mut machine: M,
         broken: Broken,
         fsync_ms_max: u64,
         rng: &mut SimRng,
@@ -218,8 +441,10 @@ impl ServiceNode {
         let fs = SimFs::new(disk);
         let raft_dir = PathBuf::from("raft");
         let shared: Arc<dyn dqlite_consensus::storage::Disk> = Arc::new(fs.clone());
+        let events: Events = Arc::new(Mutex::new(Vec::new()));
         if voters == [id] {
-            boot::bootstrap(shared, &raft_dir, id, &format!("n{id}"), &KvState::new())
+            let empty = machine.fresh(&events)?;
+            boot::bootstrap(shared, &raft_dir, id, &format!("n{id}"), &empty)
                 .map_err(storage_err)?;
         } else if voters.is_empty() {
             boot::write_identity(shared.as_ref(), &raft_dir, id, 0).map_err(storage_err)?;
@@ -228,10 +453,11 @@ impl ServiceNode {
         }
         let mut node = Self {
             id,
+            machine,
             fs,
             raft_dir,
             broken,
-            events: Arc::new(Mutex::new(Vec::new())),
+            events,
             running: None,
             mirror: Mirror::default(),
             term: 0,
@@ -279,10 +505,7 @@ impl ServiceNode {
             max_inflight_msgs: 16,
             ..CoreConfig::new(self.id)
         };
-        let state = RecordingKv {
-            inner: KvState::new(),
-            events: self.events.clone(),
-        };
+        let state = self.machine.fresh(&self.events)?;
         let mut core =
             Core::new(config, state, opened.snapshots, opened.boot).map_err(|e| e.to_string())?;
         let mut election = rng.fork();
@@ -300,7 +523,6 @@ impl ServiceNode {
             fsync_scheduled: false,
             compact_to: None,
             snapshot_written: None,
-            requests: BTreeMap::new(),
             next_request: 1,
         });
         self.drain_applied(fx);
@@ -321,6 +543,20 @@ impl ServiceNode {
         self.term = running.core.term();
         self.actions(actions, rng, fx);
         self.drain_applied(fx);
+        self.poll_machine(rng, fx);
+    }
+
+    /// Hands the core what the machine has for it, and collects answers.
+    fn poll_machine(&mut self, rng: &mut SimRng, fx: &mut Effects<Wire>) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        let next = self
+            .machine
+            .poll(&mut running.next_request, &mut fx.answers);
+        for input in next {
+            self.input(input, rng, fx);
+        }
     }
 
     fn actions(&mut self, actions: Vec<Action>, rng: &mut SimRng, fx: &mut Effects<Wire>) {
@@ -386,35 +622,17 @@ impl ServiceNode {
                     ));
                 }
                 Action::Resolve(id, result) => {
-                    let Some(Pending::Write(op_id, command)) = running.requests.remove(&id) else {
-                        continue;
-                    };
-                    let answer = match result {
-                        Ok(outcome) => Answer::Done(match command {
-                            Command::Cas { .. } => Outcome::Cas(outcome.satisfied),
-                            _ => Outcome::Written,
-                        }),
-                        Err(e) => refused_or_unknown(&e),
-                    };
-                    fx.answers.push((op_id, answer));
+                    self.machine.resolved(id, result, &mut fx.answers);
                 }
                 Action::ReadDone(id, result) => {
-                    let Some(Pending::Read(op_id, key)) = running.requests.remove(&id) else {
-                        continue;
-                    };
-                    let answer = match result {
-                        Ok(_) => Answer::Done(Outcome::Read(
-                            running
-                                .core
-                                .state()
-                                .inner
-                                .get(&key_name(key))
-                                .and_then(|v| v.parse().ok()),
-                        )),
-                        // A read that did not complete has no effect.
-                        Err(_) => Answer::Refused,
-                    };
-                    fx.answers.push((op_id, answer));
+                    let mut timers = Vec::new();
+                    self.machine
+                        .read_done(&running.core, id, result, &mut fx.answers, &mut timers);
+                    fx.timers.extend(
+                        timers
+                            .into_iter()
+                            .map(|(delay, token)| (delay, TOKEN_MACHINE + token)),
+                    );
                 }
                 Action::LeaderChanged { .. } | Action::MembershipChanged | Action::Removed => {}
             }
@@ -490,7 +708,11 @@ fn refused_or_unknown(e: &CoreProposeError) -> Answer {
     }
 }
 
-fn read_snapshot(core: &Core<RecordingKv>, term: u64, index: u64) -> Result<Vec<u8>, String> {
+fn read_snapshot<S: State>(
+    core: &Core<Recording<S>>,
+    term: u64,
+    index: u64,
+) -> Result<Vec<u8>, String> {
     let store = core.snapshots();
     let info = store.find(term, index).map_err(storage_err)?;
     let mut reader = store.raw_reader(&info).map_err(storage_err)?;
@@ -500,13 +722,17 @@ fn read_snapshot(core: &Core<RecordingKv>, term: u64, index: u64) -> Result<Vec<
 }
 
 /// Write one batch without syncing, with the persistence thread's own rules.
-fn write_batch(id: NodeId, running: &mut Running, batch: &PersistBatch) -> Result<(), String> {
+fn write_batch<S: State>(
+    id: NodeId,
+    running: &mut Running<S>,
+    batch: &PersistBatch,
+) -> Result<(), String> {
     stage_batch(&mut running.log, &mut running.meta, id, batch)
         .map(|_| ())
         .map_err(storage_err)
 }
 
-impl SimNode for ServiceNode {
+impl<M: Machine> SimNode for ServiceNode<M> {
     type Message = Wire;
 
     fn tick(&mut self, rng: &mut SimRng, fx: &mut Effects<Wire>) {
@@ -553,6 +779,11 @@ impl SimNode for ServiceNode {
             if let Some(input) = done {
                 self.input(input, rng, fx);
             }
+        } else if let Some(token) = token.checked_sub(TOKEN_MACHINE) {
+            if let Some(running) = self.running.as_ref() {
+                self.machine.wake(&running.core, token, &mut fx.answers);
+            }
+            self.poll_machine(rng, fx);
         } else if let Some(to) = token.checked_sub(TOKEN_SNAPSHOT) {
             // Reporting a failure for a stream that succeeded is harmless:
             // raft ignores it unless the peer still waits for a snapshot.
@@ -569,48 +800,20 @@ impl SimNode for ServiceNode {
         let running = self.running.as_mut().ok_or(ProposeError::NotLeader)?;
         let id = running.next_request;
         running.next_request += 1;
-        let key = key_name(request.key);
-        let (input, pending) = match request.command {
-            Command::Read => (Input::Read(id), Pending::Read(request.op_id, request.key)),
-            Command::Write(v) => (
-                Input::Propose(
-                    id,
-                    Proposal::State(
-                        KvCommand::Set {
-                            key,
-                            value: v.to_string(),
-                        }
-                        .encode(),
-                    ),
-                ),
-                Pending::Write(request.op_id, request.command),
-            ),
-            Command::Cas { expected, new } => (
-                Input::Propose(
-                    id,
-                    Proposal::State(
-                        KvCommand::Cas {
-                            key,
-                            expected: expected.map(|v| v.to_string()),
-                            value: Some(new.to_string()),
-                        }
-                        .encode(),
-                    ),
-                ),
-                Pending::Write(request.op_id, request.command),
-            ),
-        };
-        if !matches!(request.command, Command::Read) && !running.core.is_leader() {
-            return Err(ProposeError::NotLeader);
-        }
-        if self.broken == Broken::AckBeforeCommit && matches!(request.command, Command::Write(_)) {
-            fx.answers
-                .push((request.op_id, Answer::Done(Outcome::Written)));
-        } else {
-            running.requests.insert(id, pending);
-        }
         let mut inner = Effects::default();
-        self.input(input, rng, &mut inner);
+        let mut timers = Vec::new();
+        let input =
+            self.machine
+                .request(&running.core, id, request, &mut inner.answers, &mut timers)?;
+        inner.timers.extend(
+            timers
+                .into_iter()
+                .map(|(delay, token)| (delay, TOKEN_MACHINE + token)),
+        );
+        match input {
+            Some(input) => self.input(input, rng, &mut inner),
+            None => self.poll_machine(rng, &mut inner),
+        }
         // A refusal inside the same input means it never entered the log.
         if let Some(position) = inner
             .answers
@@ -705,6 +908,11 @@ impl SimNode for ServiceNode {
             .clear();
         self.input(Input::Tick, rng, fx);
         Ok(applied)
+    }
+
+    fn final_read(&mut self) -> Option<(u64, Vec<u64>)> {
+        let running = self.running.as_ref()?;
+        self.machine.final_read(&running.core)
     }
 
     fn describe(message: &Wire) -> String {

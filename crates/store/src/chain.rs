@@ -70,7 +70,7 @@ impl Ticket {
         self.outcome.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn resolve(&self, result: Result<(), SettleError>) {
+    pub(crate) fn resolve(&self, result: Result<(), SettleError>) {
         let mut o = self.outcome();
         if o.is_none() {
             *o = Some(result);
@@ -150,6 +150,12 @@ impl Chain {
     /// The newest speculative version and its ticket, if any.
     pub(crate) fn head(&self) -> Option<(&Arc<Version>, &Arc<Ticket>)> {
         self.specs.back().map(|s| (&s.version, &s.ticket))
+    }
+
+    /// The id of the oldest entry in flight.
+    #[cfg(feature = "sim-bugs")]
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        self.specs.front().map(|s| s.id)
     }
 
     pub(crate) fn push(&mut self, spec: Spec) {

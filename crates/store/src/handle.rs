@@ -102,6 +102,14 @@ impl MainFile {
     fn commit(&mut self) -> Result<(), Code> {
         let overlay = std::mem::take(&mut self.overlay);
         let base = self.base();
+        // The canary: name the head as the base, whatever this transaction
+        // read, so a lost update passes every later check.
+        #[cfg(feature = "sim-bugs")]
+        let base = if self.shared.broken() == crate::Broken::SkipBaseCheck {
+            self.db.lock().head().0
+        } else {
+            base
+        };
         let page_size = overlay.page_size.unwrap_or(base.page_size);
         let pages_after = overlay.pages_after.unwrap_or(base.pages);
         // SQLite rewrites pages it did not change (journal playback, spills
@@ -149,6 +157,10 @@ impl MainFile {
         drop(base);
         self.snapshot = None;
         self.shared.propose(&self.db, entry);
+        #[cfg(feature = "sim-bugs")]
+        if self.shared.broken() == crate::Broken::AckBeforeCommit {
+            ticket.resolve(Ok(()));
+        }
         chain::touch(&ticket, true);
         // A failure known at once is answered at once. SQLite has already
         // marked our pages clean and another entry may have raised the
@@ -255,7 +267,10 @@ impl File for MainFile {
             // Writing on top of an old snapshot would lose the commits made
             // since; SQLite answers BUSY and the transaction starts over.
             let (head, _) = st.head();
-            if self.snapshot.as_ref().map(|s| (s.seq, s.id)) != Some((head.seq, head.id)) {
+            let stale = self.snapshot.as_ref().map(|s| (s.seq, s.id)) != Some((head.seq, head.id));
+            #[cfg(feature = "sim-bugs")]
+            let stale = stale && self.shared.broken() != crate::Broken::SkipBaseCheck;
+            if stale {
                 return Err(code::BUSY);
             }
             st.writer = Some(self.id);

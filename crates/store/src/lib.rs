@@ -18,6 +18,11 @@
 //! - [`fsm`]: the consensus [`dqlite_consensus::State`]: apply, snapshot,
 //!   restore.
 //!
+//! The `sim-bugs` feature compiles `Broken` and `Store::set_broken`:
+//! deliberate bugs in the real commit and apply paths that the simulator
+//! (`dqlite-sim --node store --broken ...`) must catch. They stay off unless
+//! set, so a build that unifies the feature behaves as before.
+//!
 //! ```
 //! // Without a proposer, commits apply locally (tests, tools).
 //! let store = dqlite_store::Store::memory().unwrap();
@@ -105,6 +110,30 @@ pub enum ProposeError {
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+/// Deliberately broken behaviours of real code paths, for the simulator's
+/// canaries: each must make `dqlite-sim --node store` fail. Compiled only
+/// with the `sim-bugs` feature and off unless [`Store::set_broken`] is
+/// called, so a build that unifies the feature behaves as before.
+#[cfg(feature = "sim-bugs")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Broken {
+    /// Behave correctly.
+    #[default]
+    None,
+    /// A commit's ticket resolves as soon as its entry is proposed, not
+    /// when it is applied: the client is told of a commit that may never
+    /// happen.
+    AckBeforeCommit,
+    /// The node that built an entry applies it a second time on top of the
+    /// version it just made.
+    ApplyTwice,
+    /// The base check is skipped: a write transaction that read an older
+    /// version than the head may take the writer slot, its entry names the
+    /// head as its base, and apply takes stale entries on top of the
+    /// version that replaced their base (lost updates).
+    SkipBaseCheck,
 }
 
 /// Told when a proposed entry fails before it is applied here.
@@ -214,6 +243,9 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     /// From each commit point of this node's transactions to its apply.
     commit_seconds: Histogram,
+    /// The canary switched on, if any.
+    #[cfg(feature = "sim-bugs")]
+    broken: Mutex<Broken>,
 }
 
 /// A checkpoint is due once this many bytes of changed pages are held in
@@ -241,7 +273,10 @@ impl Shared {
     pub(crate) fn apply(&self, entry: &Entry) -> bool {
         let db = self.db(&entry.database);
         let mut st = db.lock();
-        let ok = match st.current.apply(entry) {
+        let next = st.current.apply(entry);
+        #[cfg(feature = "sim-bugs")]
+        let next = self.broken_apply(&st, entry, next);
+        let ok = match next {
             Some(next) => {
                 let old = std::mem::replace(&mut st.current, Arc::new(next));
                 st.track(&old);
@@ -257,6 +292,31 @@ impl Shared {
             self.commit_seconds.observe(handed.elapsed().as_secs_f64());
         }
         ok
+    }
+
+    /// The canary switched on, if any.
+    #[cfg(feature = "sim-bugs")]
+    pub(crate) fn broken(&self) -> Broken {
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a broken apply makes of `next`, the correct result of applying
+    /// `entry` to `st.current`.
+    #[cfg(feature = "sim-bugs")]
+    fn broken_apply(&self, st: &DbState, entry: &Entry, next: Option<Version>) -> Option<Version> {
+        // The entry rebuilt on `on`, so the base check lets it through.
+        let rebased = |on: &Version| Entry {
+            base: on.seq,
+            base_id: on.id,
+            ..entry.clone()
+        };
+        match (self.broken(), next) {
+            (Broken::SkipBaseCheck, None) => st.current.apply(&rebased(&st.current)),
+            (Broken::ApplyTwice, Some(next)) if st.chain.oldest() == Some(entry.id) => {
+                next.apply(&rebased(&next))
+            }
+            (_, next) => next,
+        }
     }
 
     /// Disk mode: whether enough changed pages are in memory to checkpoint.
@@ -590,6 +650,8 @@ impl Store {
             generation: AtomicU64::new(generation),
             // 100 µs to about 6.5 s.
             commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 17)),
+            #[cfg(feature = "sim-bugs")]
+            broken: Mutex::new(Broken::None),
         });
         let name = format!("dqlite-rs-{}", STORES.fetch_add(1, Ordering::Relaxed));
         let registration = vfs::register(&name, Arc::new(BackendHandle(Arc::clone(&shared))))
@@ -608,6 +670,13 @@ impl Store {
             .proposer
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(proposer);
+    }
+
+    /// Switches a canary on (or off with [`Broken::None`]): simulator only.
+    #[cfg(feature = "sim-bugs")]
+    #[doc(hidden)]
+    pub fn set_broken(&self, broken: Broken) {
+        *self.shared.broken.lock().unwrap_or_else(|e| e.into_inner()) = broken;
     }
 
     /// A new SQLite connection to database `name`, created if needed.

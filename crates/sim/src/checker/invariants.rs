@@ -14,6 +14,9 @@
 //!   sound without knowing the exact term the commit happened in.)
 //! - **State-machine safety**: no two nodes commit or apply different entries
 //!   at the same index, and a node applies indexes in increasing order.
+//! - **Image identity** (state machines with an image, the SQLite store):
+//!   the digest of the whole image after applying index `i` is the same on
+//!   every node that stood at `i`.
 //!
 //! Entries are compared by `(term, digest)`; the digest is a hash of the
 //! entry's type and data computed by the harness.
@@ -132,6 +135,20 @@ pub enum Violation {
         /// Who applied that.
         second_node: NodeId,
     },
+    /// Two nodes hold different images after the same index.
+    #[error("image identity: after index {index} node {first_node} holds image {first:#x} and node {second_node} {second:#x}")]
+    ImageDivergence {
+        /// The index.
+        index: u64,
+        /// The digest seen first.
+        first: u64,
+        /// Who held it.
+        first_node: NodeId,
+        /// The other digest.
+        second: u64,
+        /// Who held that.
+        second_node: NodeId,
+    },
     /// A node applied an index at or below one it had already applied.
     #[error("state-machine safety: node {node} applied index {index} after {previous}")]
     ApplyOutOfOrder {
@@ -159,6 +176,8 @@ pub struct InvariantChecker {
     last_applied: BTreeMap<NodeId, u64>,
     /// Per node, the commit index up to which its entries were recorded.
     recorded: BTreeMap<NodeId, u64>,
+    /// Per index, the first image digest seen after it and its node.
+    images: BTreeMap<u64, (u64, NodeId)>,
 }
 
 impl InvariantChecker {
@@ -271,6 +290,22 @@ impl InvariantChecker {
         let (first, first_node) = *self.applied.entry(index).or_insert((digest, node));
         if first != digest {
             return Err(Violation::ApplyConflict {
+                index,
+                first,
+                first_node,
+                second: digest,
+                second_node: node,
+            });
+        }
+        Ok(())
+    }
+
+    /// Node `node`'s state machine image after index `index` has `digest`:
+    /// every node must hold the same image after the same index.
+    pub fn on_image(&mut self, node: NodeId, index: u64, digest: u64) -> Result<(), Violation> {
+        let (first, first_node) = *self.images.entry(index).or_insert((digest, node));
+        if first != digest {
+            return Err(Violation::ImageDivergence {
                 index,
                 first,
                 first_node,
