@@ -367,6 +367,101 @@ impl std::io::Write for SnapshotWriter<'_> {
 /// default 20 ms tick): a full disk must not be hammered.
 const SNAPSHOT_RETRY_TICKS: u64 = 50;
 
+/// Ticks to wait when the state could not checkpoint because a reader
+/// holds an older version (100 ms at the default tick).
+const SNAPSHOT_BUSY_TICKS: u64 = 5;
+
+/// The body of a snapshot whose data is the state's own files: empty.
+struct NoData;
+
+impl Image for NoData {
+    fn write_to(self: Box<Self>, _out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A snapshot on its way to a peer (see [`Core::outgoing_snapshot`]).
+pub enum OutgoingSnapshot {
+    /// The snapshot file, sent as it is.
+    File(SnapshotInfo),
+    /// A metadata-only snapshot's header with an image of the state frozen
+    /// when the send started.
+    Image {
+        /// The header sent (`files` cleared: the stream carries the data).
+        header: SnapshotHeader,
+        /// The frozen state.
+        image: Box<dyn Image>,
+        /// The applied index the image is of.
+        applied: u64,
+    },
+}
+
+impl std::fmt::Debug for OutgoingSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutgoingSnapshot::File(info) => f.debug_tuple("File").field(&info.path).finish(),
+            OutgoingSnapshot::Image {
+                header, applied, ..
+            } => f
+                .debug_struct("Image")
+                .field("index", &header.index)
+                .field("applied", applied)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl OutgoingSnapshot {
+    /// The snapshot's index and term.
+    pub fn index_term(&self) -> (u64, u64) {
+        match self {
+            OutgoingSnapshot::File(info) => (info.header.index, info.header.term),
+            OutgoingSnapshot::Image { header, .. } => (header.index, header.term),
+        }
+    }
+
+    /// The size of the stream, when known before it is written.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            OutgoingSnapshot::File(info) => Some(info.size),
+            OutgoingSnapshot::Image { .. } => None,
+        }
+    }
+
+    /// Writes the whole snapshot file's bytes into `out` (blocking: run it
+    /// off the driver thread). The image variant holds its versions until
+    /// it is written or dropped.
+    pub fn write_to(
+        self,
+        store: &SnapshotStore,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, StorageError> {
+        match self {
+            OutgoingSnapshot::File(info) => {
+                let mut reader = store.raw_reader(&info)?;
+                let io = |e| StorageError::io(&info.path, e);
+                let n = std::io::copy(&mut reader, out).map_err(io)?;
+                out.flush().map_err(io)?;
+                Ok(n)
+            }
+            OutgoingSnapshot::Image { header, image, .. } => {
+                let mut image = Some(image);
+                crate::storage::snapshot::write_framed(
+                    &header,
+                    &mut |w| {
+                        image
+                            .take()
+                            .ok_or_else(|| std::io::Error::other("snapshot body written twice"))?
+                            .write_to(w)
+                    },
+                    out,
+                )
+                .map_err(|e| StorageError::io(store.dir(), e))
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     id: ProposalId,
@@ -496,6 +591,14 @@ impl<S: State> Core<S> {
             meta = header.metadata();
             cluster = header.cluster.clone();
             if state.applied_index() < header.index {
+                if header.files {
+                    return Err(CoreError::State(format!(
+                        "snapshot {} holds no data: its data is the state's own files, \
+                         which hold only index {}",
+                        header.index,
+                        state.applied_index()
+                    )));
+                }
                 let info = snapshots.find(header.term, header.index)?;
                 let progress = Progress::start(
                     format!("restoring snapshot {} at start-up", header.index),
@@ -1514,6 +1617,7 @@ impl<S: State> Core<S> {
             .restore(meta.index, &mut reader)
             .map_err(|e| CoreError::State(e.to_string()))?;
         reader.finish();
+        self.keep_only_metadata(&info);
         self.stats
             .snapshot(&crate::persist::SnapshotKind::INSTALLED, started.elapsed());
         self.cluster = info.header.cluster.clone();
@@ -1528,6 +1632,27 @@ impl<S: State> Core<S> {
             warn!(error = %e, "pruning snapshots failed");
         }
         Ok(())
+    }
+
+    /// After installing a snapshot into a state that keeps its own files,
+    /// the received copy of the data is redundant: it is replaced by a
+    /// metadata-only file, so the node holds the data once on disk.
+    fn keep_only_metadata(&mut self, info: &SnapshotInfo) {
+        match self.state.checkpoint() {
+            Some(Ok(true)) => {}
+            // Keeping the full copy is safe, only larger; the next local
+            // snapshot prunes it.
+            None | Some(Ok(false)) => return,
+            Some(Err(e)) => {
+                warn!(error = %e, "checkpoint after installing a snapshot failed");
+                return;
+            }
+        }
+        let mut header = info.header.clone();
+        header.files = true;
+        if let Err(e) = self.snapshots.write(&header, &mut |_| Ok(())) {
+            warn!(error = %e, "replacing the installed snapshot by its metadata failed");
+        }
     }
 
     fn apply_entry(&mut self, entry: Entry, out: &mut Vec<Action>) -> Result<(), CoreError> {
@@ -1745,19 +1870,64 @@ impl<S: State> Core<S> {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(index)?;
+        let files = match self.state.checkpoint() {
+            None => false,
+            Some(Ok(true)) => true,
+            Some(Ok(false)) => {
+                // A reader holds an older version of the files; it is
+                // usually gone within a transaction's time.
+                debug!(index, "state files busy; snapshot postponed");
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_BUSY_TICKS;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+                return Err(CoreError::State(format!(
+                    "checkpointing the state for a snapshot: {e}"
+                )));
+            }
+        };
         let header = SnapshotHeader {
             index,
             term,
             conf_state: ConfStateCopy::from(&self.conf_state),
             cluster: self.cluster.clone(),
+            files,
         };
-        let image = self
-            .state
-            .freeze()
-            .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?;
+        let image: Box<dyn Image> = if files {
+            Box::new(NoData)
+        } else {
+            self.state
+                .freeze()
+                .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?
+        };
         self.snapshotting = Some(index);
         out.push(Action::Snapshot(SnapshotJob { header, image }));
         Ok(())
+    }
+
+    /// What to stream to a peer that needs the snapshot at `index`: the
+    /// file itself, or, when the file holds only metadata (its data is the
+    /// state's own files), the file's header with a fresh image of the
+    /// state frozen now, at the applied index (at or after `index`; the
+    /// receiver skips the entries up to it). Called on the driver thread
+    /// between applies, so the image is of one applied index.
+    pub fn outgoing_snapshot(&self, term: u64, index: u64) -> Result<OutgoingSnapshot, CoreError> {
+        let info = self.snapshots.find(term, index)?;
+        if !info.header.files {
+            return Ok(OutgoingSnapshot::File(info));
+        }
+        let image = self
+            .state
+            .freeze()
+            .map_err(|e| CoreError::State(format!("freezing the state for a peer: {e}")))?;
+        let mut header = info.header;
+        header.files = false;
+        Ok(OutgoingSnapshot::Image {
+            header,
+            image,
+            applied: self.state.applied_index(),
+        })
     }
 
     fn snapshot_written(

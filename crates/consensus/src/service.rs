@@ -985,7 +985,7 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
     };
     // A State that keeps its data on disk knows how far it applied: those
     // entries are committed, so their payloads may stay on disk at load.
-    let mut opened = boot::open_bounded(
+    let mut opened = boot::open_for_state(
         disk,
         &raft_dir,
         options,

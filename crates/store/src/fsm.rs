@@ -1,10 +1,16 @@
 //! The store as a consensus state machine: the one apply path that every
 //! node (leader included), log replay and snapshot restore go through.
 //!
-//! Snapshot format (little-endian): magic `dqrs`, version byte, database
-//! count; per database its name, change sequence, version id (since format
-//! 2), page size, size in pages and stored page count, then each stored
-//! page as its number and bytes. Written page by page into the consensus snapshot stream, never as
+//! Snapshot format (little-endian): magic `dqrs`, version byte, the applied
+//! index the image is of (since format 3), database count; per database its
+//! name, change sequence, version id (since format 2), page size, size in
+//! pages and stored page count, then each stored page as its number and
+//! bytes.
+//!
+//! In disk mode a local snapshot holds no pages: [`State::checkpoint`]
+//! makes the database files durable at the applied index and the snapshot
+//! records only metadata; a peer is streamed a fresh image instead, whose
+//! applied index may be later than the snapshot's. Written page by page into the consensus snapshot stream, never as
 //! one buffer, and in disk mode restored page by page into a file, so
 //! neither side holds a database in memory.
 
@@ -19,7 +25,7 @@ use crate::pages::Version;
 use crate::Shared;
 
 const MAGIC: &[u8; 4] = b"dqrs";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// Applies committed entries to a [`crate::Store`].
 pub struct StoreState {
@@ -51,14 +57,18 @@ fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
 }
 
 /// Every database's version at one applied index.
-struct StoreImage(Vec<(String, Arc<Version>)>);
+struct StoreImage {
+    applied: u64,
+    versions: Vec<(String, Arc<Version>)>,
+}
 
 impl Image for StoreImage {
     fn write_to(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
-        out.write_all(&(self.0.len() as u32).to_le_bytes())?;
-        for (name, v) in &self.0 {
+        out.write_all(&self.applied.to_le_bytes())?;
+        out.write_all(&(self.versions.len() as u32).to_le_bytes())?;
+        for (name, v) in &self.versions {
             out.write_all(&(name.len() as u32).to_le_bytes())?;
             out.write_all(name.as_bytes())?;
             out.write_all(&v.seq.to_le_bytes())?;
@@ -108,18 +118,19 @@ impl State for StoreState {
     }
 
     fn freeze(&self) -> io::Result<Box<dyn Image>> {
-        // Disk mode: a snapshot is a good moment to move changes from memory
-        // into the files (it also keeps small databases checkpointed).
-        if let Err(e) = self.shared.checkpoint(self.applied) {
-            warn!(
-                index = self.applied,
-                "checkpoint before snapshot failed: {e}"
-            );
-        }
         // Versions are immutable and shared: freezing costs a pointer per
         // database, and the store keeps checkpoints from changing the files
         // under them until the image is written.
-        Ok(Box::new(StoreImage(self.shared.freeze())))
+        Ok(Box::new(StoreImage {
+            applied: self.applied,
+            versions: self.shared.freeze(),
+        }))
+    }
+
+    fn checkpoint(&mut self) -> Option<io::Result<bool>> {
+        self.shared
+            .is_disk()
+            .then(|| self.shared.checkpoint(self.applied))
     }
 
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
@@ -129,6 +140,14 @@ impl State for StoreState {
         if &magic[..4] != MAGIC || !(1..=VERSION).contains(&format) {
             return Err(invalid("not a dqlite-rs store snapshot"));
         }
+        // An image may be of a later index (streamed by a leader whose
+        // snapshot is its files), never of an earlier one but for the
+        // bootstrap snapshot: the empty state, frozen before entry 1.
+        let applied = if format >= 3 {
+            read_u64(input)?.max(index)
+        } else {
+            index
+        };
         let count = read_u32(input)?;
         let mut versions = Vec::new();
         for _ in 0..count {
@@ -167,8 +186,8 @@ impl State for StoreState {
             }
             versions.push((name, restorer.finish((seq, id), page_size, pages)?));
         }
-        self.shared.replace_all(versions, index)?;
-        self.applied = index;
+        self.shared.replace_all(versions, applied)?;
+        self.applied = applied;
         Ok(())
     }
 

@@ -259,6 +259,11 @@ impl Shared {
         ok
     }
 
+    /// Whether the databases live in files (disk mode).
+    pub(crate) fn is_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
     /// Disk mode: whether enough changed pages are in memory to checkpoint.
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.disk.is_some() && self.pending.load(Ordering::Relaxed) >= CHECKPOINT_BYTES
@@ -512,9 +517,10 @@ impl Store {
 
     /// Like [`Store::disk`]. With `auto_recovery`, a checkpoint record that
     /// fails its checksum makes the whole directory move aside
-    /// (`<dir>.corrupt`, never deleted) and the store start empty: consensus
-    /// then rebuilds it from its snapshot and log, which hold everything
-    /// the files did.
+    /// (`<dir>.corrupt`, never deleted) and the store start empty. The
+    /// node's snapshots hold no copy of the files (they are the snapshot),
+    /// so consensus sets its snapshots and log aside too and the node
+    /// catches up from its peers behind a fence.
     pub fn disk_with(dir: &Path, auto_recovery: bool) -> Result<Arc<Store>, StoreError> {
         match Self::open_disk(dir) {
             Err(StoreError::Damaged { file, detail }) if auto_recovery => {
@@ -523,7 +529,7 @@ impl Store {
                     file = %file.display(),
                     aside = %aside.display(),
                     detail,
-                    "auto-recovery set the damaged disk-mode databases aside; they are rebuilt from the raft snapshot and log"
+                    "auto-recovery set the damaged disk-mode databases aside; they are rebuilt from the peers (the snapshots hold no copy of them)"
                 );
                 std::fs::rename(dir, &aside).map_err(|source| StoreError::Io {
                     context: format!("cannot move {} aside", dir.display()),

@@ -6,7 +6,6 @@
 
 use crate::progress::Progress;
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{encode_frame, Feedback, TlsConfig, Transport};
+use crate::core::OutgoingSnapshot;
 use crate::storage::SnapshotStore;
 use dqlite_client::Dial;
 
@@ -190,11 +190,11 @@ impl HttpTransport {
         }
     }
 
-    fn send_snapshot(&self, msg: Message) {
+    fn spawn_snapshot(&self, msg: Message, snapshot: OutgoingSnapshot) {
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
             let to = msg.to;
-            let ok = match stream_snapshot(&inner, msg).await {
+            let ok = match stream_snapshot(&inner, msg, snapshot).await {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(to, error = %e, "sending snapshot failed");
@@ -213,7 +213,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Transport for HttpTransport {
     fn send(&self, msg: Message) {
         if msg.get_msg_type() == MessageType::MsgSnapshot {
-            self.send_snapshot(msg);
+            // Snapshots go through `send_snapshot`, with their data.
+            warn!(to = msg.to, "snapshot message without its data dropped");
+            let _ = self.inner.feedback.send(Feedback::SnapshotSent {
+                to: msg.to,
+                ok: false,
+            });
             return;
         }
         let to = msg.to;
@@ -233,6 +238,10 @@ impl Transport for HttpTransport {
                 let _ = self.inner.feedback.send(Feedback::Unreachable(to));
             }
         }
+    }
+
+    fn send_snapshot(&self, msg: Message, snapshot: OutgoingSnapshot) {
+        self.spawn_snapshot(msg, snapshot);
     }
 
     fn set_peers(&self, list: Vec<(u64, String)>) {
@@ -302,20 +311,20 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
     }
 }
 
-async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
+async fn stream_snapshot(
+    inner: &Inner,
+    msg: Message,
+    snapshot: OutgoingSnapshot,
+) -> Result<(), String> {
     let address = lock(&inner.peers)
         .get(&msg.to)
         .map(|p| p.address.clone())
         .ok_or_else(|| format!("no address for node {}", msg.to))?;
     let meta = msg.get_snapshot().get_metadata();
-    let info = inner
-        .snapshots
-        .find(meta.term, meta.index)
-        .map_err(|e| e.to_string())?;
-    let mut reader = inner
-        .snapshots
-        .raw_reader(&info)
-        .map_err(|e| e.to_string())?;
+    if snapshot.index_term() != (meta.index, meta.term) {
+        return Err("snapshot data does not match its message".into());
+    }
+    let size = snapshot.size();
     let mut head = Vec::new();
     encode_frame(&msg, &mut head);
     let mut progress = Progress::start(
@@ -324,30 +333,21 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
             meta.index, meta.term, msg.to
         ),
         "bytes",
-        Some(info.size),
+        size,
     );
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(4);
-    // File reads are blocking: a blocking task reads, this task forwards.
+    // File reads and images are blocking: a blocking task writes the
+    // stream in chunks, this task forwards them.
+    let store = inner.snapshots.clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if chunk_tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = chunk_tx.blocking_send(Err(e.to_string()));
-                    break;
-                }
-            }
+        let mut out = ChunkWriter {
+            tx: &chunk_tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        if let Err(e) = snapshot.write_to(&store, &mut out) {
+            let _ = chunk_tx.blocking_send(Err(e.to_string()));
         }
     });
     let forward = async move {
@@ -371,8 +371,10 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
         ("x-raft-from", inner.id.to_string()),
         ("x-raft-from-address", inner.address.clone()),
         ("content-type", "application/octet-stream".to_string()),
-        ("x-raft-snapshot-size", info.size.to_string()),
-    ];
+    ]
+    .into_iter()
+    .chain(size.map(|n| ("x-raft-snapshot-size", n.to_string())))
+    .collect::<Vec<_>>();
     let send = request(
         &mut sender,
         &address,
@@ -389,4 +391,38 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
     }
     Ok(())
+}
+
+/// Cuts a snapshot stream into chunks for the HTTP body; fails once the
+/// receiving side is gone.
+struct ChunkWriter<'a> {
+    tx: &'a mpsc::Sender<Result<Bytes, String>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("snapshot stream closed"))
+    }
+}
+
+impl std::io::Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
