@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, Payload};
 use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
+use crate::prepare::PreparedSlot;
 use crate::progress::{Progress, ProgressReader};
 use crate::state::{Image, State};
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotInfo, SnapshotStore};
@@ -549,6 +550,8 @@ pub struct Core<S: State> {
     failed: Option<String>,
     removed: bool,
     snapshots_installed: u64,
+    /// Snapshots from the leader rebuilt off the driver thread.
+    prepared: PreparedSlot,
     /// Highest commit index known durable in the meta file.
     durable_commit: u64,
     /// (ready number, commit) of batches making a commit index durable.
@@ -671,6 +674,7 @@ impl<S: State> Core<S> {
             failed: None,
             removed: false,
             snapshots_installed: 0,
+            prepared: PreparedSlot::default(),
             durable_commit,
             commit_inflight: VecDeque::new(),
             removal_deferred: None,
@@ -813,6 +817,12 @@ impl<S: State> Core<S> {
             // Keep abstaining; the next step tries again.
             Err(e) => warn!(error = %e, "cannot remove the recovery fence"),
         }
+    }
+
+    /// Takes snapshots from the leader prepared off the driver thread from
+    /// `slot` (see [`crate::prepare`]).
+    pub fn set_prepared_slot(&mut self, slot: PreparedSlot) {
+        self.prepared = slot;
     }
 
     /// Records snapshot counts and durations in `stats` from now on.
@@ -1604,19 +1614,37 @@ impl<S: State> Core<S> {
     fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
         let info = self.snapshots.find(meta.term, meta.index)?;
-        let progress = Progress::start(
-            format!(
-                "installing snapshot {} (term {}) from the leader",
-                meta.index, meta.term
-            ),
-            "bytes",
-            Some(info.size),
-        );
-        let mut reader = ProgressReader::new(self.snapshots.state_reader(&info)?, progress);
-        self.state
-            .restore(meta.index, &mut reader)
-            .map_err(|e| CoreError::State(e.to_string()))?;
-        reader.finish();
+        let swapped = match self.prepared.take(meta.term, meta.index) {
+            Some(prepared) => match self.state.install(meta.index, prepared) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(index = meta.index, error = %e, "the snapshot prepared off the driver thread cannot be installed; restoring it here");
+                    false
+                }
+            },
+            None => false,
+        };
+        if swapped {
+            info!(
+                index = meta.index,
+                term = meta.term,
+                "installed snapshot from the leader, prepared off the driver thread"
+            );
+        } else {
+            let progress = Progress::start(
+                format!(
+                    "installing snapshot {} (term {}) from the leader",
+                    meta.index, meta.term
+                ),
+                "bytes",
+                Some(info.size),
+            );
+            let mut reader = ProgressReader::new(self.snapshots.state_reader(&info)?, progress);
+            self.state
+                .restore(meta.index, &mut reader)
+                .map_err(|e| CoreError::State(e.to_string()))?;
+            reader.finish();
+        }
         self.keep_only_metadata(&info);
         self.stats
             .snapshot(&crate::persist::SnapshotKind::INSTALLED, started.elapsed());

@@ -41,6 +41,24 @@ pub trait State: Send + 'static {
     /// [`State::applied_index`], and the core skips the entries up to it.
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()>;
 
+    /// Something that rebuilds this state from a snapshot off the driver
+    /// thread (see [`crate::prepare`]); `None` (the default): snapshots
+    /// from the leader are restored in line.
+    fn preparer(&self) -> Option<std::sync::Arc<dyn crate::Prepare>> {
+        None
+    }
+
+    /// Replaces the whole state with one built by [`State::preparer`] for
+    /// the snapshot at `index`; cheap (a swap). An error leaves the state
+    /// unchanged, and the core restores from the file instead.
+    fn install(&mut self, index: u64, prepared: crate::Prepared) -> io::Result<()> {
+        let _ = (index, prepared);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this state prepares no snapshots",
+        ))
+    }
+
     /// The index of the last entry applied.
     fn applied_index(&self) -> u64;
 }

@@ -17,7 +17,7 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use dqlite_consensus::{Image, State};
+use dqlite_consensus::{Image, Prepare, Prepared, State};
 use tracing::{error, warn};
 
 use crate::entry::{valid_page_size, Entry};
@@ -90,6 +90,103 @@ impl Image for StoreImage {
     }
 }
 
+/// Every database rebuilt from a snapshot, waiting to be swapped in.
+struct PreparedStore {
+    versions: Vec<(String, Version)>,
+    applied: u64,
+    /// The generation of files in use when it was built (disk mode): its
+    /// files are the next one, so no other restore may come between.
+    generation: u64,
+}
+
+/// Rebuilds the store from a snapshot on any thread (see
+/// `dqlite_consensus::prepare`).
+struct StorePreparer(Arc<Shared>);
+
+impl Prepare for StorePreparer {
+    fn prepare(&self, index: u64, input: &mut dyn Read) -> io::Result<Prepared> {
+        Ok(Box::new(prepare(&self.0, index, input)?))
+    }
+}
+
+impl StoreState {
+    /// Swaps in every database of `prepared`: O(databases) in memory, and
+    /// in disk mode one record write.
+    fn swap_in(&mut self, prepared: PreparedStore) -> io::Result<()> {
+        if prepared.generation != self.shared.generation() {
+            return Err(io::Error::other(
+                "another restore came between the preparation and its install",
+            ));
+        }
+        self.shared
+            .replace_all(prepared.versions, prepared.applied)?;
+        self.applied = prepared.applied;
+        Ok(())
+    }
+}
+
+/// Reads a snapshot image into new versions (in disk mode, into the next
+/// generation's files), leaving the live store alone.
+fn prepare(shared: &Shared, index: u64, input: &mut dyn Read) -> io::Result<PreparedStore> {
+    let generation = shared.generation();
+    let mut magic = [0u8; 5];
+    input.read_exact(&mut magic)?;
+    let format = magic[4];
+    if &magic[..4] != MAGIC || !(1..=VERSION).contains(&format) {
+        return Err(invalid("not a dqlite-rs store snapshot"));
+    }
+    // An image may be of a later index (streamed by a leader whose
+    // snapshot is its files), never of an earlier one but for the
+    // bootstrap snapshot: the empty state, frozen before entry 1.
+    let applied = if format >= 3 {
+        read_u64(input)?.max(index)
+    } else {
+        index
+    };
+    let count = read_u32(input)?;
+    let mut versions = Vec::new();
+    for _ in 0..count {
+        let len = read_u32(input)? as usize;
+        if len > 1 << 20 {
+            return Err(invalid("database name longer than 1 MiB"));
+        }
+        let mut name = vec![0u8; len];
+        input.read_exact(&mut name)?;
+        let name = String::from_utf8(name).map_err(|_| invalid("database name is not UTF-8"))?;
+        let seq = read_u64(input)?;
+        let id = if format >= 2 { read_u64(input)? } else { 0 };
+        let page_size = read_u32(input)?;
+        let pages = read_u32(input)?;
+        let stored = read_u32(input)?;
+        if stored > 0 && !valid_page_size(page_size) {
+            return Err(invalid(format!("invalid page size {page_size}")));
+        }
+        if stored > pages {
+            return Err(invalid(format!(
+                "{stored} pages stored in a {pages}-page database"
+            )));
+        }
+        let mut restorer = shared.restorer(&name)?;
+        for _ in 0..stored {
+            let pgno = read_u32(input)?;
+            if pgno == 0 || pgno > pages {
+                return Err(invalid(format!(
+                    "page {pgno} outside a {pages}-page database"
+                )));
+            }
+            let mut page = vec![0u8; page_size as usize];
+            input.read_exact(&mut page)?;
+            restorer.page(pgno, page)?;
+        }
+        versions.push((name, restorer.finish((seq, id), page_size, pages)?));
+    }
+    Ok(PreparedStore {
+        versions,
+        applied,
+        generation,
+    })
+}
+
 impl State for StoreState {
     fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
         self.applied = index;
@@ -134,61 +231,19 @@ impl State for StoreState {
     }
 
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
-        let mut magic = [0u8; 5];
-        input.read_exact(&mut magic)?;
-        let format = magic[4];
-        if &magic[..4] != MAGIC || !(1..=VERSION).contains(&format) {
-            return Err(invalid("not a dqlite-rs store snapshot"));
-        }
-        // An image may be of a later index (streamed by a leader whose
-        // snapshot is its files), never of an earlier one but for the
-        // bootstrap snapshot: the empty state, frozen before entry 1.
-        let applied = if format >= 3 {
-            read_u64(input)?.max(index)
-        } else {
-            index
-        };
-        let count = read_u32(input)?;
-        let mut versions = Vec::new();
-        for _ in 0..count {
-            let len = read_u32(input)? as usize;
-            if len > 1 << 20 {
-                return Err(invalid("database name longer than 1 MiB"));
-            }
-            let mut name = vec![0u8; len];
-            input.read_exact(&mut name)?;
-            let name =
-                String::from_utf8(name).map_err(|_| invalid("database name is not UTF-8"))?;
-            let seq = read_u64(input)?;
-            let id = if format >= 2 { read_u64(input)? } else { 0 };
-            let page_size = read_u32(input)?;
-            let pages = read_u32(input)?;
-            let stored = read_u32(input)?;
-            if stored > 0 && !valid_page_size(page_size) {
-                return Err(invalid(format!("invalid page size {page_size}")));
-            }
-            if stored > pages {
-                return Err(invalid(format!(
-                    "{stored} pages stored in a {pages}-page database"
-                )));
-            }
-            let mut restorer = self.shared.restorer(&name)?;
-            for _ in 0..stored {
-                let pgno = read_u32(input)?;
-                if pgno == 0 || pgno > pages {
-                    return Err(invalid(format!(
-                        "page {pgno} outside a {pages}-page database"
-                    )));
-                }
-                let mut page = vec![0u8; page_size as usize];
-                input.read_exact(&mut page)?;
-                restorer.page(pgno, page)?;
-            }
-            versions.push((name, restorer.finish((seq, id), page_size, pages)?));
-        }
-        self.shared.replace_all(versions, applied)?;
-        self.applied = applied;
-        Ok(())
+        let prepared = prepare(&self.shared, index, input)?;
+        self.swap_in(prepared)
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        Some(Arc::new(StorePreparer(Arc::clone(&self.shared))))
+    }
+
+    fn install(&mut self, _index: u64, prepared: Prepared) -> io::Result<()> {
+        let prepared = prepared
+            .downcast::<PreparedStore>()
+            .map_err(|_| invalid("not a store prepared by this store"))?;
+        self.swap_in(*prepared)
     }
 
     fn applied_index(&self) -> u64 {

@@ -259,6 +259,11 @@ impl Shared {
         ok
     }
 
+    /// The generation of database files in use (disk mode).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     /// Whether the databases live in files (disk mode).
     pub(crate) fn is_disk(&self) -> bool {
         self.disk.is_some()
