@@ -341,6 +341,11 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
         "the lagging node did not install a snapshot:\n{}",
         &log[before..]
     );
+    assert!(
+        log[before..].contains("prepared off the driver thread"),
+        "the snapshot was not rebuilt off the driver thread:\n{}",
+        &log[before..]
+    );
     let size = runtime().block_on(async {
         let mut c = dqlite_client::Client::connect(
             &cluster.nodes[leader].address,
