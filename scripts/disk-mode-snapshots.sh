@@ -130,6 +130,11 @@ wait_voters() {
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 du_b() { du -sB1 "$1" 2>/dev/null | cut -f1 || echo 0; }
 count() { grep -c "$1" "$2" 2>/dev/null || true; }
+# Snapshots taken by the node at $1, from its /metrics.
+taken() {
+    curl -s --max-time 5 "http://$1/metrics" 2>/dev/null |
+        awk '/^dqlite_raft_snapshots_total\{kind="taken"\}/ { print $2; found = 1 } END { if (!found) print 0 }'
+}
 
 echo "== machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB RAM, data in $TMP ($(df -h "$TMP" | awk 'NR == 2 { print $1 }'))"
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -157,11 +162,12 @@ fi
 declare -a LEADER_BEFORE SNAPS_BEFORE
 for i in 1 2 3; do
     LEADER_BEFORE[$i]=$(count "leader changed" "$TMP/n$i.log")
-    SNAPS_BEFORE[$i]=$(count "snapshot written" "$TMP/n$i.log")
+    SNAPS_BEFORE[$i]=$(taken "${ADDR[$i]}")
 done
 echo "== bench: kvwrite, 1 worker, $DURATION s, load before $(cut -d' ' -f1-3 /proc/loadavg)"
 timeout $((DURATION + 300)) "$BIN" bench -s "$ALL" --workload kvwrite --workers 1 \
-    --duration "$DURATION" --database bench --json | tee "$TMP/bench.json"
+    --duration "$DURATION" --database bench --json --progress 0 >"$TMP/bench.json"
+cat "$TMP/bench.json"
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$LAGGING" = 1 ]; then
     # Bounded: the catch-up of a 2 GiB node takes a few minutes at most.
@@ -171,13 +177,19 @@ if [ "$LAGGING" = 1 ]; then
     done
     grep -E "(sending|receiving|installing) snapshot.*done" "$TMP"/n*.log | sed 's/^/   /' || true
 fi
+declare -a SNAPS_AFTER
+for i in 1 2 3; do
+    SNAPS_AFTER[$i]=$(taken "${ADDR[$i]}")
+done
 sleep 2
-SIZE=$(timeout 600 "$FILL" check "${ADDR[1]}" 2>&1 | tee /dev/stderr | awk '/database/ { for (i = 1; i <= NF; i++) if ($i == "MiB,") { print $(i-1); exit } }' || true)
+timeout 600 "$FILL" check "${ADDR[1]}" >"$TMP/check.txt" 2>&1 || true
+cat "$TMP/check.txt"
+SIZE=$(awk '/database/ { for (i = 1; i <= NF; i++) if ($i == "MiB,") { print $(i-1); exit } }' "$TMP/check.txt")
 echo
 echo "== result"
 for i in 1 2 3; do
     d=$TMP/n$i
-    echo "node $i: db/ $(mib "$(du_b "$d/db")") MiB, raft/snap $(du_b "$d/raft/snap") bytes, raft/log $(mib "$(du_b "$d/raft/log")") MiB, whole dir $(mib "$(du_b "$d")") MiB; leader changes during the bench $(( $(count "leader changed" "$d.log") - LEADER_BEFORE[$i] )), snapshots written during the bench $(( $(count "snapshot written" "$d.log") - SNAPS_BEFORE[$i] ))"
+    echo "node $i: db/ $(mib "$(du_b "$d/db")") MiB, raft/snap $(du_b "$d/raft/snap") bytes, raft/log $(mib "$(du_b "$d/raft/log")") MiB, whole dir $(mib "$(du_b "$d")") MiB; leader changes during the bench $(( $(count "leader changed" "$d.log") - LEADER_BEFORE[$i] )), snapshots taken during the bench $(( ${SNAPS_AFTER[$i]%.*} - ${SNAPS_BEFORE[$i]%.*} ))"
 done
 echo "database (SQLite page_count x page_size): ${SIZE:-?} MiB"
 if grep -qiE "WARN|ERROR" "$TMP"/n*.log; then

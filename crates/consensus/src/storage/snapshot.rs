@@ -250,12 +250,23 @@ impl Read for RangeReader {
     }
 }
 
-/// A snapshot being received from a peer, chunk by chunk.
+/// A snapshot being received from a peer, chunk by chunk. Dropped before
+/// it is finished (a broken stream), its temp file is removed: a leader
+/// that retries would otherwise fill the disk with partial copies.
 pub struct IncomingSnapshot {
     store: SnapshotStore,
     file: Box<dyn DiskFile>,
     tmp: PathBuf,
     written: u64,
+    published: bool,
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = self.store.disk.remove(&self.tmp);
+        }
+    }
 }
 
 impl IncomingSnapshot {
@@ -278,6 +289,7 @@ impl IncomingSnapshot {
             .dir
             .join(snapshot_name(header.term, header.index));
         self.store.disk.rename(&self.tmp, &path).map_err(io)?;
+        self.published = true;
         self.store.disk.sync_dir(&self.store.dir).map_err(io)?;
         Ok(SnapshotInfo {
             header,
@@ -403,6 +415,7 @@ impl SnapshotStore {
             file,
             tmp,
             written: 0,
+            published: false,
         })
     }
 
@@ -633,5 +646,16 @@ mod tests {
         bad.write_chunk(&raw[..raw.len() - 1]).unwrap();
         assert!(bad.finish().is_err());
         assert!(b.find(2, 8).is_err(), "a bad stream is never published");
+        // A stream broken off leaves no temp file behind.
+        let mut broken = b.incoming(2, 9).unwrap();
+        broken.write_chunk(&raw[..1000]).unwrap();
+        drop(broken);
+        let left: Vec<String> = std::fs::read_dir(b.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

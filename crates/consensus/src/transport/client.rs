@@ -32,6 +32,8 @@ pub const PEER_QUEUE: usize = 1024;
 const BATCH_BYTES: usize = 8 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A snapshot stream fails when the peer takes no chunk for this long.
+const STREAM_IDLE: Duration = Duration::from_secs(30);
 const CHUNK: usize = 256 << 10;
 
 /// Request bodies sent by this crate.
@@ -350,47 +352,79 @@ async fn stream_snapshot(
             let _ = chunk_tx.blocking_send(Err(e.to_string()));
         }
     });
+    // A snapshot of GiBs takes longer to stream than any fixed request
+    // timeout: each chunk must be taken within STREAM_IDLE instead.
     let forward = async move {
-        tx.send_data(Bytes::from(head))
-            .await
-            .map_err(|_| "peer closed".to_string())?;
+        let mut sent = send_chunk(&mut tx, Bytes::from(head)).await?;
         while let Some(chunk) = chunk_rx.recv().await {
-            let chunk = chunk?;
-            let len = chunk.len() as u64;
-            tx.send_data(chunk)
-                .await
-                .map_err(|_| "peer closed".to_string())?;
+            let len = send_chunk(&mut tx, chunk?).await?;
+            sent += len;
             progress.add(len);
         }
-        Ok::<Progress, String>(progress)
+        Ok::<(Progress, u64), String>((progress, sent))
     };
     let mut sender = connect(&address, &inner.dial, inner.tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
-    let headers = [
-        ("x-raft-from", inner.id.to_string()),
-        ("x-raft-from-address", inner.address.clone()),
-        ("content-type", "application/octet-stream".to_string()),
-    ]
-    .into_iter()
-    .chain(size.map(|n| ("x-raft-snapshot-size", n.to_string())))
-    .collect::<Vec<_>>();
-    let send = request(
-        &mut sender,
-        &address,
-        "/raft/snapshot",
-        &headers,
-        body.boxed(),
-    );
-    let (forwarded, sent) = tokio::join!(forward, send);
-    let progress = forwarded?;
-    let (status, text) = sent.map_err(|e| e.to_string())?;
+    let mut builder = hyper::Request::post("/raft/snapshot")
+        .header("host", address.as_str())
+        .header("x-raft-from", inner.id.to_string())
+        .header("x-raft-from-address", inner.address.clone())
+        .header("content-type", "application/octet-stream");
+    if let Some(n) = size {
+        builder = builder.header("x-raft-snapshot-size", n.to_string());
+    }
+    let req = builder.body(body.boxed()).map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(req);
+    tokio::pin!(response);
+    tokio::pin!(forward);
+    let mut early = None;
+    let (progress, sent) = loop {
+        tokio::select! {
+            f = &mut forward => break f?,
+            r = &mut response, if early.is_none() => early = Some(r),
+        }
+    };
+    // The receiver verifies the file and rebuilds its state from it before
+    // it answers: allow for reading it back at a slow disk's pace.
+    let answer = REQUEST_TIMEOUT + Duration::from_secs(sent / (4 << 20));
+    let resp = match early {
+        Some(r) => r,
+        None => tokio::time::timeout(answer, &mut response)
+            .await
+            .map_err(|_| format!("no answer {answer:?} after the snapshot was sent"))?,
+    }
+    .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        http_body_util::Limited::new(resp.into_body(), 1 << 20).collect(),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?
+    .to_bytes();
     if status.is_success() {
         progress.finish();
     } else {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
     }
     Ok(())
+}
+
+/// Hands one chunk to the HTTP body; fails when the peer takes nothing for
+/// [`STREAM_IDLE`].
+async fn send_chunk(
+    tx: &mut http_body_util::channel::Sender<Bytes, std::convert::Infallible>,
+    chunk: Bytes,
+) -> Result<u64, String> {
+    let len = chunk.len() as u64;
+    match tokio::time::timeout(STREAM_IDLE, tx.send_data(chunk)).await {
+        Ok(Ok(())) => Ok(len),
+        Ok(Err(_)) => Err("peer closed".to_string()),
+        Err(_) => Err(format!("peer took no data for {STREAM_IDLE:?}")),
+    }
 }
 
 /// Cuts a snapshot stream into chunks for the HTTP body; fails once the
