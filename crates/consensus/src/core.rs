@@ -368,6 +368,10 @@ impl std::io::Write for SnapshotWriter<'_> {
 /// default 20 ms tick): a full disk must not be hammered.
 const SNAPSHOT_RETRY_TICKS: u64 = 50;
 
+/// How long after an image was sent the log is still kept for the peer to
+/// replicate past it (10 s at the default tick).
+const HOLD_AFTER_SEND_TICKS: u64 = 500;
+
 /// Ticks to wait when the state could not checkpoint because a reader
 /// holds an older version (100 ms at the default tick).
 const SNAPSHOT_BUSY_TICKS: u64 = 5;
@@ -552,6 +556,9 @@ pub struct Core<S: State> {
     snapshots_installed: u64,
     /// Snapshots from the leader rebuilt off the driver thread.
     prepared: PreparedSlot,
+    /// Peers being sent an image of the state: its applied index, and the
+    /// tick its send ended.
+    catching_up: HashMap<u64, (u64, Option<u64>)>,
     /// Highest commit index known durable in the meta file.
     durable_commit: u64,
     /// (ready number, commit) of batches making a commit index durable.
@@ -675,6 +682,7 @@ impl<S: State> Core<S> {
             removed: false,
             snapshots_installed: 0,
             prepared: PreparedSlot::default(),
+            catching_up: HashMap::new(),
             durable_commit,
             commit_inflight: VecDeque::new(),
             removal_deferred: None,
@@ -1062,6 +1070,11 @@ impl<S: State> Core<S> {
             Input::Persisted(number) => self.on_persisted(number, out),
             Input::SnapshotWritten { result, took } => self.snapshot_written(result, took, out),
             Input::SnapshotSent { to, ok } => {
+                if let Some((_, sent)) = self.catching_up.get_mut(&to) {
+                    // A peer that failed to take it, or never replicates
+                    // past it, must not pin the log for long.
+                    *sent = Some(if ok { self.ticks } else { 0 });
+                }
                 let status = if ok {
                     SnapshotStatus::Finish
                 } else {
@@ -1939,8 +1952,15 @@ impl<S: State> Core<S> {
     /// state's own files), the file's header with a fresh image of the
     /// state frozen now, at the applied index (at or after `index`; the
     /// receiver skips the entries up to it). Called on the driver thread
-    /// between applies, so the image is of one applied index.
-    pub fn outgoing_snapshot(&self, term: u64, index: u64) -> Result<OutgoingSnapshot, CoreError> {
+    /// between applies, so the image is of one applied index. The log is
+    /// not compacted past that index until `to` replicated past it (or 10 s
+    /// after the send ended).
+    pub fn outgoing_snapshot(
+        &mut self,
+        to: u64,
+        term: u64,
+        index: u64,
+    ) -> Result<OutgoingSnapshot, CoreError> {
         let info = self.snapshots.find(term, index)?;
         if !info.header.files {
             return Ok(OutgoingSnapshot::File(info));
@@ -1949,6 +1969,8 @@ impl<S: State> Core<S> {
             .state
             .freeze()
             .map_err(|e| CoreError::State(format!("freezing the state for a peer: {e}")))?;
+        self.catching_up
+            .insert(to, (self.state.applied_index(), None));
         let mut header = info.header;
         header.files = false;
         Ok(OutgoingSnapshot::Image {
@@ -1956,6 +1978,24 @@ impl<S: State> Core<S> {
             image,
             applied: self.state.applied_index(),
         })
+    }
+
+    /// The log is kept after the image index of every peer being sent an
+    /// image (until it has replicated past it): a GiB image takes seconds
+    /// to stream and install, and a log compacted past it meanwhile would
+    /// only make the leader send another one.
+    fn compaction_hold(&mut self) -> u64 {
+        let prs = self.raw.raft.prs();
+        let now = self.ticks;
+        self.catching_up.retain(|id, (at, sent)| {
+            prs.get(*id).is_some_and(|p| p.matched < *at)
+                && sent.is_none_or(|t| now.saturating_sub(t) < HOLD_AFTER_SEND_TICKS)
+        });
+        self.catching_up
+            .values()
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn snapshot_written(
@@ -1984,7 +2024,9 @@ impl<S: State> Core<S> {
         debug!(index, size = info.size, "snapshot taken");
         self.raw.mut_store().set_snapshot(info.header.metadata());
         self.snapshot_index = index;
-        let compact_to = index.saturating_sub(self.config.snapshot_trailing);
+        let compact_to = index
+            .saturating_sub(self.config.snapshot_trailing)
+            .min(self.compaction_hold());
         if compact_to > 0 {
             self.raw.mut_store().compact(compact_to);
             out.push(Action::Compact(compact_to));

@@ -404,7 +404,7 @@ impl<S: State> Driver<S> {
     /// A metadata-only snapshot's image is frozen here, between applies.
     fn send_snapshot(&mut self, m: Message) {
         let meta = m.get_snapshot().get_metadata();
-        match self.core.outgoing_snapshot(meta.term, meta.index) {
+        match self.core.outgoing_snapshot(m.to, meta.term, meta.index) {
             Ok(snapshot) => self.transport.send_snapshot(m, snapshot),
             Err(e) => {
                 warn!(to = m.to, index = meta.index, error = %e, "cannot send snapshot");

@@ -403,9 +403,13 @@ impl SnapshotStore {
 
     /// Starts receiving a snapshot streamed by a peer.
     pub fn incoming(&self, term: u64, index: u64) -> Result<IncomingSnapshot, StorageError> {
+        // One name per stream: a leader may send the same snapshot again
+        // while an earlier stream of it is still arriving.
+        static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .dir
-            .join(format!("recv-{}.tmp", snapshot_name(term, index)));
+            .join(format!("recv-{}-{n}.tmp", snapshot_name(term, index)));
         let file = self
             .disk
             .create(&tmp)

@@ -140,6 +140,8 @@ struct Inner {
     snapshots: SnapshotStore,
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
+    /// Peers a snapshot is being streamed to.
+    sending: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// The real network: HTTP to peers.
@@ -170,6 +172,7 @@ impl HttpTransport {
                 snapshots,
                 runtime,
                 peers: Mutex::new(HashMap::new()),
+                sending: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -193,9 +196,15 @@ impl HttpTransport {
     }
 
     fn spawn_snapshot(&self, msg: Message, snapshot: OutgoingSnapshot) {
+        let to = msg.to;
+        if !lock(&self.inner.sending).insert(to) {
+            // One stream per peer: the one in flight reports for both (a
+            // second copy of GiBs would only compete with it).
+            debug!(to, "a snapshot is already being sent to this peer");
+            return;
+        }
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            let to = msg.to;
             let ok = match stream_snapshot(&inner, msg, snapshot).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -203,6 +212,7 @@ impl HttpTransport {
                     false
                 }
             };
+            lock(&inner.sending).remove(&to);
             let _ = inner.feedback.send(Feedback::SnapshotSent { to, ok });
         });
     }
