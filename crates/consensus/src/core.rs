@@ -1989,7 +1989,7 @@ impl<S: State> Core<S> {
         let now = self.ticks;
         self.catching_up.retain(|id, (at, sent)| {
             prs.get(*id).is_some_and(|p| p.matched < *at)
-                && sent.is_none_or(|t| now.saturating_sub(t) < HOLD_AFTER_SEND_TICKS)
+                && sent.map_or(true, |t| now.saturating_sub(t) < HOLD_AFTER_SEND_TICKS)
         });
         self.catching_up
             .values()
