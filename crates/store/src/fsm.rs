@@ -94,8 +94,8 @@ impl Image for StoreImage {
 struct PreparedStore {
     versions: Vec<(String, Version)>,
     applied: u64,
-    /// The generation of files in use when it was built (disk mode): its
-    /// files are the next one, so no other restore may come between.
+    /// The generation of files it was restored into (disk mode), claimed
+    /// for it alone.
     generation: u64,
 }
 
@@ -113,13 +113,13 @@ impl StoreState {
     /// Swaps in every database of `prepared`: O(databases) in memory, and
     /// in disk mode one record write.
     fn swap_in(&mut self, prepared: PreparedStore) -> io::Result<()> {
-        if prepared.generation != self.shared.generation() {
+        if prepared.generation <= self.shared.generation() {
             return Err(io::Error::other(
-                "another restore came between the preparation and its install",
+                "a later restore was installed after this one was prepared",
             ));
         }
         self.shared
-            .replace_all(prepared.versions, prepared.applied)?;
+            .replace_all(prepared.versions, prepared.applied, prepared.generation)?;
         self.applied = prepared.applied;
         Ok(())
     }
@@ -128,7 +128,7 @@ impl StoreState {
 /// Reads a snapshot image into new versions (in disk mode, into the next
 /// generation's files), leaving the live store alone.
 fn prepare(shared: &Shared, index: u64, input: &mut dyn Read) -> io::Result<PreparedStore> {
-    let generation = shared.generation();
+    let generation = shared.claim_generation();
     let mut magic = [0u8; 5];
     input.read_exact(&mut magic)?;
     let format = magic[4];
@@ -166,7 +166,7 @@ fn prepare(shared: &Shared, index: u64, input: &mut dyn Read) -> io::Result<Prep
                 "{stored} pages stored in a {pages}-page database"
             )));
         }
-        let mut restorer = shared.restorer(&name)?;
+        let mut restorer = shared.restorer(&name, generation)?;
         for _ in 0..stored {
             let pgno = read_u32(input)?;
             if pgno == 0 || pgno > pages {

@@ -212,6 +212,10 @@ pub(crate) struct Shared {
     pending: AtomicU64,
     /// Disk mode: the generation of database files in use.
     generation: AtomicU64,
+    /// Disk mode: the last generation handed to a restore. Each restore
+    /// writes a generation of its own, so one prepared while another waits
+    /// to be installed never overwrites its files.
+    claimed: AtomicU64,
     /// From each commit point of this node's transactions to its apply.
     commit_seconds: Histogram,
 }
@@ -262,6 +266,22 @@ impl Shared {
     /// The generation of database files in use (disk mode).
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    /// A generation no restore has used yet, for the next one.
+    pub(crate) fn claim_generation(&self) -> u64 {
+        let current = self.generation();
+        let mut claimed = self.claimed.load(Ordering::Relaxed);
+        loop {
+            let next = claimed.max(current) + 1;
+            match self
+                .claimed
+                .compare_exchange(claimed, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(now) => claimed = now,
+            }
+        }
     }
 
     /// Whether the databases live in files (disk mode).
@@ -343,13 +363,14 @@ impl Shared {
         Ok(true)
     }
 
-    /// Starts rebuilding database `name` from a snapshot.
-    pub(crate) fn restorer(&self, name: &str) -> std::io::Result<Restorer> {
+    /// Starts rebuilding database `name` from a snapshot, in disk mode into
+    /// `generation` (from [`Shared::claim_generation`]).
+    pub(crate) fn restorer(&self, name: &str, generation: u64) -> std::io::Result<Restorer> {
         Ok(match &self.disk {
             Some(disk) => {
-                // Into the next generation: the current files stay intact
+                // Into a new generation: the current files stay intact
                 // until the record switches over.
-                let path = disk.db_path(name, self.generation.load(Ordering::Relaxed) + 1)?;
+                let path = disk.db_path(name, generation)?;
                 let _ = std::fs::remove_file(&path);
                 Restorer::Disk(BaseFile::open(&path)?)
             }
@@ -363,9 +384,9 @@ impl Shared {
         &self,
         versions: Vec<(String, Version)>,
         applied: u64,
+        generation: u64,
     ) -> std::io::Result<()> {
         if let Some(disk) = &self.disk {
-            let generation = self.generation.load(Ordering::Relaxed) + 1;
             let databases = versions
                 .iter()
                 .map(|(name, v)| CheckpointDb {
@@ -582,6 +603,8 @@ impl Store {
             };
             dbs.insert(db.name.clone(), Arc::new(Db::new(&db.name, version)));
         }
+        // Files of restores prepared but never installed.
+        disk.remove_others(record.generation);
         Self::build(dbs, Some(disk), record.applied, record.generation)
     }
 
@@ -599,6 +622,7 @@ impl Store {
             opened_at,
             pending: AtomicU64::new(0),
             generation: AtomicU64::new(generation),
+            claimed: AtomicU64::new(generation),
             // 100 µs to about 6.5 s.
             commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 17)),
         });

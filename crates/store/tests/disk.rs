@@ -361,3 +361,58 @@ fn a_disk_mode_snapshot_is_a_checkpoint_and_a_streamed_image_carries_its_own_ind
     // A memory store keeps no files: its snapshots hold its image.
     assert!(Store::memory().unwrap().state().checkpoint().is_none());
 }
+
+#[test]
+fn restores_prepared_off_the_driver_thread_never_share_files() {
+    let source = Store::memory().unwrap();
+    let conn = source.open("p.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 20);
+    let mut first = Vec::new();
+    source
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut first)
+        .unwrap();
+    fill(&conn, 20);
+    let image = source.image("p.db").unwrap();
+    let mut second = Vec::new();
+    source
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut second)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let mut state = store.state();
+    let preparer = state.preparer().unwrap();
+    // Both prepared before either is installed (a leader change can do
+    // that): each has its own files.
+    let a = preparer.prepare(21, &mut first.as_slice()).unwrap();
+    let b = preparer.prepare(41, &mut second.as_slice()).unwrap();
+    state.install(21, a).unwrap();
+    state.install(41, b).unwrap();
+    assert_eq!(store.image("p.db").unwrap(), image);
+    // One prepared before an install that came after it is refused (the
+    // core then restores from the file).
+    let late = preparer.prepare(21, &mut first.as_slice()).unwrap();
+    let newer = preparer.prepare(41, &mut second.as_slice()).unwrap();
+    state.install(41, newer).unwrap();
+    assert!(state.install(21, late).is_err());
+    assert_eq!(store.image("p.db").unwrap(), image);
+    drop(state);
+    drop(store);
+    let reopened = Store::disk(dir.path()).unwrap();
+    assert_eq!(reopened.state().applied_index(), 41);
+    assert_eq!(reopened.image("p.db").unwrap(), image);
+    let files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "db"))
+        .count();
+    assert_eq!(files, 1, "only the installed generation is left");
+}
