@@ -291,6 +291,109 @@ fn catch_up_by_snapshot(mode: &[&str]) {
     }
 }
 
+/// Bytes allocated on disk for the files directly in `dir` (as `du`).
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// Disk mode: a snapshot is the checkpointed database files plus a small
+/// metadata file, so a node holds its data once on disk; a lagging node
+/// is streamed an image frozen at the leader when the send starts, ends
+/// with the same database, and keeps only metadata after installing it;
+/// a restart of every node brings back the same data.
+#[test]
+fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
+    let args = [
+        "--disk-mode",
+        "--snapshot-threshold",
+        "8",
+        "--snapshot-trailing",
+        "2",
+    ];
+    let mut cluster = Cluster::start(3, &args);
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let lagging = (leader + 2) % 3;
+    let lagging_addr = cluster.nodes[lagging].address.clone();
+    let before = cluster.nodes[lagging].read_log().len();
+    cluster.nodes[lagging].stop("KILL");
+    let live: Vec<String> = cluster
+        .addresses()
+        .into_iter()
+        .filter(|a| *a != lagging_addr)
+        .collect();
+    // 48 transactions of 1 MiB: several snapshots, the log compacted past
+    // the stopped node.
+    let rows = 48;
+    support::insert_rows(&live, "big", 0, rows, 1 << 20);
+    cluster.nodes[lagging].start();
+    let hash = wait_same_image(&cluster.addresses(), "big", Duration::from_secs(120));
+    let log = cluster.nodes[lagging].read_log();
+    assert!(
+        log[before..].contains("installing snapshot"),
+        "the lagging node did not install a snapshot:\n{}",
+        &log[before..]
+    );
+    assert!(
+        log[before..].contains("prepared off the driver thread"),
+        "the snapshot was not rebuilt off the driver thread:\n{}",
+        &log[before..]
+    );
+    let size = runtime().block_on(async {
+        let mut c = dqlite_client::Client::connect(
+            &cluster.nodes[leader].address,
+            &client_config(Duration::from_secs(30)),
+        )
+        .await
+        .expect("connect");
+        let files = c.dump("big").await.expect("dump");
+        files.first().map_or(0, |f| f.data.len() as u64)
+    });
+    assert!(size >= (rows as u64) << 20, "database of {size} bytes");
+    // Every node: the snapshots are metadata, the database is held once.
+    for node in &cluster.nodes {
+        let snap = allocated(&node.dir.join("raft").join("snap"));
+        let db = allocated(&node.dir.join("db"));
+        let log = allocated(&node.dir.join("raft").join("log"));
+        eprintln!(
+            "{}: database {size} bytes; db/ {db}, raft/snap {snap}, raft/log {log} bytes on disk",
+            node.address
+        );
+        assert!(
+            snap <= 64 << 10,
+            "{}: snapshots hold {snap} bytes",
+            node.address
+        );
+        assert!(
+            db <= size + size / 5,
+            "{}: db/ holds {db} bytes for a {size}-byte database",
+            node.address
+        );
+    }
+    // A restart of every node brings back the same database.
+    for node in cluster.nodes.iter_mut() {
+        node.stop("TERM");
+    }
+    for node in cluster.nodes.iter_mut() {
+        node.spawn();
+    }
+    for node in cluster.nodes.iter_mut() {
+        node.wait_ready(Duration::from_secs(60));
+    }
+    assert_eq!(
+        wait_same_image(&cluster.addresses(), "big", Duration::from_secs(120)),
+        hash
+    );
+    support::insert_rows(&cluster.addresses(), "big", rows, 1, 100);
+}
+
 #[test]
 fn recovery_procedure_with_the_cli() {
     let mut cluster = Cluster::start(3, &[]);

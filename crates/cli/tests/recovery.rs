@@ -261,20 +261,21 @@ fn recovers_from(what: Damage) {
     );
     let log = cluster.nodes[victim].read_log()[before..].to_string();
     if what.disk_mode() {
-        // The raft log and snapshot still hold everything: rebuilt locally.
+        // The snapshots are the database files: with those gone, the raft
+        // snapshots and log are set aside too and the peers rebuild it.
         assert!(
-            log.contains("rebuilt from the raft snapshot and log"),
+            log.contains("rebuilt from the peers")
+                && log.contains("set the raft snapshots and log aside"),
             "{what:?}:\n{log}"
         );
-    } else {
-        // Raft data that may have been acknowledged was lost: fenced until
-        // caught up, then voting (it just won an election).
-        assert!(
-            log.contains("will not vote until it has caught up")
-                && log.contains("caught up after auto-recovery: voting again"),
-            "{what:?}: no fence raised and lifted:\n{log}"
-        );
     }
+    // Raft data that may have been acknowledged was lost: fenced until
+    // caught up, then voting (it just won an election).
+    assert!(
+        log.contains("will not vote until it has caught up")
+            && log.contains("caught up after auto-recovery: voting again"),
+        "{what:?}: no fence raised and lifted:\n{log}"
+    );
 }
 
 #[test]

@@ -57,14 +57,84 @@ pub fn open_bounded(
     log_budget: u64,
     applied: u64,
 ) -> Result<Opened, StorageError> {
+    open_inner(disk, raft_dir, options, log_budget, applied, false)
+}
+
+/// Like [`open_bounded`], where `applied` is the State's own applied index
+/// (not a lower bound): a snapshot that holds only metadata
+/// ([`SnapshotHeader::files`]) but is newer than what the State's files
+/// hold has lost its data (the files were set aside as damaged). Then,
+/// with auto-recovery, the snapshots and the log are set aside and a
+/// fence keeps the node from voting until it has caught up from its
+/// peers; without, it is an error naming the snapshot.
+pub fn open_for_state(
+    disk: Arc<dyn Disk>,
+    raft_dir: &Path,
+    options: LogOptions,
+    log_budget: u64,
+    applied: u64,
+) -> Result<Opened, StorageError> {
+    open_inner(disk, raft_dir, options, log_budget, applied, true)
+}
+
+fn open_inner(
+    disk: Arc<dyn Disk>,
+    raft_dir: &Path,
+    options: LogOptions,
+    log_budget: u64,
+    applied: u64,
+    applied_is_exact: bool,
+) -> Result<Opened, StorageError> {
     disk.create_dir_all(raft_dir)
         .map_err(|e| StorageError::io(raft_dir, e))?;
-    let snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
+    let mut snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
     snapshots.remove_temps()?;
     let auto = options.auto_recovery;
-    let (snapshot, snapshots_aside) = snapshots.latest_recovering(auto)?;
+    let (mut snapshot, snapshots_aside) = snapshots.latest_recovering(auto)?;
     let fence = Fence::read(disk.clone(), raft_dir)?;
     let (mut meta, meta_aside) = MetaFile::open_recovering(disk.as_ref(), raft_dir, auto)?;
+    let mut orphaned = Vec::new();
+    let mut orphan_lost = None;
+    if let Some(s) = snapshot
+        .as_ref()
+        .filter(|s| applied_is_exact && s.header.files && applied < s.header.index)
+    {
+        let detail = format!(
+            "snapshot {} holds no data: its data is the disk-mode database files, \
+             which hold only index {applied}",
+            s.header.index
+        );
+        if !auto {
+            return Err(StorageError::Corrupt {
+                path: s.path.clone(),
+                detail,
+            });
+        }
+        // Everything this node may have acknowledged is at most the end of
+        // its log; the log is useless without the snapshot's data.
+        let (log, _) = Log::open(disk.clone(), raft_dir, options, s.header.index)?;
+        let upto = log.last_index().max(meta.state().commit);
+        drop(log);
+        for dir in [
+            raft_dir.join("snap"),
+            crate::storage::log::log_dir(raft_dir),
+        ] {
+            let aside = free_name(disk.as_ref(), &dir);
+            disk.rename(&dir, &aside)
+                .map_err(|e| StorageError::io(&dir, e))?;
+            warn!(
+                file = %s.path.display(),
+                aside = %aside.display(),
+                "auto-recovery set the raft snapshots and log aside: {detail}; the node catches up from its peers"
+            );
+            orphaned.push(aside);
+        }
+        disk.sync_dir(raft_dir)
+            .map_err(|e| StorageError::io(raft_dir, e))?;
+        snapshots = SnapshotStore::new(disk.clone(), raft_dir)?;
+        snapshot = None;
+        orphan_lost = Some(upto);
+    }
     let after = snapshot.as_ref().map_or(0, |s| s.header.index);
     let st = meta.state();
     // Only a bounded tail of payloads stays in memory; committed entries
@@ -77,7 +147,8 @@ pub fn open_bounded(
         log_budget,
         st.commit.max(applied),
     )?;
-    let mut lost = report.lost_upto;
+    let mut lost = report.lost_upto.max(orphan_lost);
+    report.set_aside.extend(orphaned);
     for (path, index) in snapshots_aside {
         report.set_aside.push(path);
         lost = Some(lost.unwrap_or(0).max(index));
@@ -141,6 +212,18 @@ pub fn open_bounded(
     })
 }
 
+/// `<path>.corrupt`, or `<path>.corrupt.N` if taken.
+fn free_name(disk: &dyn Disk, path: &Path) -> std::path::PathBuf {
+    let base = format!("{}.corrupt", path.display());
+    let mut aside = std::path::PathBuf::from(&base);
+    let mut n = 0;
+    while disk.exists(&aside) {
+        n += 1;
+        aside = std::path::PathBuf::from(format!("{base}.{n}"));
+    }
+    aside
+}
+
 /// Writes the first state of a brand-new one-node cluster: a snapshot at
 /// index 1, term 1 whose configuration is this node alone, and the hard
 /// state naming this node. Joiners then always start from a snapshot.
@@ -193,6 +276,7 @@ pub fn bootstrap_cluster<S: State>(
             ..Default::default()
         },
         cluster,
+        files: false,
     };
     snapshots.write(&header, &mut |w| state.freeze()?.write_to(w))?;
     write_identity(disk.as_ref(), raft_dir, id, 1)

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, Payload};
 use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
+use crate::prepare::PreparedSlot;
 use crate::progress::{Progress, ProgressReader};
 use crate::state::{Image, State};
 use crate::storage::snapshot::{ConfStateCopy, SnapshotHeader, SnapshotInfo, SnapshotStore};
@@ -367,6 +368,105 @@ impl std::io::Write for SnapshotWriter<'_> {
 /// default 20 ms tick): a full disk must not be hammered.
 const SNAPSHOT_RETRY_TICKS: u64 = 50;
 
+/// How long after an image was sent the log is still kept for the peer to
+/// replicate past it (10 s at the default tick).
+const HOLD_AFTER_SEND_TICKS: u64 = 500;
+
+/// Ticks to wait when the state could not checkpoint because a reader
+/// holds an older version (100 ms at the default tick).
+const SNAPSHOT_BUSY_TICKS: u64 = 5;
+
+/// The body of a snapshot whose data is the state's own files: empty.
+struct NoData;
+
+impl Image for NoData {
+    fn write_to(self: Box<Self>, _out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A snapshot on its way to a peer (see [`Core::outgoing_snapshot`]).
+pub enum OutgoingSnapshot {
+    /// The snapshot file, sent as it is.
+    File(SnapshotInfo),
+    /// A metadata-only snapshot's header with an image of the state frozen
+    /// when the send started.
+    Image {
+        /// The header sent (`files` cleared: the stream carries the data).
+        header: SnapshotHeader,
+        /// The frozen state.
+        image: Box<dyn Image>,
+        /// The applied index the image is of.
+        applied: u64,
+    },
+}
+
+impl std::fmt::Debug for OutgoingSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutgoingSnapshot::File(info) => f.debug_tuple("File").field(&info.path).finish(),
+            OutgoingSnapshot::Image {
+                header, applied, ..
+            } => f
+                .debug_struct("Image")
+                .field("index", &header.index)
+                .field("applied", applied)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl OutgoingSnapshot {
+    /// The snapshot's index and term.
+    pub fn index_term(&self) -> (u64, u64) {
+        match self {
+            OutgoingSnapshot::File(info) => (info.header.index, info.header.term),
+            OutgoingSnapshot::Image { header, .. } => (header.index, header.term),
+        }
+    }
+
+    /// The size of the stream, when known before it is written.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            OutgoingSnapshot::File(info) => Some(info.size),
+            OutgoingSnapshot::Image { .. } => None,
+        }
+    }
+
+    /// Writes the whole snapshot file's bytes into `out` (blocking: run it
+    /// off the driver thread). The image variant holds its versions until
+    /// it is written or dropped.
+    pub fn write_to(
+        self,
+        store: &SnapshotStore,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, StorageError> {
+        match self {
+            OutgoingSnapshot::File(info) => {
+                let mut reader = store.raw_reader(&info)?;
+                let io = |e| StorageError::io(&info.path, e);
+                let n = std::io::copy(&mut reader, out).map_err(io)?;
+                out.flush().map_err(io)?;
+                Ok(n)
+            }
+            OutgoingSnapshot::Image { header, image, .. } => {
+                let mut image = Some(image);
+                crate::storage::snapshot::write_framed(
+                    &header,
+                    &mut |w| {
+                        image
+                            .take()
+                            .ok_or_else(|| std::io::Error::other("snapshot body written twice"))?
+                            .write_to(w)
+                    },
+                    out,
+                )
+                .map_err(|e| StorageError::io(store.dir(), e))
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     id: ProposalId,
@@ -454,6 +554,11 @@ pub struct Core<S: State> {
     failed: Option<String>,
     removed: bool,
     snapshots_installed: u64,
+    /// Snapshots from the leader rebuilt off the driver thread.
+    prepared: PreparedSlot,
+    /// Peers being sent an image of the state: its applied index, and the
+    /// tick its send ended.
+    catching_up: HashMap<u64, (u64, Option<u64>)>,
     /// Highest commit index known durable in the meta file.
     durable_commit: u64,
     /// (ready number, commit) of batches making a commit index durable.
@@ -496,6 +601,14 @@ impl<S: State> Core<S> {
             meta = header.metadata();
             cluster = header.cluster.clone();
             if state.applied_index() < header.index {
+                if header.files {
+                    return Err(CoreError::State(format!(
+                        "snapshot {} holds no data: its data is the state's own files, \
+                         which hold only index {}",
+                        header.index,
+                        state.applied_index()
+                    )));
+                }
                 let info = snapshots.find(header.term, header.index)?;
                 let progress = Progress::start(
                     format!("restoring snapshot {} at start-up", header.index),
@@ -568,6 +681,8 @@ impl<S: State> Core<S> {
             failed: None,
             removed: false,
             snapshots_installed: 0,
+            prepared: PreparedSlot::default(),
+            catching_up: HashMap::new(),
             durable_commit,
             commit_inflight: VecDeque::new(),
             removal_deferred: None,
@@ -710,6 +825,12 @@ impl<S: State> Core<S> {
             // Keep abstaining; the next step tries again.
             Err(e) => warn!(error = %e, "cannot remove the recovery fence"),
         }
+    }
+
+    /// Takes snapshots from the leader prepared off the driver thread from
+    /// `slot` (see [`crate::prepare`]).
+    pub fn set_prepared_slot(&mut self, slot: PreparedSlot) {
+        self.prepared = slot;
     }
 
     /// Records snapshot counts and durations in `stats` from now on.
@@ -949,6 +1070,11 @@ impl<S: State> Core<S> {
             Input::Persisted(number) => self.on_persisted(number, out),
             Input::SnapshotWritten { result, took } => self.snapshot_written(result, took, out),
             Input::SnapshotSent { to, ok } => {
+                if let Some((_, sent)) = self.catching_up.get_mut(&to) {
+                    // A peer that failed to take it, or never replicates
+                    // past it, must not pin the log for long.
+                    *sent = Some(if ok { self.ticks } else { 0 });
+                }
                 let status = if ok {
                     SnapshotStatus::Finish
                 } else {
@@ -1511,19 +1637,38 @@ impl<S: State> Core<S> {
     fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
         let info = self.snapshots.find(meta.term, meta.index)?;
-        let progress = Progress::start(
-            format!(
-                "installing snapshot {} (term {}) from the leader",
-                meta.index, meta.term
-            ),
-            "bytes",
-            Some(info.size),
-        );
-        let mut reader = ProgressReader::new(self.snapshots.state_reader(&info)?, progress);
-        self.state
-            .restore(meta.index, &mut reader)
-            .map_err(|e| CoreError::State(e.to_string()))?;
-        reader.finish();
+        let swapped = match self.prepared.take(meta.term, meta.index) {
+            Some(prepared) => match self.state.install(meta.index, prepared) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(index = meta.index, error = %e, "the snapshot prepared off the driver thread cannot be installed; restoring it here");
+                    false
+                }
+            },
+            None => false,
+        };
+        if swapped {
+            info!(
+                index = meta.index,
+                term = meta.term,
+                "installed snapshot from the leader, prepared off the driver thread"
+            );
+        } else {
+            let progress = Progress::start(
+                format!(
+                    "installing snapshot {} (term {}) from the leader",
+                    meta.index, meta.term
+                ),
+                "bytes",
+                Some(info.size),
+            );
+            let mut reader = ProgressReader::new(self.snapshots.state_reader(&info)?, progress);
+            self.state
+                .restore(meta.index, &mut reader)
+                .map_err(|e| CoreError::State(e.to_string()))?;
+            reader.finish();
+        }
+        self.keep_only_metadata(&info);
         self.stats
             .snapshot(&crate::persist::SnapshotKind::INSTALLED, started.elapsed());
         self.cluster = info.header.cluster.clone();
@@ -1538,6 +1683,27 @@ impl<S: State> Core<S> {
             warn!(error = %e, "pruning snapshots failed");
         }
         Ok(())
+    }
+
+    /// After installing a snapshot into a state that keeps its own files,
+    /// the received copy of the data is redundant: it is replaced by a
+    /// metadata-only file, so the node holds the data once on disk.
+    fn keep_only_metadata(&mut self, info: &SnapshotInfo) {
+        match self.state.checkpoint() {
+            Some(Ok(true)) => {}
+            // Keeping the full copy is safe, only larger; the next local
+            // snapshot prunes it.
+            None | Some(Ok(false)) => return,
+            Some(Err(e)) => {
+                warn!(error = %e, "checkpoint after installing a snapshot failed");
+                return;
+            }
+        }
+        let mut header = info.header.clone();
+        header.files = true;
+        if let Err(e) = self.snapshots.write(&header, &mut |_| Ok(())) {
+            warn!(error = %e, "replacing the installed snapshot by its metadata failed");
+        }
     }
 
     fn apply_entry(&mut self, entry: Entry, out: &mut Vec<Action>) -> Result<(), CoreError> {
@@ -1755,19 +1921,91 @@ impl<S: State> Core<S> {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(index)?;
+        let files = match self.state.checkpoint() {
+            None => false,
+            Some(Ok(true)) => true,
+            Some(Ok(false)) => {
+                // A reader holds an older version of the files; it is
+                // usually gone within a transaction's time.
+                debug!(index, "state files busy; snapshot postponed");
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_BUSY_TICKS;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+                return Err(CoreError::State(format!(
+                    "checkpointing the state for a snapshot: {e}"
+                )));
+            }
+        };
         let header = SnapshotHeader {
             index,
             term,
             conf_state: ConfStateCopy::from(&self.conf_state),
             cluster: self.cluster.clone(),
+            files,
         };
-        let image = self
-            .state
-            .freeze()
-            .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?;
+        let image: Box<dyn Image> = if files {
+            Box::new(NoData)
+        } else {
+            self.state
+                .freeze()
+                .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?
+        };
         self.snapshotting = Some(index);
         out.push(Action::Snapshot(SnapshotJob { header, image }));
         Ok(())
+    }
+
+    /// What to stream to a peer that needs the snapshot at `index`: the
+    /// file itself, or, when the file holds only metadata (its data is the
+    /// state's own files), the file's header with a fresh image of the
+    /// state frozen now, at the applied index (at or after `index`; the
+    /// receiver skips the entries up to it). Called on the driver thread
+    /// between applies, so the image is of one applied index. The log is
+    /// not compacted past that index until `to` replicated past it (or 10 s
+    /// after the send ended).
+    pub fn outgoing_snapshot(
+        &mut self,
+        to: u64,
+        term: u64,
+        index: u64,
+    ) -> Result<OutgoingSnapshot, CoreError> {
+        let info = self.snapshots.find(term, index)?;
+        if !info.header.files {
+            return Ok(OutgoingSnapshot::File(info));
+        }
+        let image = self
+            .state
+            .freeze()
+            .map_err(|e| CoreError::State(format!("freezing the state for a peer: {e}")))?;
+        self.catching_up
+            .insert(to, (self.state.applied_index(), None));
+        let mut header = info.header;
+        header.files = false;
+        Ok(OutgoingSnapshot::Image {
+            header,
+            image,
+            applied: self.state.applied_index(),
+        })
+    }
+
+    /// The log is kept after the image index of every peer being sent an
+    /// image (until it has replicated past it): a GiB image takes seconds
+    /// to stream and install, and a log compacted past it meanwhile would
+    /// only make the leader send another one.
+    fn compaction_hold(&mut self) -> u64 {
+        let prs = self.raw.raft.prs();
+        let now = self.ticks;
+        self.catching_up.retain(|id, (at, sent)| {
+            prs.get(*id).is_some_and(|p| p.matched < *at)
+                && sent.map_or(true, |t| now.saturating_sub(t) < HOLD_AFTER_SEND_TICKS)
+        });
+        self.catching_up
+            .values()
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn snapshot_written(
@@ -1796,7 +2034,9 @@ impl<S: State> Core<S> {
         debug!(index, size = info.size, "snapshot taken");
         self.raw.mut_store().set_snapshot(info.header.metadata());
         self.snapshot_index = index;
-        let compact_to = index.saturating_sub(self.config.snapshot_trailing);
+        let compact_to = index
+            .saturating_sub(self.config.snapshot_trailing)
+            .min(self.compaction_hold());
         if compact_to > 0 {
             self.raw.mut_store().compact(compact_to);
             out.push(Action::Compact(compact_to));

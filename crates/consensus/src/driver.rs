@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
@@ -419,6 +419,9 @@ impl<S: State> Driver<S> {
         let mut membership = false;
         for action in actions.drain(..) {
             match action {
+                Action::Send(m) if m.get_msg_type() == MessageType::MsgSnapshot => {
+                    self.send_snapshot(m)
+                }
                 Action::Send(m) => self.transport.send(m),
                 Action::Persist(b) => {
                     if self.persist.send(Job::Batch(b)).is_err() {
@@ -451,6 +454,22 @@ impl<S: State> Driver<S> {
         }
         // Callers whose receiver is gone (deadline passed) need no answer.
         self.proposals.retain(|_, reply| !reply.is_closed());
+    }
+
+    /// Hands a snapshot to the transport, which streams it off this thread.
+    /// A metadata-only snapshot's image is frozen here, between applies.
+    fn send_snapshot(&mut self, m: Message) {
+        let meta = m.get_snapshot().get_metadata();
+        match self.core.outgoing_snapshot(m.to, meta.term, meta.index) {
+            Ok(snapshot) => self.transport.send_snapshot(m, snapshot),
+            Err(e) => {
+                warn!(to = m.to, index = meta.index, error = %e, "cannot send snapshot");
+                let _ = self.snapshot_done.0.send(Input::SnapshotSent {
+                    to: m.to,
+                    ok: false,
+                });
+            }
+        }
     }
 
     /// Writes a snapshot on its own thread: ticks, heartbeats, appends and

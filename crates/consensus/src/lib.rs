@@ -28,10 +28,12 @@ pub mod core;
 pub mod kv;
 pub mod membership;
 pub mod offline;
+pub mod prepare;
 pub mod progress;
 pub mod state;
 pub mod storage;
 
+pub use crate::prepare::{Prepare, Prepared};
 pub use crate::state::{Image, State};
 pub mod boot;
 pub mod driver;

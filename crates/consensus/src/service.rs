@@ -15,7 +15,9 @@ use crate::core::{Core, CoreConfig, MemberRequest, Outcome, Proposal, ProposeErr
 use crate::driver::{self, Command, DriverHandle, Reply, Status};
 use crate::membership::{NodeInfo, Role, ServiceCommand};
 use crate::persist::{Persister, Stats};
-use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotStore, StorageError};
+use crate::prepare::{Prepare, PreparedSlot};
+use crate::progress::{Progress, ProgressReader};
+use crate::storage::{self, Disk, LogOptions, RealDisk, SnapshotInfo, SnapshotStore, StorageError};
 use crate::transport::client::{self, full};
 use crate::transport::server::{
     BoxFuture, DeliverError, JoinRefusal, JoinRequest, JoinResponse, PeerService,
@@ -232,6 +234,10 @@ struct Inner {
     shutdown: tokio::sync::Notify,
     /// Log writer and snapshot statistics, kept across driver starts.
     stats: Arc<Stats>,
+    /// Rebuilds the State from a received snapshot off the driver thread.
+    preparer: Mutex<Option<Arc<dyn Prepare>>>,
+    /// What the preparer built, for the core to swap in.
+    prepared: PreparedSlot,
 }
 
 /// A running coordination service. Cheap to clone.
@@ -289,6 +295,8 @@ impl Service {
             runtime: tokio::runtime::Handle::current(),
             shutdown: tokio::sync::Notify::new(),
             stats: Arc::default(),
+            preparer: Mutex::new(None),
+            prepared: PreparedSlot::default(),
         });
         let service = Service { inner };
         if let Some(listener) = listener {
@@ -930,6 +938,33 @@ impl PeerService for Service {
         self.is_running().then(|| self.inner.snapshots.clone())
     }
 
+    fn prepare_snapshot(&self, info: &SnapshotInfo) -> Result<(), String> {
+        let Some(preparer) = lock(&self.inner.preparer).clone() else {
+            return Ok(());
+        };
+        let _one = self.inner.prepared.one_at_a_time();
+        let (index, term) = (info.header.index, info.header.term);
+        let progress = Progress::start(
+            format!(
+                "installing snapshot {index} (term {term}) from the leader, off the driver thread"
+            ),
+            "bytes",
+            Some(info.size),
+        );
+        let reader = self
+            .inner
+            .snapshots
+            .state_reader(info)
+            .map_err(|e| e.to_string())?;
+        let mut reader = ProgressReader::new(reader, progress);
+        let prepared = preparer
+            .prepare(index, &mut reader)
+            .map_err(|e| e.to_string())?;
+        reader.finish();
+        self.inner.prepared.put(term, index, prepared);
+        Ok(())
+    }
+
     fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>> {
         Box::pin(self.clone().serve_join(request))
     }
@@ -985,7 +1020,7 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
     };
     // A State that keeps its data on disk knows how far it applied: those
     // entries are committed, so their payloads may stay on disk at load.
-    let mut opened = boot::open_bounded(
+    let mut opened = boot::open_for_state(
         disk,
         &raft_dir,
         options,
@@ -1019,8 +1054,10 @@ fn start_driver<S: State>(inner: &Inner, mode: StartMode, state: S) -> Result<Dr
             raft_dir.display()
         )));
     }
-    let core = Core::new(config.core_config(id), state, opened.snapshots, opened.boot)
+    *lock(&inner.preparer) = state.preparer();
+    let mut core = Core::new(config.core_config(id), state, opened.snapshots, opened.boot)
         .map_err(|e| Error::Core(e.to_string()))?;
+    core.set_prepared_slot(inner.prepared.clone());
     let persister = Persister::new(id, opened.log, opened.meta);
     let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded::<Feedback>();
     let transport = HttpTransport::new(

@@ -23,8 +23,41 @@ pub trait State: Send + 'static {
     /// Called on the driver thread: it must be cheap (share, don't copy).
     fn freeze(&self) -> io::Result<Box<dyn Image>>;
 
-    /// Replaces the whole state with a snapshot taken at `index`.
+    /// For a state that keeps its data in durable files of its own (a
+    /// disk-mode store): makes them durable at the applied index and
+    /// returns `Some(Ok(true))`. A local snapshot then holds only metadata
+    /// (its header says `files`), the log is compacted behind it, and a
+    /// peer that needs a snapshot is streamed a fresh [`State::freeze`]
+    /// image instead of the file. `Some(Ok(false))`: not possible now (a
+    /// reader holds an older version); the core tries again shortly.
+    /// `None` (the default): snapshots hold the frozen image.
+    fn checkpoint(&mut self) -> Option<io::Result<bool>> {
+        None
+    }
+
+    /// Replaces the whole state with a snapshot taken at `index`. The image
+    /// may be of a later applied index (a fresh image streamed by a leader
+    /// whose snapshot is its files): the state then reports that index from
+    /// [`State::applied_index`], and the core skips the entries up to it.
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()>;
+
+    /// Something that rebuilds this state from a snapshot off the driver
+    /// thread (see [`crate::prepare`]); `None` (the default): snapshots
+    /// from the leader are restored in line.
+    fn preparer(&self) -> Option<std::sync::Arc<dyn crate::Prepare>> {
+        None
+    }
+
+    /// Replaces the whole state with one built by [`State::preparer`] for
+    /// the snapshot at `index`; cheap (a swap). An error leaves the state
+    /// unchanged, and the core restores from the file instead.
+    fn install(&mut self, index: u64, prepared: crate::Prepared) -> io::Result<()> {
+        let _ = (index, prepared);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this state prepares no snapshots",
+        ))
+    }
 
     /// The index of the last entry applied.
     fn applied_index(&self) -> u64;

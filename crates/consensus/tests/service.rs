@@ -646,3 +646,146 @@ async fn a_leader_whose_log_cannot_be_written_hands_over_and_no_index_is_reused(
     }
     assert!(shared > 0, "the logs share no index");
 }
+
+/// A key-value state that rebuilds snapshots from the leader off the
+/// driver thread, and whose preparation, once armed, waits at a gate.
+struct SlowInstallKv {
+    inner: KvState,
+    prepare: Arc<GatedPrepare>,
+}
+
+struct GatedPrepare {
+    armed: std::sync::atomic::AtomicBool,
+    started: Mutex<std::sync::mpsc::Sender<u64>>,
+    gate: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl dqlite_consensus::Prepare for GatedPrepare {
+    fn prepare(
+        &self,
+        index: u64,
+        input: &mut dyn std::io::Read,
+    ) -> std::io::Result<dqlite_consensus::Prepared> {
+        let mut image = Vec::new();
+        input.read_to_end(&mut image)?;
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.started.lock().unwrap().send(index);
+            let opened = self
+                .gate
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(60));
+            if opened == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return Err(std::io::Error::other("gate never opened"));
+            }
+        }
+        Ok(Box::new(image))
+    }
+}
+
+impl State for SlowInstallKv {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+        self.inner.apply(index, instruction)
+    }
+    fn skip(&mut self, index: u64) {
+        self.inner.skip(index)
+    }
+    fn freeze(&self) -> std::io::Result<Box<dyn Image>> {
+        self.inner.freeze()
+    }
+    fn restore(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.inner.restore(index, input)
+    }
+    fn preparer(&self) -> Option<Arc<dyn dqlite_consensus::Prepare>> {
+        Some(self.prepare.clone())
+    }
+    fn install(&mut self, index: u64, prepared: dqlite_consensus::Prepared) -> std::io::Result<()> {
+        let image = prepared
+            .downcast::<Vec<u8>>()
+            .map_err(|_| std::io::Error::other("not prepared here"))?;
+        self.inner.restore(index, &mut image.as_slice())
+    }
+    fn applied_index(&self) -> u64 {
+        self.inner.applied_index()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<Config> = dirs
+        .iter()
+        .map(|d| {
+            let mut c = config(d.path());
+            c.snapshot_threshold = 10;
+            c.snapshot_trailing = 0;
+            c
+        })
+        .collect();
+    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (open, gate) = std::sync::mpsc::channel();
+    let prepare = Arc::new(GatedPrepare {
+        armed: std::sync::atomic::AtomicBool::new(true),
+        started: Mutex::new(started_tx),
+        gate: Mutex::new(gate),
+    });
+    let nodes = vec![
+        Service::start(configs[0].clone(), kvs[0].clone())
+            .await
+            .unwrap(),
+        Service::start(configs[1].clone(), kvs[1].clone())
+            .await
+            .unwrap(),
+        Service::start(
+            configs[2].clone(),
+            SlowInstallKv {
+                inner: kvs[2].clone(),
+                prepare: prepare.clone(),
+            },
+        )
+        .await
+        .unwrap(),
+    ];
+    nodes[0].init().await.unwrap();
+    wait_until("leadership", || nodes[0].is_leader()).await;
+    let boot = nodes[0].address().to_string();
+    nodes[1].join(&boot).await.unwrap();
+    // The log is compacted well past the start before node 3 joins: it is
+    // sent a snapshot.
+    for i in 0..30 {
+        assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
+    }
+    wait_until("compaction", || nodes[0].status().snapshot_index > 20).await;
+    let joiner = nodes[2].clone();
+    let joined = tokio::spawn(async move { joiner.join(&boot).await });
+    let index = tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("node 3 was sent a snapshot");
+    assert!(index > 20);
+
+    // The snapshot is being installed: node 3's driver still answers (it
+    // redirects a write to the leader) and writes commit on the others.
+    for i in 0..5 {
+        let r = nodes[2].exec(set(&format!("x{i}"), "v"), T).await;
+        assert!(
+            matches!(r, Err(dqlite_consensus::Error::NotLeader { .. })),
+            "node 3 did not answer while installing: {r:?}"
+        );
+        assert!(nodes[0].exec(set(&format!("y{i}"), "v"), T).await.unwrap());
+    }
+    assert_eq!(nodes[2].status().snapshots_installed, 0);
+    drop(open);
+    wait_until("node 3 installs the snapshot", || {
+        nodes[2].status().snapshots_installed == 1
+    })
+    .await;
+    joined.await.unwrap().unwrap();
+    assert!(nodes[0].exec(set("z", "last"), T).await.unwrap());
+    wait_until("node 3 catches up", || kvs[2].get("z").is_some()).await;
+    assert_eq!(kvs[2].dump(), kvs[0].dump());
+    for n in &nodes {
+        n.stop().await;
+    }
+}

@@ -342,7 +342,7 @@ impl Node {
             StoreError::Damaged { .. } => NodeError::Store(format!(
                 "{e}; auto-recovery is off: start the node with auto-recovery (without \
                  --no-auto-recovery) to set the damaged files aside and rebuild them from \
-                 the raft snapshot and log, or restore the data directory from a backup"
+                 the other nodes, or restore the data directory from a backup"
             )),
             e => NodeError::Store(e.to_string()),
         })?;

@@ -143,6 +143,16 @@ impl DiskDir {
     /// Removes the files of generations before `generation` (superseded by
     /// a restore; the record no longer names them).
     pub fn remove_older(&self, generation: u64) {
+        self.remove_where(|g| g < generation);
+    }
+
+    /// Removes the files of every generation but `generation` (at open:
+    /// later ones were restores that never switched the record).
+    pub fn remove_others(&self, generation: u64) {
+        self.remove_where(|g| g != generation);
+    }
+
+    fn remove_where(&self, remove: impl Fn(u64) -> bool) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -153,7 +163,7 @@ impl DiskDir {
                 .strip_suffix(".db")
                 .and_then(|n| n.rsplit_once('.'))
                 .and_then(|(_, g)| g.parse::<u64>().ok())
-                .is_some_and(|g| g < generation);
+                .is_some_and(&remove);
             if old {
                 let _ = fs::remove_file(e.path());
             }

@@ -241,6 +241,10 @@ pub(crate) struct Shared {
     pending: AtomicU64,
     /// Disk mode: the generation of database files in use.
     generation: AtomicU64,
+    /// Disk mode: the last generation handed to a restore. Each restore
+    /// writes a generation of its own, so one prepared while another waits
+    /// to be installed never overwrites its files.
+    claimed: AtomicU64,
     /// From each commit point of this node's transactions to its apply.
     commit_seconds: Histogram,
     /// The canary switched on, if any.
@@ -319,6 +323,32 @@ impl Shared {
         }
     }
 
+    /// The generation of database files in use (disk mode).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// A generation no restore has used yet, for the next one.
+    pub(crate) fn claim_generation(&self) -> u64 {
+        let current = self.generation();
+        let mut claimed = self.claimed.load(Ordering::Relaxed);
+        loop {
+            let next = claimed.max(current) + 1;
+            match self
+                .claimed
+                .compare_exchange(claimed, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(now) => claimed = now,
+            }
+        }
+    }
+
+    /// Whether the databases live in files (disk mode).
+    pub(crate) fn is_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
     /// Disk mode: whether enough changed pages are in memory to checkpoint.
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.disk.is_some() && self.pending.load(Ordering::Relaxed) >= CHECKPOINT_BYTES
@@ -393,13 +423,14 @@ impl Shared {
         Ok(true)
     }
 
-    /// Starts rebuilding database `name` from a snapshot.
-    pub(crate) fn restorer(&self, name: &str) -> std::io::Result<Restorer> {
+    /// Starts rebuilding database `name` from a snapshot, in disk mode into
+    /// `generation` (from [`Shared::claim_generation`]).
+    pub(crate) fn restorer(&self, name: &str, generation: u64) -> std::io::Result<Restorer> {
         Ok(match &self.disk {
             Some(disk) => {
-                // Into the next generation: the current files stay intact
+                // Into a new generation: the current files stay intact
                 // until the record switches over.
-                let path = disk.db_path(name, self.generation.load(Ordering::Relaxed) + 1)?;
+                let path = disk.db_path(name, generation)?;
                 let _ = std::fs::remove_file(&path);
                 Restorer::Disk(BaseFile::open(&path)?)
             }
@@ -413,9 +444,9 @@ impl Shared {
         &self,
         versions: Vec<(String, Version)>,
         applied: u64,
+        generation: u64,
     ) -> std::io::Result<()> {
         if let Some(disk) = &self.disk {
-            let generation = self.generation.load(Ordering::Relaxed) + 1;
             let databases = versions
                 .iter()
                 .map(|(name, v)| CheckpointDb {
@@ -572,9 +603,10 @@ impl Store {
 
     /// Like [`Store::disk`]. With `auto_recovery`, a checkpoint record that
     /// fails its checksum makes the whole directory move aside
-    /// (`<dir>.corrupt`, never deleted) and the store start empty: consensus
-    /// then rebuilds it from its snapshot and log, which hold everything
-    /// the files did.
+    /// (`<dir>.corrupt`, never deleted) and the store start empty. The
+    /// node's snapshots hold no copy of the files (they are the snapshot),
+    /// so consensus sets its snapshots and log aside too and the node
+    /// catches up from its peers behind a fence.
     pub fn disk_with(dir: &Path, auto_recovery: bool) -> Result<Arc<Store>, StoreError> {
         match Self::open_disk(dir) {
             Err(StoreError::Damaged { file, detail }) if auto_recovery => {
@@ -583,7 +615,7 @@ impl Store {
                     file = %file.display(),
                     aside = %aside.display(),
                     detail,
-                    "auto-recovery set the damaged disk-mode databases aside; they are rebuilt from the raft snapshot and log"
+                    "auto-recovery set the damaged disk-mode databases aside; they are rebuilt from the peers (the snapshots hold no copy of them)"
                 );
                 std::fs::rename(dir, &aside).map_err(|source| StoreError::Io {
                     context: format!("cannot move {} aside", dir.display()),
@@ -631,6 +663,8 @@ impl Store {
             };
             dbs.insert(db.name.clone(), Arc::new(Db::new(&db.name, version)));
         }
+        // Files of restores prepared but never installed.
+        disk.remove_others(record.generation);
         Self::build(dbs, Some(disk), record.applied, record.generation)
     }
 
@@ -648,6 +682,7 @@ impl Store {
             opened_at,
             pending: AtomicU64::new(0),
             generation: AtomicU64::new(generation),
+            claimed: AtomicU64::new(generation),
             // 100 µs to about 6.5 s.
             commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 17)),
             #[cfg(feature = "sim-bugs")]

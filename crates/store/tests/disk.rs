@@ -281,7 +281,9 @@ fn snapshots_restore_into_files_and_survive_a_reopen() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "db"))
         .count();
     assert_eq!(files, 1, "older generations are removed");
-    // And the disk-mode snapshot streams the same bytes back.
+    // And the disk-mode image streams the same bytes back, but for the
+    // applied index it is of (bytes 5..13; the source applied nothing
+    // through consensus).
     let mut again = Vec::new();
     reopened
         .state()
@@ -289,7 +291,8 @@ fn snapshots_restore_into_files_and_survive_a_reopen() {
         .unwrap()
         .write_to(&mut again)
         .unwrap();
-    assert_eq!(again, snap);
+    assert_eq!(again[5..13], 41u64.to_le_bytes());
+    assert_eq!((&again[..5], &again[13..]), (&snap[..5], &snap[13..]));
 }
 
 #[test]
@@ -301,7 +304,8 @@ fn a_frozen_snapshot_image_keeps_its_pages_while_commits_and_checkpoints_go_on()
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     fill(&conn, 40);
-    // Freezing checkpoints first: the image reads its pages from the file.
+    // Checkpointed first: the image reads its pages from the file.
+    assert!(store.checkpoint(log.last_index()).unwrap());
     let image = log.state.lock().unwrap().freeze().unwrap();
     let at_freeze = store.image("f.db").unwrap();
     conn.execute("UPDATE t SET v = 'changed'", []).unwrap();
@@ -318,4 +322,97 @@ fn a_frozen_snapshot_image_keeps_its_pages_while_commits_and_checkpoints_go_on()
     restored.state().restore(41, &mut snap.as_slice()).unwrap();
     assert_eq!(restored.image("f.db").unwrap(), at_freeze);
     assert_eq!(count(&restored.open("f.db").unwrap()), 40);
+}
+
+#[test]
+fn a_disk_mode_snapshot_is_a_checkpoint_and_a_streamed_image_carries_its_own_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let log = Log::attach(&store);
+    let conn = store.open("g.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 40);
+    let at = log.last_index();
+    // The snapshot's data is the files: the checkpoint makes them durable
+    // at the applied index, which a reopen finds.
+    assert!(matches!(
+        log.state.lock().unwrap().checkpoint(),
+        Some(Ok(true))
+    ));
+    assert_eq!(Store::disk(dir.path()).unwrap().state().applied_index(), at);
+    // A peer is streamed a fresh image; labelled with an older snapshot
+    // index, it still restores to the index it is of.
+    let mut snap = Vec::new();
+    let image = log.state.lock().unwrap().freeze().unwrap();
+    image.write_to(&mut snap).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let receiver = Store::disk(other.path()).unwrap();
+    let mut state = receiver.state();
+    state.restore(at - 10, &mut snap.as_slice()).unwrap();
+    assert_eq!(state.applied_index(), at);
+    assert_eq!(receiver.image("g.db"), store.image("g.db"));
+    drop(state);
+    drop(receiver);
+    assert_eq!(
+        Store::disk(other.path()).unwrap().state().applied_index(),
+        at
+    );
+    // A memory store keeps no files: its snapshots hold its image.
+    assert!(Store::memory().unwrap().state().checkpoint().is_none());
+}
+
+#[test]
+fn restores_prepared_off_the_driver_thread_never_share_files() {
+    let source = Store::memory().unwrap();
+    let conn = source.open("p.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 20);
+    let mut first = Vec::new();
+    source
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut first)
+        .unwrap();
+    fill(&conn, 20);
+    let image = source.image("p.db").unwrap();
+    let mut second = Vec::new();
+    source
+        .state()
+        .freeze()
+        .unwrap()
+        .write_to(&mut second)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::disk(dir.path()).unwrap();
+    let mut state = store.state();
+    let preparer = state.preparer().unwrap();
+    // Both prepared before either is installed (a leader change can do
+    // that): each has its own files.
+    let a = preparer.prepare(21, &mut first.as_slice()).unwrap();
+    let b = preparer.prepare(41, &mut second.as_slice()).unwrap();
+    state.install(21, a).unwrap();
+    state.install(41, b).unwrap();
+    assert_eq!(store.image("p.db").unwrap(), image);
+    // One prepared before an install that came after it is refused (the
+    // core then restores from the file).
+    let late = preparer.prepare(21, &mut first.as_slice()).unwrap();
+    let newer = preparer.prepare(41, &mut second.as_slice()).unwrap();
+    state.install(41, newer).unwrap();
+    assert!(state.install(21, late).is_err());
+    assert_eq!(store.image("p.db").unwrap(), image);
+    drop(state);
+    drop(store);
+    let reopened = Store::disk(dir.path()).unwrap();
+    assert_eq!(reopened.state().applied_index(), 41);
+    assert_eq!(reopened.image("p.db").unwrap(), image);
+    let files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "db"))
+        .count();
+    assert_eq!(files, 1, "only the installed generation is left");
 }

@@ -78,6 +78,12 @@ pub struct SnapshotHeader {
     pub conf_state: ConfStateCopy,
     /// Service registry at `index`.
     pub cluster: ClusterMeta,
+    /// The file holds no state bytes: the state's own durable files (a
+    /// disk-mode store's checkpointed databases) hold it, at `index` or
+    /// later. Peers are sent a fresh image of the state instead of this
+    /// file ([`crate::State::checkpoint`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files: bool,
 }
 
 impl SnapshotHeader {
@@ -129,11 +135,10 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((t.parse().ok()?, i.parse().ok()?))
 }
 
-/// Streams bytes into a file at increasing offsets while checksumming them.
+/// Streams bytes into a file at increasing offsets.
 struct FileWriter<'a> {
     file: &'a mut dyn DiskFile,
     offset: u64,
-    crc: u32,
     buf: Vec<u8>,
     /// Where the data was last synced.
     synced: u64,
@@ -161,7 +166,6 @@ impl FileWriter<'_> {
 
 impl Write for FileWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.crc = crc32c::crc32c_append(self.crc, data);
         self.buf.extend_from_slice(data);
         if self.buf.len() >= BUF {
             self.flush_buf()?;
@@ -172,6 +176,52 @@ impl Write for FileWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.flush_buf()
     }
+}
+
+/// Checksums everything written through it.
+struct CrcWriter<'a> {
+    out: &'a mut dyn Write,
+    crc: u32,
+    written: u64,
+}
+
+impl Write for CrcWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(data)?;
+        self.crc = crc32c::crc32c_append(self.crc, &data[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Writes a whole snapshot file's bytes into `out`: `header`, whatever
+/// `body` writes, and the checksum trailer. Returns the size. The same
+/// bytes go into a local file or, streamed, to a peer.
+pub fn write_framed(
+    header: &SnapshotHeader,
+    body: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let hbytes = serde_json::to_vec(header).map_err(io::Error::other)?;
+    let hlen = u32::try_from(hbytes.len()).map_err(io::Error::other)?;
+    let mut w = CrcWriter {
+        out,
+        crc: 0,
+        written: 0,
+    };
+    w.write_all(MAGIC)?;
+    w.write_all(&hlen.to_le_bytes())?;
+    w.write_all(&hbytes)?;
+    body(&mut w)?;
+    let (crc, written) = (w.crc, w.written);
+    out.write_all(&crc.to_le_bytes())?;
+    out.write_all(END)?;
+    out.flush()?;
+    Ok(written + TRAILER)
 }
 
 /// Reads a byte range of a file sequentially.
@@ -200,12 +250,23 @@ impl Read for RangeReader {
     }
 }
 
-/// A snapshot being received from a peer, chunk by chunk.
+/// A snapshot being received from a peer, chunk by chunk. Dropped before
+/// it is finished (a broken stream), its temp file is removed: a leader
+/// that retries would otherwise fill the disk with partial copies.
 pub struct IncomingSnapshot {
     store: SnapshotStore,
     file: Box<dyn DiskFile>,
     tmp: PathBuf,
     written: u64,
+    published: bool,
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = self.store.disk.remove(&self.tmp);
+        }
+    }
 }
 
 impl IncomingSnapshot {
@@ -228,6 +289,7 @@ impl IncomingSnapshot {
             .dir
             .join(snapshot_name(header.term, header.index));
         self.store.disk.rename(&self.tmp, &path).map_err(io)?;
+        self.published = true;
         self.store.disk.sync_dir(&self.store.dir).map_err(io)?;
         Ok(SnapshotInfo {
             header,
@@ -318,29 +380,16 @@ impl SnapshotStore {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let io = |e| StorageError::io(&tmp, e);
-        let hbytes = serde_json::to_vec(header).map_err(|e| io(io::Error::other(e)))?;
-        let hlen = u32::try_from(hbytes.len()).map_err(|e| io(io::Error::other(e)))?;
         let mut file = self.disk.create(&tmp).map_err(io)?;
-        let size;
-        {
+        let size = {
             let mut w = FileWriter {
                 file: file.as_mut(),
                 offset: 0,
-                crc: 0,
                 buf: Vec::with_capacity(BUF),
                 synced: 0,
             };
-            w.write_all(MAGIC).map_err(io)?;
-            w.write_all(&hlen.to_le_bytes()).map_err(io)?;
-            w.write_all(&hbytes).map_err(io)?;
-            body(&mut w).map_err(io)?;
-            w.flush_buf().map_err(io)?;
-            let crc = w.crc;
-            let mut trailer = crc.to_le_bytes().to_vec();
-            trailer.extend_from_slice(END);
-            w.file.write_all_at(&trailer, w.offset).map_err(io)?;
-            size = w.offset + TRAILER;
-        }
+            write_framed(header, body, &mut w).map_err(io)?
+        };
         file.sync_data().map_err(io)?;
         drop(file);
         self.disk.rename(&tmp, &path).map_err(io)?;
@@ -354,9 +403,13 @@ impl SnapshotStore {
 
     /// Starts receiving a snapshot streamed by a peer.
     pub fn incoming(&self, term: u64, index: u64) -> Result<IncomingSnapshot, StorageError> {
+        // One name per stream: a leader may send the same snapshot again
+        // while an earlier stream of it is still arriving.
+        static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .dir
-            .join(format!("recv-{}.tmp", snapshot_name(term, index)));
+            .join(format!("recv-{}-{n}.tmp", snapshot_name(term, index)));
         let file = self
             .disk
             .create(&tmp)
@@ -366,6 +419,7 @@ impl SnapshotStore {
             file,
             tmp,
             written: 0,
+            published: false,
         })
     }
 
@@ -516,6 +570,7 @@ mod tests {
                 ..Default::default()
             },
             cluster: ClusterMeta::default(),
+            files: false,
         }
     }
 
@@ -595,5 +650,16 @@ mod tests {
         bad.write_chunk(&raw[..raw.len() - 1]).unwrap();
         assert!(bad.finish().is_err());
         assert!(b.find(2, 8).is_err(), "a bad stream is never published");
+        // A stream broken off leaves no temp file behind.
+        let mut broken = b.incoming(2, 9).unwrap();
+        broken.write_chunk(&raw[..1000]).unwrap();
+        drop(broken);
+        let left: Vec<String> = std::fs::read_dir(b.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -6,7 +6,6 @@
 
 use crate::progress::Progress;
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{encode_frame, Feedback, TlsConfig, Transport};
+use crate::core::OutgoingSnapshot;
 use crate::storage::SnapshotStore;
 use dqlite_client::Dial;
 
@@ -32,6 +32,8 @@ pub const PEER_QUEUE: usize = 1024;
 const BATCH_BYTES: usize = 8 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A snapshot stream fails when the peer takes no chunk for this long.
+const STREAM_IDLE: Duration = Duration::from_secs(30);
 const CHUNK: usize = 256 << 10;
 
 /// Request bodies sent by this crate.
@@ -138,6 +140,8 @@ struct Inner {
     snapshots: SnapshotStore,
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
+    /// Peers a snapshot is being streamed to.
+    sending: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// The real network: HTTP to peers.
@@ -168,6 +172,7 @@ impl HttpTransport {
                 snapshots,
                 runtime,
                 peers: Mutex::new(HashMap::new()),
+                sending: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -190,17 +195,24 @@ impl HttpTransport {
         }
     }
 
-    fn send_snapshot(&self, msg: Message) {
+    fn spawn_snapshot(&self, msg: Message, snapshot: OutgoingSnapshot) {
+        let to = msg.to;
+        if !lock(&self.inner.sending).insert(to) {
+            // One stream per peer: the one in flight reports for both (a
+            // second copy of GiBs would only compete with it).
+            debug!(to, "a snapshot is already being sent to this peer");
+            return;
+        }
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            let to = msg.to;
-            let ok = match stream_snapshot(&inner, msg).await {
+            let ok = match stream_snapshot(&inner, msg, snapshot).await {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(to, error = %e, "sending snapshot failed");
                     false
                 }
             };
+            lock(&inner.sending).remove(&to);
             let _ = inner.feedback.send(Feedback::SnapshotSent { to, ok });
         });
     }
@@ -213,7 +225,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Transport for HttpTransport {
     fn send(&self, msg: Message) {
         if msg.get_msg_type() == MessageType::MsgSnapshot {
-            self.send_snapshot(msg);
+            // Snapshots go through `send_snapshot`, with their data.
+            warn!(to = msg.to, "snapshot message without its data dropped");
+            let _ = self.inner.feedback.send(Feedback::SnapshotSent {
+                to: msg.to,
+                ok: false,
+            });
             return;
         }
         let to = msg.to;
@@ -233,6 +250,10 @@ impl Transport for HttpTransport {
                 let _ = self.inner.feedback.send(Feedback::Unreachable(to));
             }
         }
+    }
+
+    fn send_snapshot(&self, msg: Message, snapshot: OutgoingSnapshot) {
+        self.spawn_snapshot(msg, snapshot);
     }
 
     fn set_peers(&self, list: Vec<(u64, String)>) {
@@ -302,20 +323,20 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
     }
 }
 
-async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
+async fn stream_snapshot(
+    inner: &Inner,
+    msg: Message,
+    snapshot: OutgoingSnapshot,
+) -> Result<(), String> {
     let address = lock(&inner.peers)
         .get(&msg.to)
         .map(|p| p.address.clone())
         .ok_or_else(|| format!("no address for node {}", msg.to))?;
     let meta = msg.get_snapshot().get_metadata();
-    let info = inner
-        .snapshots
-        .find(meta.term, meta.index)
-        .map_err(|e| e.to_string())?;
-    let mut reader = inner
-        .snapshots
-        .raw_reader(&info)
-        .map_err(|e| e.to_string())?;
+    if snapshot.index_term() != (meta.index, meta.term) {
+        return Err("snapshot data does not match its message".into());
+    }
+    let size = snapshot.size();
     let mut head = Vec::new();
     encode_frame(&msg, &mut head);
     let mut progress = Progress::start(
@@ -324,69 +345,128 @@ async fn stream_snapshot(inner: &Inner, msg: Message) -> Result<(), String> {
             meta.index, meta.term, msg.to
         ),
         "bytes",
-        Some(info.size),
+        size,
     );
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(4);
-    // File reads are blocking: a blocking task reads, this task forwards.
+    // File reads and images are blocking: a blocking task writes the
+    // stream in chunks, this task forwards them.
+    let store = inner.snapshots.clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if chunk_tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = chunk_tx.blocking_send(Err(e.to_string()));
-                    break;
-                }
-            }
+        let mut out = ChunkWriter {
+            tx: &chunk_tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        if let Err(e) = snapshot.write_to(&store, &mut out) {
+            let _ = chunk_tx.blocking_send(Err(e.to_string()));
         }
     });
+    // A snapshot of GiBs takes longer to stream than any fixed request
+    // timeout: each chunk must be taken within STREAM_IDLE instead.
     let forward = async move {
-        tx.send_data(Bytes::from(head))
-            .await
-            .map_err(|_| "peer closed".to_string())?;
+        let mut sent = send_chunk(&mut tx, Bytes::from(head)).await?;
         while let Some(chunk) = chunk_rx.recv().await {
-            let chunk = chunk?;
-            let len = chunk.len() as u64;
-            tx.send_data(chunk)
-                .await
-                .map_err(|_| "peer closed".to_string())?;
+            let len = send_chunk(&mut tx, chunk?).await?;
+            sent += len;
             progress.add(len);
         }
-        Ok::<Progress, String>(progress)
+        Ok::<(Progress, u64), String>((progress, sent))
     };
     let mut sender = connect(&address, &inner.dial, inner.tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
-    let headers = [
-        ("x-raft-from", inner.id.to_string()),
-        ("x-raft-from-address", inner.address.clone()),
-        ("content-type", "application/octet-stream".to_string()),
-        ("x-raft-snapshot-size", info.size.to_string()),
-    ];
-    let send = request(
-        &mut sender,
-        &address,
-        "/raft/snapshot",
-        &headers,
-        body.boxed(),
-    );
-    let (forwarded, sent) = tokio::join!(forward, send);
-    let progress = forwarded?;
-    let (status, text) = sent.map_err(|e| e.to_string())?;
+    let mut builder = hyper::Request::post("/raft/snapshot")
+        .header("host", address.as_str())
+        .header("x-raft-from", inner.id.to_string())
+        .header("x-raft-from-address", inner.address.clone())
+        .header("content-type", "application/octet-stream");
+    if let Some(n) = size {
+        builder = builder.header("x-raft-snapshot-size", n.to_string());
+    }
+    let req = builder.body(body.boxed()).map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(req);
+    tokio::pin!(response);
+    tokio::pin!(forward);
+    let mut early = None;
+    let (progress, sent) = loop {
+        tokio::select! {
+            f = &mut forward => break f?,
+            r = &mut response, if early.is_none() => early = Some(r),
+        }
+    };
+    // The receiver verifies the file and rebuilds its state from it before
+    // it answers: allow for reading it back at a slow disk's pace.
+    let answer = REQUEST_TIMEOUT + Duration::from_secs(sent / (4 << 20));
+    let resp = match early {
+        Some(r) => r,
+        None => tokio::time::timeout(answer, &mut response)
+            .await
+            .map_err(|_| format!("no answer {answer:?} after the snapshot was sent"))?,
+    }
+    .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        http_body_util::Limited::new(resp.into_body(), 1 << 20).collect(),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?
+    .to_bytes();
     if status.is_success() {
         progress.finish();
     } else {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
     }
     Ok(())
+}
+
+/// Hands one chunk to the HTTP body; fails when the peer takes nothing for
+/// [`STREAM_IDLE`].
+async fn send_chunk(
+    tx: &mut http_body_util::channel::Sender<Bytes, std::convert::Infallible>,
+    chunk: Bytes,
+) -> Result<u64, String> {
+    let len = chunk.len() as u64;
+    match tokio::time::timeout(STREAM_IDLE, tx.send_data(chunk)).await {
+        Ok(Ok(())) => Ok(len),
+        Ok(Err(_)) => Err("peer closed".to_string()),
+        Err(_) => Err(format!("peer took no data for {STREAM_IDLE:?}")),
+    }
+}
+
+/// Cuts a snapshot stream into chunks for the HTTP body; fails once the
+/// receiving side is gone.
+struct ChunkWriter<'a> {
+    tx: &'a mpsc::Sender<Result<Bytes, String>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("snapshot stream closed"))
+    }
+}
+
+impl std::io::Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }

@@ -3,8 +3,10 @@
 //! - `POST /raft/msg`: a batch of raft messages (`u32` length + protobuf,
 //!   repeated), body capped at [`MAX_MESSAGE_BODY`].
 //! - `POST /raft/snapshot`: one `MsgSnapshot` (framed as above) followed by
-//!   the snapshot file, streamed in chunks; the receiver verifies and fsyncs
-//!   the file before stepping the message into raft.
+//!   the snapshot file, streamed in chunks (a metadata-only snapshot is
+//!   sent with a fresh image of the state instead, generated as it is
+//!   sent); the receiver verifies and fsyncs the file before stepping the
+//!   message into raft.
 //! - `POST /raft/join`: JSON join request, answered with the new node's id
 //!   and the member list.
 //!
@@ -47,6 +49,9 @@ pub enum Feedback {
 pub trait Transport: Send + Sync + 'static {
     /// Queues a message for its destination; never blocks, may drop.
     fn send(&self, msg: Message);
+    /// Streams `snapshot` to `msg.to` with its `MsgSnapshot`, off the
+    /// caller's thread; reports [`Feedback::SnapshotSent`] when done.
+    fn send_snapshot(&self, msg: Message, snapshot: crate::core::OutgoingSnapshot);
     /// Replaces the address book (node id → address).
     fn set_peers(&self, peers: Vec<(u64, String)>);
 }

@@ -67,6 +67,13 @@ pub trait PeerService: Send + Sync + 'static {
     fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError>;
     /// Where incoming snapshots go (`None` when not running).
     fn snapshots(&self) -> Option<SnapshotStore>;
+    /// Rebuilds the State from a received, verified snapshot off the
+    /// driver thread, for the core to swap in when raft installs it
+    /// (blocking; see [`crate::prepare`]). Default: nothing (the core
+    /// restores in line).
+    fn prepare_snapshot(&self, _info: &crate::storage::SnapshotInfo) -> Result<(), String> {
+        Ok(())
+    }
     /// Handles a join request.
     fn join(&self, request: JoinRequest) -> BoxFuture<Result<JoinResponse, JoinRefusal>>;
     /// A node waiting to be added received messages for `to` from the
@@ -251,6 +258,14 @@ impl RaftHttp {
         }
         if let Some(p) = progress {
             p.finish();
+        }
+        let service = Arc::clone(&self.service);
+        let prepared = tokio::task::spawn_blocking(move || service.prepare_snapshot(&info))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = prepared {
+            // The core restores from the file instead.
+            warn!(error = %e, "preparing the snapshot off the driver thread failed");
         }
         self.service.deliver(vec![msg]).map_err(|e| e.to_string())
     }
