@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::core::{Action, Core, Input, Outcome, Proposal, ProposeError, SnapshotJob};
 use crate::membership::ClusterMeta;
@@ -483,10 +483,8 @@ impl<S: State> Driver<S> {
         let cancel = Arc::clone(&self.snapshot_cancel);
         let done = self.snapshot_done.0.clone();
         let index = job.header.index;
-        let spawned = std::thread::Builder::new()
-            .name(format!("raft-snapshot-{}", self.core.id()))
-            .spawn(move || {
-                background_priority();
+        let spawned =
+            crate::background::spawn(format!("raft-snapshot-{}", self.core.id()), move || {
                 let started = Instant::now();
                 let result = job.write(&store, &cancel).map_err(|e| e.to_string());
                 let took = started.elapsed();
@@ -560,38 +558,5 @@ impl<S: State> Driver<S> {
             }
             wake
         });
-    }
-}
-
-/// Lowers the calling thread's CPU priority (SCHED_BATCH, nice 19): a
-/// snapshot of hundreds of MiB takes seconds of CPU, and on a busy machine
-/// the driver, persistence and network threads must not queue behind it
-/// for CPU. It still gets every idle cycle, so it finishes.
-pub(crate) fn background_priority() {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadSchedulePolicy,
-    };
-    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, batch) {
-        debug!("cannot lower a background thread's priority: {e:?}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn background_threads_run_at_the_lowest_priority() {
-        let nice = std::thread::spawn(|| {
-            super::background_priority();
-            // Field 19 of /proc/thread-self/stat, counted after the
-            // parenthesised command name.
-            let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-            let after = &stat[stat.rfind(')').expect("comm") + 2..];
-            after.split(' ').nth(16).expect("nice").to_owned()
-        })
-        .join()
-        .expect("thread");
-        assert_eq!(nice, "19");
     }
 }

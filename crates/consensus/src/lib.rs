@@ -15,6 +15,8 @@
 //! - [`persist`]: the log writer thread (group commit) and
 //!   [`persist::stage_batch`], the persistence rules shared with the simulator.
 //! - [`driver`]: the thread that owns a [`core::Core`] and does its I/O.
+//! - [`background`]: low-priority threads for snapshot writing and
+//!   removing old snapshots.
 //! - [`transport`]: HTTP under `/raft/`, per-peer queues, mutual TLS.
 //! - [`service`]: the public [`Service`] (init, join, exec, wait_read, ...).
 //! - [`boot`]: loading and bootstrapping a raft directory.
@@ -35,6 +37,7 @@ pub mod storage;
 
 pub use crate::prepare::{Prepare, Prepared};
 pub use crate::state::{Image, State};
+pub mod background;
 pub mod boot;
 pub mod driver;
 pub mod persist;

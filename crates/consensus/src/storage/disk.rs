@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 /// An open file on a [`Disk`]. Positional I/O only: the log knows where every
 /// record lives, and positional writes let it overwrite preallocated space.
 pub trait DiskFile: Send {
@@ -44,6 +46,19 @@ pub trait Disk: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a path exists.
     fn exists(&self, path: &Path) -> bool;
+    /// Removes files nothing refers to any more, then syncs `dir`. Freeing
+    /// a large file's blocks takes a good part of a second on a busy disk,
+    /// which a thread that keeps raft's latency must not wait for: the
+    /// removals may go on after this returns.
+    fn remove_unused(&self, dir: &Path, paths: Vec<PathBuf>) -> io::Result<()> {
+        for path in &paths {
+            self.remove(path)?;
+        }
+        if !paths.is_empty() {
+            self.sync_dir(dir)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
@@ -152,5 +167,27 @@ impl Disk for RealDisk {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn remove_unused(&self, dir: &Path, paths: Vec<PathBuf>) -> io::Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let dir = dir.to_path_buf();
+        crate::background::spawn("raft-remove".into(), move || {
+            for path in &paths {
+                match std::fs::remove_file(path) {
+                    // A previous removal of the same file is still running.
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        warn!(file = %path.display(), "cannot remove an old file: {e}");
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                warn!(dir = %dir.display(), "cannot sync after removing old files: {e}");
+            }
+        })?;
+        Ok(())
     }
 }

@@ -946,29 +946,34 @@ impl Log {
         if drop.is_empty() {
             return Ok(());
         }
+        let mut unused = Vec::new();
         for c in drop {
-            self.recycle(c)?;
+            unused.extend(self.recycle(c)?);
         }
-        self.disk
-            .sync_dir(&self.dir)
-            .map_err(|e| StorageError::io(&self.dir, e))
+        let io = |e| StorageError::io(&self.dir, e);
+        self.disk.sync_dir(&self.dir).map_err(io)?;
+        // Segments holding large entries can add up to hundreds of MiB:
+        // freeing them must not hold up the next fsync of the log. A crash
+        // before they are gone leaves segments below the snapshot, which
+        // the next start compacts again.
+        self.disk.remove_unused(&self.dir, unused).map_err(io)
     }
 
-    /// A compacted segment becomes a spare (keeping its allocated blocks) or
-    /// is removed when there are spares enough.
-    fn recycle(&mut self, c: Closed) -> Result<(), StorageError> {
+    /// A compacted segment becomes a spare (keeping its allocated blocks);
+    /// when there are spares enough, its path is returned for removal.
+    fn recycle(&mut self, c: Closed) -> Result<Option<PathBuf>, StorageError> {
         let path = self.dir.join(segment::closed_name(c.first, c.last));
-        let io = |e| StorageError::io(&path, e);
         if self.spares.len() < 2 {
             let salt = self.next_salt;
             self.next_salt += 1;
             let name = segment::spare_name(salt);
-            self.disk.rename(&path, &self.dir.join(&name)).map_err(io)?;
+            self.disk
+                .rename(&path, &self.dir.join(&name))
+                .map_err(|e| StorageError::io(&path, e))?;
             self.spares.push(name);
-        } else {
-            self.disk.remove(&path).map_err(io)?;
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(path))
     }
 }
 

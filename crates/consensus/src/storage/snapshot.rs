@@ -523,7 +523,8 @@ impl SnapshotStore {
         })
     }
 
-    /// Removes all but the newest `keep` snapshots and stale temp files.
+    /// Removes all but the newest `keep` snapshots and stale temp files
+    /// (on a real disk in the background: see [`Disk::remove_unused`]).
     pub fn prune(&self, keep: usize) -> Result<(), StorageError> {
         let io = |e| StorageError::io(&self.dir, e);
         let names = self.disk.list(&self.dir).map_err(io)?;
@@ -533,15 +534,12 @@ impl SnapshotStore {
             .collect();
         snaps.sort();
         let remove = snaps.len().saturating_sub(keep);
-        let mut changed = false;
-        for (_, name) in snaps.into_iter().take(remove) {
-            self.disk.remove(&self.dir.join(name)).map_err(io)?;
-            changed = true;
-        }
-        if changed {
-            self.disk.sync_dir(&self.dir).map_err(io)?;
-        }
-        Ok(())
+        let old = snaps
+            .into_iter()
+            .take(remove)
+            .map(|(_, name)| self.dir.join(name))
+            .collect();
+        self.disk.remove_unused(&self.dir, old).map_err(io)
     }
 
     /// Removes temp files left by a crash mid-write (startup only).
@@ -630,7 +628,13 @@ mod tests {
         write(&store, 30, b"a");
         write(&store, 40, b"b");
         store.prune(2).unwrap();
-        assert!(store.find(2, 10).is_err());
+        // The removal runs on a background thread.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.find(2, 10).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "never removed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(store.find(2, 30).unwrap().header.index, 30);
         assert_eq!(store.find(2, 40).unwrap().header.index, 40);
     }
 
