@@ -216,22 +216,30 @@ fn a_disk_mode_node_whose_log_was_compacted_catches_up_by_snapshot() {
     catch_up_by_snapshot(&["--disk-mode"]);
 }
 
-fn catch_up_by_snapshot(mode: &[&str]) {
-    let mut args = vec!["--snapshot-threshold", "8", "--snapshot-trailing", "2"];
-    args.extend_from_slice(mode);
-    let mut cluster = Cluster::start(3, &args);
+/// Three nodes started with `args`, one follower then killed (the one
+/// after the leader's successor): the cluster, that node's index, the
+/// length of its log so far (lines after it are the test's) and the
+/// addresses of the two still running.
+fn with_a_follower_stopped(args: &[&str]) -> (Cluster, usize, usize, Vec<String>) {
+    let mut cluster = Cluster::start(3, args);
     wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
     let leader = cluster.leader(Duration::from_secs(10));
     let lagging = (leader + 2) % 3;
     let lagging_addr = cluster.nodes[lagging].address.clone();
-    // Log-line mark: snapshots installed before this point don't count.
     let before = cluster.nodes[lagging].read_log().len();
     cluster.nodes[lagging].stop("KILL");
-    let live: Vec<String> = cluster
+    let live = cluster
         .addresses()
         .into_iter()
         .filter(|a| *a != lagging_addr)
         .collect();
+    (cluster, lagging, before, live)
+}
+
+fn catch_up_by_snapshot(mode: &[&str]) {
+    let mut args = vec!["--snapshot-threshold", "8", "--snapshot-trailing", "2"];
+    args.extend_from_slice(mode);
+    let (mut cluster, lagging, before, live) = with_a_follower_stopped(&args);
     let servers = live.join(",");
     let out = shell(&servers, "snap", "CREATE TABLE t (v)");
     assert!(
@@ -317,18 +325,7 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
         "--snapshot-trailing",
         "2",
     ];
-    let mut cluster = Cluster::start(3, &args);
-    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
-    let leader = cluster.leader(Duration::from_secs(10));
-    let lagging = (leader + 2) % 3;
-    let lagging_addr = cluster.nodes[lagging].address.clone();
-    let before = cluster.nodes[lagging].read_log().len();
-    cluster.nodes[lagging].stop("KILL");
-    let live: Vec<String> = cluster
-        .addresses()
-        .into_iter()
-        .filter(|a| *a != lagging_addr)
-        .collect();
+    let (mut cluster, lagging, before, live) = with_a_follower_stopped(&args);
     // 48 transactions of 1 MiB: several snapshots, the log compacted past
     // the stopped node.
     let rows = 48;
@@ -346,6 +343,8 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
         "the snapshot was not rebuilt off the driver thread:\n{}",
         &log[before..]
     );
+    // The node that led when the follower was stopped (it is the next one).
+    let leader = (lagging + 1) % 3;
     let size = runtime().block_on(async {
         let mut c = dqlite_client::Client::connect(
             &cluster.nodes[leader].address,

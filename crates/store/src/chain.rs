@@ -283,6 +283,12 @@ impl Pending {
         .await
     }
 
+    /// Adds what `other` waits for, so one outcome covers both.
+    pub fn append(&mut self, other: Pending) {
+        self.tickets.extend(other.tickets);
+        self.wrote |= other.wrote;
+    }
+
     /// Whether the work committed an entry of its own.
     pub fn wrote(&self) -> bool {
         self.wrote

@@ -98,12 +98,12 @@ struct Open {
     /// Writes between their read and their write, by operation.
     writes: BTreeMap<u64, Interactive>,
     /// Operations whose SQL ran, waiting for what they touched to settle.
-    settling: Vec<(u64, Outcome, Vec<Pending>)>,
+    settling: Vec<(u64, Outcome, Pending)>,
     /// Operations that ran without a barrier and committed nothing of their
     /// own: they need a barrier after (handed to the core at the next poll).
-    unconfirmed: Vec<(u64, Outcome, Vec<Pending>)>,
+    unconfirmed: Vec<(u64, Outcome, Pending)>,
     /// Those barriers, by id.
-    confirming: BTreeMap<u64, (u64, Outcome, Vec<Pending>)>,
+    confirming: BTreeMap<u64, (u64, Outcome, Pending)>,
 }
 
 /// A write in progress: a transaction that read, and writes what the
@@ -182,19 +182,6 @@ fn settle_answer(e: &SettleError) -> Answer {
         SettleError::Stale | SettleError::NotLeader | SettleError::DiskFull => Answer::Refused,
         SettleError::LeadershipLost | SettleError::Other(_) => Answer::Unknown,
     }
-}
-
-/// The outcome of everything an operation touched: `None` while some of it
-/// is in flight.
-fn settled(pendings: &[Pending]) -> Option<Result<(), SettleError>> {
-    let outcomes: Vec<_> = pendings.iter().map(Pending::outcome).collect();
-    if let Some(e) = outcomes.iter().flatten().find_map(|o| o.clone().err()) {
-        return Some(Err(e));
-    }
-    outcomes
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .map(|_| Ok(()))
 }
 
 /// What a client is told for a statement that failed: what the store
@@ -286,8 +273,8 @@ impl Open {
             let pending = dqlite_store::pending();
             match ran {
                 // Confirm leadership before answering what was read.
-                Ok(outcome) if fast => self.unconfirmed.push((op_id, outcome, vec![pending])),
-                Ok(outcome) => self.settling.push((op_id, outcome, vec![pending])),
+                Ok(outcome) if fast => self.unconfirmed.push((op_id, outcome, pending)),
+                Ok(outcome) => self.settling.push((op_id, outcome, pending)),
                 Err(e) => answers.push((op_id, failed_answer(&e, pending))),
             }
             return;
@@ -437,10 +424,16 @@ impl Machine for StoreMachine {
         open.put_back(conn, written.is_err());
         match written {
             // A commit of its own proves the leadership it read under.
-            Ok(outcome) if fast && !pending.wrote() => {
-                open.unconfirmed.push((op_id, outcome, vec![read, pending]))
-            }
-            Ok(outcome) => open.settling.push((op_id, outcome, vec![read, pending])),
+            Ok(outcome) if fast && !pending.wrote() => open.unconfirmed.push((op_id, outcome, {
+                let mut all = read;
+                all.append(pending);
+                all
+            })),
+            Ok(outcome) => open.settling.push((op_id, outcome, {
+                let mut all = read;
+                all.append(pending);
+                all
+            })),
             Err(e) => answers.push((op_id, failed_answer(&e, pending))),
         }
     }
@@ -469,7 +462,7 @@ impl Machine for StoreMachine {
             inputs.push(Input::Read(id));
         }
         open.settling
-            .retain(|(op_id, outcome, pendings)| match settled(pendings) {
+            .retain(|(op_id, outcome, pendings)| match pendings.outcome() {
                 None => true,
                 Some(Ok(())) => {
                     answers.push((*op_id, Answer::Done(*outcome)));
