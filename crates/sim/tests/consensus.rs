@@ -2,6 +2,8 @@
 //! on the simulated disk: determinism, a fault-free run, and the canaries.
 //!
 
+mod support;
+
 use dqlite_sim::options::Options;
 use dqlite_sim::raftrs::Broken;
 use dqlite_sim::runner::{run_options, run_seed, NodeKind};
@@ -50,16 +52,7 @@ fn a_cluster_grown_from_one_node_serves_linearizable_operations_without_faults()
 
 #[test]
 fn correct_consensus_nodes_pass_under_faults() {
-    for seed in 0..20 {
-        let report = run_seed(seed, NodeKind::Consensus, Broken::None, false);
-        assert_eq!(
-            report.result,
-            Ok(()),
-            "seed {seed}: {:?}",
-            report.trace_tail
-        );
-        assert!(report.completed > 0, "seed {seed} completed no operation");
-    }
+    support::seeds_pass_under_faults(NodeKind::Consensus, 20);
 }
 
 #[test]

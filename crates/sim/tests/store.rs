@@ -4,6 +4,8 @@
 //! the store's canaries (real code paths of the store crate switched to
 //! deliberate bugs), each caught within a bounded number of seeds.
 
+mod support;
+
 use dqlite_sim::options::{Options, Workload};
 use dqlite_sim::raftrs::Broken;
 use dqlite_sim::runner::{run_options, run_seed, NodeKind};
@@ -73,16 +75,7 @@ fn a_store_cluster_grown_from_one_node_serves_every_workload_without_faults() {
 
 #[test]
 fn correct_store_nodes_pass_under_faults() {
-    for seed in 0..12 {
-        let report = run_seed(seed, NodeKind::Store, Broken::None, false);
-        assert_eq!(
-            report.result,
-            Ok(()),
-            "seed {seed}: {:?}",
-            report.trace_tail
-        );
-        assert!(report.completed > 0, "seed {seed} completed no operation");
-    }
+    support::seeds_pass_under_faults(NodeKind::Store, 12);
 }
 
 /// A ticket resolved when its entry is proposed, not applied (first
