@@ -5,21 +5,16 @@
 
 mod support;
 
+use support::cli;
+
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::Connection;
-use support::{dqlite_rs_bin, run_with_timeout, runtime, Node, Output};
-
-fn cli(args: &[&str]) -> Output {
-    let mut cmd = Command::new(dqlite_rs_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, Duration::from_secs(120))
-}
+use support::{runtime, Node};
 
 /// Every table's rows (with rowids where there are any), the schema and
 /// the header pragmas of a SQLite file.

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::cli;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
@@ -14,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
 use support::{
-    client_config, dqlite_rs_bin, image_hash, probe_leader, run_with_timeout, runtime, send_signal,
-    Output,
+    client_config, image_hash, probe_leader, run_with_timeout, runtime, send_signal, Output,
 };
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,12 +35,6 @@ fn shell(servers: &str, db: &str, sql: &str) -> Output {
     let mut cmd = Command::new(dqlite_shell());
     cmd.args(["-s", servers, db, sql]);
     run_with_timeout(cmd, None, SHELL_TIMEOUT)
-}
-
-fn cli(args: &[&str]) -> Output {
-    let mut cmd = Command::new(dqlite_rs_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, Duration::from_secs(60))
 }
 
 /// A connection to database `name` on the node at `address` (no leader

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::cli;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -112,12 +114,6 @@ fn a_full_disk_is_sqlite_full_for_the_client_and_logged_on_the_node() {
     );
     assert!(log.contains("No space left on device"), "{log}");
     node.stop("TERM");
-}
-
-fn cli(args: &[&str]) -> support::Output {
-    let mut cmd = Command::new(support::dqlite_rs_bin());
-    cmd.args(args);
-    support::run_with_timeout(cmd, None, Duration::from_secs(60))
 }
 
 /// Polls `ok` every 200 ms until it holds or `timeout` passes.

@@ -8,8 +8,9 @@
 
 mod support;
 
+use support::wait_voters;
+
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use dqlite_client::{Client, Config, Database, ReadMode};
@@ -32,26 +33,6 @@ async fn open_on(address: &str, name: &str, read_mode: ReadMode) -> Database {
         .open(name)
         .await
         .unwrap()
-}
-
-/// Waits until `dqlite-rs cluster list` shows `n` voters.
-fn wait_voters(servers: &str, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut cmd = Command::new(dqlite_rs_bin());
-        cmd.args(["cluster", "-s", servers, "list"]);
-        let out = run_with_timeout(cmd, None, Duration::from_secs(30));
-        let voters = out.stdout.lines().filter(|l| l.contains("voter")).count();
-        if out.success() && voters == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {n} voters in time: {}",
-            out.describe()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn started(n: usize) -> (Cluster, usize) {

@@ -8,13 +8,14 @@
 
 mod support;
 
+use support::{cli, wait_voters};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::Cluster;
-use support::{dqlite_rs_bin, image_hash, insert_rows, run_with_timeout, totals_on};
+use support::{image_hash, insert_rows, totals_on};
 
 fn wait_same_image(cluster: &Cluster, timeout: Duration) {
     let addresses = cluster.addresses();
@@ -34,12 +35,6 @@ fn wait_same_image(cluster: &Cluster, timeout: Duration) {
     panic!("images differ after {timeout:?}: {last:?}\n{tail}");
 }
 
-fn cli(args: &[&str]) -> support::Output {
-    let mut cmd = Command::new(dqlite_rs_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, Duration::from_secs(60))
-}
-
 /// The id `dqlite-rs cluster list` gives the node at `address`.
 fn id_of(servers: &str, address: &str) -> String {
     let out = cli(&["cluster", "-s", servers, "list"]);
@@ -50,23 +45,6 @@ fn id_of(servers: &str, address: &str) -> String {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("{address} not listed:\n{}", out.stdout))
         .to_string()
-}
-
-fn wait_voters(servers: &str, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = cli(&["cluster", "-s", servers, "list"]);
-        let voters = out.stdout.lines().filter(|l| l.contains("voter")).count();
-        if out.success() && voters == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {n} voters in time: {}",
-            out.describe()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The kind of file damaged.

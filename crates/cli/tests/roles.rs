@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::cli;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
-use support::{client_config, dqlite_rs_bin, free_port, run_with_timeout, runtime, Output};
-
-fn cli(args: &[&str]) -> Output {
-    let mut cmd = Command::new(dqlite_rs_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, Duration::from_secs(60))
-}
+use support::{client_config, free_port, run_with_timeout, runtime};
 
 /// One line of `dqlite-rs cluster list`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -370,6 +370,31 @@ pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duratio
     }
 }
 
+/// Runs `dqlite-rs ARGS` (bounded at two minutes) and captures its output.
+pub fn cli(args: &[&str]) -> Output {
+    let mut cmd = Command::new(dqlite_rs_bin());
+    cmd.args(args);
+    run_with_timeout(cmd, None, Duration::from_secs(120))
+}
+
+/// Waits until `dqlite-rs cluster list` on `servers` shows `n` voters.
+pub fn wait_voters(servers: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = cli(&["cluster", "-s", servers, "list"]);
+        let voters = out.stdout.lines().filter(|l| l.contains("voter")).count();
+        if out.success() && voters == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {n} voters in time: {}",
+            out.describe()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A current-thread runtime for a test's client calls.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
