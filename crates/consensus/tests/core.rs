@@ -183,6 +183,18 @@ impl Cluster {
     }
 }
 
+/// The open segment of the raft log under `dir`.
+fn open_segment(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("raft/log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("open-"))
+        })
+        .unwrap()
+}
+
 fn set(k: &str, v: &str) -> Vec<u8> {
     KvCommand::Set {
         key: k.into(),
@@ -534,18 +546,7 @@ fn a_node_that_lost_acknowledged_entries_does_not_vote_until_it_caught_up() {
     // Stop node 2 and damage the first record of its open segment: valid
     // records follow, so this is corruption, not a torn tail.
     let dir2 = root.path().join("n2");
-    let log = dir2.join("raft/log");
-    let open = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("open-")
-        })
-        .unwrap();
+    let open = open_segment(&dir2);
     let mut bytes = std::fs::read(&open).unwrap();
     bytes[32 + 8 + 3] ^= 0x40;
     std::fs::write(&open, &bytes).unwrap();
@@ -609,17 +610,7 @@ fn a_follower_whose_last_acknowledged_record_reads_as_torn_catches_up() {
     let last = c.nodes[1].core.last_index();
     c.down[1] = true;
     let dir2 = root.path().join("n2");
-    let open = std::fs::read_dir(dir2.join("raft/log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("open-")
-        })
-        .unwrap();
+    let open = open_segment(&dir2);
     let mut bytes = std::fs::read(&open).unwrap();
     // The last record ends where the zero frame after it begins.
     let end = bytes.windows(8).rposition(|w| w != [0u8; 8]).unwrap() + 8;
