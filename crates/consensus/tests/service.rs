@@ -454,6 +454,16 @@ struct GatedKv {
     gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
 }
 
+/// Waits until the test opens `gate`: one message lets one caller through,
+/// dropping the sender lets every later one through.
+fn pass_gate(gate: &Mutex<std::sync::mpsc::Receiver<()>>) -> std::io::Result<()> {
+    let opened = gate.lock().unwrap().recv_timeout(Duration::from_secs(60));
+    if opened == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+        return Err(std::io::Error::other("gate never opened"));
+    }
+    Ok(())
+}
+
 struct GatedImage {
     inner: Box<dyn Image>,
     gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
@@ -461,15 +471,7 @@ struct GatedImage {
 
 impl Image for GatedImage {
     fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let opened = self
-            .gate
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(60));
-        // Disconnected: the test opened the gate for good.
-        if opened == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            return Err(std::io::Error::other("gate never opened"));
-        }
+        pass_gate(&self.gate)?;
         self.inner.write_to(out)
     }
 }
@@ -670,14 +672,7 @@ impl dqlite_consensus::Prepare for GatedPrepare {
         input.read_to_end(&mut image)?;
         if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = self.started.lock().unwrap().send(index);
-            let opened = self
-                .gate
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(60));
-            if opened == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                return Err(std::io::Error::other("gate never opened"));
-            }
+            pass_gate(&self.gate)?;
         }
         Ok(Box::new(image))
     }
