@@ -381,13 +381,12 @@ impl Gateway {
         } else {
             let queue = self.shared.writer_queue(&open.name);
             let statement = Box::new(move |c: &Connection| run(c, access));
-            match queue
+            // Never started (busy): nothing ran, so no barrier either.
+            let (result, unsettled) = queue
                 .run(databases, &open.conn, statement, WRITER_WAIT)
                 .await
-            {
-                Ok((result, unsettled)) => settled(result, unsettled).await,
-                Err(e) => Err(e),
-            }
+                .map_err(Failure::into_response)?;
+            settled(result, unsettled).await
         };
         if barrier_after && !matches!(result, Ok((_, true))) {
             self.cluster().barrier().await.map_err(cluster_failure)?;
