@@ -3,8 +3,7 @@
 //! then restarted. With `--no-auto-recovery` it refuses to start and names
 //! the file and the fix; by default it sets the file aside, says so,
 //! catches up from its peers and, made leader, returns every acknowledged
-//! row. (Disk-mode database files carry no checksum: see
-//! docs/disk-mode.md, "Damaged files".)
+//! row.
 
 mod support;
 
@@ -62,11 +61,13 @@ enum Damage {
     SnapshotMetadata,
     /// Disk mode: the checkpoint record.
     CheckpointRecord,
+    /// Disk mode: a database file.
+    DatabaseFile,
 }
 
 impl Damage {
     fn disk_mode(self) -> bool {
-        self == Damage::CheckpointRecord
+        matches!(self, Damage::CheckpointRecord | Damage::DatabaseFile)
     }
 }
 
@@ -119,11 +120,18 @@ fn damage(node_dir: &Path, what: Damage) -> PathBuf {
         .pop()
         .expect("a snapshot"),
         Damage::CheckpointRecord => node_dir.join("db").join("checkpoint.json"),
+        // The largest: the test's own database.
+        Damage::DatabaseFile => files(&node_dir.join("db"), |n| n.ends_with(".db"))
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .expect("a database file"),
     };
     let at = match what {
         Damage::SnapshotMetadata => 14,
         // Inside the JSON, before the checksum line.
         Damage::CheckpointRecord => 2,
+        // Inside the last page, where the rows are.
+        Damage::DatabaseFile => std::fs::metadata(&path).unwrap().len() - 100,
         // The last state byte, just before the 12-byte trailer.
         Damage::SnapshotData => std::fs::metadata(&path).unwrap().len() - 13,
         _ => first_record,
@@ -284,4 +292,9 @@ fn damaged_snapshot_metadata_is_refused_or_recovered() {
 #[test]
 fn a_damaged_checkpoint_record_is_refused_or_rebuilt() {
     recovers_from(Damage::CheckpointRecord);
+}
+
+#[test]
+fn a_damaged_database_file_is_refused_or_rebuilt() {
+    recovers_from(Damage::DatabaseFile);
 }

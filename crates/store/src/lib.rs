@@ -71,7 +71,8 @@ pub enum StoreError {
     /// SQLite refused to register the VFS.
     #[error("cannot register the SQLite VFS (code {0})")]
     Vfs(i32),
-    /// The disk-mode checkpoint record fails its checksum at open.
+    /// A disk-mode file (the checkpoint record, a database file or its
+    /// page checksums) fails its checksum at open.
     #[error("{detail}")]
     Damaged {
         /// The damaged file.
@@ -368,6 +369,7 @@ impl Shared {
             applied,
             generation,
             databases: Vec::new(),
+            sums: true,
         };
         for db in dbs {
             let mut st = db.lock();
@@ -389,14 +391,12 @@ impl Shared {
             if v.page_size != 0 && (!v.data.is_empty() || v.base.is_none()) {
                 let file = match &v.base {
                     Some(f) => Arc::clone(f),
-                    None => Arc::new(BaseFile::open(&disk.db_path(&db.name, generation)?)?),
+                    None => Arc::new(BaseFile::create(&disk.db_path(&db.name, generation)?)?),
                 };
                 // Only the current version is read now, and it holds every
                 // page written here in memory, so no reader sees a change.
-                for (pgno, page) in v.data.iter() {
-                    file.write_page(*pgno, page)?;
-                }
-                file.finish(v.pages, v.page_size)?;
+                let changed = v.data.iter().map(|(pgno, page)| (*pgno, &page[..]));
+                file.checkpoint(changed, v.pages, v.page_size, applied)?;
                 // A reader of `v` reads its own pages first, so the file
                 // written now is right for it, but not after the next
                 // checkpoint: keep it tracked.
@@ -432,7 +432,7 @@ impl Shared {
                 // until the record switches over.
                 let path = disk.db_path(name, generation)?;
                 let _ = std::fs::remove_file(&path);
-                Restorer::Disk(BaseFile::open(&path)?)
+                Restorer::Disk(BaseFile::create(&path)?)
             }
             None => Restorer::Memory(OrdMap::new()),
         })
@@ -461,6 +461,7 @@ impl Shared {
                 applied,
                 generation,
                 databases,
+                sums: true,
             })?;
             self.generation.store(generation, Ordering::Relaxed);
             self.pending.store(0, Ordering::Relaxed);
@@ -601,8 +602,8 @@ impl Store {
         Self::disk_with(dir, false)
     }
 
-    /// Like [`Store::disk`]. With `auto_recovery`, a checkpoint record that
-    /// fails its checksum makes the whole directory move aside
+    /// Like [`Store::disk`]. With `auto_recovery`, a checkpoint record or a
+    /// database page that fails its checksum makes the whole directory move aside
     /// (`<dir>.corrupt`, never deleted) and the store start empty. The
     /// node's snapshots hold no copy of the files (they are the snapshot),
     /// so consensus sets its snapshots and log aside too and the node
@@ -652,7 +653,8 @@ impl Store {
                 .db_path(&db.name, record.generation)
                 .map_err(io(format!("database {:?}", db.name)))?;
             let base =
-                BaseFile::open(&path).map_err(io(format!("cannot open {}", path.display())))?;
+                BaseFile::open_verified(&path, db.page_size, db.pages, record.sums, record.applied)
+                    .map_err(damaged(path.clone()))?;
             let version = Version {
                 seq: db.seq,
                 id: db.id,

@@ -82,6 +82,16 @@ fn restart_from_files_and_replay_of_the_log() {
     assert_eq!(count(&reopened.open("d.db").unwrap()), 100);
 }
 
+/// The database file of the only database in `dir`.
+fn db_file(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "db"))
+        .unwrap()
+}
+
 #[test]
 fn a_torn_checkpoint_is_repaired_by_the_replay() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,34 +103,33 @@ fn a_torn_checkpoint_is_repaired_by_the_replay() {
     fill(&conn, 30);
     let checkpointed = log.last_index();
     assert!(store.checkpoint(checkpointed).unwrap());
+    let record = dir.path().join("checkpoint.json");
+    let older_record = std::fs::read(&record).unwrap();
     fill(&conn, 30);
     let image = store.image("t.db").unwrap();
     let entries = log.entries.lock().unwrap().clone();
+    // A later checkpoint wrote its sums and pages, and a crash came before
+    // its record, tearing every page it wrote (power loss mid-write).
+    assert!(store.checkpoint(log.last_index()).unwrap());
     drop(conn);
     drop(store);
-    // A later checkpoint died half-way: it had written garbage over the
-    // pages changed since the last record (and no new record).
+    std::fs::write(&record, older_record).unwrap();
     let changed: std::collections::BTreeSet<u32> = entries[checkpointed as usize..]
         .iter()
         .flat_map(|e| dqlite_store::entry::Entry::decode(e).unwrap().pages)
         .map(|(pgno, _)| pgno)
         .collect();
-    let file = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "db"))
-        .unwrap();
+    let file = db_file(dir.path());
     let mut bytes = std::fs::read(&file).unwrap();
-    bytes.resize(image.len(), 0);
     for pgno in &changed {
         let start = (*pgno as usize - 1) * 4096;
-        bytes[start..start + 4096].fill(0xa5);
+        bytes[start..start + 2048].fill(0xa5);
     }
     std::fs::write(&file, bytes).unwrap();
 
     let reopened = Store::disk(dir.path()).unwrap();
     let mut state = reopened.state();
+    assert_eq!(state.applied_index(), checkpointed);
     for (i, e) in entries.iter().enumerate() {
         let index = i as u64 + 1;
         if index > state.applied_index() {
@@ -135,6 +144,56 @@ fn a_torn_checkpoint_is_repaired_by_the_replay() {
     assert_eq!(ok, "ok");
     assert_eq!(count(&conn), 60);
     assert_eq!(got, image);
+}
+
+#[test]
+fn a_damaged_database_file_is_refused_or_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::disk(&path).unwrap();
+    let log = Log::attach(&store);
+    let conn = store.open("t.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 30);
+    assert!(store.checkpoint(log.last_index()).unwrap());
+    // Read through the store while the byte flips under it: the read
+    // fails instead of returning the damaged page.
+    let file = db_file(&path);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    let reader = store.open("t.db").unwrap();
+    let err = reader
+        .query_row("SELECT sum(length(v)) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("disk I/O error"),
+        "unexpected error: {err}"
+    );
+    drop((conn, reader, store));
+
+    let err = match Store::disk(&path) {
+        Ok(_) => panic!("a damaged file opened"),
+        Err(e) => e,
+    };
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    match &err {
+        dqlite_store::StoreError::Damaged { file: f, detail } => {
+            assert_eq!(f, &file);
+            assert!(
+                detail.contains(&name) && detail.contains("fails its checksum"),
+                "{detail}"
+            );
+        }
+        other => panic!("not reported as damage: {other}"),
+    }
+    // With auto-recovery the directory is set aside, whole, and the store
+    // starts empty (consensus then rebuilds it from the peers).
+    let fresh = Store::disk_with(&path, true).unwrap();
+    assert!(fresh.databases().is_empty());
+    assert!(dir.path().join("db.corrupt").join(&name).exists());
 }
 
 #[test]
