@@ -543,6 +543,9 @@ pub struct Core<S: State> {
     snapshotting: Option<u64>,
     /// No snapshot is started before this tick (after a failure).
     snapshot_retry_tick: u64,
+    /// The header of the snapshot waiting for the state's files to be
+    /// durable at its index ([`State::checkpoint`]).
+    checkpoint_wait: Option<SnapshotHeader>,
     last_promotion_tick: u64,
     /// The tick each peer was last heard from.
     last_heard: HashMap<u64, u64>,
@@ -673,6 +676,7 @@ impl<S: State> Core<S> {
             snapshot_index,
             snapshotting: None,
             snapshot_retry_tick: 0,
+            checkpoint_wait: None,
             last_promotion_tick: 0,
             last_heard: HashMap::new(),
             leader_seen,
@@ -1689,15 +1693,15 @@ impl<S: State> Core<S> {
     /// the received copy of the data is redundant: it is replaced by a
     /// metadata-only file, so the node holds the data once on disk.
     fn keep_only_metadata(&mut self, info: &SnapshotInfo) {
-        match self.state.checkpoint() {
-            Some(Ok(true)) => {}
-            // Keeping the full copy is safe, only larger; the next local
-            // snapshot prunes it.
-            None | Some(Ok(false)) => return,
-            Some(Err(e)) => {
-                warn!(error = %e, "checkpoint after installing a snapshot failed");
-                return;
-            }
+        // The restore made the files durable at its index. Otherwise (a
+        // state without files) keeping the full copy is safe, only larger;
+        // the next local snapshot prunes it.
+        if !self
+            .state
+            .checkpointed()
+            .is_ok_and(|at| at >= info.header.index)
+        {
+            return;
         }
         let mut header = info.header.clone();
         header.files = true;
@@ -1898,6 +1902,12 @@ impl<S: State> Core<S> {
     /// Starts a snapshot when enough entries were applied since the last
     /// one (or raft asked for a newer one), unless one is being written.
     fn maybe_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        if let Some(header) = self.checkpoint_wait.take() {
+            return self.snapshot_when_checkpointed(header, out);
+        }
         if self.failed.is_some()
             || self.snapshotting.is_some()
             || self.ticks < self.snapshot_retry_tick
@@ -1921,9 +1931,21 @@ impl<S: State> Core<S> {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(index)?;
-        let files = match self.state.checkpoint() {
-            None => false,
-            Some(Ok(true)) => true,
+        let header = SnapshotHeader {
+            index,
+            term,
+            conf_state: ConfStateCopy::from(&self.conf_state),
+            cluster: self.cluster.clone(),
+            files: true,
+        };
+        match self.state.checkpoint() {
+            None => {}
+            Some(Ok(true)) => {
+                // The metadata is of this index, as the files will be.
+                self.snapshotting = Some(index);
+                self.checkpoint_wait = Some(header);
+                return Ok(());
+            }
             Some(Ok(false)) => {
                 // A reader holds an older version of the files; it is
                 // usually gone within a transaction's time.
@@ -1937,24 +1959,50 @@ impl<S: State> Core<S> {
                     "checkpointing the state for a snapshot: {e}"
                 )));
             }
-        };
-        let header = SnapshotHeader {
-            index,
-            term,
-            conf_state: ConfStateCopy::from(&self.conf_state),
-            cluster: self.cluster.clone(),
-            files,
-        };
-        let image: Box<dyn Image> = if files {
-            Box::new(NoData)
-        } else {
-            self.state
-                .freeze()
-                .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?
-        };
+        }
+        let image = self
+            .state
+            .freeze()
+            .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?;
         self.snapshotting = Some(index);
-        out.push(Action::Snapshot(SnapshotJob { header, image }));
+        out.push(Action::Snapshot(SnapshotJob {
+            header: SnapshotHeader {
+                files: false,
+                ..header
+            },
+            image,
+        }));
         Ok(())
+    }
+
+    /// A snapshot whose data is the state's files is written (metadata
+    /// only) once they are durable at its index; until then it waits,
+    /// while entries go on being applied.
+    fn snapshot_when_checkpointed(
+        &mut self,
+        header: SnapshotHeader,
+        out: &mut Vec<Action>,
+    ) -> Result<(), CoreError> {
+        match self.state.checkpointed() {
+            Ok(at) if at >= header.index => {
+                out.push(Action::Snapshot(SnapshotJob {
+                    header,
+                    image: Box::new(NoData),
+                }));
+                Ok(())
+            }
+            Ok(_) => {
+                self.checkpoint_wait = Some(header);
+                Ok(())
+            }
+            Err(e) => {
+                self.snapshotting = None;
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+                Err(CoreError::State(format!(
+                    "checkpointing the state for a snapshot: {e}"
+                )))
+            }
+        }
     }
 
     /// What to stream to a peer that needs the snapshot at `index`: the

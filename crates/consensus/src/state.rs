@@ -24,15 +24,26 @@ pub trait State: Send + 'static {
     fn freeze(&self) -> io::Result<Box<dyn Image>>;
 
     /// For a state that keeps its data in durable files of its own (a
-    /// disk-mode store): makes them durable at the applied index and
-    /// returns `Some(Ok(true))`. A local snapshot then holds only metadata
-    /// (its header says `files`), the log is compacted behind it, and a
-    /// peer that needs a snapshot is streamed a fresh [`State::freeze`]
-    /// image instead of the file. `Some(Ok(false))`: not possible now (a
-    /// reader holds an older version); the core tries again shortly.
-    /// `None` (the default): snapshots hold the frozen image.
+    /// disk-mode store): starts making them durable at the applied index,
+    /// off the driver thread, and returns `Some(Ok(true))`;
+    /// [`State::checkpointed`] tells when they are. A local snapshot then
+    /// holds only metadata (its header says `files`), the log is compacted
+    /// behind it, and a peer that needs a snapshot is streamed a fresh
+    /// [`State::freeze`] image instead of the file. `Some(Ok(false))`: not
+    /// possible now (one is being written, or a reader holds an older
+    /// version); the core tries again shortly. `None` (the default):
+    /// snapshots hold the frozen image.
     fn checkpoint(&mut self) -> Option<io::Result<bool>> {
         None
+    }
+
+    /// The applied index the state's own files were last made durable at
+    /// (see [`State::checkpoint`]; a restore makes them durable at its
+    /// index). A checkpoint that failed or was abandoned in the background
+    /// is reported here, once, as an error. 0 (the default) for a state
+    /// without files.
+    fn checkpointed(&mut self) -> io::Result<u64> {
+        Ok(0)
     }
 
     /// Replaces the whole state with a snapshot taken at `index`. The image

@@ -15,6 +15,7 @@
 //! neither side holds a database in memory.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dqlite_consensus::{Image, Prepare, Prepared, State};
@@ -199,12 +200,11 @@ impl State for StoreState {
             }
         };
         if self.shared.checkpoint_due() {
-            match self.shared.checkpoint(index) {
-                Ok(true) => {}
-                Ok(false) => {}
-                // The changes stay in memory and the log; the next apply
-                // tries again, and the node keeps serving meanwhile.
-                Err(e) => warn!(index, "checkpoint failed, will retry: {e}"),
+            // In the background; until it is durable the changes stay in
+            // memory and the log, and a later apply tries again if this
+            // one could not start.
+            if let Err(e) = self.shared.start_checkpoint(index) {
+                warn!(index, "cannot start a checkpoint: {e}");
             }
         }
         satisfied
@@ -227,7 +227,14 @@ impl State for StoreState {
     fn checkpoint(&mut self) -> Option<io::Result<bool>> {
         self.shared
             .is_disk()
-            .then(|| self.shared.checkpoint(self.applied))
+            .then(|| self.shared.start_checkpoint(self.applied))
+    }
+
+    fn checkpointed(&mut self) -> io::Result<u64> {
+        match self.shared.checkpoints.take_error() {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(self.shared.checkpoints.durable.load(Ordering::Relaxed)),
+        }
     }
 
     fn restore(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {

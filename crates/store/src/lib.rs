@@ -35,6 +35,7 @@
 #![deny(unsafe_code)]
 
 pub mod chain;
+mod checkpoint;
 pub mod disk;
 pub mod entry;
 pub mod fsm;
@@ -246,6 +247,8 @@ pub(crate) struct Shared {
     /// writes a generation of its own, so one prepared while another waits
     /// to be installed never overwrites its files.
     claimed: AtomicU64,
+    /// Disk mode: checkpoints written and being written.
+    checkpoints: checkpoint::Checkpoints,
     /// From each commit point of this node's transactions to its apply.
     commit_seconds: Histogram,
     /// The canary switched on, if any.
@@ -355,74 +358,6 @@ impl Shared {
         self.disk.is_some() && self.pending.load(Ordering::Relaxed) >= CHECKPOINT_BYTES
     }
 
-    /// Disk mode: writes every database's in-memory pages into its file,
-    /// fsyncs, and records that the files reflect index `applied`. Returns
-    /// false (and writes no record) if a reader still holds a version older
-    /// than the current one; the caller tries again later.
-    pub(crate) fn checkpoint(&self, applied: u64) -> std::io::Result<bool> {
-        let Some(disk) = &self.disk else {
-            return Ok(true);
-        };
-        let dbs: Vec<Arc<Db>> = self.dbs().values().cloned().collect();
-        let generation = self.generation.load(Ordering::Relaxed);
-        let mut record = Checkpoint {
-            applied,
-            generation,
-            databases: Vec::new(),
-            sums: true,
-        };
-        for db in dbs {
-            let mut st = db.lock();
-            st.older.retain(|w| w.strong_count() > 0);
-            st.older_live = st.older.len();
-            let seq = st.current.seq;
-            // A version at the current sequence holds every page changed
-            // since the last checkpoint (the current one, or the one a
-            // checkpoint replaced); only older ones read stale pages from
-            // the file. Speculative versions above it only add pages.
-            if st
-                .older
-                .iter()
-                .any(|w| w.upgrade().is_some_and(|o| o.seq < seq))
-            {
-                return Ok(false);
-            }
-            let v = Arc::clone(&st.current);
-            if v.page_size != 0 && (!v.data.is_empty() || v.base.is_none()) {
-                let file = match &v.base {
-                    Some(f) => Arc::clone(f),
-                    None => Arc::new(BaseFile::create(&disk.db_path(&db.name, generation)?)?),
-                };
-                // Only the current version is read now, and it holds every
-                // page written here in memory, so no reader sees a change.
-                let changed = v.data.iter().map(|(pgno, page)| (*pgno, &page[..]));
-                file.checkpoint(changed, v.pages, v.page_size, applied)?;
-                // A reader of `v` reads its own pages first, so the file
-                // written now is right for it, but not after the next
-                // checkpoint: keep it tracked.
-                st.track(&v);
-                st.current = Arc::new(Version {
-                    seq: v.seq,
-                    id: v.id,
-                    page_size: v.page_size,
-                    pages: v.pages,
-                    data: OrdMap::new(),
-                    base: Some(file),
-                });
-            }
-            record.databases.push(CheckpointDb {
-                name: db.name.clone(),
-                seq: v.seq,
-                id: v.id,
-                page_size: v.page_size,
-                pages: v.pages,
-            });
-        }
-        disk.write_record(&record)?;
-        self.pending.store(0, Ordering::Relaxed);
-        Ok(true)
-    }
-
     /// Starts rebuilding database `name` from a snapshot, in disk mode into
     /// `generation` (from [`Shared::claim_generation`]).
     pub(crate) fn restorer(&self, name: &str, generation: u64) -> std::io::Result<Restorer> {
@@ -447,6 +382,7 @@ impl Shared {
         generation: u64,
     ) -> std::io::Result<()> {
         if let Some(disk) = &self.disk {
+            let _no_checkpoint = self.checkpoints.exclude();
             let databases = versions
                 .iter()
                 .map(|(name, v)| CheckpointDb {
@@ -465,6 +401,7 @@ impl Shared {
             })?;
             self.generation.store(generation, Ordering::Relaxed);
             self.pending.store(0, Ordering::Relaxed);
+            self.checkpoints.durable.store(applied, Ordering::Relaxed);
             // Open handles of old versions keep their files readable.
             disk.remove_older(generation);
         }
@@ -685,6 +622,7 @@ impl Store {
             pending: AtomicU64::new(0),
             generation: AtomicU64::new(generation),
             claimed: AtomicU64::new(generation),
+            checkpoints: checkpoint::Checkpoints::new(opened_at),
             // 100 µs to about 6.5 s.
             commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 17)),
             #[cfg(feature = "sim-bugs")]

@@ -291,10 +291,18 @@ fn changes_past_the_threshold_checkpoint_by_themselves() {
         }
         conn.execute_batch("COMMIT").unwrap();
     }
-    // The record is one line of JSON, then a line with its checksum.
-    let bytes = std::fs::read(dir.path().join("checkpoint.json")).unwrap();
-    let json = bytes.split(|b| *b == b'\n').next().unwrap();
-    let record: serde_json::Value = serde_json::from_slice(json).unwrap();
+    // Written in the background: wait for the record. It is one line of
+    // JSON, then a line with its checksum.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let record = loop {
+        let bytes = std::fs::read(dir.path().join("checkpoint.json")).unwrap_or_default();
+        let json = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        if let Ok(record) = serde_json::from_slice::<serde_json::Value>(json) {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint record");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     assert!(record["applied"].as_u64().unwrap() > 0, "{record}");
     let file_size: u64 = std::fs::read_dir(dir.path())
         .unwrap()
@@ -394,11 +402,17 @@ fn a_disk_mode_snapshot_is_a_checkpoint_and_a_streamed_image_carries_its_own_ind
     fill(&conn, 40);
     let at = log.last_index();
     // The snapshot's data is the files: the checkpoint makes them durable
-    // at the applied index, which a reopen finds.
+    // at the applied index in the background, says when, and a reopen
+    // finds them.
     assert!(matches!(
         log.state.lock().unwrap().checkpoint(),
         Some(Ok(true))
     ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while log.state.lock().unwrap().checkpointed().unwrap() < at {
+        assert!(std::time::Instant::now() < deadline, "never durable");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(Store::disk(dir.path()).unwrap().state().applied_index(), at);
     // A peer is streamed a fresh image; labelled with an older snapshot
     // index, it still restores to the index it is of.
