@@ -128,6 +128,7 @@ pub(crate) async fn run(service: Service, settings: Settings, mut stop: watch::R
     let mut leading_since: Option<Instant> = None;
     // Since when a standby on its way to voter has been awaited.
     let mut awaiting_since: Option<Instant> = None;
+    let mut failing = Failing::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.round) => {}
@@ -168,12 +169,57 @@ pub(crate) async fn run(service: Service, settings: Settings, mut stop: watch::R
             continue;
         };
         debug!(?change, ?online, "role change wanted");
-        apply(&service, &status, &change.role, &change.candidates).await;
+        apply(
+            &service,
+            &status,
+            &change.role,
+            &change.candidates,
+            &mut failing,
+        )
+        .await;
+    }
+}
+
+/// The role change that last failed and how many times in a row: a node
+/// catching up through a large snapshot fails the same promotion every
+/// round, which is worth one warning, not one a round.
+#[derive(Default)]
+struct Failing {
+    last: Option<(u64, Role)>,
+    times: u32,
+}
+
+impl Failing {
+    fn failed(&mut self, id: u64, role: Role, error: &dqlite_consensus::Error) {
+        if self.last == Some((id, role)) {
+            self.times += 1;
+            // Again every 30 failures (about every 5 minutes when each
+            // waits 10 s for a catch-up).
+            if self.times.is_multiple_of(30) {
+                warn!(node = id, to = ?role, error = %error, times = self.times, "role change still failing");
+            } else {
+                debug!(node = id, to = ?role, error = %error, times = self.times, "role change failed again");
+            }
+        } else {
+            self.last = Some((id, role));
+            self.times = 1;
+            warn!(node = id, to = ?role, error = %error, "role change failed");
+        }
+    }
+
+    fn succeeded(&mut self) {
+        *self = Failing::default();
     }
 }
 
 /// Gives `role` to the first candidate that takes it; true if one did.
-async fn apply(service: &Service, status: &Status, role: &Role, candidates: &[u64]) -> bool {
+async fn apply(
+    service: &Service,
+    status: &Status,
+    role: &Role,
+    candidates: &[u64],
+    failing: &mut Failing,
+) -> bool {
     for id in candidates {
         let Some(node) = status.cluster.nodes.get(id) else {
             continue;
@@ -181,9 +227,10 @@ async fn apply(service: &Service, status: &Status, role: &Role, candidates: &[u6
         match service.set_role(&node.address, *role).await {
             Ok(()) => {
                 info!(node = id, from = ?node.role, to = ?role, "role changed");
+                failing.succeeded();
                 return true;
             }
-            Err(e) => warn!(node = id, to = ?role, error = %e, "role change failed"),
+            Err(e) => failing.failed(*id, *role, &e),
         }
     }
     false
@@ -284,4 +331,56 @@ pub(crate) fn join_role(targets: Targets) -> Arc<dyn Fn(&Status) -> Role + Send 
             .collect();
         roles::assume(&nodes, &up, targets)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what is logged at WARN.
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Warnings {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_role_change_failing_again_and_again_warns_once_in_a_while() {
+        let warnings = Warnings::default();
+        let sink = warnings.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || sink.clone())
+            .finish();
+        let count = || {
+            String::from_utf8_lossy(&warnings.0.lock().unwrap())
+                .lines()
+                .count()
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let error = dqlite_consensus::Error::Stopped;
+            let mut failing = Failing::default();
+            for _ in 0..29 {
+                failing.failed(3, Role::Voter, &error);
+            }
+            assert_eq!(count(), 1);
+            failing.failed(3, Role::Voter, &error);
+            assert_eq!(count(), 2, "every 30th failure warns again");
+            // Another node or role is news; so is a failure after a success.
+            failing.failed(4, Role::Voter, &error);
+            assert_eq!(count(), 3);
+            failing.succeeded();
+            failing.failed(4, Role::Voter, &error);
+            assert_eq!(count(), 4);
+        });
+    }
 }
