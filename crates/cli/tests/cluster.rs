@@ -11,6 +11,8 @@ use support::cli;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -325,9 +327,47 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
     // the stopped node.
     let rows = 48;
     support::insert_rows(&live, "big", 0, rows, 1 << 20);
+    // Writes go on while it catches up, so the leader keeps taking
+    // snapshots and compacting its log; the entries after the snapshot
+    // index it sent must stay until the node has replicated past the
+    // image, or the node needs a second image.
+    let written = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (live, written, stop) = (live.clone(), written.clone(), stop.clone());
+        thread::spawn(move || {
+            let started = Instant::now();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 3000 && started.elapsed().as_secs() < 120 {
+                support::insert_rows(&live, "big", 1000 + n, 1, 100);
+                n += 1;
+                written.store(n, Ordering::Relaxed);
+            }
+        })
+    };
     cluster.nodes[lagging].start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cluster.nodes[lagging].read_log()[before..]
+        .contains("installed snapshot from the leader")
+    {
+        assert!(Instant::now() < deadline, "no snapshot installed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let at_install = written.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written.load(Ordering::Relaxed) < at_install + 30 {
+        assert!(Instant::now() < deadline, "writes stalled");
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
     let hash = wait_same_image(&cluster.addresses(), "big", Duration::from_secs(120));
     let log = cluster.nodes[lagging].read_log();
+    let images = log[before..]
+        .lines()
+        .filter(|l| l.contains("receiving snapshot") && l.contains(": done"))
+        .count();
+    assert_eq!(images, 1, "one image should do:\n{}", &log[before..]);
     assert!(
         log[before..].contains("installing snapshot"),
         "the lagging node did not install a snapshot:\n{}",

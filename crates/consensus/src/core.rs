@@ -376,6 +376,17 @@ const HOLD_AFTER_SEND_TICKS: u64 = 500;
 /// holds an older version (100 ms at the default tick).
 const SNAPSHOT_BUSY_TICKS: u64 = 5;
 
+/// A peer being sent an image of the state.
+struct CatchingUp {
+    /// The snapshot index the image is sent as: raft on the peer asks for
+    /// the entries after it.
+    index: u64,
+    /// The applied index the image is of.
+    applied: u64,
+    /// The tick its send ended.
+    sent: Option<u64>,
+}
+
 /// The body of a snapshot whose data is the state's own files: empty.
 struct NoData;
 
@@ -559,9 +570,8 @@ pub struct Core<S: State> {
     snapshots_installed: u64,
     /// Snapshots from the leader rebuilt off the driver thread.
     prepared: PreparedSlot,
-    /// Peers being sent an image of the state: its applied index, and the
-    /// tick its send ended.
-    catching_up: HashMap<u64, (u64, Option<u64>)>,
+    /// Peers being sent an image of the state.
+    catching_up: HashMap<u64, CatchingUp>,
     /// Highest commit index known durable in the meta file.
     durable_commit: u64,
     /// (ready number, commit) of batches making a commit index durable.
@@ -1074,10 +1084,10 @@ impl<S: State> Core<S> {
             Input::Persisted(number) => self.on_persisted(number, out),
             Input::SnapshotWritten { result, took } => self.snapshot_written(result, took, out),
             Input::SnapshotSent { to, ok } => {
-                if let Some((_, sent)) = self.catching_up.get_mut(&to) {
+                if let Some(c) = self.catching_up.get_mut(&to) {
                     // A peer that failed to take it, or never replicates
                     // past it, must not pin the log for long.
-                    *sent = Some(if ok { self.ticks } else { 0 });
+                    c.sent = Some(if ok { self.ticks } else { 0 });
                 }
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -2027,8 +2037,14 @@ impl<S: State> Core<S> {
             .state
             .freeze()
             .map_err(|e| CoreError::State(format!("freezing the state for a peer: {e}")))?;
-        self.catching_up
-            .insert(to, (self.state.applied_index(), None));
+        self.catching_up.insert(
+            to,
+            CatchingUp {
+                index,
+                applied: self.state.applied_index(),
+                sent: None,
+            },
+        );
         let mut header = info.header;
         header.files = false;
         Ok(OutgoingSnapshot::Image {
@@ -2038,20 +2054,23 @@ impl<S: State> Core<S> {
         })
     }
 
-    /// The log is kept after the image index of every peer being sent an
-    /// image (until it has replicated past it): a GiB image takes seconds
-    /// to stream and install, and a log compacted past it meanwhile would
-    /// only make the leader send another one.
+    /// The log is kept after the snapshot index of every peer being sent an
+    /// image, until it has replicated past the image's own index: a GiB
+    /// image takes seconds to stream and install, and raft on the peer
+    /// then asks for the entries after the snapshot index (its state skips
+    /// those the image already holds). A log compacted past them meanwhile
+    /// would only make the leader send another image.
     fn compaction_hold(&mut self) -> u64 {
         let prs = self.raw.raft.prs();
         let now = self.ticks;
-        self.catching_up.retain(|id, (at, sent)| {
-            prs.get(*id).is_some_and(|p| p.matched < *at)
-                && sent.map_or(true, |t| now.saturating_sub(t) < HOLD_AFTER_SEND_TICKS)
+        self.catching_up.retain(|id, c| {
+            prs.get(*id).is_some_and(|p| p.matched < c.applied)
+                && c.sent
+                    .map_or(true, |t| now.saturating_sub(t) < HOLD_AFTER_SEND_TICKS)
         });
         self.catching_up
             .values()
-            .map(|(at, _)| *at)
+            .map(|c| c.index)
             .min()
             .unwrap_or(u64::MAX)
     }
