@@ -1918,10 +1918,7 @@ impl<S: State> Core<S> {
         if let Some(header) = self.checkpoint_wait.take() {
             return self.snapshot_when_checkpointed(header, out);
         }
-        if self.failed.is_some()
-            || self.snapshotting.is_some()
-            || self.ticks < self.snapshot_retry_tick
-        {
+        if self.snapshotting.is_some() || self.ticks < self.snapshot_retry_tick {
             return Ok(());
         }
         let requested = self.raw.store().take_snapshot_request();
