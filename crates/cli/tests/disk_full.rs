@@ -130,14 +130,33 @@ fn wait_for(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn a_follower_with_a_full_disk_stops_acknowledging_and_catches_up_once_space_is_freed() {
+    follower_fills_up(&[]);
+}
+
+/// Disk mode: the full node's checkpoints and snapshots fail too (in the
+/// background), and it still catches up and returns every row.
+#[test]
+fn a_disk_mode_follower_with_a_full_disk_catches_up_once_space_is_freed() {
+    follower_fills_up(&[
+        "--disk-mode",
+        "--snapshot-threshold",
+        "8",
+        "--snapshot-trailing",
+        "2",
+    ]);
+}
+
+fn follower_fills_up(mode: &[&str]) {
     let root = tempfile::tempdir().unwrap();
-    let mut n1 = Proc::new(root.path(), "n1", &[]);
+    let mut n1 = Proc::new(root.path(), "n1", mode);
     n1.start();
     let join = n1.address.clone();
-    let mut n2 = Proc::new(root.path(), "n2", &["--join", &join]);
+    let mut join_args: Vec<&str> = vec!["--join", &join];
+    join_args.extend_from_slice(mode);
+    let mut n2 = Proc::new(root.path(), "n2", &join_args);
     n2.start();
     let mount = Tmpfs::mount(&root.path().join("mnt"), "24m");
-    let mut n3 = Proc::new(&mount.0, "n3", &["--join", &join]);
+    let mut n3 = Proc::new(&mount.0, "n3", &join_args);
     // The log goes beside the tmpfs, so it can be written once it is full.
     n3.log = root.path().join("n3.log");
     n3.start();
