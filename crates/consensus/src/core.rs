@@ -2034,14 +2034,18 @@ impl<S: State> Core<S> {
             .state
             .freeze()
             .map_err(|e| CoreError::State(format!("freezing the state for a peer: {e}")))?;
-        self.catching_up.insert(
-            to,
-            CatchingUp {
-                index,
-                applied: self.state.applied_index(),
-                sent: None,
-            },
-        );
+        // Raft may ask again while an image is streaming; the transport
+        // drops the second send, so the hold stays the first one's.
+        if !self.catching_up.get(&to).is_some_and(|c| c.sent.is_none()) {
+            self.catching_up.insert(
+                to,
+                CatchingUp {
+                    index,
+                    applied: self.state.applied_index(),
+                    sent: None,
+                },
+            );
+        }
         let mut header = info.header;
         header.files = false;
         Ok(OutgoingSnapshot::Image {
