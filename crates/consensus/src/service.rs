@@ -161,6 +161,20 @@ pub enum Error {
     /// A membership request is invalid.
     #[error("invalid membership change: {0}")]
     InvalidChange(String),
+    /// ASSIGN to voter of a node that is reachable but has not caught up
+    /// yet: it stays a standby and becomes a voter once it has.
+    #[error(
+        "node {id} ({address}) is still catching up after {seconds} s: it stays a standby \
+         and becomes a voter once it has caught up"
+    )]
+    StillCatchingUp {
+        /// The node.
+        id: u64,
+        /// Its address.
+        address: String,
+        /// How long the leader waited.
+        seconds: u64,
+    },
     /// ASSIGN to voter of a node that did not catch up in time.
     #[error(
         "node {id} ({address}) did not catch up within {seconds} s, so it was not made a \
@@ -589,9 +603,11 @@ impl Service {
     }
 
     /// Changes a member's role (voter, standby or spare). A node becomes a
-    /// voter only after catching up as a standby: if it has not within
-    /// [`PROMOTE_TIMEOUT`], it gets its previous role back and the voter
-    /// set is unchanged ([`Error::NotCaughtUp`]).
+    /// voter only after catching up as a standby. If it has not within
+    /// [`PROMOTE_TIMEOUT`]: a node the leader still hears from stays a
+    /// standby and is promoted once caught up ([`Error::StillCatchingUp`]);
+    /// one it does not hear from gets its previous role back
+    /// ([`Error::NotCaughtUp`]). The voter set is unchanged either way.
     pub async fn set_role(&self, address: &str, role: Role) -> Result<(), Error> {
         let mut node = self
             .status()
@@ -626,9 +642,22 @@ impl Service {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {
+                let status = self.status();
+                let standby = status.cluster.nodes.get(&id).map(|n| n.role) == Some(Role::StandBy);
+                // Reachable and still catching up (a large snapshot takes
+                // longer than the wait): putting it back would throw away
+                // what it has received, and the next attempt would start
+                // over. It stays a standby and is promoted once caught up.
+                if standby && status.progress.get(&id).is_some_and(|(_, online)| *online) {
+                    return Err(Error::StillCatchingUp {
+                        id,
+                        address: previous.address,
+                        seconds: PROMOTE_TIMEOUT.as_secs(),
+                    });
+                }
                 // Put it back as it was (a spare leaves raft again), unless
                 // the promotion landed meanwhile.
-                if self.status().cluster.nodes.get(&id).map(|n| n.role) == Some(Role::StandBy) {
+                if standby {
                     if let Err(e) = self
                         .change_member(
                             MemberRequest::Set(previous.clone()),

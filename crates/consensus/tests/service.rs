@@ -784,3 +784,88 @@ async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installe
         n.stop().await;
     }
 }
+
+/// A spare made a voter that takes longer to catch up than the leader
+/// waits (here: its snapshot install is held at a gate) stays a standby
+/// instead of leaving raft again, so it keeps what it received, and it is
+/// promoted once caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_promotion_slower_than_the_wait_keeps_the_node_catching_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<Config> = dirs
+        .iter()
+        .map(|d| {
+            let mut c = config(d.path());
+            c.snapshot_threshold = 10;
+            c.snapshot_trailing = 0;
+            c
+        })
+        .collect();
+    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (open, gate) = std::sync::mpsc::channel();
+    let prepare = Arc::new(GatedPrepare {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        started: Mutex::new(started_tx),
+        gate: Mutex::new(gate),
+    });
+    let nodes = vec![
+        Service::start(configs[0].clone(), kvs[0].clone())
+            .await
+            .unwrap(),
+        Service::start(configs[1].clone(), kvs[1].clone())
+            .await
+            .unwrap(),
+        Service::start(
+            configs[2].clone(),
+            SlowInstallKv {
+                inner: kvs[2].clone(),
+                prepare: prepare.clone(),
+            },
+        )
+        .await
+        .unwrap(),
+    ];
+    nodes[0].init().await.unwrap();
+    wait_until("leadership", || nodes[0].is_leader()).await;
+    let boot = nodes[0].address().to_string();
+    nodes[1].join(&boot).await.unwrap();
+    nodes[2].join(&boot).await.unwrap();
+    let addr = nodes[2].address().to_string();
+    let role = |s: &Service| s.status().cluster.by_address(&addr).map(|n| n.role);
+    wait_until("node 3 a member", || role(&nodes[0]).is_some()).await;
+    // A spare, and the log compacted past it: it will need a snapshot.
+    nodes[0].set_role(&addr, Role::Spare).await.unwrap();
+    let compacted = nodes[0].status().snapshot_index;
+    for i in 0..30 {
+        assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
+    }
+    wait_until("compaction", || {
+        nodes[0].status().snapshot_index > compacted + 20
+    })
+    .await;
+    prepare
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = nodes[0].set_role(&addr, Role::Voter).await.unwrap_err();
+    assert!(
+        matches!(err, dqlite_consensus::Error::StillCatchingUp { .. }),
+        "{err}"
+    );
+    tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("node 3 was sent a snapshot");
+    assert_eq!(role(&nodes[0]), Some(Role::StandBy));
+    drop(open);
+    wait_until("node 3 caught up and promoted", || {
+        role(&nodes[0]) == Some(Role::Voter) && nodes[2].status().snapshots_installed >= 1
+    })
+    .await;
+    assert!(nodes[0].exec(set("z", "last"), T).await.unwrap());
+    wait_until("node 3 applies", || kvs[2].get("z").is_some()).await;
+    assert_eq!(kvs[2].dump(), kvs[0].dump());
+    for n in &nodes {
+        n.stop().await;
+    }
+}

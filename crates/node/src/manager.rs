@@ -230,7 +230,13 @@ async fn apply(
                 failing.succeeded();
                 return true;
             }
-            Err(e) => failing.failed(*id, *role, &e),
+            Err(e) => {
+                failing.failed(*id, *role, &e);
+                if matches!(e, dqlite_consensus::Error::StillCatchingUp { .. }) {
+                    // On its way: not a reason to promote another as well.
+                    return false;
+                }
+            }
         }
     }
     false
