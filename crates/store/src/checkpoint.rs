@@ -10,8 +10,8 @@
 //! versions drop the pages the file now holds unchanged.
 
 use std::io;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use imbl::OrdMap;
@@ -26,7 +26,7 @@ use crate::{Db, Shared};
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Every database's version at one applied index.
-pub(crate) struct Capture {
+struct Capture {
     applied: u64,
     generation: u64,
     dbs: Vec<(Arc<Db>, Arc<Version>)>,
@@ -38,14 +38,14 @@ pub(crate) struct Capture {
 #[derive(Default)]
 pub(crate) struct Checkpoints {
     /// A checkpoint is being written (one at a time).
-    running: std::sync::atomic::AtomicBool,
+    running: AtomicBool,
     /// Held while a checkpoint writes, and by a restore switching the
     /// generation of files, so the two never overlap.
-    writing: std::sync::Mutex<()>,
+    writing: Mutex<()>,
     /// The applied index the files were last made durable at.
-    pub(crate) durable: std::sync::atomic::AtomicU64,
+    pub(crate) durable: AtomicU64,
     /// What the last background checkpoint failed with, reported once.
-    failed: std::sync::Mutex<Option<(String, Instant)>>,
+    failed: Mutex<Option<(String, Instant)>>,
 }
 
 impl Checkpoints {

@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -245,11 +245,11 @@ impl BaseFile {
         Ok(base)
     }
 
-    fn sums(&self) -> std::sync::RwLockReadGuard<'_, Vec<u32>> {
+    fn sums(&self) -> RwLockReadGuard<'_, Vec<u32>> {
         self.sums.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sums_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<u32>> {
+    fn sums_mut(&self) -> RwLockWriteGuard<'_, Vec<u32>> {
         self.sums.write().unwrap_or_else(|e| e.into_inner())
     }
 
