@@ -253,6 +253,64 @@ async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
     svc.stop().await;
 }
 
+/// A follower writes small batches on its driver thread while its fsyncs
+/// are short: when that write fails it must not acknowledge, and the
+/// persistence thread's retry takes over until the disk heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_heals() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut c = config(d.path());
+        if i == 2 {
+            c.disk = std::sync::Arc::new(FlakyDisk {
+                failing: failing.clone(),
+                errno: 5,
+            });
+        }
+        nodes.push(Service::start(c, kvs[i].clone()).await.unwrap());
+    }
+    nodes[0].init().await.unwrap();
+    wait_until("leadership", || nodes[0].is_leader()).await;
+    let boot = nodes[0].address().to_string();
+    nodes[1].join(&boot).await.unwrap();
+    nodes[2].join(&boot).await.unwrap();
+    wait_until("three voters", || {
+        let m = nodes[0].membership();
+        m.len() == 3 && m.iter().all(|n| n.role == Role::Voter)
+    })
+    .await;
+    // Many small writes: node 3 writes them on its driver thread.
+    for i in 0..50 {
+        assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
+    }
+    wait_until("node 3 applied them", || kvs[2].get("k49").is_some()).await;
+
+    // Only node 3 can make a quorum with the leader now, and its log
+    // cannot be written: nothing commits.
+    nodes[1].stop().await;
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = nodes[0].exec(set("b", "2"), Duration::from_secs(1)).await;
+    assert!(
+        !matches!(r, Ok(true)),
+        "acknowledged without a durable log on a quorum: {r:?}"
+    );
+    wait_until("node 3 reports the fault", || nodes[2].err().is_some()).await;
+    assert_eq!(kvs[0].get("b"), None, "committed without node 3's fsync");
+
+    // The disk heals: the retried write is acknowledged and commits.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("node 3 recovers", || nodes[2].err().is_none()).await;
+    wait_until("b commits", || kvs[0].get("b").is_some()).await;
+    assert!(nodes[0].exec(set("c", "3"), T).await.unwrap());
+    wait_until("node 3 applied c", || kvs[2].get("c").is_some()).await;
+    assert_eq!(kvs[2].dump(), kvs[0].dump());
+    nodes[0].stop().await;
+    nodes[2].stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_change_and_the_allow_list_gates_joins() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
