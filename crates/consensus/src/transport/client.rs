@@ -2,7 +2,10 @@
 //! peer, each fed by a bounded queue: one for appends, one for everything
 //! else (heartbeats, votes, responses), so that a large append never holds
 //! back the messages that keep a leader in place; snapshot streams on
-//! connections of their own.
+//! connections of their own. Each lane sends its batches as chunks of one
+//! long-lived `/raft/stream` request (no response per batch: half the
+//! wake-ups of a request per batch), or one `/raft/msg` request per batch
+//! to a peer that does not know the stream.
 
 use crate::progress::Progress;
 use std::collections::HashMap;
@@ -28,8 +31,10 @@ use dqlite_client::Dial;
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 1024;
-/// Largest batch body sent in one request.
+/// Largest batch body sent in one request or stream chunk.
 const BATCH_BYTES: usize = 8 << 20;
+/// Chunks handed to a stream's connection and not yet written.
+const STREAM_CHUNKS: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A snapshot stream fails when the peer takes no chunk for this long.
@@ -274,38 +279,165 @@ impl Transport for HttpTransport {
     }
 }
 
+/// How a stream ended.
+enum StreamEnd {
+    /// The lane's queue closed (the peer left the address book).
+    Closed,
+    /// The connection broke or the peer refused the stream: reconnect.
+    Broken,
+    /// The peer does not know `/raft/stream`: one request per batch.
+    Unsupported,
+}
+
 async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Receiver<Message>) {
-    let mut conn: Option<SendRequest<Body>> = None;
     let headers = [
         ("x-raft-from", inner.id.to_string()),
         ("x-raft-from-address", inner.address.clone()),
         ("content-type", "application/octet-stream".to_string()),
     ];
+    let mut streams = true;
+    // Bounded by the queue: each pass takes at least one message or ends.
     while let Some(first) = rx.recv().await {
-        let mut body = Vec::new();
-        encode_frame(&first, &mut body);
-        while body.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => encode_frame(&m, &mut body),
-                Err(_) => break,
+        let mut sender = match connect(&address, &inner.dial, inner.tls.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(to, error = %e, "peer unreachable");
+                let _ = inner.feedback.send(Feedback::Unreachable(to));
+                // Back off a little; messages queued meanwhile may drop.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let end = if streams {
+            stream(&inner, to, &address, &headers, &mut sender, first, &mut rx).await
+        } else {
+            requests(&inner, to, &address, &headers, &mut sender, first, &mut rx).await
+        };
+        match end {
+            StreamEnd::Closed => return,
+            StreamEnd::Broken => {}
+            StreamEnd::Unsupported => {
+                debug!(to, "peer has no /raft/stream: one request per batch");
+                streams = false;
             }
         }
-        if conn.as_ref().map_or(true, |c| c.is_closed()) {
-            match connect(&address, &inner.dial, inner.tls.as_ref()).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    debug!(to, error = %e, "peer unreachable");
+    }
+}
+
+/// Takes what else is queued behind `first`, framed, up to [`BATCH_BYTES`].
+fn batch(first: &Message, rx: &mut mpsc::Receiver<Message>) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_frame(first, &mut body);
+    while body.len() < BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(m) => encode_frame(&m, &mut body),
+            Err(_) => break,
+        }
+    }
+    body
+}
+
+/// Sends batches as chunks of one `/raft/stream` request until the
+/// connection breaks, the peer answers, or the queue closes.
+async fn stream(
+    inner: &Inner,
+    to: u64,
+    address: &str,
+    headers: &[(&str, String)],
+    sender: &mut SendRequest<Body>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> StreamEnd {
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(STREAM_CHUNKS);
+    let mut builder = Request::post("/raft/stream").header("host", address);
+    for (k, v) in headers {
+        builder = builder.header(*k, v.as_str());
+    }
+    let Ok(req) = builder.body(body.boxed()) else {
+        return StreamEnd::Broken;
+    };
+    if sender.ready().await.is_err() {
+        let _ = inner.feedback.send(Feedback::Unreachable(to));
+        return StreamEnd::Broken;
+    }
+    let response = sender.send_request(req);
+    tokio::pin!(response);
+    let mut next = Some(first);
+    // Bounded by the queue: each pass sends at least one message or ends.
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return StreamEnd::Closed,
+                },
+                r = &mut response => return stream_answered(inner, to, r),
+            },
+        };
+        let chunk = Bytes::from(batch(&first, rx));
+        tokio::select! {
+            sent = tokio::time::timeout(REQUEST_TIMEOUT, tx.send_data(chunk)) => {
+                if !matches!(sent, Ok(Ok(()))) {
+                    debug!(to, "peer stream stalled or closed");
                     let _ = inner.feedback.send(Feedback::Unreachable(to));
-                    // Back off a little; messages queued meanwhile may drop.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    return StreamEnd::Broken;
                 }
             }
+            r = &mut response => return stream_answered(inner, to, r),
         }
-        let Some(sender) = conn.as_mut() else {
-            continue;
+    }
+}
+
+/// The peer answered a stream (which ends it).
+fn stream_answered(
+    inner: &Inner,
+    to: u64,
+    answer: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+) -> StreamEnd {
+    match answer {
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => StreamEnd::Unsupported,
+        Ok(r) if r.status() == StatusCode::GONE => {
+            debug!(to, "the leader says this node is no longer a member");
+            let _ = inner.feedback.send(Feedback::Removed);
+            StreamEnd::Broken
+        }
+        Ok(r) => {
+            debug!(to, status = %r.status(), "peer ended the stream");
+            StreamEnd::Broken
+        }
+        Err(e) => {
+            debug!(to, error = %e, "peer stream failed");
+            let _ = inner.feedback.send(Feedback::Unreachable(to));
+            StreamEnd::Broken
+        }
+    }
+}
+
+/// Sends one `/raft/msg` request per batch (a peer without the stream)
+/// until the connection breaks or the queue closes.
+async fn requests(
+    inner: &Inner,
+    to: u64,
+    address: &str,
+    headers: &[(&str, String)],
+    sender: &mut SendRequest<Body>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> StreamEnd {
+    let mut next = Some(first);
+    // Bounded by the queue: each pass sends at least one message or ends.
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => return StreamEnd::Closed,
+            },
         };
-        match request(sender, &address, "/raft/msg", &headers, full(body)).await {
+        let body = full(batch(&first, rx));
+        match request(sender, address, "/raft/msg", headers, body).await {
             Ok((status, _)) if status.is_success() => {}
             Ok((StatusCode::GONE, _)) => {
                 debug!(to, "the leader says this node is no longer a member");
@@ -316,8 +448,8 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
             }
             Err(e) => {
                 debug!(to, error = %e, "sending to peer failed");
-                conn = None;
                 let _ = inner.feedback.send(Feedback::Unreachable(to));
+                return StreamEnd::Broken;
             }
         }
     }
