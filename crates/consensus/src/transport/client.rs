@@ -9,6 +9,7 @@
 
 use crate::progress::Progress;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender as FeedbackSender;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -58,6 +60,9 @@ pub enum ClientError {
     Request(String, String),
 }
 
+/// An HTTP/1.1 client connection: the future that does its I/O.
+type Connection = hyper::client::conn::http1::Connection<TokioIo<Box<dyn Io>>, Body>;
+
 /// Opens an HTTP/1.1 connection to `address` with `dial` (and TLS over it
 /// when configured).
 pub async fn connect(
@@ -65,6 +70,22 @@ pub async fn connect(
     dial: &Dial,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<SendRequest<Body>, ClientError> {
+    let (sender, conn) = handshake(address, dial, tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "peer connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens a connection whose I/O the caller drives (by polling the
+/// [`Connection`]).
+async fn handshake(
+    address: &str,
+    dial: &Dial,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(SendRequest<Body>, Connection), ClientError> {
     let fail = |e: &dyn std::fmt::Display| ClientError::Connect(address.to_string(), e.to_string());
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial.dial(address))
         .await
@@ -82,15 +103,9 @@ pub async fn connect(
         }
         None => Box::new(tcp),
     };
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| fail(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "peer connection closed");
-        }
-    });
-    Ok(sender)
+        .map_err(|e| fail(&e))
 }
 
 /// Sends one request and collects a bounded response body.
@@ -298,7 +313,7 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
     let mut streams = true;
     // Bounded by the queue: each pass takes at least one message or ends.
     while let Some(first) = rx.recv().await {
-        let mut sender = match connect(&address, &inner.dial, inner.tls.as_ref()).await {
+        let (mut sender, conn) = match handshake(&address, &inner.dial, inner.tls.as_ref()).await {
             Ok(c) => c,
             Err(e) => {
                 debug!(to, error = %e, "peer unreachable");
@@ -309,8 +324,13 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
             }
         };
         let end = if streams {
-            stream(&inner, to, &address, &headers, &mut sender, first, &mut rx).await
+            stream(&inner, to, &address, &headers, sender, conn, first, &mut rx).await
         } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "peer connection closed");
+                }
+            });
             requests(&inner, to, &address, &headers, &mut sender, first, &mut rx).await
         };
         match end {
@@ -338,16 +358,27 @@ fn batch(first: &Message, rx: &mut mpsc::Receiver<Message>) -> Vec<u8> {
 }
 
 /// Sends batches as chunks of one `/raft/stream` request until the
-/// connection breaks, the peer answers, or the queue closes.
+/// connection breaks, the peer answers, or the queue closes. The
+/// connection's I/O runs in this task, not a task of its own: a batch is
+/// written by the task that took it off the queue, with no wake-up of
+/// another task (and often of another thread) in between.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     inner: &Inner,
     to: u64,
     address: &str,
     headers: &[(&str, String)],
-    sender: &mut SendRequest<Body>,
+    mut sender: SendRequest<Body>,
+    conn: Connection,
     first: Message,
     rx: &mut mpsc::Receiver<Message>,
 ) -> StreamEnd {
+    tokio::pin!(conn);
+    let broken = |e: Option<hyper::Error>| {
+        debug!(to, error = ?e, "peer connection closed");
+        let _ = inner.feedback.send(Feedback::Unreachable(to));
+        StreamEnd::Broken
+    };
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(STREAM_CHUNKS);
     let mut builder = Request::post("/raft/stream").header("host", address);
@@ -357,9 +388,11 @@ async fn stream(
     let Ok(req) = builder.body(body.boxed()) else {
         return StreamEnd::Broken;
     };
-    if sender.ready().await.is_err() {
-        let _ = inner.feedback.send(Feedback::Unreachable(to));
-        return StreamEnd::Broken;
+    tokio::select! {
+        r = sender.ready() => if r.is_err() {
+            return broken(None);
+        },
+        c = &mut conn => return broken(c.err()),
     }
     let response = sender.send_request(req);
     tokio::pin!(response);
@@ -368,24 +401,59 @@ async fn stream(
     loop {
         let first = match next.take() {
             Some(m) => m,
+            // The answer first: a peer that answers (404, 410) often
+            // closes the connection right after.
             None => tokio::select! {
+                biased;
+                r = &mut response => return stream_answered(inner, to, r),
+                c = &mut conn => return closed(inner, to, c.err(), response.as_mut()).await,
                 m = rx.recv() => match m {
                     Some(m) => m,
                     None => return StreamEnd::Closed,
                 },
-                r = &mut response => return stream_answered(inner, to, r),
             },
         };
-        let chunk = Bytes::from(batch(&first, rx));
+        let chunk = Frame::data(Bytes::from(batch(&first, rx)));
+        // Room in the body: the connection takes it at its next poll (the
+        // select above), in this task.
+        let Err(chunk) = tx.try_send(chunk) else {
+            continue;
+        };
+        let Ok(chunk) = chunk.into_data() else {
+            continue;
+        };
         tokio::select! {
+            biased;
+            r = &mut response => return stream_answered(inner, to, r),
+            c = &mut conn => return closed(inner, to, c.err(), response.as_mut()).await,
             sent = tokio::time::timeout(REQUEST_TIMEOUT, tx.send_data(chunk)) => {
                 if !matches!(sent, Ok(Ok(()))) {
                     debug!(to, "peer stream stalled or closed");
-                    let _ = inner.feedback.send(Feedback::Unreachable(to));
-                    return StreamEnd::Broken;
+                    return broken(None);
                 }
             }
-            r = &mut response => return stream_answered(inner, to, r),
+        }
+    }
+}
+
+/// The stream's connection ended. A peer that answers (404, 410) may
+/// close the connection at once: the connection then ends with an error,
+/// and its answer is still there to take.
+async fn closed<F>(
+    inner: &Inner,
+    to: u64,
+    error: Option<hyper::Error>,
+    response: Pin<&mut F>,
+) -> StreamEnd
+where
+    F: std::future::Future<Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>>,
+{
+    match tokio::time::timeout(Duration::from_secs(1), response).await {
+        Ok(r @ Ok(_)) => stream_answered(inner, to, r),
+        _ => {
+            debug!(to, ?error, "peer connection closed");
+            let _ = inner.feedback.send(Feedback::Unreachable(to));
+            StreamEnd::Broken
         }
     }
 }
