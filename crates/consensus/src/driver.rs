@@ -35,13 +35,14 @@ use crate::State;
 /// Capacity of the peer-message and command queues.
 pub const QUEUE: usize = 4096;
 
-/// A follower writes the log on the driver thread only while the recent
-/// fsyncs average at most this: the driver answers nothing meanwhile
-/// (heartbeat responses included).
-const INLINE_FSYNC: Duration = Duration::from_millis(5);
-/// ... and only batches of at most this many bytes of entries (a 16 MiB
-/// transaction goes to the persistence thread).
-const INLINE_BYTES: usize = 1 << 20;
+/// A follower writes the log on the driver thread only while its recent
+/// fsyncs all took at most this: the driver answers nothing meanwhile, not
+/// even heartbeats, so a slow disk must not stall it for anywhere near an
+/// election timeout (heartbeat responses leave at once from the thread).
+const INLINE_FSYNC: Duration = Duration::from_millis(2);
+/// ... and only batches of at most this many bytes of entries (larger ones
+/// take longer to write and sync).
+const INLINE_BYTES: usize = 256 << 10;
 /// Inline writes in a row before the driver looks at its queues again.
 const INLINE_ROUNDS: usize = 16;
 

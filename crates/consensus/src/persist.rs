@@ -154,8 +154,9 @@ pub struct Stats {
     pub fsync_seconds: Histogram,
     /// Entries made durable by each log fsync (group commit).
     pub entries_per_fsync: Histogram,
-    /// A moving average of the recent log fsyncs, in microseconds: the
-    /// driver writes on its own thread only while this is short.
+    /// The slowest recent log fsync, in microseconds, decaying by an
+    /// eighth at each fsync: the driver writes on its own thread only while
+    /// this is short.
     pub recent_fsync_us: AtomicU64,
     /// Snapshots taken here and installed from a leader.
     pub snapshots: Family<SnapshotKind, Counter>,
@@ -210,16 +211,16 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Folds one fsync's duration into [`Stats::recent_fsync_us`] (weight
-    /// 1/4: a few slow fsyncs in a row move it past any threshold).
+    /// Folds one fsync's duration into [`Stats::recent_fsync_us`]: one slow
+    /// fsync counts at once, and about 40 fast ones forget a 300 ms one.
     fn note_fsync(&self, took: Duration) {
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let old = self.recent_fsync_us.load(Ordering::Relaxed);
-        let new = (old.saturating_mul(3)).saturating_add(sample) / 4;
-        self.recent_fsync_us.store(new, Ordering::Relaxed);
+        self.recent_fsync_us
+            .store(sample.max(old - old / 8), Ordering::Relaxed);
     }
 
-    /// The recent average log fsync.
+    /// The slowest recent log fsync (decaying).
     pub fn recent_fsync(&self) -> Duration {
         Duration::from_micros(self.recent_fsync_us.load(Ordering::Relaxed))
     }
