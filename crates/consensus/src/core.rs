@@ -1426,15 +1426,21 @@ impl<S: State> Core<S> {
 
     fn on_persisted(&mut self, number: u64, out: &mut Vec<Action>) {
         let mut done = 0;
+        let mut released = Vec::new();
         while let Some(front) = self.unpersisted.front() {
             if front.persist && front.number > number {
                 break;
             }
             if let Some(f) = self.unpersisted.pop_front() {
                 done = f.number;
-                out.extend(f.messages.into_iter().map(Action::Send));
+                released.extend(f.messages);
             }
         }
+        out.extend(
+            crate::acks::coalesce(released)
+                .into_iter()
+                .map(Action::Send),
+        );
         if done > 0 {
             self.raw.on_persist_ready(done);
             self.report_applied();

@@ -11,6 +11,7 @@
 //! - [`state`]: the pluggable application [`State`]; [`kv`] is a key-value one.
 //! - [`membership`]: the replicated cluster registry (ids, addresses, roles,
 //!   allowed members, id counter).
+//! - [`acks`]: a follower's append acknowledgements, coalesced.
 //! - [`codec`]: how entries are encoded.
 //! - [`persist`]: the log writer thread (group commit) and
 //!   [`persist::stage_batch`], the persistence rules shared with the simulator.
@@ -25,6 +26,7 @@
 //! The `sim-bugs` feature compiles deliberately broken behaviours
 //! ([`core::CoreConfig`]'s `broken` field) for the simulator's canaries.
 
+pub mod acks;
 pub mod codec;
 pub mod core;
 pub mod kv;

@@ -253,6 +253,64 @@ async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
     svc.stop().await;
 }
 
+/// A follower writes small batches on its driver thread while its fsyncs
+/// are short: when that write fails it must not acknowledge, and the
+/// persistence thread's retry takes over until the disk heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_heals() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut c = config(d.path());
+        if i == 2 {
+            c.disk = std::sync::Arc::new(FlakyDisk {
+                failing: failing.clone(),
+                errno: 5,
+            });
+        }
+        nodes.push(Service::start(c, kvs[i].clone()).await.unwrap());
+    }
+    nodes[0].init().await.unwrap();
+    wait_until("leadership", || nodes[0].is_leader()).await;
+    let boot = nodes[0].address().to_string();
+    nodes[1].join(&boot).await.unwrap();
+    nodes[2].join(&boot).await.unwrap();
+    wait_until("three voters", || {
+        let m = nodes[0].membership();
+        m.len() == 3 && m.iter().all(|n| n.role == Role::Voter)
+    })
+    .await;
+    // Many small writes: node 3 writes them on its driver thread.
+    for i in 0..50 {
+        assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
+    }
+    wait_until("node 3 applied them", || kvs[2].get("k49").is_some()).await;
+
+    // Only node 3 can make a quorum with the leader now, and its log
+    // cannot be written: nothing commits.
+    nodes[1].stop().await;
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = nodes[0].exec(set("b", "2"), Duration::from_secs(1)).await;
+    assert!(
+        !matches!(r, Ok(true)),
+        "acknowledged without a durable log on a quorum: {r:?}"
+    );
+    wait_until("node 3 reports the fault", || nodes[2].err().is_some()).await;
+    assert_eq!(kvs[0].get("b"), None, "committed without node 3's fsync");
+
+    // The disk heals: the retried write is acknowledged and commits.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("node 3 recovers", || nodes[2].err().is_none()).await;
+    wait_until("b commits", || kvs[0].get("b").is_some()).await;
+    assert!(nodes[0].exec(set("c", "3"), T).await.unwrap());
+    wait_until("node 3 applied c", || kvs[2].get("c").is_some()).await;
+    assert_eq!(kvs[2].dump(), kvs[0].dump());
+    nodes[0].stop().await;
+    nodes[2].stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_change_and_the_allow_list_gates_joins() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -309,9 +367,13 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving() {
     svc.init().await.unwrap();
     wait_until("leadership", || svc.is_leader()).await;
     let addr = svc.address().to_string();
-    let cases: [(&str, Vec<u8>); 5] = [
+    let cases: [(&str, Vec<u8>); 8] = [
         ("/raft/msg", vec![0xff; 64]),
         ("/raft/msg", vec![200, 0, 0, 0, 1, 2, 3]),
+        ("/raft/stream", vec![0xff; 64]),
+        ("/raft/stream", vec![3, 0, 0, 0, 0xff, 0xff, 0xff]),
+        // A stream that ends inside a message.
+        ("/raft/stream", vec![200, 0, 0, 0, 1, 2, 3]),
         ("/raft/join", b"{not json".to_vec()),
         ("/raft/snapshot", vec![4, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3]),
         ("/raft/nowhere", Vec::new()),
@@ -327,6 +389,88 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving() {
     }
     assert!(svc.exec(set("still", "serving"), T).await.unwrap());
     svc.stop().await;
+}
+
+/// A peer that does not know `/raft/stream` (an older node answers 404)
+/// still gets the messages, one `/raft/msg` request per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_stream_gets_one_request_per_batch() {
+    use dqlite_consensus::transport::{decode_frames, HttpTransport, Transport};
+    use http_body_util::BodyExt;
+    use raft::eraftpb::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<Message>)>();
+    let old_peer = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen_tx.clone();
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let mut status = hyper::StatusCode::NOT_FOUND;
+                        let mut messages = Vec::new();
+                        if path == "/raft/msg" {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            messages = decode_frames(&body).unwrap();
+                            status = hyper::StatusCode::OK;
+                        }
+                        let _ = seen.send((path, messages));
+                        let mut r =
+                            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *r.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots =
+        dqlite_consensus::storage::SnapshotStore::new(Arc::new(RealDisk), dir.path()).unwrap();
+    let (feedback, _feedback_rx) = crossbeam_channel::unbounded();
+    let transport = HttpTransport::new(
+        1,
+        "127.0.0.1:9".into(),
+        None,
+        dqlite_client::Dial::tcp(),
+        feedback,
+        snapshots,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    transport.set_peers(vec![(2, addr)]);
+    // The first message goes into the refused stream (raft would resend
+    // it): send until one arrives by request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut paths = Vec::new();
+    for term in 1.. {
+        assert!(Instant::now() < deadline, "no request arrived: {paths:?}");
+        transport.send(Message {
+            to: 2,
+            from: 1,
+            term,
+            ..Default::default()
+        });
+        let Ok(Some((path, messages))) =
+            tokio::time::timeout(Duration::from_millis(200), seen_rx.recv()).await
+        else {
+            continue;
+        };
+        if path == "/raft/msg" {
+            assert!(!messages.is_empty());
+            assert!(messages.iter().all(|m| m.to == 2 && m.from == 1));
+            break;
+        }
+        paths.push(path);
+    }
+    assert_eq!(paths, vec!["/raft/stream".to_string()], "one stream tried");
+    old_peer.abort();
 }
 
 /// dqlite's ADD + ASSIGN flow: a node started with its own id and no

@@ -2,10 +2,14 @@
 //! peer, each fed by a bounded queue: one for appends, one for everything
 //! else (heartbeats, votes, responses), so that a large append never holds
 //! back the messages that keep a leader in place; snapshot streams on
-//! connections of their own.
+//! connections of their own. Each lane sends its batches as chunks of one
+//! long-lived `/raft/stream` request (no response per batch: half the
+//! wake-ups of a request per batch), or one `/raft/msg` request per batch
+//! to a peer that does not know the stream.
 
 use crate::progress::Progress;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender as FeedbackSender;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -28,8 +33,10 @@ use dqlite_client::Dial;
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 1024;
-/// Largest batch body sent in one request.
+/// Largest batch body sent in one request or stream chunk.
 const BATCH_BYTES: usize = 8 << 20;
+/// Chunks handed to a stream's connection and not yet written.
+const STREAM_CHUNKS: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A snapshot stream fails when the peer takes no chunk for this long.
@@ -53,6 +60,9 @@ pub enum ClientError {
     Request(String, String),
 }
 
+/// An HTTP/1.1 client connection: the future that does its I/O.
+type Connection = hyper::client::conn::http1::Connection<TokioIo<Box<dyn Io>>, Body>;
+
 /// Opens an HTTP/1.1 connection to `address` with `dial` (and TLS over it
 /// when configured).
 pub async fn connect(
@@ -60,6 +70,22 @@ pub async fn connect(
     dial: &Dial,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<SendRequest<Body>, ClientError> {
+    let (sender, conn) = handshake(address, dial, tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "peer connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens a connection whose I/O the caller drives (by polling the
+/// [`Connection`]).
+async fn handshake(
+    address: &str,
+    dial: &Dial,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(SendRequest<Body>, Connection), ClientError> {
     let fail = |e: &dyn std::fmt::Display| ClientError::Connect(address.to_string(), e.to_string());
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial.dial(address))
         .await
@@ -77,15 +103,9 @@ pub async fn connect(
         }
         None => Box::new(tcp),
     };
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| fail(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "peer connection closed");
-        }
-    });
-    Ok(sender)
+        .map_err(|e| fail(&e))
 }
 
 /// Sends one request and collects a bounded response body.
@@ -274,38 +294,218 @@ impl Transport for HttpTransport {
     }
 }
 
+/// How a stream ended.
+enum StreamEnd {
+    /// The lane's queue closed (the peer left the address book).
+    Closed,
+    /// The connection broke or the peer refused the stream: reconnect.
+    Broken,
+    /// The peer does not know `/raft/stream`: one request per batch.
+    Unsupported,
+}
+
 async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Receiver<Message>) {
-    let mut conn: Option<SendRequest<Body>> = None;
     let headers = [
         ("x-raft-from", inner.id.to_string()),
         ("x-raft-from-address", inner.address.clone()),
         ("content-type", "application/octet-stream".to_string()),
     ];
+    let mut streams = true;
+    // Bounded by the queue: each pass takes at least one message or ends.
     while let Some(first) = rx.recv().await {
-        let mut body = Vec::new();
-        encode_frame(&first, &mut body);
-        while body.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => encode_frame(&m, &mut body),
-                Err(_) => break,
+        let (mut sender, conn) = match handshake(&address, &inner.dial, inner.tls.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(to, error = %e, "peer unreachable");
+                let _ = inner.feedback.send(Feedback::Unreachable(to));
+                // Back off a little; messages queued meanwhile may drop.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let end = if streams {
+            stream(&inner, to, &address, &headers, sender, conn, first, &mut rx).await
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "peer connection closed");
+                }
+            });
+            requests(&inner, to, &address, &headers, &mut sender, first, &mut rx).await
+        };
+        match end {
+            StreamEnd::Closed => return,
+            StreamEnd::Broken => {}
+            StreamEnd::Unsupported => {
+                debug!(to, "peer has no /raft/stream: one request per batch");
+                streams = false;
             }
         }
-        if conn.as_ref().map_or(true, |c| c.is_closed()) {
-            match connect(&address, &inner.dial, inner.tls.as_ref()).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    debug!(to, error = %e, "peer unreachable");
-                    let _ = inner.feedback.send(Feedback::Unreachable(to));
-                    // Back off a little; messages queued meanwhile may drop.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    }
+}
+
+/// Takes what else is queued behind `first`, framed, up to [`BATCH_BYTES`].
+fn batch(first: &Message, rx: &mut mpsc::Receiver<Message>) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_frame(first, &mut body);
+    while body.len() < BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(m) => encode_frame(&m, &mut body),
+            Err(_) => break,
+        }
+    }
+    body
+}
+
+/// Sends batches as chunks of one `/raft/stream` request until the
+/// connection breaks, the peer answers, or the queue closes. The
+/// connection's I/O runs in this task, not a task of its own: a batch is
+/// written by the task that took it off the queue, with no wake-up of
+/// another task (and often of another thread) in between.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    inner: &Inner,
+    to: u64,
+    address: &str,
+    headers: &[(&str, String)],
+    mut sender: SendRequest<Body>,
+    conn: Connection,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> StreamEnd {
+    tokio::pin!(conn);
+    let broken = |e: Option<hyper::Error>| {
+        debug!(to, error = ?e, "peer connection closed");
+        let _ = inner.feedback.send(Feedback::Unreachable(to));
+        StreamEnd::Broken
+    };
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(STREAM_CHUNKS);
+    let mut builder = Request::post("/raft/stream").header("host", address);
+    for (k, v) in headers {
+        builder = builder.header(*k, v.as_str());
+    }
+    let Ok(req) = builder.body(body.boxed()) else {
+        return StreamEnd::Broken;
+    };
+    tokio::select! {
+        r = sender.ready() => if r.is_err() {
+            return broken(None);
+        },
+        c = &mut conn => return broken(c.err()),
+    }
+    let response = sender.send_request(req);
+    tokio::pin!(response);
+    let mut next = Some(first);
+    // Bounded by the queue: each pass sends at least one message or ends.
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            // The answer first: a peer that answers (404, 410) often
+            // closes the connection right after.
+            None => tokio::select! {
+                biased;
+                r = &mut response => return stream_answered(inner, to, r),
+                c = &mut conn => return closed(inner, to, c.err(), response.as_mut()).await,
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return StreamEnd::Closed,
+                },
+            },
+        };
+        let chunk = Frame::data(Bytes::from(batch(&first, rx)));
+        // Room in the body: the connection takes it at its next poll (the
+        // select above), in this task.
+        let Err(chunk) = tx.try_send(chunk) else {
+            continue;
+        };
+        let Ok(chunk) = chunk.into_data() else {
+            continue;
+        };
+        tokio::select! {
+            biased;
+            r = &mut response => return stream_answered(inner, to, r),
+            c = &mut conn => return closed(inner, to, c.err(), response.as_mut()).await,
+            sent = tokio::time::timeout(REQUEST_TIMEOUT, tx.send_data(chunk)) => {
+                if !matches!(sent, Ok(Ok(()))) {
+                    debug!(to, "peer stream stalled or closed");
+                    return broken(None);
                 }
             }
         }
-        let Some(sender) = conn.as_mut() else {
-            continue;
+    }
+}
+
+/// The stream's connection ended. A peer that answers (404, 410) may
+/// close the connection at once: the connection then ends with an error,
+/// and its answer is still there to take.
+async fn closed<F>(
+    inner: &Inner,
+    to: u64,
+    error: Option<hyper::Error>,
+    response: Pin<&mut F>,
+) -> StreamEnd
+where
+    F: std::future::Future<Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>>,
+{
+    match tokio::time::timeout(Duration::from_secs(1), response).await {
+        Ok(r @ Ok(_)) => stream_answered(inner, to, r),
+        _ => {
+            debug!(to, ?error, "peer connection closed");
+            let _ = inner.feedback.send(Feedback::Unreachable(to));
+            StreamEnd::Broken
+        }
+    }
+}
+
+/// The peer answered a stream (which ends it).
+fn stream_answered(
+    inner: &Inner,
+    to: u64,
+    answer: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+) -> StreamEnd {
+    match answer {
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => StreamEnd::Unsupported,
+        Ok(r) if r.status() == StatusCode::GONE => {
+            debug!(to, "the leader says this node is no longer a member");
+            let _ = inner.feedback.send(Feedback::Removed);
+            StreamEnd::Broken
+        }
+        Ok(r) => {
+            debug!(to, status = %r.status(), "peer ended the stream");
+            StreamEnd::Broken
+        }
+        Err(e) => {
+            debug!(to, error = %e, "peer stream failed");
+            let _ = inner.feedback.send(Feedback::Unreachable(to));
+            StreamEnd::Broken
+        }
+    }
+}
+
+/// Sends one `/raft/msg` request per batch (a peer without the stream)
+/// until the connection breaks or the queue closes.
+async fn requests(
+    inner: &Inner,
+    to: u64,
+    address: &str,
+    headers: &[(&str, String)],
+    sender: &mut SendRequest<Body>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> StreamEnd {
+    let mut next = Some(first);
+    // Bounded by the queue: each pass sends at least one message or ends.
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => return StreamEnd::Closed,
+            },
         };
-        match request(sender, &address, "/raft/msg", &headers, full(body)).await {
+        let body = full(batch(&first, rx));
+        match request(sender, address, "/raft/msg", headers, body).await {
             Ok((status, _)) if status.is_success() => {}
             Ok((StatusCode::GONE, _)) => {
                 debug!(to, "the leader says this node is no longer a member");
@@ -316,8 +516,8 @@ async fn peer_task(inner: Arc<Inner>, to: u64, address: String, mut rx: mpsc::Re
             }
             Err(e) => {
                 debug!(to, error = %e, "sending to peer failed");
-                conn = None;
                 let _ = inner.feedback.send(Feedback::Unreachable(to));
+                return StreamEnd::Broken;
             }
         }
     }

@@ -1,7 +1,14 @@
 //! Peer transport: HTTP under `/raft/` between nodes.
 //!
-//! - `POST /raft/msg`: a batch of raft messages (`u32` length + protobuf,
-//!   repeated), body capped at [`MAX_MESSAGE_BODY`].
+//! - `POST /raft/stream`: one long-lived request per peer lane whose
+//!   chunked body carries framed messages (`u32` length + protobuf) for as
+//!   long as the connection lives; the receiver steps each batch into raft
+//!   as it arrives and answers only when the stream ends (`410 Gone` at
+//!   once if the sender was removed). A batch costs one write on the
+//!   sender and one read on the receiver, not a request and a response.
+//! - `POST /raft/msg`: a batch of messages framed as above, body capped
+//!   at [`MAX_MESSAGE_BODY`]; a sender falls back to it when a peer
+//!   answers `/raft/stream` with 404 (an older node).
 //! - `POST /raft/snapshot`: one `MsgSnapshot` (framed as above) followed by
 //!   the snapshot file, streamed in chunks (a metadata-only snapshot is
 //!   sent with a fresh image of the state instead, generated as it is
@@ -63,6 +70,28 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes);
 }
 
+/// Decodes the complete frames at the start of `buf`: the messages and
+/// the bytes they took (a partial frame at the end is left for later).
+/// `None` on a malformed frame.
+pub fn take_frames(buf: &[u8]) -> Option<(Vec<Message>, usize)> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    // Bounded: each iteration consumes at least 4 bytes.
+    while buf.len() - used >= 4 {
+        let rest = &buf[used..];
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len > MAX_FRAME {
+            return None;
+        }
+        if rest.len() < 4 + len {
+            break;
+        }
+        out.push(Message::parse_from_bytes(&rest[4..4 + len]).ok()?);
+        used += 4 + len;
+    }
+    Some((out, used))
+}
+
 /// Decodes a body of framed messages; `None` on any malformed frame.
 pub fn decode_frames(mut body: &[u8]) -> Option<Vec<Message>> {
     let mut out = Vec::new();
@@ -100,5 +129,35 @@ mod tests {
         assert!(decode_frames(&body[..body.len() - 1]).is_none());
         assert!(decode_frames(&[255, 255, 255, 255, 0]).is_none());
         assert!(decode_frames(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).is_none());
+    }
+
+    #[test]
+    fn a_stream_is_cut_into_whole_frames_wherever_its_chunks_end() {
+        let msgs: Vec<Message> = (1..=3)
+            .map(|i| Message {
+                to: 2,
+                from: 1,
+                term: i,
+                ..Default::default()
+            })
+            .collect();
+        let mut body = Vec::new();
+        for m in &msgs {
+            encode_frame(m, &mut body);
+        }
+        // Every split point: what is decoded first plus what the rest
+        // yields is always the three messages, in order.
+        for cut in 0..=body.len() {
+            let mut buf = body[..cut].to_vec();
+            let (mut got, used) = take_frames(&buf).unwrap();
+            buf.drain(..used);
+            buf.extend_from_slice(&body[cut..]);
+            let (rest, used) = take_frames(&buf).unwrap();
+            assert_eq!(used, buf.len());
+            got.extend(rest);
+            assert_eq!(got, msgs, "cut at {cut}");
+        }
+        assert!(take_frames(&[255, 255, 255, 255, 0]).is_none());
+        assert_eq!(take_frames(&[3, 0, 0]).unwrap().1, 0);
     }
 }

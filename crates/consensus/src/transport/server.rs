@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use super::{decode_frames, MAX_FRAME, MAX_MESSAGE_BODY};
+use super::{decode_frames, take_frames, MAX_FRAME, MAX_MESSAGE_BODY};
 use crate::membership::NodeInfo;
 use crate::storage::SnapshotStore;
 
@@ -121,6 +121,7 @@ impl RaftHttp {
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();
         match path.as_str() {
+            "/raft/stream" => self.on_stream(req).await,
             "/raft/msg" => self.on_messages(req).await,
             "/raft/snapshot" => self.on_snapshot(req).await,
             "/raft/join" => self.on_join(req).await,
@@ -161,6 +162,74 @@ impl RaftHttp {
                 "the sender is not a member of this cluster",
             ),
         }
+    }
+
+    /// A peer lane's long-lived stream: each batch is stepped into raft as
+    /// it arrives. Answers when the sender ends it, or at once when the
+    /// sender is no longer a member.
+    async fn on_stream(&self, req: Request<Incoming>) -> Resp {
+        let from_address = req
+            .headers()
+            .get("x-raft-from-address")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let mut body = req.into_body();
+        // Bytes of a frame whose end has not arrived yet.
+        let mut partial: Vec<u8> = Vec::new();
+        // Bounded by the sender's stream: each frame consumes input.
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("bad body: {e}")),
+            };
+            let decoded = if partial.is_empty() {
+                take_frames(&data).map(|(m, used)| {
+                    partial.extend_from_slice(&data[used..]);
+                    m
+                })
+            } else {
+                partial.extend_from_slice(&data);
+                take_frames(&partial).map(|(m, used)| {
+                    partial.drain(..used);
+                    m
+                })
+            };
+            let Some(messages) = decoded else {
+                return reply(StatusCode::BAD_REQUEST, "malformed raft messages");
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            if let (Some(first), Some(address)) = (messages.first(), &from_address) {
+                self.service
+                    .adopt(first.from, address.clone(), first.to)
+                    .await;
+            }
+            if messages
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            {
+                return reply(StatusCode::BAD_REQUEST, "snapshots go to /raft/snapshot");
+            }
+            match self.service.deliver(messages) {
+                Ok(()) => {}
+                // Dropped, as a full queue would drop them: raft retries.
+                Err(DeliverError::Unavailable(why)) => debug!(why, "peer messages dropped"),
+                Err(DeliverError::SenderRemoved) => {
+                    return reply(
+                        StatusCode::GONE,
+                        "the sender is not a member of this cluster",
+                    )
+                }
+            }
+        }
+        if !partial.is_empty() {
+            return reply(StatusCode::BAD_REQUEST, "the stream ended inside a message");
+        }
+        reply(StatusCode::OK, "")
     }
 
     async fn on_snapshot(&self, req: Request<Incoming>) -> Resp {
