@@ -5,17 +5,13 @@
 //! that off the reactor threads keeps the HTTP transport responsive. Log
 //! writes go to a second thread ([`crate::persist`]) so the leader keeps
 //! replicating while its fsync runs, and so many proposals share one fsync.
-//! A follower writes a small batch on this thread instead when that thread
-//! is idle and fsyncs are short: its acknowledgement waits for the fsync
-//! anyway, and handing the batch over and the report back cost two thread
-//! wake-ups per append (what profiles of 3-node writes showed most).
 //!
 //! Inputs arrive on bounded channels: peer messages are dropped when the
 //! queue is full (raft retries), client commands are refused at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
@@ -24,27 +20,14 @@ use raft::StateRole;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::core::{
-    Action, Core, Input, Outcome, PersistBatch, Proposal, ProposeError, SnapshotJob,
-};
+use crate::core::{Action, Core, Input, Outcome, Proposal, ProposeError, SnapshotJob};
 use crate::membership::ClusterMeta;
-use crate::persist::{Busy, DiskFault, Job, Persister, Report, Stats};
+use crate::persist::{DiskFault, Job, Persister, Report, Stats};
 use crate::transport::{Feedback, Transport};
 use crate::State;
 
 /// Capacity of the peer-message and command queues.
 pub const QUEUE: usize = 4096;
-
-/// A follower writes the log on the driver thread only while its recent
-/// fsyncs all took at most this: the driver answers nothing meanwhile, not
-/// even heartbeats, so a slow disk must not stall it for anywhere near an
-/// election timeout (heartbeat responses leave at once from the thread).
-const INLINE_FSYNC: Duration = Duration::from_millis(2);
-/// ... and only batches of at most this many bytes of entries (larger ones
-/// take longer to write and sync).
-const INLINE_BYTES: usize = 256 << 10;
-/// Inline writes in a row before the driver looks at its queues again.
-const INLINE_ROUNDS: usize = 16;
 
 /// Where the result of a proposal goes.
 pub enum Reply {
@@ -205,11 +188,6 @@ struct Driver<S: State> {
     core: Core<S>,
     transport: Arc<dyn Transport>,
     persist: Sender<Job>,
-    /// The log writer, shared with the persistence thread.
-    persister: Arc<Mutex<Persister>>,
-    /// Jobs the persistence thread has not finished.
-    busy: Busy,
-    stats: Arc<Stats>,
     proposals: HashMap<u64, Reply>,
     reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
     next_id: u64,
@@ -244,21 +222,14 @@ pub fn spawn<S: State>(
     let mut core = core;
     core.set_stats(Arc::clone(&stats));
     let shutdown = persister.shutdown.clone();
-    let persister = Arc::new(Mutex::new(persister));
-    let busy = Busy::default();
-    let persist_thread = {
-        let (persister, stats, busy) = (persister.clone(), stats.clone(), busy.clone());
-        std::thread::Builder::new()
-            .name(format!("raft-persist-{}", core.id()))
-            .spawn(move || Persister::run(persister, job_rx, report_tx, stats, busy))?
-    };
+    let persist_stats = stats.clone();
+    let persist_thread = std::thread::Builder::new()
+        .name(format!("raft-persist-{}", core.id()))
+        .spawn(move || persister.run(job_rx, report_tx, persist_stats))?;
     let mut driver = Driver {
         core,
         transport,
         persist: job_tx,
-        persister,
-        busy,
-        stats: stats.clone(),
         proposals: HashMap::new(),
         reads: HashMap::new(),
         next_id: 0,
@@ -344,25 +315,18 @@ impl<S: State> Driver<S> {
                     next_tick = now + tick;
                 }
             }
-            // Bounded: after INLINE_ROUNDS every batch goes to the
-            // persistence thread, and then dispatch returns None.
-            for round in 0.. {
-                self.core.process_ready(&mut actions);
-                // Status first: a caller woken by its result sees the state
-                // that produced it.
-                self.publish(ticked);
-                match self.dispatch(&mut actions, round < INLINE_ROUNDS) {
-                    Some(n) => self.core.handle_input(Input::Persisted(n), &mut actions),
-                    None => break,
-                }
-            }
+            self.core.process_ready(&mut actions);
+            // Status first: a caller woken by its result sees the state
+            // that produced it.
+            self.publish(ticked);
+            self.dispatch(&mut actions);
         }
         info!(id = self.core.id(), "driver stopping");
         self.snapshot_cancel.store(true, Ordering::Relaxed);
         if let Some(t) = self.snapshot.take() {
             let _ = t.join();
         }
-        self.send_job(Job::Stop);
+        let _ = self.persist.send(Job::Stop);
         shutdown.store(true, Ordering::Relaxed);
         for (_, reply) in self.proposals.drain() {
             reply.send(Err(ProposeError::Failed("service stopped".into())));
@@ -451,13 +415,8 @@ impl<S: State> Driver<S> {
         None
     }
 
-    /// Carries out the actions. Returns the ready number written and synced
-    /// on this thread, which the caller reports to the core.
-    fn dispatch(&mut self, actions: &mut Vec<Action>, inline_allowed: bool) -> Option<u64> {
+    fn dispatch(&mut self, actions: &mut Vec<Action>) {
         let mut membership = false;
-        let mut inline = inline_allowed && self.may_write_inline();
-        let mut here: Vec<PersistBatch> = Vec::new();
-        let mut here_bytes = 0;
         for action in actions.drain(..) {
             match action {
                 Action::Send(m) if m.get_msg_type() == MessageType::MsgSnapshot => {
@@ -465,21 +424,13 @@ impl<S: State> Driver<S> {
                 }
                 Action::Send(m) => self.transport.send(m),
                 Action::Persist(b) => {
-                    here_bytes += batch_bytes(&b);
-                    if inline && here_bytes <= INLINE_BYTES {
-                        here.push(b);
-                    } else {
-                        // In order: what was kept for this thread goes first.
-                        inline = false;
-                        for b in here.drain(..) {
-                            self.send_job(Job::Batch(b));
-                        }
-                        self.send_job(Job::Batch(b));
+                    if self.persist.send(Job::Batch(b)).is_err() {
+                        warn!("persistence thread gone");
                     }
                 }
-                // Compaction touches only entries below the snapshot, so it
-                // may run beside the batches written here.
-                Action::Compact(i) => self.send_job(Job::Compact(i)),
+                Action::Compact(i) => {
+                    let _ = self.persist.send(Job::Compact(i));
+                }
                 Action::Snapshot(job) => self.write_snapshot(job),
                 Action::Resolve(id, r) => {
                     if let Some(reply) = self.proposals.remove(&id) {
@@ -503,45 +454,6 @@ impl<S: State> Driver<S> {
         }
         // Callers whose receiver is gone (deadline passed) need no answer.
         self.proposals.retain(|_, reply| !reply.is_closed());
-        self.write_here(here)
-    }
-
-    fn send_job(&self, job: Job) {
-        self.busy.add();
-        if self.persist.send(job).is_err() {
-            warn!("persistence thread gone");
-        }
-    }
-
-    /// Whether the next batches may be written on this thread: a follower
-    /// whose persistence thread is idle and whose disk is fast and healthy.
-    /// A leader keeps the thread, so it replicates while its fsync runs.
-    fn may_write_inline(&self) -> bool {
-        self.core.role() != StateRole::Leader
-            && self.disk_error.is_none()
-            && self.busy.idle()
-            && self.stats.recent_fsync() <= INLINE_FSYNC
-    }
-
-    /// Writes and syncs `batches` here (one fsync). On an error they go to
-    /// the persistence thread, which retries them and reports the fault.
-    fn write_here(&mut self, batches: Vec<PersistBatch>) -> Option<u64> {
-        let number = batches.iter().map(|b| b.number).max()?;
-        let written = self
-            .persister
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write(&batches, &self.stats);
-        match written {
-            Ok(()) => Some(number),
-            Err(e) => {
-                warn!(error = %e, "writing the log on the driver thread failed; handing it over");
-                for b in batches {
-                    self.send_job(Job::Batch(b));
-                }
-                None
-            }
-        }
     }
 
     /// Hands a snapshot to the transport, which streams it off this thread.
@@ -647,12 +559,4 @@ impl<S: State> Driver<S> {
             wake
         });
     }
-}
-
-/// Bytes of entry data in a batch (what writing it costs).
-fn batch_bytes(b: &PersistBatch) -> usize {
-    b.entries
-        .iter()
-        .map(|e| e.data.len() + e.context.len())
-        .sum()
 }

@@ -2,19 +2,11 @@
 //! core, with one fsync for everything queued meanwhile (group commit), and
 //! reports the highest durable ready number back.
 //!
-//! The [`Persister`] sits behind a mutex so the driver can also write a
-//! small batch itself when this thread is idle and fsyncs are short (see
-//! `driver.rs`): a follower then acknowledges an append without two thread
-//! hand-offs. [`Busy`] counts the jobs this thread still has to finish;
-//! the driver writes only when it is zero, so batches stay in order.
-//!
 //! An I/O error never drops a write and never acknowledges one: the thread
 //! keeps the batches, reports the error, backs off, and rewrites them
 //! (appending at an index already written overwrites from there), so the
 //! node stops acknowledging while the disk is failing and resumes by itself.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -154,10 +146,6 @@ pub struct Stats {
     pub fsync_seconds: Histogram,
     /// Entries made durable by each log fsync (group commit).
     pub entries_per_fsync: Histogram,
-    /// The slowest recent log fsync, in microseconds, decaying by an
-    /// eighth at each fsync: the driver writes on its own thread only while
-    /// this is short.
-    pub recent_fsync_us: AtomicU64,
     /// Snapshots taken here and installed from a leader.
     pub snapshots: Family<SnapshotKind, Counter>,
     /// How long taking or installing a snapshot took, in seconds.
@@ -197,7 +185,6 @@ impl Default for Stats {
             fsync_seconds: fsync_histogram(),
             // 1 to 1024 entries: the log writer takes at most `max_batch`.
             entries_per_fsync: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-            recent_fsync_us: AtomicU64::new(0),
             snapshots: Family::default(),
             snapshot_seconds: Family::new_with_constructor(snapshot_histogram),
         };
@@ -211,20 +198,6 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Folds one fsync's duration into [`Stats::recent_fsync_us`]: one slow
-    /// fsync counts at once, and about 40 fast ones forget a 300 ms one.
-    fn note_fsync(&self, took: Duration) {
-        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let old = self.recent_fsync_us.load(Ordering::Relaxed);
-        self.recent_fsync_us
-            .store(sample.max(old - old / 8), Ordering::Relaxed);
-    }
-
-    /// The slowest recent log fsync (decaying).
-    pub fn recent_fsync(&self) -> Duration {
-        Duration::from_micros(self.recent_fsync_us.load(Ordering::Relaxed))
-    }
-
     /// Records a snapshot of `kind` that took `elapsed`.
     pub fn snapshot(&self, kind: &SnapshotKind, elapsed: Duration) {
         self.snapshots.get_or_create(kind).inc();
@@ -261,15 +234,17 @@ impl Persister {
             staged.meta |= s.meta;
             entries += b.entries.len() as u64;
         }
-        stats.entries.fetch_add(entries, Ordering::Relaxed);
+        stats
+            .entries
+            .fetch_add(entries, std::sync::atomic::Ordering::Relaxed);
         if staged.log {
             let started = std::time::Instant::now();
             self.log.sync()?;
-            let took = started.elapsed();
-            stats.fsync_seconds.observe(took.as_secs_f64());
-            stats.note_fsync(took);
+            stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
             stats.entries_per_fsync.observe(entries as f64);
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            stats
+                .syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if staged.meta {
             // Remembered across a failed sync: the retry must sync again
@@ -283,24 +258,21 @@ impl Persister {
 
     /// Runs until [`Job::Stop`] or the job channel closes.
     pub fn run(
-        shared: Arc<Mutex<Persister>>,
+        mut self,
         jobs: Receiver<Job>,
         reports: Sender<Report>,
-        stats: Arc<Stats>,
-        busy: Busy,
+        stats: std::sync::Arc<Stats>,
     ) {
         let mut stop = false;
         while !stop {
             let Ok(first) = jobs.recv() else { break };
-            let mut this = lock(&shared);
             let mut batch = vec![first];
-            while batch.len() < this.max_batch {
+            while batch.len() < self.max_batch {
                 match jobs.try_recv() {
                     Ok(j) => batch.push(j),
                     Err(_) => break,
                 }
             }
-            let taken = batch.len();
             let mut writes = Vec::new();
             let mut compact = None;
             for job in batch {
@@ -314,7 +286,7 @@ impl Persister {
             let mut failing = false;
             // Retry until it works or we are told to stop; bounded by stop.
             loop {
-                match this.write(&writes, &stats) {
+                match self.write(&writes, &stats) {
                     Ok(()) => break,
                     Err(e) => {
                         let full = e.is_disk_full();
@@ -334,7 +306,7 @@ impl Persister {
                         })));
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
-                        if this.shutdown.load(Ordering::Relaxed) {
+                        if self.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
                             let _ = reports.send(Report::Stopped);
                             return;
                         }
@@ -349,40 +321,11 @@ impl Persister {
                 let _ = reports.send(Report::Persisted(n));
             }
             if let Some(i) = compact {
-                if let Err(e) = this.log.compact(i) {
+                if let Err(e) = self.log.compact(i) {
                     error!(error = %e, "log compaction failed");
                 }
             }
-            drop(this);
-            // After the report: the driver may write the next batch itself
-            // once this reaches zero (a report still queued is harmless, as
-            // its number is below the driver's).
-            busy.done(taken);
         }
         let _ = reports.send(Report::Stopped);
-    }
-}
-
-fn lock(m: &Mutex<Persister>) -> std::sync::MutexGuard<'_, Persister> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Jobs handed to the persistence thread and not yet finished.
-#[derive(Debug, Clone, Default)]
-pub struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    /// Counts a job about to be sent.
-    pub fn add(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn done(&self, n: usize) {
-        self.0.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    /// The thread has nothing left to do.
-    pub fn idle(&self) -> bool {
-        self.0.load(Ordering::Acquire) == 0
     }
 }

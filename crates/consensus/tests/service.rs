@@ -253,9 +253,8 @@ async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
     svc.stop().await;
 }
 
-/// A follower writes small batches on its driver thread while its fsyncs
-/// are short: when that write fails it must not acknowledge, and the
-/// persistence thread's retry takes over until the disk heals.
+/// A follower whose log write fails must not acknowledge; its persistence
+/// thread retries until the disk heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_heals() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -282,7 +281,6 @@ async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_he
         m.len() == 3 && m.iter().all(|n| n.role == Role::Voter)
     })
     .await;
-    // Many small writes: node 3 writes them on its driver thread.
     for i in 0..50 {
         assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
     }
