@@ -253,17 +253,23 @@ async fn full_disk_refuses_writes_with_an_error_and_recovers_by_itself() {
     svc.stop().await;
 }
 
-/// A follower whose log write fails must not acknowledge; its persistence
-/// thread retries until the disk heals.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_heals() {
+/// Three voters, node `flaky` on a disk that fails (EIO) while `failing`
+/// is set; node 1 leads.
+async fn cluster_with_a_flaky_disk(
+    flaky: usize,
+) -> (
+    Vec<tempfile::TempDir>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<KvState>,
+    Vec<Service>,
+) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
     let mut nodes = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let mut c = config(d.path());
-        if i == 2 {
+        if i == flaky {
             c.disk = std::sync::Arc::new(FlakyDisk {
                 failing: failing.clone(),
                 errno: 5,
@@ -281,6 +287,14 @@ async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_he
         m.len() == 3 && m.iter().all(|n| n.role == Role::Voter)
     })
     .await;
+    (dirs, failing, kvs, nodes)
+}
+
+/// A follower whose log write fails must not acknowledge; its persistence
+/// thread retries until the disk heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_cannot_be_written_acknowledges_nothing_until_it_heals() {
+    let (_dirs, failing, kvs, nodes) = cluster_with_a_flaky_disk(2).await;
     for i in 0..50 {
         assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
     }
@@ -702,30 +716,7 @@ async fn writes_commit_while_a_snapshot_is_being_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_log_cannot_be_written_hands_over_and_no_index_is_reused() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
-    let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let mut c = config(d.path());
-        if i == 0 {
-            c.disk = std::sync::Arc::new(FlakyDisk {
-                failing: failing.clone(),
-                errno: 5,
-            });
-        }
-        nodes.push(Service::start(c, kvs[i].clone()).await.unwrap());
-    }
-    nodes[0].init().await.unwrap();
-    wait_until("leadership", || nodes[0].is_leader()).await;
-    let boot = nodes[0].address().to_string();
-    nodes[1].join(&boot).await.unwrap();
-    nodes[2].join(&boot).await.unwrap();
-    wait_until("three voters", || {
-        let m = nodes[0].membership();
-        m.len() == 3 && m.iter().all(|n| n.role == Role::Voter)
-    })
-    .await;
+    let (dirs, failing, kvs, nodes) = cluster_with_a_flaky_disk(0).await;
     assert!(nodes[0].exec(set("a", "1"), T).await.unwrap());
 
     // EIO on every write and fsync of node 1's log: its write is never
@@ -847,8 +838,22 @@ impl State for SlowInstallKv {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installed() {
+/// Three services with frequent snapshots, the third rebuilding snapshots
+/// through `prepare` (armed: held at its gate): the first leads, the
+/// second has joined, the third has not.
+struct SlowInstallCluster {
+    _dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Service>,
+    kvs: Vec<KvState>,
+    prepare: Arc<GatedPrepare>,
+    /// Each index a held preparation started at.
+    started: std::sync::mpsc::Receiver<u64>,
+    /// Dropping it opens the gate.
+    open: std::sync::mpsc::Sender<()>,
+    boot: String,
+}
+
+async fn slow_install_cluster(armed: bool) -> SlowInstallCluster {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let configs: Vec<Config> = dirs
         .iter()
@@ -863,7 +868,7 @@ async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installe
     let (started_tx, started) = std::sync::mpsc::channel();
     let (open, gate) = std::sync::mpsc::channel();
     let prepare = Arc::new(GatedPrepare {
-        armed: std::sync::atomic::AtomicBool::new(true),
+        armed: std::sync::atomic::AtomicBool::new(armed),
         started: Mutex::new(started_tx),
         gate: Mutex::new(gate),
     });
@@ -888,6 +893,28 @@ async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installe
     wait_until("leadership", || nodes[0].is_leader()).await;
     let boot = nodes[0].address().to_string();
     nodes[1].join(&boot).await.unwrap();
+    SlowInstallCluster {
+        _dirs: dirs,
+        nodes,
+        kvs,
+        prepare,
+        started,
+        open,
+        boot,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installed() {
+    let SlowInstallCluster {
+        _dirs,
+        nodes,
+        kvs,
+        prepare: _,
+        started,
+        open,
+        boot,
+    } = slow_install_cluster(true).await;
     // The log is compacted well past the start before node 3 joins: it is
     // sent a snapshot.
     for i in 0..30 {
@@ -933,45 +960,15 @@ async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installe
 /// promoted once caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_promotion_slower_than_the_wait_keeps_the_node_catching_up() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let configs: Vec<Config> = dirs
-        .iter()
-        .map(|d| {
-            let mut c = config(d.path());
-            c.snapshot_threshold = 10;
-            c.snapshot_trailing = 0;
-            c
-        })
-        .collect();
-    let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (open, gate) = std::sync::mpsc::channel();
-    let prepare = Arc::new(GatedPrepare {
-        armed: std::sync::atomic::AtomicBool::new(false),
-        started: Mutex::new(started_tx),
-        gate: Mutex::new(gate),
-    });
-    let nodes = vec![
-        Service::start(configs[0].clone(), kvs[0].clone())
-            .await
-            .unwrap(),
-        Service::start(configs[1].clone(), kvs[1].clone())
-            .await
-            .unwrap(),
-        Service::start(
-            configs[2].clone(),
-            SlowInstallKv {
-                inner: kvs[2].clone(),
-                prepare: prepare.clone(),
-            },
-        )
-        .await
-        .unwrap(),
-    ];
-    nodes[0].init().await.unwrap();
-    wait_until("leadership", || nodes[0].is_leader()).await;
-    let boot = nodes[0].address().to_string();
-    nodes[1].join(&boot).await.unwrap();
+    let SlowInstallCluster {
+        _dirs,
+        nodes,
+        kvs,
+        prepare,
+        started,
+        open,
+        boot,
+    } = slow_install_cluster(false).await;
     nodes[2].join(&boot).await.unwrap();
     let addr = nodes[2].address().to_string();
     let role = |s: &Service| s.status().cluster.by_address(&addr).map(|n| n.role);
