@@ -382,11 +382,11 @@ impl Gateway {
             let queue = self.shared.writer_queue(&open.name);
             let statement = Box::new(move |c: &Connection| run(c, access));
             // Never started (busy): nothing ran, so no barrier either.
-            let (result, unsettled) = queue
+            let (result, settled) = queue
                 .run(databases, &open.conn, statement, WRITER_WAIT)
                 .await
                 .map_err(Failure::into_response)?;
-            settled(result, unsettled).await
+            settled.and_then(|wrote| result.map(|r| (r, wrote)))
         };
         if barrier_after && !matches!(result, Ok((_, true))) {
             self.cluster().barrier().await.map_err(cluster_failure)?;

@@ -7,26 +7,34 @@
 //! statement (waking the next writer's task, which then wakes a blocking
 //! thread), and the entries of the burst reach consensus together, so they
 //! share one log write and one message to each follower.
+//!
+//! The waiting task is woken once per statement, when what the statement
+//! wrote or read has committed: the runner polls that commit with the
+//! waiter's waker instead of waking it to do so (which would wake it twice:
+//! statement done, then commit).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use dqlite_wire::error::SQLITE_BUSY;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 
-use crate::databases::{Databases, Unsettled};
+use crate::databases::{BoxFuture, Databases};
 use crate::gateway::internal;
 use crate::sql::{ExecResult, Failure};
 
 /// A statement to run with its connection locked.
 pub(crate) type Statement = Box<dyn FnOnce(&Connection) -> Result<ExecResult, Failure> + Send>;
 
-/// What a statement left: its result and what it wrote or read in flight.
-type Outcome = (Result<ExecResult, Failure>, Box<dyn Unsettled>);
+/// A statement's result, and whether everything it wrote or read
+/// committed (and whether it committed an entry of its own).
+pub(crate) type Outcome = (Result<ExecResult, Failure>, Result<bool, Failure>);
 
 struct Job {
     conn: Arc<Mutex<Connection>>,
@@ -35,7 +43,103 @@ struct Job {
     /// to give up on it; so a statement the client was told is BUSY never
     /// runs, and one that runs is always waited for.
     taken: Arc<AtomicBool>,
-    reply: oneshot::Sender<Outcome>,
+    reply: Replier,
+}
+
+/// Between a statement's runner and its waiter.
+#[derive(Default)]
+struct Slot {
+    /// The statement's result while its commit is awaited.
+    result: Option<Result<ExecResult, Failure>>,
+    /// The commit of what it wrote or read.
+    settling: Option<BoxFuture<'static, Result<bool, Failure>>>,
+    /// Everything, once known.
+    done: Option<Outcome>,
+    /// The waiter's waker, until the runner takes it.
+    waker: Option<Waker>,
+    /// The runner handed over the result.
+    sent: bool,
+    /// The runner went away without a result.
+    gone: bool,
+}
+
+fn lock_slot(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    // Only moves of values happen under the lock.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runner's end of a [`Slot`].
+struct Replier(Arc<Mutex<Slot>>);
+
+impl Replier {
+    /// Hands over the statement's result and its commit. If the waiter is
+    /// already waiting, the commit is polled with its waker: the waiter is
+    /// woken once, by the commit (or now, if nothing is in flight).
+    fn send(
+        self,
+        result: Result<ExecResult, Failure>,
+        mut settling: BoxFuture<'static, Result<bool, Failure>>,
+    ) {
+        let mut slot = lock_slot(&self.0);
+        slot.sent = true;
+        let Some(waker) = slot.waker.take() else {
+            slot.result = Some(result);
+            slot.settling = Some(settling);
+            return;
+        };
+        match settling.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(settled) => {
+                slot.done = Some((result, settled));
+                drop(slot);
+                waker.wake();
+            }
+            Poll::Pending => {
+                slot.result = Some(result);
+                slot.settling = Some(settling);
+            }
+        }
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        let mut slot = lock_slot(&self.0);
+        if !slot.sent {
+            slot.gone = true;
+            if let Some(waker) = slot.waker.take() {
+                drop(slot);
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The waiter's end of a [`Slot`]: the statement's outcome once its
+/// commit is known, or `None` if the runner went away.
+struct Waiting(Arc<Mutex<Slot>>);
+
+impl Future for Waiting {
+    type Output = Option<Outcome>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = lock_slot(&self.0);
+        if let Some(done) = slot.done.take() {
+            return Poll::Ready(Some(done));
+        }
+        if let Some(settling) = slot.settling.as_mut() {
+            let settled = std::task::ready!(settling.as_mut().poll(cx));
+            slot.settling = None;
+            return match slot.result.take() {
+                Some(result) => Poll::Ready(Some((result, settled))),
+                None => Poll::Ready(None),
+            };
+        }
+        if slot.gone {
+            return Poll::Ready(None);
+        }
+        slot.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 #[derive(Default)]
@@ -60,8 +164,8 @@ impl Writers {
 
     /// Runs `run` on `conn` once the statements queued ahead have run. If
     /// it has not started after `wait`, it never will and the answer is
-    /// SQLITE_BUSY. Returns the statement's result and what it left in
-    /// flight, for the caller to wait on.
+    /// SQLITE_BUSY. Returns the statement's result once what it wrote or
+    /// read has committed, with the outcome of that commit.
     pub(crate) async fn run(
         self: &Arc<Self>,
         databases: &Arc<dyn Databases>,
@@ -70,7 +174,9 @@ impl Writers {
         wait: Duration,
     ) -> Result<Outcome, Failure> {
         let taken = Arc::new(AtomicBool::new(false));
-        let (reply, mut outcome) = oneshot::channel();
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let reply = Replier(Arc::clone(&slot));
+        let mut outcome = Waiting(slot);
         let start = {
             let mut queue = self.lock();
             queue.jobs.push_back(Job {
@@ -88,13 +194,13 @@ impl Writers {
         }
         let gone = || internal("the writer queue stopped");
         match tokio::time::timeout(wait, &mut outcome).await {
-            Ok(done) => done.map_err(|_| gone()),
+            Ok(done) => done.ok_or_else(gone),
             Err(_) if !taken.swap(true, Ordering::AcqRel) => Err(Failure::new(
                 SQLITE_BUSY,
                 "database is locked: the writers queued ahead did not finish in time",
             )),
             // Already running: the client gets what it did.
-            Err(_) => outcome.await.map_err(|_| gone()),
+            Err(_) => outcome.await.ok_or_else(gone),
         }
     }
 
@@ -121,7 +227,7 @@ impl Writers {
                 Err(_) => Err(internal("connection lock poisoned")),
             };
             // Whoever waited may have gone (connection closed): fine.
-            let _ = job.reply.send((result, databases.unsettled()));
+            job.reply.send(result, databases.unsettled().settled());
         }
     }
 }
@@ -271,5 +377,75 @@ mod tests {
             .expect("queued");
         result.expect("inserted after the panic");
         assert_eq!(rows(&conns[0]), vec![7]);
+    }
+
+    /// Counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn ok() -> Result<ExecResult, Failure> {
+        Ok(ExecResult {
+            last_insert_id: 1,
+            rows_affected: 1,
+        })
+    }
+
+    #[test]
+    fn the_waiter_is_woken_once_by_the_commit_not_by_the_statement() {
+        let counter = Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let mut waiting = Waiting(Arc::clone(&slot));
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+        // The statement ran; its commit is still in flight.
+        let (commit, committed) = tokio::sync::oneshot::channel::<()>();
+        Replier(slot).send(
+            ok(),
+            Box::pin(async move {
+                let _ = committed.await;
+                Ok(true)
+            }),
+        );
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            0,
+            "woken by the statement"
+        );
+        commit.send(()).expect("commit");
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "not woken by the commit"
+        );
+        match Pin::new(&mut waiting).poll(&mut cx) {
+            Poll::Ready(Some((Ok(_), Ok(true)))) => {}
+            other => panic!("{:?}", other.map(|o| o.map(|(_, s)| s.is_ok()))),
+        }
+        // Nothing in flight: woken at once, ready.
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let mut waiting = Waiting(Arc::clone(&slot));
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+        Replier(slot).send(ok(), Box::pin(std::future::ready(Ok(false))));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            Pin::new(&mut waiting).poll(&mut cx),
+            Poll::Ready(Some((Ok(_), Ok(false))))
+        ));
+        // A runner that goes away without a result wakes the waiter too.
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let mut waiting = Waiting(Arc::clone(&slot));
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+        drop(Replier(slot));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+        assert!(matches!(
+            Pin::new(&mut waiting).poll(&mut cx),
+            Poll::Ready(None)
+        ));
     }
 }
