@@ -8,8 +8,9 @@
 //! bytes.
 //!
 //! In disk mode a local snapshot holds no pages: [`State::checkpoint`]
-//! makes the database files durable at the applied index and the snapshot
-//! records only metadata; a peer is streamed a fresh image instead, whose
+//! starts making the database files durable at the applied index (in the
+//! background, `crate::checkpoint`) and the snapshot records only
+//! metadata; a peer is streamed a fresh image instead, whose
 //! applied index may be later than the snapshot's. Written page by page into the consensus snapshot stream, never as
 //! one buffer, and in disk mode restored page by page into a file, so
 //! neither side holds a database in memory.
