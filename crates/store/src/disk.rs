@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// number of readers share it without a lock, and the checksums of its
 /// pages.
 ///
-/// Beside `X.db` lies `X.sums`, one [`PageSum`] per page. A checkpoint
+/// Beside `X.db` lies `X.sums`, 16 bytes per page (`PageSum`). A checkpoint
 /// makes the new sums durable before it writes any page, then the pages,
 /// then the record. So a sum written at or before the record's index is
 /// the page's content, exactly; one written after it belongs to a
