@@ -435,6 +435,26 @@ pub fn insert_rows(servers: &[String], db: &str, from: i64, n: i64, blob: usize)
     });
 }
 
+/// Inserts row `x` of `blob` random bytes into `t` of `db` through the
+/// leader of `servers`, for load that may meet a leader change: an error
+/// is returned, not a panic.
+pub fn try_insert_row(servers: &[String], db: &str, x: i64, blob: usize) -> Result<(), String> {
+    runtime().block_on(async {
+        let mut conn = dqlite_client::Database::connect_with(
+            servers,
+            db,
+            &client_config(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let sql = format!("INSERT INTO t VALUES ({x}, randomblob({blob}))");
+        conn.exec(&sql, ())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// A hash of node `address`'s own copy of `db` (DUMP needs no leader).
 pub fn image_hash(address: &str, db: &str) -> Result<u64, String> {
     use std::hash::{Hash, Hasher};
