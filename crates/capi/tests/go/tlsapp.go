@@ -65,7 +65,7 @@ func clusterCert() (tls.Certificate, *x509.CertPool) {
 
 func main() {
 	root, addresses := os.Args[1], os.Args[2:5]
-	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cert, pool := clusterCert()
 	tlsOption := app.WithTLS(app.SimpleTLSConfig(cert, pool))
