@@ -346,7 +346,7 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
                 attempts += 1;
                 // Load only: a write that meets a leader change is not
                 // what this test checks (every node ends identical).
-                if let Err(e) = support::try_insert_row(&live, "big", 1000 + attempts, 100) {
+                if let Err(e) = support::try_insert_rows(&live, "big", 1000 + attempts, 1, 100) {
                     eprintln!("background write: {e}");
                     continue;
                 }

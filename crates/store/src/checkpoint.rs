@@ -188,10 +188,13 @@ impl Shared {
     /// holds an older version, or the last one failed less than a second
     /// ago. [`Checkpoints::durable`] says when it is done.
     pub(crate) fn start_checkpoint(self: &Arc<Self>, applied: u64) -> io::Result<bool> {
-        if self.disk.is_none() || self.checkpoints.backing_off() {
-            return Ok(false);
-        }
-        if self.checkpoints.running.swap(true, Ordering::Acquire) {
+        // Called at every apply while one is due: the atomic first, the
+        // lock only when none runs.
+        if self.disk.is_none()
+            || self.checkpoints.running.load(Ordering::Acquire)
+            || self.checkpoints.backing_off()
+            || self.checkpoints.running.swap(true, Ordering::Acquire)
+        {
             return Ok(false);
         }
         let Some(capture) = self.capture(applied) else {
@@ -238,14 +241,17 @@ fn rebase(db: &Db, v: &Version, file: Arc<BaseFile>) {
     // Most of the work outside the lock; again under it if an apply came
     // in between.
     let cur = db.current();
+    if cur.page_size != v.page_size {
+        // A new page size since: every page is in memory, none in the file.
+        return;
+    }
     let mut data: OrdMap<u32, Arc<[u8]>> = without(&cur);
     let mut st = db.lock();
     if !Arc::ptr_eq(&st.current, &cur) {
+        if st.current.page_size != v.page_size {
+            return;
+        }
         data = without(&st.current);
-    }
-    if st.current.page_size != v.page_size {
-        // A new page size since: every page is in memory, none in the file.
-        return;
     }
     let next = Version {
         seq: st.current.seq,

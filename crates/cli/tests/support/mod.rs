@@ -415,6 +415,18 @@ pub fn client_config(request_timeout: Duration) -> dqlite_client::Config {
 /// Inserts rows `from..from + n` of `blob` random bytes into `t` of `db`
 /// through the leader of `servers`; each must be acknowledged.
 pub fn insert_rows(servers: &[String], db: &str, from: i64, n: i64, blob: usize) {
+    try_insert_rows(servers, db, from, n, blob).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Like [`insert_rows`], for load that may meet a leader change: the first
+/// error is returned, not a panic.
+pub fn try_insert_rows(
+    servers: &[String],
+    db: &str,
+    from: i64,
+    n: i64,
+    blob: usize,
+) -> Result<(), String> {
     runtime().block_on(async {
         let mut conn = dqlite_client::Database::connect_with(
             servers,
@@ -422,36 +434,17 @@ pub fn insert_rows(servers: &[String], db: &str, from: i64, n: i64, blob: usize)
             &client_config(Duration::from_secs(30)),
         )
         .await
-        .expect("connect");
+        .map_err(|e| format!("connect: {e}"))?;
         conn.exec("CREATE TABLE IF NOT EXISTS t (x INTEGER, b BLOB)", ())
             .await
-            .expect("create");
+            .map_err(|e| format!("create: {e}"))?;
         for x in from..from + n {
             let sql = format!("INSERT INTO t VALUES ({x}, randomblob({blob}))");
             conn.exec(&sql, ())
                 .await
-                .unwrap_or_else(|e| panic!("insert {x}: {e}"));
+                .map_err(|e| format!("insert {x}: {e}"))?;
         }
-    });
-}
-
-/// Inserts row `x` of `blob` random bytes into `t` of `db` through the
-/// leader of `servers`, for load that may meet a leader change: an error
-/// is returned, not a panic.
-pub fn try_insert_row(servers: &[String], db: &str, x: i64, blob: usize) -> Result<(), String> {
-    runtime().block_on(async {
-        let mut conn = dqlite_client::Database::connect_with(
-            servers,
-            db,
-            &client_config(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let sql = format!("INSERT INTO t VALUES ({x}, randomblob({blob}))");
-        conn.exec(&sql, ())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        Ok(())
     })
 }
 
