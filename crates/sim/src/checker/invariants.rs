@@ -287,33 +287,31 @@ impl InvariantChecker {
             }
         }
         self.last_applied.insert(node, index);
-        let (first, first_node) = *self.applied.entry(index).or_insert((digest, node));
-        if first != digest {
-            return Err(Violation::ApplyConflict {
+        match first_other(&mut self.applied, index, digest, node) {
+            Some((first, first_node)) => Err(Violation::ApplyConflict {
                 index,
                 first,
                 first_node,
                 second: digest,
                 second_node: node,
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Node `node`'s state machine image after index `index` has `digest`:
     /// every node must hold the same image after the same index.
     pub fn on_image(&mut self, node: NodeId, index: u64, digest: u64) -> Result<(), Violation> {
-        let (first, first_node) = *self.images.entry(index).or_insert((digest, node));
-        if first != digest {
-            return Err(Violation::ImageDivergence {
+        match first_other(&mut self.images, index, digest, node) {
+            Some((first, first_node)) => Err(Violation::ImageDivergence {
                 index,
                 first,
                 first_node,
                 second: digest,
                 second_node: node,
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A node's state machine was rebuilt (restart, or a raft snapshot
@@ -368,6 +366,18 @@ fn check_pair(a: &NodeView<'_>, b: &NodeView<'_>) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// Records `node`'s `digest` at `index` unless one is recorded; returns the
+/// recorded one (and its node) if it differs.
+fn first_other(
+    seen: &mut BTreeMap<u64, (u64, NodeId)>,
+    index: u64,
+    digest: u64,
+    node: NodeId,
+) -> Option<(u64, NodeId)> {
+    let first = *seen.entry(index).or_insert((digest, node));
+    (first.0 != digest).then_some(first)
 }
 
 #[cfg(test)]
