@@ -1744,7 +1744,9 @@ impl<S: State> Core<S> {
             EntryType::EntryNormal => match codec::decode(&entry.data) {
                 Payload::State(instruction) => {
                     if fresh {
-                        outcome.satisfied = self.state.apply(index, instruction);
+                        outcome.satisfied = self.state.apply(index, instruction).map_err(|e| {
+                            CoreError::State(format!("cannot apply entry {index}: {e}"))
+                        })?;
                     }
                 }
                 Payload::Service(cmd) => {

@@ -86,8 +86,8 @@ impl KvState {
     }
 }
 
-impl State for KvState {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+impl KvState {
+    fn run(&self, index: u64, instruction: &[u8]) -> bool {
         let mut inner = self.lock();
         inner.applied = index;
         // A malformed instruction is unsatisfied and changes nothing, on
@@ -119,6 +119,12 @@ impl State for KvState {
                 true
             }
         }
+    }
+}
+
+impl State for KvState {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> io::Result<bool> {
+        Ok(self.run(index, instruction))
     }
 
     fn skip(&mut self, index: u64) {
@@ -195,10 +201,10 @@ mod tests {
             expected: exp.map(String::from),
             value: Some(val.into()),
         };
-        assert!(kv.apply(1, &cas(None, "a").encode()));
-        assert!(!kv.apply(2, &cas(None, "b").encode()));
-        assert!(kv.apply(3, &cas(Some("a"), "c").encode()));
-        assert!(!kv.apply(4, b"garbage"));
+        assert!(kv.apply(1, &cas(None, "a").encode()).unwrap());
+        assert!(!kv.apply(2, &cas(None, "b").encode()).unwrap());
+        assert!(kv.apply(3, &cas(Some("a"), "c").encode()).unwrap());
+        assert!(!kv.apply(4, b"garbage").unwrap());
         assert_eq!(kv.get("k").as_deref(), Some("c"));
         assert_eq!(kv.applied_index(), 4);
     }
@@ -211,7 +217,7 @@ mod tests {
                 key: format!("k{i}"),
                 value: "v".repeat(i),
             };
-            kv.apply(i as u64 + 1, &cmd.encode());
+            kv.apply(i as u64 + 1, &cmd.encode()).unwrap();
         }
         let mut buf = Vec::new();
         kv.freeze().unwrap().write_to(&mut buf).unwrap();

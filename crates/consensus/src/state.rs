@@ -11,8 +11,11 @@ use std::io::{self, Read, Write};
 pub trait State: Send + 'static {
     /// Applies the instruction at log `index`; returns whether its
     /// conditions held ("satisfied"). An unsatisfied instruction changes
-    /// nothing but still advances the applied index.
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool;
+    /// nothing but still advances the applied index. An error means the
+    /// state cannot apply it (it cannot read its own data): nothing was
+    /// applied, and the node stops applying and accepting proposals — going
+    /// on would make its state differ from its peers' — until it restarts.
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> io::Result<bool>;
 
     /// Records that `index` was applied without an instruction for the State
     /// (a leader's no-op, a membership change).

@@ -633,7 +633,7 @@ impl Image for GatedImage {
 }
 
 impl State for GatedKv {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> std::io::Result<bool> {
         self.inner.apply(index, instruction)
     }
     fn skip(&mut self, index: u64) {
@@ -812,7 +812,7 @@ impl dqlite_consensus::Prepare for GatedPrepare {
 }
 
 impl State for SlowInstallKv {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> std::io::Result<bool> {
         self.inner.apply(index, instruction)
     }
     fn skip(&mut self, index: u64) {
@@ -1007,4 +1007,72 @@ async fn a_voter_promotion_slower_than_the_wait_keeps_the_node_catching_up() {
     for n in &nodes {
         n.stop().await;
     }
+}
+
+/// A key-value state that cannot apply the instruction `refused` (as a
+/// state that cannot read its own data).
+struct Refusing {
+    inner: KvState,
+    refused: Vec<u8>,
+}
+
+impl State for Refusing {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> std::io::Result<bool> {
+        if instruction == self.refused {
+            return Err(std::io::Error::other("a page cannot be read"));
+        }
+        self.inner.apply(index, instruction)
+    }
+    fn skip(&mut self, index: u64) {
+        self.inner.skip(index)
+    }
+    fn freeze(&self) -> std::io::Result<Box<dyn Image>> {
+        self.inner.freeze()
+    }
+    fn restore(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.inner.restore(index, input)
+    }
+    fn applied_index(&self) -> u64 {
+        self.inner.applied_index()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_state_cannot_apply_stops_the_node_and_is_applied_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = KvState::new();
+    let state = Refusing {
+        inner: kv.clone(),
+        refused: set("b", "2"),
+    };
+    let svc = Service::start(config(dir.path()), state).await.unwrap();
+    svc.init().await.unwrap();
+    wait_until("leadership", || svc.is_leader()).await;
+    assert!(svc.exec(set("a", "1"), T).await.unwrap());
+    let applied = svc.status().applied;
+    // Committed, but not applied: the node stops rather than skip it.
+    assert!(svc.exec(set("b", "2"), T).await.is_err());
+    let status = svc.status();
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot apply entry")),
+        "{status:?}"
+    );
+    assert_eq!(status.applied, applied);
+    assert!(svc.exec(set("c", "3"), T).await.is_err());
+    assert_eq!(kv.get("b"), None);
+    svc.stop().await;
+
+    // Restarted with a state that can apply it, the entry is not lost.
+    let kv = KvState::new();
+    let svc = Service::start(config(dir.path()), kv.clone())
+        .await
+        .unwrap();
+    wait_until("leadership after restart", || svc.is_leader()).await;
+    svc.wait_read(T).await.unwrap();
+    assert_eq!(kv.get("a").as_deref(), Some("1"));
+    assert_eq!(kv.get("b").as_deref(), Some("2"));
+    svc.stop().await;
 }

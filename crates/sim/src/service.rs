@@ -133,14 +133,14 @@ impl<S> Recording<S> {
 }
 
 impl<S: State> State for Recording<S> {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> io::Result<bool> {
+        let satisfied = self.inner.apply(index, instruction)?;
         self.push(Applied::Entry {
             index,
             digest: digest(instruction),
         });
-        let satisfied = self.inner.apply(index, instruction);
         self.push_image(index);
-        satisfied
+        Ok(satisfied)
     }
 
     fn skip(&mut self, index: u64) {

@@ -42,7 +42,9 @@ impl Proposer for Applier {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (index, state) = &mut *guard;
         *index += 1;
-        state.apply(*index, &entry);
+        if let Err(e) = state.apply(*index, &entry) {
+            eprintln!("cannot apply entry {index}: {e}");
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //! atomically). On restart the files plus that record are the state as of
 //! the recorded index, and consensus replays the log after it. A torn
 //! checkpoint is harmless: the record still names the older index, and the
-//! replayed entries carry full page images that shadow whatever half-written
-//! pages the files hold. A snapshot restore writes a new generation of
+//! replayed entries carry full page images that shadow whatever newer or
+//! half-written pages the files hold (until then such a page cannot be read).
+//! So a disk-mode node proposes whole pages, never patches. A snapshot restore writes a new generation of
 //! files beside the old one and switches with the record, so a crash during
 //! a restore leaves the old generation intact.
 
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 /// the page's content, exactly; one written after it belongs to a
 /// checkpoint a crash cut short, whose pages the replayed log shadows, and
 /// the page may hold its old content, its new one, or (power loss mid-page)
-/// neither. Every page is checked when the file is opened and whenever it
+/// neither: only the old one can be read before the replay shadows it. Every page is checked when the file is opened and whenever it
 /// is read from it.
 #[derive(Debug)]
 pub struct BaseFile {
@@ -204,15 +205,18 @@ impl BaseFile {
                         .encode(),
                     );
                     crc
-                } else if matches(sum.current, crc, zero) {
-                    crc
                 } else if sum.at <= applied {
-                    return Err(damaged(path, pgno, "the file is damaged"));
+                    if !matches(sum.current, crc, zero) {
+                        return Err(damaged(path, pgno, "the file is damaged"));
+                    }
+                    crc
                 } else if matches(sum.previous, crc, zero) {
                     crc
                 } else {
-                    // Torn by a crash in a checkpoint after the record: the
-                    // replay shadows it; reading it before would fail.
+                    // Newer than the record (a checkpoint after it wrote the
+                    // page before a crash), or torn mid-page: the replay
+                    // shadows it; reading it before would fail, so nothing
+                    // is ever built on content the record does not cover.
                     if sum.previous == 0 {
                         zero
                     } else {
@@ -674,8 +678,8 @@ mod tests {
 
     /// Whatever a crash leaves of a checkpoint that wrote no record, every
     /// page passes at open: old content, new content, torn, zeros where
-    /// the file grew, old content where it shrank. The record's own pages
-    /// are still checked exactly.
+    /// the file grew, old content where it shrank; only the old content
+    /// can be read. The record's own pages are still checked exactly.
     #[test]
     fn a_torn_checkpoint_passes_the_check_at_open() {
         let tmp = tempfile::tempdir().unwrap();
@@ -687,7 +691,12 @@ mod tests {
         let at_2 = || changed.iter().map(|(n, p)| (*n, &p[..]));
         f.checkpoint(at_2(), 6, PS, 2).unwrap();
         drop(f);
-        open(4, 1).unwrap();
+        let newer = open(4, 1).unwrap();
+        // Page 2 holds what that checkpoint wrote, newer than the record:
+        // nothing may be built on it before the replay shadows it.
+        assert!(newer.read_page(2, PS).is_err());
+        assert_eq!(&newer.read_page(1, PS).unwrap()[..], &page(1)[..]);
+        drop(newer);
         open(6, 2).unwrap();
         // The crash came before its record: page 2 was never written,
         // page 3 half written, the file never grew.

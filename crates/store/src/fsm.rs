@@ -190,16 +190,16 @@ fn prepare(shared: &Shared, index: u64, input: &mut dyn Read) -> io::Result<Prep
 }
 
 impl State for StoreState {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> bool {
-        self.applied = index;
+    fn apply(&mut self, index: u64, instruction: &[u8]) -> io::Result<bool> {
         let satisfied = match Entry::decode(instruction) {
-            Ok(entry) => self.shared.apply(&entry),
+            Ok(entry) => self.shared.apply(entry)?,
             Err(e) => {
                 // Same bytes on every node, so every node skips it alike.
                 error!(index, "skipping an entry that is not a store entry: {e}");
                 false
             }
         };
+        self.applied = index;
         if self.shared.checkpoint_due() {
             // In the background; until it is durable the changes stay in
             // memory and the log, and a later apply tries again if this
@@ -208,7 +208,7 @@ impl State for StoreState {
                 warn!(index, "cannot start a checkpoint: {e}");
             }
         }
-        satisfied
+        Ok(satisfied)
     }
 
     fn skip(&mut self, index: u64) {

@@ -114,12 +114,23 @@ impl MainFile {
         let pages_after = overlay.pages_after.unwrap_or(base.pages);
         // SQLite rewrites pages it did not change (journal playback, spills
         // of clean pages); only real changes are replicated.
+        // Each changed page travels as a patch of the base's page where
+        // that is smaller (`Entry::encode_patches`).
         let same_size = page_size == base.page_size;
-        let pages: Vec<(u32, Arc<[u8]>)> = overlay
-            .pages
-            .into_iter()
-            .filter(|(n, p)| !(same_size && matches!(base.page(*n), Ok(Some(b)) if b[..] == p[..])))
-            .collect();
+        let mut pages = Vec::with_capacity(overlay.pages.len());
+        let mut olds = Vec::with_capacity(overlay.pages.len());
+        for (n, p) in overlay.pages {
+            let old = match same_size.then(|| base.page(n)) {
+                Some(Ok(Some(old))) if old[..] == p[..] => continue,
+                Some(Ok(Some(old))) => Some(old),
+                Some(Ok(None)) => Some(Arc::from(vec![0; p.len()])),
+                // A page size change, or a base page that cannot be read:
+                // the page goes whole.
+                None | Some(Err(_)) => None,
+            };
+            pages.push((n, p));
+            olds.push(old);
+        }
         if pages.is_empty() && pages_after == base.pages && same_size {
             return Ok(());
         }
@@ -132,6 +143,16 @@ impl MainFile {
             pages_after,
             pages,
         };
+        // Disk mode sends whole pages: after a crash in a checkpoint its
+        // files may hold pages newer than the log replays from (see
+        // `disk`), which a patch could not be rebuilt on; only a whole
+        // page shadows them.
+        let encoded = if self.shared.is_disk() {
+            entry.encode()
+        } else {
+            entry.encode_patches(&olds)
+        };
+        drop(olds);
         let ticket = Arc::new(Ticket::default());
         {
             let mut st = self.db.lock();
@@ -156,7 +177,7 @@ impl MainFile {
         // by this very entry's apply is not held back by it.
         drop(base);
         self.snapshot = None;
-        self.shared.propose(&self.db, entry);
+        self.shared.propose(&self.db, entry, encoded);
         #[cfg(feature = "sim-bugs")]
         if self.shared.broken() == crate::Broken::AckBeforeCommit {
             ticket.resolve(Ok(()));

@@ -59,7 +59,7 @@ pub use chain::{pending, settle, Pending, SettleError};
 pub use fsm::StoreState;
 
 use disk::{BaseFile, Checkpoint, CheckpointDb, DiskDir};
-use entry::Entry;
+use entry::{Decoded, Entry};
 use pages::Version;
 
 /// Store errors.
@@ -278,12 +278,25 @@ impl Shared {
     }
 
     /// Applies a committed entry: true if it was current, false if stale.
-    pub(crate) fn apply(&self, entry: &Entry) -> bool {
-        let db = self.db(&entry.database);
+    /// Fails, applying nothing, only if a page the entry patches cannot be
+    /// read from the base version (a damaged disk-mode file): the node must
+    /// not go on applying without it.
+    pub(crate) fn apply(&self, decoded: Decoded) -> std::io::Result<bool> {
+        let db = self.db(&decoded.head.database);
         let mut st = db.lock();
-        let next = st.current.apply(entry);
+        let current = decoded.builds_on(&st.current);
+        // The canary rebuilds a stale entry on the current version: its
+        // patches are rebuilt on that version too.
         #[cfg(feature = "sim-bugs")]
-        let next = self.broken_apply(&st, entry, next);
+        let current = current || self.broken() == Broken::SkipBaseCheck;
+        let entry = if current {
+            decoded.resolve(&st.current)?
+        } else {
+            decoded.head
+        };
+        let next = st.current.apply(&entry);
+        #[cfg(feature = "sim-bugs")]
+        let next = self.broken_apply(&st, &entry, next);
         let ok = match next {
             Some(next) => {
                 let old = std::mem::replace(&mut st.current, Arc::new(next));
@@ -299,7 +312,7 @@ impl Shared {
         if let Some(handed) = st.chain.applied(entry.id, ok) {
             self.commit_seconds.observe(handed.elapsed().as_secs_f64());
         }
-        ok
+        Ok(ok)
     }
 
     /// The canary switched on, if any.
@@ -449,7 +462,7 @@ impl Shared {
 
     /// Hands an entry of `db`'s chain to consensus, or, without a
     /// proposer, applies it at once.
-    fn propose(&self, db: &Arc<Db>, entry: Entry) {
+    fn propose(&self, db: &Arc<Db>, entry: Entry, encoded: Vec<u8>) {
         let proposer = self
             .proposer
             .read()
@@ -460,7 +473,7 @@ impl Shared {
                 let db = Arc::downgrade(db);
                 let id = entry.id;
                 p.propose(
-                    entry.encode(),
+                    encoded,
                     Box::new(move |e| {
                         if let Some(db) = db.upgrade() {
                             db.lock().chain.failed(id, e.into());
@@ -469,7 +482,10 @@ impl Shared {
                 );
             }
             None => {
-                self.apply(&entry);
+                if let Ok(decoded) = Entry::decode(&encoded) {
+                    // Applies to the version it was built on, in memory.
+                    let _ = self.apply(decoded);
+                }
             }
         }
     }

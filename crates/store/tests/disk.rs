@@ -34,7 +34,7 @@ impl Proposer for Log {
         let mut entries = self.entries.lock().unwrap();
         entries.push(entry.clone());
         let index = entries.len() as u64;
-        self.state.lock().unwrap().apply(index, &entry);
+        self.state.lock().unwrap().apply(index, &entry).unwrap();
     }
 }
 
@@ -75,7 +75,7 @@ fn restart_from_files_and_replay_of_the_log() {
         let index = i as u64 + 1;
         // Consensus replays only what the state has not applied.
         if index > state.applied_index() {
-            assert!(state.apply(index, e));
+            assert!(state.apply(index, e).unwrap());
         }
     }
     assert_eq!(reopened.image("d.db").unwrap(), image);
@@ -116,8 +116,11 @@ fn a_torn_checkpoint_is_repaired_by_the_replay() {
     std::fs::write(&record, older_record).unwrap();
     let changed: std::collections::BTreeSet<u32> = entries[checkpointed as usize..]
         .iter()
-        .flat_map(|e| dqlite_store::entry::Entry::decode(e).unwrap().pages)
-        .map(|(pgno, _)| pgno)
+        .flat_map(|e| {
+            dqlite_store::entry::Entry::decode(e)
+                .unwrap()
+                .page_numbers()
+        })
         .collect();
     let file = db_file(dir.path());
     let mut bytes = std::fs::read(&file).unwrap();
@@ -133,7 +136,7 @@ fn a_torn_checkpoint_is_repaired_by_the_replay() {
     for (i, e) in entries.iter().enumerate() {
         let index = i as u64 + 1;
         if index > state.applied_index() {
-            state.apply(index, e);
+            state.apply(index, e).unwrap();
         }
     }
     let got = reopened.image("t.db").unwrap();

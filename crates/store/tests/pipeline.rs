@@ -32,7 +32,7 @@ struct Queue {
 
 impl Proposer for Queue {
     fn propose(&self, bytes: Vec<u8>, failed: OnFailure) {
-        let id = Entry::decode(&bytes).unwrap().id;
+        let id = Entry::decode(&bytes).unwrap().head.id;
         self.proposed.lock().unwrap().push(id);
         self.entries.lock().unwrap().push_back(Queued {
             bytes,
@@ -105,7 +105,7 @@ impl Cluster {
         let oks: Vec<bool> = self
             .states
             .iter_mut()
-            .map(|s| s.apply(self.index, &q.bytes))
+            .map(|s| s.apply(self.index, &q.bytes).unwrap())
             .collect();
         assert!(oks.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
         let image = self.leader.image("p.db");
