@@ -68,13 +68,14 @@ fn a_full_disk_is_sqlite_full_for_the_client_and_logged_on_the_node() {
             .expect("create");
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut seen = Vec::new();
-        // Each row replicates 256 KiB of pages: 24 MiB is full well
-        // before the bound.
+        // Each row replicates 256 KiB of pages (random: pages of zeros
+        // would travel as tiny patches): 24 MiB is full well before the
+        // bound.
         for i in 0..400 {
             if Instant::now() >= deadline {
                 break;
             }
-            match db.exec("INSERT INTO t VALUES (zeroblob(262144))", ()).await {
+            match db.exec("INSERT INTO t VALUES (randomblob(262144))", ()).await {
                 Ok(_) => {}
                 Err(err) if err.code() == Some(13) => return Ok((i, err.to_string(), seen)),
                 // The write in flight when the disk filled has an unknown
