@@ -68,7 +68,19 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cert, pool := clusterCert()
-	tlsOption := app.WithTLS(app.SimpleTLSConfig(cert, pool))
+	listen, dial := app.SimpleTLSConfig(cert, pool)
+	// Debian's Go 1.19.8 has golang/go#59424: after a HelloRetryRequest a
+	// TLS 1.3 client computes its PSK binder wrongly, and SimpleTLSConfig
+	// causes one on every handshake (server curves P-521, P-384, P-256; the
+	// client's first key share is X25519). So every resumed handshake fails
+	// ("invalid PSK binder") and drops the ticket, and the next succeeds and
+	// caches a new one: every other dial through the session cache the three
+	// apps share fails. go-dqlite's leader search could lock into dialling
+	// the leader always right after a success, so no client reached it and
+	// a node was never promoted (with Canonical's libdqlite too). The same
+	// curve order on both sides needs no retry, and resumption works.
+	dial.CurvePreferences = listen.CurvePreferences
+	tlsOption := app.WithTLS(listen, dial)
 
 	apps := []*app.App{}
 	for i, address := range addresses {
