@@ -75,7 +75,10 @@ fn a_full_disk_is_sqlite_full_for_the_client_and_logged_on_the_node() {
             if Instant::now() >= deadline {
                 break;
             }
-            match db.exec("INSERT INTO t VALUES (randomblob(262144))", ()).await {
+            match db
+                .exec("INSERT INTO t VALUES (randomblob(262144))", ())
+                .await
+            {
                 Ok(_) => {}
                 Err(err) if err.code() == Some(13) => return Ok((i, err.to_string(), seen)),
                 // The write in flight when the disk filled has an unknown

@@ -52,6 +52,10 @@ pub struct CoreConfig {
     pub snapshot_threshold: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub snapshot_trailing: u64,
+    /// A snapshot also waits for as many bytes of applied entries as the
+    /// last snapshot file holds ([`Core::maybe_snapshot`]). The simulator
+    /// turns it off to take snapshots often.
+    pub snapshot_waits_for_image_bytes: bool,
     /// Bytes of log entries kept in memory; older applied entries are read
     /// back from the segment files when a follower needs them.
     pub log_cache_bytes: u64,
@@ -76,6 +80,7 @@ impl CoreConfig {
             heartbeat_tick: 2,
             snapshot_threshold: 1024,
             snapshot_trailing: 8192,
+            snapshot_waits_for_image_bytes: true,
             log_cache_bytes: crate::storage::mem::DEFAULT_LOG_CACHE_BYTES,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
@@ -589,6 +594,11 @@ pub struct Core<S: State> {
     /// the commit index reaches the fence it neither votes nor campaigns
     /// (see [`crate::storage::fence`]).
     fence: Option<Fence>,
+    /// Bytes of entries applied since the last snapshot was started.
+    applied_bytes: u64,
+    /// Size of the latest snapshot file: the next one waits until as many
+    /// bytes of entries were applied (see [`Core::maybe_snapshot`]).
+    image_bytes: u64,
 }
 
 /// Context of the rejection a fenced node sends to a leader that believes
@@ -635,6 +645,11 @@ impl<S: State> Core<S> {
                 reader.finish();
             }
         }
+        let image_bytes = boot
+            .snapshot
+            .as_ref()
+            .and_then(|h| snapshots.find(h.term, h.index).ok())
+            .map_or(0, |info| info.size);
         let conf_state = meta.get_conf_state().clone();
         let mut hs = boot.hard_state;
         let last = meta.index + (boot.dropped_terms.len() + boot.entries.len()) as u64;
@@ -713,6 +728,8 @@ impl<S: State> Core<S> {
                 (durable_commit, progress)
             }),
             fence,
+            applied_bytes: 0,
+            image_bytes,
         })
     }
 
@@ -1740,6 +1757,7 @@ impl<S: State> Core<S> {
             value: None,
         };
         let fresh = index > self.state.applied_index();
+        self.applied_bytes += entry.data.len() as u64;
         match entry.get_entry_type() {
             EntryType::EntryNormal => match codec::decode(&entry.data) {
                 Payload::State(instruction) => {
@@ -1919,6 +1937,14 @@ impl<S: State> Core<S> {
 
     /// Starts a snapshot when enough entries were applied since the last
     /// one (or raft asked for a newer one), unless one is being written.
+    ///
+    /// Enough is `snapshot_threshold` entries *and* as many bytes of
+    /// entries as the last snapshot file holds: writing a whole image of a
+    /// large state every threshold entries of small changes (a 1 KiB insert
+    /// is about 1.3 KB of entry) would cost many times the log's own writes
+    /// and most of the CPU. So snapshots cost at most what the log does,
+    /// and the log holds at most about one image's worth behind a snapshot
+    /// (plus `snapshot_trailing` entries).
     fn maybe_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
         if self.failed.is_some() {
             return Ok(());
@@ -1930,7 +1956,10 @@ impl<S: State> Core<S> {
             return Ok(());
         }
         let requested = self.raw.store().take_snapshot_request();
-        if !requested && self.applied < self.snapshot_index + self.config.snapshot_threshold {
+        let due = self.applied >= self.snapshot_index + self.config.snapshot_threshold
+            && (self.applied_bytes >= self.image_bytes
+                || !self.config.snapshot_waits_for_image_bytes);
+        if !requested && !due {
             return Ok(());
         }
         self.take_snapshot(out)
@@ -1958,6 +1987,7 @@ impl<S: State> Core<S> {
             Some(Ok(true)) => {
                 // The metadata is of this index, as the files will be.
                 self.snapshotting = Some(index);
+                self.applied_bytes = 0;
                 self.checkpoint_wait = Some(header);
                 return Ok(());
             }
@@ -1980,6 +2010,7 @@ impl<S: State> Core<S> {
             .freeze()
             .map_err(|e| CoreError::State(format!("freezing the state for a snapshot: {e}")))?;
         self.snapshotting = Some(index);
+        self.applied_bytes = 0;
         out.push(Action::Snapshot(SnapshotJob {
             header: SnapshotHeader {
                 files: false,
@@ -2108,6 +2139,7 @@ impl<S: State> Core<S> {
             return;
         }
         debug!(index, size = info.size, "snapshot taken");
+        self.image_bytes = info.size;
         self.raw.mut_store().set_snapshot(info.header.metadata());
         self.snapshot_index = index;
         let compact_to = index

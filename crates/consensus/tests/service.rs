@@ -1076,3 +1076,38 @@ async fn an_entry_the_state_cannot_apply_stops_the_node_and_is_applied_after_res
     assert_eq!(kv.get("b").as_deref(), Some("2"));
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_state_is_snapshotted_after_as_many_bytes_of_log_as_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.snapshot_threshold = 10;
+    c.snapshot_trailing = 0;
+    let svc = Service::start(c, KvState::new()).await.unwrap();
+    svc.init().await.unwrap();
+    wait_until("leadership", || svc.is_leader()).await;
+    assert!(svc
+        .exec(set("big", &"x".repeat(256 << 10)), T)
+        .await
+        .unwrap());
+    for i in 0..10 {
+        assert!(svc.exec(set(&format!("a{i}"), "v"), T).await.unwrap());
+    }
+    wait_until("a snapshot of the large value", || {
+        svc.status().snapshot_index > 10
+    })
+    .await;
+    let first = svc.status().snapshot_index;
+    // Twenty times the entry threshold, a few KiB: no new 256 KiB image.
+    for i in 0..200 {
+        assert!(svc.exec(set(&format!("k{i}"), "v"), T).await.unwrap());
+    }
+    assert_eq!(svc.status().snapshot_index, first);
+    // As many bytes of entries as the image: the next snapshot.
+    for i in 0..3 {
+        let value = "y".repeat(100 << 10);
+        assert!(svc.exec(set(&format!("b{i}"), &value), T).await.unwrap());
+    }
+    wait_until("the next snapshot", || svc.status().snapshot_index > first).await;
+    svc.stop().await;
+}

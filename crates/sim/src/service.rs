@@ -498,6 +498,7 @@ impl<M: Machine> ServiceNode<M> {
             // transfer happen within a short run.
             snapshot_threshold: 24,
             snapshot_trailing: 8,
+            snapshot_waits_for_image_bytes: false,
             // A tiny cache so lagging followers are served from the
             // segment files (the read-back path) in most runs.
             log_cache_bytes: 256,
