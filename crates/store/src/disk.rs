@@ -12,11 +12,12 @@
 //! files beside the old one and switches with the record, so a crash during
 //! a restore leaves the old generation intact.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub struct BaseFile {
     sums_file: File,
     /// The crc32c each page must have when read (index `pgno - 1`).
     sums: RwLock<Vec<u32>>,
+    /// Pages that a checkpoint cut short by a crash left newer than the
+    /// record, or torn: unreadable until a checkpoint writes them again.
+    unsettled: Mutex<BTreeSet<u32>>,
 }
 
 /// The checksums of one page: 16 bytes at `(pgno - 1) × 16`, little-endian.
@@ -138,6 +142,7 @@ impl BaseFile {
             file: open_rw(path, false)?,
             sums_file: open_rw(&sums_path(path), true)?,
             sums: RwLock::new(Vec::new()),
+            unsettled: Mutex::default(),
         })
     }
 
@@ -169,6 +174,7 @@ impl BaseFile {
             file: open_rw(path, false)?,
             sums_file: open_rw(&sums_at, !has_sums)?,
             sums: RwLock::new(Vec::new()),
+            unsettled: Mutex::default(),
         };
         let mut stored = vec![0u8; pages as usize * SUM_BYTES];
         if has_sums {
@@ -177,6 +183,7 @@ impl BaseFile {
         let zero = zero_crc(page_size);
         let ps = page_size as usize;
         let mut sums = Vec::with_capacity(pages as usize);
+        let mut unsettled = BTreeSet::new();
         // About 1 MiB per read.
         let per_read = ((1usize << 20) / ps.max(1)).max(1) as u32;
         let mut chunk = vec![0u8; ps * per_read as usize];
@@ -213,6 +220,7 @@ impl BaseFile {
                 } else if matches(sum.previous, crc, zero) {
                     crc
                 } else {
+                    unsettled.insert(pgno);
                     // Newer than the record (a checkpoint after it wrote the
                     // page before a crash), or torn mid-page: the replay
                     // shadows it; reading it before would fail, so nothing
@@ -246,11 +254,16 @@ impl BaseFile {
             base.sums_file.sync_data()?;
         }
         *base.sums_mut() = sums;
+        *base.unsettled() = unsettled;
         Ok(base)
     }
 
     fn sums(&self) -> RwLockReadGuard<'_, Vec<u32>> {
         self.sums.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unsettled(&self) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.unsettled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn sums_mut(&self) -> RwLockWriteGuard<'_, Vec<u32>> {
@@ -272,11 +285,22 @@ impl BaseFile {
             None => crc == zero_crc(page_size),
         };
         if !sound {
-            let err = damaged(
-                &self.path,
-                pgno,
-                "the file is damaged; restart the node to rebuild it from its peers",
-            );
+            let err = if self.unsettled().contains(&pgno) {
+                damaged(
+                    &self.path,
+                    pgno,
+                    "it holds what a checkpoint cut short by a crash wrote, which only a \
+                     whole page from the log may replace, and a memory-mode leader sent a \
+                     patch of it; move this node's data directory aside and join it again, \
+                     and do not mix --disk-mode and memory-mode nodes in one cluster",
+                )
+            } else {
+                damaged(
+                    &self.path,
+                    pgno,
+                    "the file is damaged; restart the node to rebuild it from its peers",
+                )
+            };
             tracing::error!("{err}");
             return Err(err);
         }
@@ -330,6 +354,12 @@ impl BaseFile {
         applied: u64,
     ) -> io::Result<()> {
         let zero = zero_crc(page_size);
+        {
+            let mut unsettled = self.unsettled();
+            for (pgno, _) in changed.clone() {
+                unsettled.remove(&pgno);
+            }
+        }
         // Runs of consecutive pages: (first page, their sums).
         let mut runs: Vec<(u32, Vec<u8>)> = Vec::new();
         {
@@ -694,7 +724,8 @@ mod tests {
         let newer = open(4, 1).unwrap();
         // Page 2 holds what that checkpoint wrote, newer than the record:
         // nothing may be built on it before the replay shadows it.
-        assert!(newer.read_page(2, PS).is_err());
+        let err = newer.read_page(2, PS).unwrap_err().to_string();
+        assert!(err.contains("checkpoint cut short"), "{err}");
         assert_eq!(&newer.read_page(1, PS).unwrap()[..], &page(1)[..]);
         drop(newer);
         open(6, 2).unwrap();

@@ -492,3 +492,54 @@ fn restores_prepared_off_the_driver_thread_never_share_files() {
         .count();
     assert_eq!(files, 1, "only the installed generation is left");
 }
+
+/// A disk-mode node in a cluster with a memory-mode leader receives pages
+/// as patches. After a crash in a checkpoint its files hold pages newer
+/// than the record, which no patch may be applied to: the replay fails,
+/// applying nothing and naming the way out, instead of building on them.
+#[test]
+fn a_patch_of_a_page_a_crashed_checkpoint_left_newer_is_refused() {
+    let leader = Store::memory().unwrap();
+    let log = Log::attach(&leader);
+    let conn = leader.open("t.db").unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&conn, 30);
+    let first = log.last_index();
+    fill(&conn, 30);
+    let entries = log.entries.lock().unwrap().clone();
+
+    let dir = tempfile::tempdir().unwrap();
+    let follower = Store::disk(dir.path()).unwrap();
+    let mut state = follower.state();
+    let apply = |state: &mut StoreState, range: std::ops::Range<usize>| {
+        for i in range {
+            assert!(state.apply(i as u64 + 1, &entries[i]).unwrap());
+        }
+    };
+    apply(&mut state, 0..first as usize);
+    assert!(follower.checkpoint(first).unwrap());
+    let record = dir.path().join("checkpoint.json");
+    let older_record = std::fs::read(&record).unwrap();
+    apply(&mut state, first as usize..entries.len());
+    assert_eq!(
+        follower.image("t.db").unwrap(),
+        leader.image("t.db").unwrap()
+    );
+    // The later checkpoint wrote every page; the crash came before its
+    // record.
+    assert!(follower.checkpoint(entries.len() as u64).unwrap());
+    drop(state);
+    drop(follower);
+    std::fs::write(&record, older_record).unwrap();
+
+    let reopened = Store::disk(dir.path()).unwrap();
+    let mut state = reopened.state();
+    assert_eq!(state.applied_index(), first);
+    let failed = (first as usize..entries.len())
+        .map(|i| (i as u64 + 1, state.apply(i as u64 + 1, &entries[i])))
+        .find_map(|(index, r)| r.err().map(|e| (index, e)));
+    let (index, err) = failed.expect("a patch of a newer page was applied");
+    assert!(err.to_string().contains("checkpoint cut short"), "{err}");
+    assert_eq!(state.applied_index(), index - 1, "nothing applied");
+}
