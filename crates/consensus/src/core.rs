@@ -898,6 +898,12 @@ impl<S: State> Core<S> {
         self.raw.raft.term
     }
 
+    /// Whether this node is the only voter: no other node's vote or
+    /// acknowledgement is needed, so nothing waits on its heartbeats.
+    pub fn is_sole_voter(&self) -> bool {
+        self.conf_state.voters == [self.config.id] && self.conf_state.voters_outgoing.is_empty()
+    }
+
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader

@@ -256,18 +256,25 @@ impl Persister {
         Ok(())
     }
 
-    /// Runs until [`Job::Stop`] or the job channel closes.
+    /// Runs until [`Job::Stop`] or the job channel closes. The persister
+    /// is shared with the driver, which writes a batch itself when it is
+    /// the only voter and nothing is queued here ([`crate::driver`]).
     pub fn run(
-        mut self,
+        this: &std::sync::Mutex<Persister>,
         jobs: Receiver<Job>,
         reports: Sender<Report>,
         stats: std::sync::Arc<Stats>,
     ) {
+        let lock = || this.lock().unwrap_or_else(|e| e.into_inner());
+        let (max_batch, shutdown) = {
+            let p = lock();
+            (p.max_batch, p.shutdown.clone())
+        };
         let mut stop = false;
         while !stop {
             let Ok(first) = jobs.recv() else { break };
             let mut batch = vec![first];
-            while batch.len() < self.max_batch {
+            while batch.len() < max_batch {
                 match jobs.try_recv() {
                     Ok(j) => batch.push(j),
                     Err(_) => break,
@@ -286,7 +293,9 @@ impl Persister {
             let mut failing = false;
             // Retry until it works or we are told to stop; bounded by stop.
             loop {
-                match self.write(&writes, &stats) {
+                // Locked per attempt, not across the back-off.
+                let written = lock().write(&writes, &stats);
+                match written {
                     Ok(()) => break,
                     Err(e) => {
                         let full = e.is_disk_full();
@@ -306,7 +315,7 @@ impl Persister {
                         })));
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
-                        if self.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+                        if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
                             let _ = reports.send(Report::Stopped);
                             return;
                         }
@@ -321,7 +330,7 @@ impl Persister {
                 let _ = reports.send(Report::Persisted(n));
             }
             if let Some(i) = compact {
-                if let Err(e) = self.log.compact(i) {
+                if let Err(e) = lock().log.compact(i) {
                     error!(error = %e, "log compaction failed");
                 }
             }

@@ -29,6 +29,19 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
+/// Writes small keys until the leader's snapshot index passes `past` (a
+/// snapshot also waits for as many bytes of log as the last image, so how
+/// many writes that takes depends on the state's size).
+async fn write_until_compacted(leader: &Service, past: u64) {
+    for i in 0..2000 {
+        if leader.status().snapshot_index > past {
+            return;
+        }
+        assert!(leader.exec(set(&format!("k{i}"), "v"), T).await.unwrap());
+    }
+    wait_until("compaction", || leader.status().snapshot_index > past).await;
+}
+
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
@@ -917,10 +930,7 @@ async fn a_follower_keeps_answering_while_a_snapshot_from_the_leader_is_installe
     } = slow_install_cluster(true).await;
     // The log is compacted well past the start before node 3 joins: it is
     // sent a snapshot.
-    for i in 0..30 {
-        assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
-    }
-    wait_until("compaction", || nodes[0].status().snapshot_index > 20).await;
+    write_until_compacted(&nodes[0], 20).await;
     let joiner = nodes[2].clone();
     let joined = tokio::spawn(async move { joiner.join(&boot).await });
     let index = tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
@@ -976,13 +986,7 @@ async fn a_voter_promotion_slower_than_the_wait_keeps_the_node_catching_up() {
     // A spare, and the log compacted past it: it will need a snapshot.
     nodes[0].set_role(&addr, Role::Spare).await.unwrap();
     let compacted = nodes[0].status().snapshot_index;
-    for i in 0..30 {
-        assert!(nodes[0].exec(set(&format!("k{i}"), "v"), T).await.unwrap());
-    }
-    wait_until("compaction", || {
-        nodes[0].status().snapshot_index > compacted + 20
-    })
-    .await;
+    write_until_compacted(&nodes[0], compacted + 20).await;
     prepare
         .armed
         .store(true, std::sync::atomic::Ordering::SeqCst);
