@@ -35,6 +35,10 @@ impl Databases for StoreDatabases {
         drop(dqlite_store::pending());
     }
 
+    fn read_committed(&self, on: bool) {
+        dqlite_store::read_committed(on);
+    }
+
     fn unsettled(&self) -> Box<dyn Unsettled> {
         Box::new(StorePending(dqlite_store::pending()))
     }

@@ -42,6 +42,14 @@ pub trait Databases: Send + Sync + 'static {
     /// without waiting, so that a later statement on the same thread does
     /// not wait for it.
     fn forget(&self) {}
+
+    /// While `on`, read transactions started on this thread may read the
+    /// committed state instead of writes still in flight, so they need not
+    /// wait for them. Set around a read-only statement outside an explicit
+    /// transaction, after its read barrier. The default ignores it.
+    fn read_committed(&self, on: bool) {
+        let _ = on;
+    }
 }
 
 /// What a statement's SQLite work left to wait for before its response

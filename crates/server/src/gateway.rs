@@ -342,7 +342,10 @@ impl Gateway {
         Ok(Reply::Rows(spawn_query(
             &self.shared.databases,
             open,
-            move |c, stop, sink| sql::query_sql(c, &sql, &params, Access::ReadOnly, stop, sink),
+            // Reads no table: nothing to gain from the committed version.
+            move |c, stop, sink| {
+                sql::query_sql(c, &sql, &params, Access::ReadOnly, stop, sink, &|_| {})
+            },
         )))
     }
 
@@ -479,8 +482,9 @@ impl Gateway {
                     return Err(no_stmt());
                 };
                 let sql = prepared.sql.clone();
+                let databases = Arc::clone(&self.shared.databases);
                 Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
-                    sql::query(c, &sql, &params, access, stop, sink)
+                    sql::query(c, &sql, &params, access, stop, sink, &|on| databases.read_committed(on))
                 })))
             }
             Request::QuerySql { db, sql, params } => {
@@ -490,8 +494,9 @@ impl Gateway {
                 }
                 let access = self.read_barrier().await?.access();
                 let open = self.db(db)?;
+                let databases = Arc::clone(&self.shared.databases);
                 Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
-                    sql::query_sql(c, &sql, &params, access, stop, sink)
+                    sql::query_sql(c, &sql, &params, access, stop, sink, &|on| databases.read_committed(on))
                 })))
             }
             Request::Finalize { db, stmt } => {

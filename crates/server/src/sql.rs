@@ -349,6 +349,7 @@ pub fn query_sql(
     access: Access,
     stop: &AtomicBool,
     sink: &mut Sink<'_>,
+    read_committed: &dyn Fn(bool),
 ) -> Result<(), Failure> {
     let mut batch = Batch::new(conn, sql);
     let mut stmt = batch.next()?.ok_or_else(empty_statement)?;
@@ -357,7 +358,7 @@ pub fn query_sql(
     }
     check_access(&stmt, access)?;
     bind_all(&mut stmt, params)?;
-    stream(&mut stmt, stop, sink)
+    stream_read(conn, &mut stmt, stop, sink, read_committed)
 }
 
 /// Runs a prepared statement as a query (QUERY).
@@ -368,11 +369,30 @@ pub fn query(
     access: Access,
     stop: &AtomicBool,
     sink: &mut Sink<'_>,
+    read_committed: &dyn Fn(bool),
 ) -> Result<(), Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
     check_access(&stmt, access)?;
     bind_all(&mut stmt, params)?;
-    stream(&mut stmt, stop, sink)
+    stream_read(conn, &mut stmt, stop, sink, read_committed)
+}
+
+/// Streams a query's rows. A read-only statement outside an explicit
+/// transaction runs after its read barrier, so it may read what is
+/// committed instead of writes still in flight, and never waits for them
+/// (`read_committed`, see [`crate::Databases::read_committed`]).
+fn stream_read(
+    conn: &Connection,
+    stmt: &mut Statement<'_>,
+    stop: &AtomicBool,
+    sink: &mut Sink<'_>,
+    read_committed: &dyn Fn(bool),
+) -> Result<(), Failure> {
+    let committed = stmt.readonly() && conn.is_autocommit();
+    read_committed(committed);
+    let result = stream(stmt, stop, sink);
+    read_committed(false);
+    result
 }
 
 /// How a column's declared type changes the wire type of its values
@@ -499,6 +519,7 @@ mod tests {
             ro,
             &stop,
             &mut |_| true,
+            &|_| {},
         )
         .unwrap_err();
         assert_eq!(err, write_on_follower());
@@ -511,15 +532,50 @@ mod tests {
     fn collect(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Rows>, Failure> {
         let mut out = Vec::new();
         let stop = AtomicBool::new(false);
-        query_sql(conn, sql, params, Access::ReadWrite, &stop, &mut |bytes| {
-            let header = Header::decode(bytes[..8].try_into().unwrap());
-            match Response::decode(&header, &bytes[8..], DecodeContext::default()).unwrap() {
-                Response::Rows(r) => out.push(r),
-                other => panic!("unexpected {other:?}"),
-            }
-            true
-        })?;
+        query_sql(
+            conn,
+            sql,
+            params,
+            Access::ReadWrite,
+            &stop,
+            &mut |bytes| {
+                let header = Header::decode(bytes[..8].try_into().unwrap());
+                match Response::decode(&header, &bytes[8..], DecodeContext::default()).unwrap() {
+                    Response::Rows(r) => out.push(r),
+                    other => panic!("unexpected {other:?}"),
+                }
+                true
+            },
+            &|_| {},
+        )?;
         Ok(out)
+    }
+
+    #[test]
+    fn only_a_read_only_query_outside_a_transaction_reads_committed_state() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (a)").unwrap();
+        let asked = std::cell::RefCell::new(Vec::new());
+        let stop = AtomicBool::new(false);
+        let run = |sql: &str| {
+            query_sql(
+                &c,
+                sql,
+                &[],
+                Access::ReadWrite,
+                &stop,
+                &mut |_| true,
+                &|on| asked.borrow_mut().push(on),
+            )
+            .unwrap();
+            std::mem::take(&mut *asked.borrow_mut())
+        };
+        // Set for the statement, cleared after it.
+        assert_eq!(run("SELECT * FROM t"), [true, false]);
+        assert_eq!(run("INSERT INTO t VALUES (1) RETURNING a"), [false, false]);
+        c.execute_batch("BEGIN").unwrap();
+        assert_eq!(run("SELECT * FROM t"), [false, false]);
+        c.execute_batch("COMMIT").unwrap();
     }
 
     #[test]
@@ -704,6 +760,7 @@ mod tests {
                 }
                 true
             },
+            &|_| {},
         )
         .unwrap_err();
         assert_eq!(err, interrupted());

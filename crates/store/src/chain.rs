@@ -217,6 +217,28 @@ thread_local! {
     static TOUCHED: RefCell<Pending> = const { RefCell::new(Pending { tickets: Vec::new(), wrote: false }) };
 }
 
+thread_local! {
+    /// Read transactions started on this thread read the committed version,
+    /// not the chain's head ([`read_committed`]).
+    static READ_COMMITTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While `on`, read transactions started on this thread see the committed
+/// version of their database instead of the head of its chain, so they
+/// never wait for entries in flight. For a read-only statement outside an
+/// explicit transaction, after a read barrier: it must see every write
+/// acknowledged before it, and those are committed (and applied here)
+/// before their response leaves; writes still in flight need not be
+/// visible to it. Never for a transaction that may write: a write must
+/// build on the head.
+pub fn read_committed(on: bool) {
+    READ_COMMITTED.with(|c| c.set(on));
+}
+
+pub(crate) fn reads_committed() -> bool {
+    READ_COMMITTED.with(std::cell::Cell::get)
+}
+
 /// Records that this thread's current statement depends on `ticket`: it
 /// read the version the entry makes, or (`own`) committed the entry.
 pub(crate) fn touch(ticket: &Arc<Ticket>, own: bool) {

@@ -63,6 +63,8 @@ impl MainFile {
 
     /// Takes the read snapshot: the head of the database's chain. A
     /// speculative head is recorded so the statement's response waits for it.
+    /// A read-only statement may take the committed version instead
+    /// ([`chain::read_committed`]).
     fn take_snapshot(&mut self) {
         if self.seen.as_ref().is_some_and(|t| t.failure().is_some()) {
             self.reset_cache = true;
@@ -73,7 +75,13 @@ impl MainFile {
             if let Some(deadline) = Instant::now().checked_sub(chain::IN_FLIGHT_LIMIT) {
                 st.chain.expire(deadline);
             }
-            st.head()
+            if chain::reads_committed() && self.level == lock::NONE {
+                let current = Arc::clone(&st.current);
+                st.track(&current);
+                (current, None)
+            } else {
+                st.head()
+            }
         };
         if let Some(t) = ticket {
             chain::touch(&t, false);

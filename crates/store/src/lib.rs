@@ -55,7 +55,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use chain::{pending, settle, Pending, SettleError};
+pub use chain::{pending, read_committed, settle, Pending, SettleError};
 pub use fsm::StoreState;
 
 use disk::{BaseFile, Checkpoint, CheckpointDb, DiskDir};

@@ -46,6 +46,8 @@ impl Proposer for Queue {
 enum Op {
     Write(usize, i64),
     Read(usize),
+    /// A read of the committed version (`dqlite_store::read_committed`).
+    ReadCommitted(usize),
     Apply,
     /// The oldest entry's outcome becomes unknown; it may still commit.
     Fail {
@@ -58,6 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0usize..3, 0i64..4).prop_map(|(c, k)| Op::Write(c, k)),
         3 => (0usize..3).prop_map(Op::Read),
+        2 => (0usize..3).prop_map(Op::ReadCommitted),
         4 => Just(Op::Apply),
         1 => any::<bool>().prop_map(|keep| Op::Fail { keep }),
         1 => Just(Op::LoseLeadership),
@@ -166,6 +169,14 @@ fn run(ops: Vec<Op>) {
             Op::Read(c) => {
                 let r = rows(&conns[c]);
                 read_checks.push((r, pending()));
+            }
+            Op::ReadCommitted(c) => {
+                dqlite_store::read_committed(true);
+                let r = rows(&conns[c]);
+                dqlite_store::read_committed(false);
+                // Exactly what has committed so far, with nothing to wait for.
+                assert_eq!(Some(&r), history.last(), "committed read on {c}");
+                assert_eq!(pending().outcome(), Some(Ok(())));
             }
             Op::Apply => apply(&mut cluster, &mut history, &mut applied_ok, &writes),
             Op::Fail { keep } => {
@@ -285,4 +296,49 @@ fn readers_of_speculative_rows_wait_and_fail_with_their_writer() {
     assert_eq!(rows(&r), Rows::from([(1, 1)]));
     assert_eq!(rows(&w), Rows::from([(1, 1)]));
     assert_eq!(pending().outcome(), Some(Ok(())));
+}
+
+#[test]
+fn a_committed_read_neither_sees_nor_waits_for_entries_in_flight() {
+    let mut cluster = Cluster::new();
+    let w = cluster.leader.open("c.db").unwrap();
+    let r = cluster.leader.open("c.db").unwrap();
+    w.execute_batch("CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)")
+        .unwrap();
+    w.execute("INSERT INTO kv VALUES (1, 1)", []).unwrap();
+    cluster.apply();
+    cluster.apply();
+    let _ = pending();
+    w.execute("INSERT INTO kv VALUES (2, 2)", []).unwrap();
+    let wrote = pending();
+    let committed = |conn: &Connection| {
+        dqlite_store::read_committed(true);
+        let seen = rows(conn);
+        dqlite_store::read_committed(false);
+        seen
+    };
+    assert_eq!(committed(&r), Rows::from([(1, 1)]));
+    assert_eq!(pending().outcome(), Some(Ok(())), "nothing to wait for");
+    // Without it the reader sees the head, and waits for it.
+    assert_eq!(rows(&r), Rows::from([(1, 1), (2, 2)]));
+    assert_eq!(pending().outcome(), None);
+    // Back and forth between versions, SQLite's cache follows.
+    assert_eq!(committed(&r), Rows::from([(1, 1)]));
+    let _ = pending();
+    // The writer reads committed state and still builds on the head.
+    assert_eq!(committed(&w), Rows::from([(1, 1)]));
+    w.execute("INSERT INTO kv VALUES (3, 3)", []).unwrap();
+    let _ = pending();
+    cluster.apply();
+    assert_eq!(wrote.outcome(), Some(Ok(())));
+    assert_eq!(committed(&r), Rows::from([(1, 1), (2, 2)]));
+    cluster.apply();
+    assert_eq!(committed(&r), Rows::from([(1, 1), (2, 2), (3, 3)]));
+    assert_eq!(rows(&w), Rows::from([(1, 1), (2, 2), (3, 3)]));
+    for f in &cluster.followers {
+        assert_eq!(
+            f.image("c.db").unwrap(),
+            cluster.leader.image("c.db").unwrap()
+        );
+    }
 }
