@@ -241,10 +241,8 @@ impl Proposer for Replicator {
     }
 }
 
-/// The median size of the entries of 200 inserts of 1 KiB rows into an
-/// indexed table of 4 KiB pages, replicated to two followers whose images
-/// must come out identical.
-fn median_insert_entry(leader: Arc<Store>) -> usize {
+/// Two in-memory followers of `leader`, every entry applied to all three.
+fn with_followers(leader: &Arc<Store>) -> ([Arc<Store>; 2], Arc<Replicator>) {
     let followers = [Store::memory().unwrap(), Store::memory().unwrap()];
     let replicator = Replicator::new(vec![
         leader.state(),
@@ -252,6 +250,14 @@ fn median_insert_entry(leader: Arc<Store>) -> usize {
         followers[1].state(),
     ]);
     leader.set_proposer(replicator.clone());
+    (followers, replicator)
+}
+
+/// The median size of the entries of 200 inserts of 1 KiB rows into an
+/// indexed table of 4 KiB pages, replicated to two followers whose images
+/// must come out identical.
+fn median_insert_entry(leader: Arc<Store>) -> usize {
+    let (followers, replicator) = with_followers(&leader);
     let conn = leader.open("kv.db").unwrap();
     conn.execute_batch("CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB)")
         .unwrap();
@@ -285,13 +291,7 @@ fn pages_travel_as_patches_of_the_base_in_memory_mode_and_whole_on_disk() {
 #[test]
 fn replicated_images_are_identical_and_snapshots_restore() {
     let leader = Store::memory().unwrap();
-    let followers = [Store::memory().unwrap(), Store::memory().unwrap()];
-    let replicator = Replicator::new(vec![
-        leader.state(),
-        followers[0].state(),
-        followers[1].state(),
-    ]);
-    leader.set_proposer(replicator.clone());
+    let (followers, _replicator) = with_followers(&leader);
     let conn = leader.open("app.db").unwrap();
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
         .unwrap();
