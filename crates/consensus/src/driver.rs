@@ -4,7 +4,9 @@
 //! call into the application's `State`, which may block (SQLite); keeping
 //! that off the reactor threads keeps the HTTP transport responsive. Log
 //! writes go to a second thread ([`crate::persist`]) so the leader keeps
-//! replicating while its fsync runs, and so many proposals share one fsync.
+//! replicating while its fsync runs, and so many proposals share one fsync;
+//! only the sole voter, whom no peer waits for, writes on this thread while
+//! that one is idle.
 //!
 //! Inputs arrive on bounded channels: peer messages are dropped when the
 //! queue is full (raft retries), client commands are refused at once.
