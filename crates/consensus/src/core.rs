@@ -509,12 +509,19 @@ fn read_ctx(id: u64, round: u64) -> Vec<u8> {
     ctx
 }
 
-/// Read barriers: queued callers share one ReadIndex round.
+/// ReadIndex rounds in flight at once. One at a time made a read that
+/// arrived during a round wait for the rest of it and then a whole round
+/// of its own (1.5 rounds on average); now a new round starts at once,
+/// unless this many are in flight (each costs a heartbeat to every peer).
+const READ_ROUNDS: usize = 4;
+
+/// Read barriers: queued callers share one ReadIndex round, and up to
+/// [`READ_ROUNDS`] rounds are in flight.
 #[derive(Debug, Default)]
 struct Reads {
     queued: Vec<ReadId>,
-    /// (round context, callers, tick started).
-    inflight: Option<(u64, Vec<ReadId>, u64)>,
+    /// (round context, callers, tick started), oldest first.
+    inflight: VecDeque<(u64, Vec<ReadId>, u64)>,
     /// (read index, caller): waiting for the State to catch up.
     waiting: Vec<(u64, ReadId)>,
     next_round: u64,
@@ -1318,7 +1325,7 @@ impl<S: State> Core<S> {
     }
 
     fn start_read_round(&mut self) {
-        if self.reads.inflight.is_some() || self.reads.queued.is_empty() {
+        if self.reads.inflight.len() >= READ_ROUNDS || self.reads.queued.is_empty() {
             return;
         }
         // raft-rs silently drops a ReadIndex on a leader that has not yet
@@ -1330,17 +1337,19 @@ impl<S: State> Core<S> {
         let ctx = self.reads.next_round;
         let callers = std::mem::take(&mut self.reads.queued);
         self.raw.read_index(read_ctx(self.id(), ctx));
-        self.reads.inflight = Some((ctx, callers, self.ticks));
+        self.reads.inflight.push_back((ctx, callers, self.ticks));
     }
 
     fn expire_reads(&mut self, out: &mut Vec<Action>) {
         let limit = 2 * self.config.election_tick as u64;
-        if let Some((_, _, started)) = &self.reads.inflight {
-            if self.ticks >= started + limit {
-                if let Some((_, callers, _)) = self.reads.inflight.take() {
-                    for id in callers {
-                        out.push(Action::ReadDone(id, Err(ProposeError::ReadTimeout)));
-                    }
+        // Rounds start in order, so they expire in order.
+        while let Some((_, _, started)) = self.reads.inflight.front() {
+            if self.ticks < started + limit {
+                break;
+            }
+            if let Some((_, callers, _)) = self.reads.inflight.pop_front() {
+                for id in callers {
+                    out.push(Action::ReadDone(id, Err(ProposeError::ReadTimeout)));
                 }
             }
         }
@@ -1911,18 +1920,19 @@ impl<S: State> Core<S> {
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
-        // A read state of another (older) round leaves the one in flight,
-        // and the tick it started at, as they were: its expiry must not
-        // move.
-        let ours = self
+        // A read state of a round no longer in flight (expired) leaves the
+        // others, and the ticks they started at, as they were: their expiry
+        // must not move.
+        let id = self.id();
+        let Some(at) = self
             .reads
             .inflight
-            .as_ref()
-            .is_some_and(|(round, _, _)| ctx == read_ctx(self.id(), *round).as_slice());
-        if !ours {
+            .iter()
+            .position(|(round, _, _)| ctx == read_ctx(id, *round).as_slice())
+        else {
             return;
-        }
-        if let Some((_, callers, _)) = self.reads.inflight.take() {
+        };
+        if let Some((_, callers, _)) = self.reads.inflight.remove(at) {
             self.reads
                 .waiting
                 .extend(callers.into_iter().map(|c| (index, c)));
