@@ -342,9 +342,8 @@ impl Gateway {
         Ok(Reply::Rows(spawn_query(
             &self.shared.databases,
             open,
-            // Reads no table: nothing to gain from the committed version.
-            move |c, stop, sink| {
-                sql::query_sql(c, &sql, &params, Access::ReadOnly, stop, sink, &|_| {})
+            move |c, stop, sink, committed| {
+                sql::query_sql(c, &sql, &params, Access::ReadOnly, stop, sink, committed)
             },
         )))
     }
@@ -482,9 +481,8 @@ impl Gateway {
                     return Err(no_stmt());
                 };
                 let sql = prepared.sql.clone();
-                let databases = Arc::clone(&self.shared.databases);
-                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
-                    sql::query(c, &sql, &params, access, stop, sink, &|on| databases.read_committed(on))
+                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
+                    sql::query(c, &sql, &params, access, stop, sink, committed)
                 })))
             }
             Request::QuerySql { db, sql, params } => {
@@ -494,9 +492,8 @@ impl Gateway {
                 }
                 let access = self.read_barrier().await?.access();
                 let open = self.db(db)?;
-                let databases = Arc::clone(&self.shared.databases);
-                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink| {
-                    sql::query_sql(c, &sql, &params, access, stop, sink, &|on| databases.read_committed(on))
+                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
+                    sql::query_sql(c, &sql, &params, access, stop, sink, committed)
                 })))
             }
             Request::Finalize { db, stmt } => {
@@ -722,16 +719,17 @@ impl Gateway {
     }
 }
 
-type QueryFn =
-    dyn FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>) -> Result<(), Failure> + Send;
+type QueryFn = dyn FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>, &dyn Fn(bool)) -> Result<(), Failure>
+    + Send;
 
 /// Runs a query on a blocking thread. No batch leaves before what the
 /// query read has committed; the snapshot is taken at its first step, so
-/// once the first batch may go, all of them may.
+/// once the first batch may go, all of them may. `run` gets
+/// [`Databases::read_committed`] to switch on for its statement.
 fn spawn_query(
     databases: &Arc<dyn Databases>,
     open: &OpenDb,
-    run: impl FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>) -> Result<(), Failure>
+    run: impl FnOnce(&Connection, &AtomicBool, &mut sql::Sink<'_>, &dyn Fn(bool)) -> Result<(), Failure>
         + Send
         + 'static,
 ) -> RowsStream {
@@ -746,13 +744,19 @@ fn spawn_query(
             .lock()
             .map_err(|_| internal("connection lock poisoned"))?;
         let mut unsettled = None;
-        let result = run(&guard, &task_stop, &mut |batch| {
-            if let Err(f) = databases.settle() {
-                unsettled = Some(f);
-                return false;
-            }
-            tx.blocking_send(batch).is_ok()
-        });
+        let read_committed = |on| databases.read_committed(on);
+        let result = run(
+            &guard,
+            &task_stop,
+            &mut |batch| {
+                if let Err(f) = databases.settle() {
+                    unsettled = Some(f);
+                    return false;
+                }
+                tx.blocking_send(batch).is_ok()
+            },
+            &read_committed,
+        );
         databases.settle()?;
         match unsettled {
             Some(f) => Err(f),

@@ -388,11 +388,16 @@ fn stream_read(
     sink: &mut Sink<'_>,
     read_committed: &dyn Fn(bool),
 ) -> Result<(), Failure> {
-    let committed = stmt.readonly() && conn.is_autocommit();
-    read_committed(committed);
-    let result = stream(stmt, stop, sink);
-    read_committed(false);
-    result
+    /// Switches it off again however the statement ends.
+    struct Off<'a>(&'a dyn Fn(bool));
+    impl Drop for Off<'_> {
+        fn drop(&mut self) {
+            (self.0)(false);
+        }
+    }
+    read_committed(stmt.readonly() && conn.is_autocommit());
+    let _off = Off(read_committed);
+    stream(stmt, stop, sink)
 }
 
 /// How a column's declared type changes the wire type of its values

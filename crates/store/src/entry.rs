@@ -116,6 +116,17 @@ impl Decoded {
     }
 }
 
+impl From<Entry> for Decoded {
+    /// An entry with every page whole: nothing to resolve.
+    fn from(mut entry: Entry) -> Decoded {
+        let pages = std::mem::take(&mut entry.pages)
+            .into_iter()
+            .map(|(pgno, page)| (pgno, Change::Whole(page)))
+            .collect();
+        Decoded { head: entry, pages }
+    }
+}
+
 /// The runs of words that differ between `old` and `new` (equal lengths, a
 /// multiple of [`WORD`]), as byte ranges.
 fn changed_runs(old: &[u8], new: &[u8]) -> Vec<std::ops::Range<usize>> {

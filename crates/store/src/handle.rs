@@ -123,7 +123,11 @@ impl MainFile {
         // SQLite rewrites pages it did not change (journal playback, spills
         // of clean pages); only real changes are replicated.
         // Each changed page travels as a patch of the base's page where
-        // that is smaller (`Entry::encode_patches`).
+        // that is smaller (`Entry::encode_patches`), except in disk mode:
+        // after a crash in a checkpoint its files may hold pages newer
+        // than the log replays from (see `disk`), which a patch could not
+        // be rebuilt on; only a whole page shadows them.
+        let patches = !self.shared.is_disk();
         let same_size = page_size == base.page_size;
         let mut pages = Vec::with_capacity(overlay.pages.len());
         let mut olds = Vec::with_capacity(overlay.pages.len());
@@ -131,7 +135,7 @@ impl MainFile {
             let old = match same_size.then(|| base.page(n)) {
                 Some(Ok(Some(old))) if old[..] == p[..] => continue,
                 Some(Ok(Some(old))) => Some(old),
-                Some(Ok(None)) => Some(Arc::from(vec![0; p.len()])),
+                Some(Ok(None)) => patches.then(|| Arc::from(vec![0; p.len()])),
                 // A page size change, or a base page that cannot be read:
                 // the page goes whole.
                 None | Some(Err(_)) => None,
@@ -151,14 +155,10 @@ impl MainFile {
             pages_after,
             pages,
         };
-        // Disk mode sends whole pages: after a crash in a checkpoint its
-        // files may hold pages newer than the log replays from (see
-        // `disk`), which a patch could not be rebuilt on; only a whole
-        // page shadows them.
-        let encoded = if self.shared.is_disk() {
-            entry.encode()
-        } else {
+        let encoded = if patches {
             entry.encode_patches(&olds)
+        } else {
+            entry.encode()
         };
         drop(olds);
         let ticket = Arc::new(Ticket::default());

@@ -481,11 +481,10 @@ impl Shared {
                     }),
                 );
             }
+            // Applies to the version it was built on: its pages are whole
+            // here, so applying cannot fail.
             None => {
-                if let Ok(decoded) = Entry::decode(&encoded) {
-                    // Applies to the version it was built on, in memory.
-                    let _ = self.apply(decoded);
-                }
+                let _ = self.apply(entry.into());
             }
         }
     }
