@@ -152,6 +152,15 @@ impl Chain {
         self.specs.back().map(|s| (&s.version, &s.ticket))
     }
 
+    /// The version entry `id` makes, if it is the oldest in flight (this
+    /// node built it).
+    pub(crate) fn built(&self, id: u64) -> Option<Arc<Version>> {
+        self.specs
+            .front()
+            .filter(|s| s.id == id)
+            .map(|s| Arc::clone(&s.version))
+    }
+
     /// The id of the oldest entry in flight.
     #[cfg(feature = "sim-bugs")]
     pub(crate) fn oldest(&self) -> Option<u64> {

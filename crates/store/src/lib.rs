@@ -284,7 +284,44 @@ impl Shared {
     pub(crate) fn apply(&self, decoded: Decoded) -> std::io::Result<bool> {
         let db = self.db(&decoded.head.database);
         let mut st = db.lock();
+        let id = decoded.head.id;
         let current = decoded.builds_on(&st.current);
+        // The node that built the entry made its version when it handed the
+        // entry over, from the same base and pages: that version is taken
+        // instead of rebuilding every page from the entry. Only in memory
+        // mode: in disk mode a checkpoint may since have moved the base's
+        // pages to a new file.
+        let built = (current && self.disk.is_none() && !self.canary())
+            .then(|| st.chain.built(id))
+            .flatten()
+            .filter(|v| v.seq == st.current.seq + 1);
+        let next = match built {
+            Some(version) => Some(version),
+            None => self.rebuild(&st, decoded, current)?.map(Arc::new),
+        };
+        let ok = match next {
+            Some(next) => {
+                let old = std::mem::replace(&mut st.current, next);
+                st.track(&old);
+                true
+            }
+            None => false,
+        };
+        if let Some(handed) = st.chain.applied(id, ok) {
+            self.commit_seconds.observe(handed.elapsed().as_secs_f64());
+        }
+        Ok(ok)
+    }
+
+    /// The version `decoded` makes of the current one, rebuilt from its
+    /// pages, or `None` if it is stale (`current`: it builds on the
+    /// current version).
+    fn rebuild(
+        &self,
+        st: &DbState,
+        decoded: Decoded,
+        current: bool,
+    ) -> std::io::Result<Option<Version>> {
         // The canary rebuilds a stale entry on the current version: its
         // patches are rebuilt on that version too.
         #[cfg(feature = "sim-bugs")]
@@ -296,23 +333,24 @@ impl Shared {
         };
         let next = st.current.apply(&entry);
         #[cfg(feature = "sim-bugs")]
-        let next = self.broken_apply(&st, &entry, next);
-        let ok = match next {
-            Some(next) => {
-                let old = std::mem::replace(&mut st.current, Arc::new(next));
-                st.track(&old);
-                if self.disk.is_some() {
-                    let bytes = entry.pages.len() as u64 * u64::from(entry.page_size);
-                    self.pending.fetch_add(bytes, Ordering::Relaxed);
-                }
-                true
-            }
-            None => false,
-        };
-        if let Some(handed) = st.chain.applied(entry.id, ok) {
-            self.commit_seconds.observe(handed.elapsed().as_secs_f64());
+        let next = self.broken_apply(st, &entry, next);
+        if next.is_some() && self.disk.is_some() {
+            let bytes = entry.pages.len() as u64 * u64::from(entry.page_size);
+            self.pending.fetch_add(bytes, Ordering::Relaxed);
         }
-        Ok(ok)
+        Ok(next)
+    }
+
+    /// A canary is switched on: the simulator's planted bugs change how
+    /// entries are applied, so nothing is taken from the chain.
+    #[cfg(feature = "sim-bugs")]
+    fn canary(&self) -> bool {
+        self.broken() != Broken::None
+    }
+
+    #[cfg(not(feature = "sim-bugs"))]
+    fn canary(&self) -> bool {
+        false
     }
 
     /// The canary switched on, if any.
