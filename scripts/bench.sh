@@ -190,6 +190,15 @@ start_dqlite_rs() { # N: start N dqlite-rs nodes, set ADDRS
     wait_voters "$ADDRS" "$n" "dqlite-rs $n-node"
 }
 
+# quiet_disk: deletes the data of the cluster just stopped and waits for
+# the disk to write back what is still dirty, so the next cluster's
+# fsyncs do not queue behind the last one's page cache (a C dqlite run
+# leaves hundreds of MB of WAL and snapshots behind).
+quiet_disk() {
+    rm -rf "$WORK"/c[0-9]*-[0-9]*/ "$WORK"/rs[0-9]*-[0-9]*/
+    sync
+}
+
 JSONL="$WORK/results.jsonl"
 : >"$JSONL"
 
@@ -306,6 +315,7 @@ for nodes in $NODES_LIST; do
         NOTES+=("C dqlite $nodes-node cluster did not form; skipped")
     fi
     stop_pids
+    quiet_disk
 
     if [ "$nodes" = 3 ] && [ "$HAS_JOIN" = 0 ]; then
         NOTES+=("dqlite-rs 3-node: skipped, this dqlite-rs node has no --join yet (1-node dqlite-rs only)")
@@ -317,6 +327,7 @@ for nodes in $NODES_LIST; do
         NOTES+=("dqlite-rs $nodes-node cluster did not form; skipped (logs: $(tail -n 3 "$WORK/rs$nodes-1.log" | tr '\n' ' '))")
     fi
     stop_pids
+    quiet_disk
 done
 
 if [ -n "$RESULTS_FILE" ]; then
