@@ -303,6 +303,9 @@ pub fn exec_sql(
     params: &[Value],
     access: Access,
 ) -> Result<ExecResult, Failure> {
+    if one_statement(sql) {
+        return exec(conn, sql, params, access);
+    }
     let mut batch = Batch::new(conn, sql);
     let mut rest = params;
     let mut current = batch.next()?;
@@ -351,6 +354,9 @@ pub fn query_sql(
     sink: &mut Sink<'_>,
     read_committed: &dyn Fn(bool),
 ) -> Result<(), Failure> {
+    if one_statement(sql) {
+        return query(conn, sql, params, access, stop, sink, read_committed);
+    }
     let mut batch = Batch::new(conn, sql);
     let mut stmt = batch.next()?.ok_or_else(empty_statement)?;
     if batch.next()?.is_some() {
@@ -359,6 +365,19 @@ pub fn query_sql(
     check_access(&stmt, access)?;
     bind_all(&mut stmt, params)?;
     stream_read(conn, &mut stmt, stop, sink, read_committed)
+}
+
+/// Whether `sql` is certainly one statement, so that EXEC_SQL and
+/// QUERY_SQL may take it from the connection's statement cache as EXEC and
+/// QUERY do, instead of compiling it at every request (go-dqlite's
+/// `database/sql` driver sends every `Exec` and `Query` with arguments as
+/// EXEC_SQL or QUERY_SQL). Two statements need a `;` between them, and
+/// text without comments that is not blank holds at least one; anything
+/// else takes the general path, which finds every statement.
+fn one_statement(sql: &str) -> bool {
+    let body = sql.trim_end();
+    let body = body.strip_suffix(';').unwrap_or(body);
+    !body.trim().is_empty() && !body.contains(';') && !body.contains("--") && !body.contains("/*")
 }
 
 /// Runs a prepared statement as a query (QUERY).
@@ -627,6 +646,60 @@ mod tests {
             "CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO u VALUES (1); END; SELECT 1";
         let p = prepare(&c, sql, true).unwrap();
         assert_eq!(&sql[p.tail.unwrap() as usize..], " SELECT 1");
+    }
+
+    #[test]
+    fn only_text_that_is_certainly_one_statement_counts_as_one() {
+        for sql in ["SELECT 1", "INSERT INTO t VALUES (?);", "  SELECT 2 ;  \n"] {
+            assert!(one_statement(sql), "{sql}");
+        }
+        for sql in [
+            "",
+            " ; ",
+            "-- nothing",
+            "SELECT 1 -- and a comment",
+            "SELECT 1 /* x */",
+            "SELECT 1; SELECT 2",
+            "SELECT ';'",
+        ] {
+            assert!(!one_statement(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn one_statement_of_exec_sql_or_query_sql_is_compiled_once() {
+        use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+        use std::sync::atomic::AtomicUsize;
+        // SQLite asks the authorizer while compiling, never while running.
+        static INSERTS: AtomicUsize = AtomicUsize::new(0);
+        static SELECTS: AtomicUsize = AtomicUsize::new(0);
+        let c = conn();
+        exec_sql(&c, "CREATE TABLE t(a)", &[]).unwrap();
+        c.authorizer(Some(|ctx: AuthContext<'_>| {
+            match ctx.action {
+                AuthAction::Insert { .. } => INSERTS.fetch_add(1, Ordering::Relaxed),
+                AuthAction::Select => SELECTS.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            Authorization::Allow
+        }));
+        for i in 0..3 {
+            exec_sql(&c, "INSERT INTO t VALUES (?); ", &[Value::Integer(i)]).unwrap();
+            let rows = collect(&c, "SELECT a FROM t WHERE a = ?", &[Value::Integer(i)]).unwrap();
+            assert_eq!(rows[0].rows, vec![vec![Value::Integer(i)]]);
+        }
+        assert_eq!(INSERTS.load(Ordering::Relaxed), 1);
+        assert_eq!(SELECTS.load(Ordering::Relaxed), 1);
+        // Several statements are compiled at every request.
+        for _ in 0..2 {
+            exec_sql(
+                &c,
+                "INSERT INTO t VALUES (7); INSERT INTO t VALUES (8)",
+                &[],
+            )
+            .unwrap();
+        }
+        assert_eq!(INSERTS.load(Ordering::Relaxed), 5);
     }
 
     #[test]
