@@ -818,8 +818,11 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
 
 /// A leader cut off from its followers must not answer anything it read:
 /// a write that commits nothing (EXEC reads first and confirms leadership
-/// after), a query, and a write (which can never commit) all fail, and the
-/// write's failure says the outcome is unknown.
+/// after), a query (which also runs before its barrier and holds its rows
+/// until it), and a write (which can never commit) all fail, and the
+/// write's failure says the outcome is unknown. All three start at once,
+/// while the leader still believes it leads, so each takes the path that
+/// runs before the barrier rather than being refused up front.
 #[test]
 fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
     let cluster = Cluster::start(3, &[]);
@@ -832,16 +835,26 @@ fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
         .collect();
     let rt = runtime();
     let mut db = rt.block_on(open_on(&leader_addr, "cut"));
+    let mut reader = rt.block_on(open_on(&leader_addr, "cut"));
+    let mut writer = rt.block_on(open_on(&leader_addr, "cut"));
     rt.block_on(async {
         db.exec("CREATE TABLE t (v)", ()).await.unwrap();
         db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
+        // Each connection has read once, so none has anything left to set up.
+        for c in [&mut reader, &mut writer] {
+            c.query_all("SELECT v FROM t", ()).await.unwrap();
+        }
     });
     for pid in &followers {
         send_signal(*pid, "STOP");
     }
-    let read_exec = rt.block_on(db.exec("UPDATE t SET v = v WHERE v = 42", ()));
-    let query = rt.block_on(db.query_all("SELECT v FROM t", ()));
-    let write = rt.block_on(db.exec("INSERT INTO t VALUES (2)", ()));
+    let (read_exec, query, write) = rt.block_on(async {
+        tokio::join!(
+            db.exec("UPDATE t SET v = v WHERE v = 42", ()),
+            reader.query_all("SELECT v FROM t", ()),
+            writer.exec("INSERT INTO t VALUES (2)", ()),
+        )
+    });
     for pid in &followers {
         send_signal(*pid, "CONT");
     }

@@ -301,6 +301,37 @@ impl Gateway {
         Ok(serve)
     }
 
+    /// Where a query may run, and whether its read barrier is still to be
+    /// taken. As for EXEC: when this node leads and its state holds every
+    /// entry of earlier terms, the query starts at once and the barrier is
+    /// taken while it runs ([`Gateway::rows_after`]). Every write
+    /// acknowledged before the query arrived was applied here before it
+    /// starts, and a barrier that succeeds after that shows that no other
+    /// leader wrote meanwhile: what the query read is what a barrier first
+    /// would have let it read. Otherwise the barrier comes first.
+    async fn query_access(&mut self) -> Result<(Access, bool), Response> {
+        let after = !self.in_transaction() && self.cluster().barrier_after();
+        let serve = if after {
+            self.require_session()?
+        } else {
+            self.read_barrier().await?
+        };
+        Ok((serve.access(), after))
+    }
+
+    /// A query's rows, once the barrier taken while it ran (`barrier`)
+    /// succeeded: until then they wait in the query's bounded queue, and
+    /// if it fails none leaves and the query stops.
+    async fn rows_after(&self, rows: RowsStream, barrier: bool) -> Result<Reply, Response> {
+        if barrier {
+            if let Err(e) = self.cluster().barrier().await {
+                rows.interrupt();
+                return Err(cluster_failure(e));
+            }
+        }
+        Ok(Reply::Rows(rows))
+    }
+
     /// Refuses a statement on a node that does not lead, unless the
     /// session reads from followers (then its statements run read-only),
     /// and the first one after this session's transaction was rolled back
@@ -476,25 +507,27 @@ impl Gateway {
                     let pragma = pragma.clone();
                     return self.read_mode_rows(pragma);
                 }
-                let access = self.read_barrier().await?.access();
+                let (access, barrier) = self.query_access().await?;
                 let (open, Stmt::Sql(prepared)) = self.stmt(db, stmt)? else {
                     return Err(no_stmt());
                 };
                 let sql = prepared.sql.clone();
-                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
+                let rows = spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
                     sql::query(c, &sql, &params, access, stop, sink, committed)
-                })))
+                });
+                self.rows_after(rows, barrier).await
             }
             Request::QuerySql { db, sql, params } => {
                 if let Some(pragma) = read_mode::parse_pragma(&sql) {
                     self.db(db)?;
                     return self.read_mode_rows(pragma);
                 }
-                let access = self.read_barrier().await?.access();
+                let (access, barrier) = self.query_access().await?;
                 let open = self.db(db)?;
-                Ok(Reply::Rows(spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
+                let rows = spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
                     sql::query_sql(c, &sql, &params, access, stop, sink, committed)
-                })))
+                });
+                self.rows_after(rows, barrier).await
             }
             Request::Finalize { db, stmt } => {
                 self.stmt(db, stmt)?;
