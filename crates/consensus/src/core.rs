@@ -1729,6 +1729,11 @@ impl<S: State> Core<S> {
         self.applied = meta.index;
         self.durable_commit = self.durable_commit.max(meta.index);
         self.snapshot_index = meta.index;
+        // The byte rule of `maybe_snapshot` counts from this image: without
+        // it a node that joined with an empty state would write the whole
+        // image again every `snapshot_threshold` entries.
+        self.image_bytes = info.size;
+        self.applied_bytes = 0;
         self.snapshots_installed += 1;
         self.pending.retain(|index, _| *index > meta.index);
         if let Err(e) = self.snapshots.prune(2) {

@@ -1115,3 +1115,48 @@ async fn a_large_state_is_snapshotted_after_as_many_bytes_of_log_as_its_image() 
     wait_until("the next snapshot", || svc.status().snapshot_index > first).await;
     svc.stop().await;
 }
+
+/// The byte rule holds on a node that got its state as a snapshot from the
+/// leader: it takes no snapshot of its own until as many bytes of entries
+/// as that image were applied (it used to count from its empty start, and
+/// so wrote the whole image again every `snapshot_threshold` entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_installed_a_snapshot_waits_for_as_many_bytes_of_log() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let mut c = config(d.path());
+            c.snapshot_threshold = 10;
+            c.snapshot_trailing = 0;
+            c
+        })
+        .collect();
+    let leader = Service::start(configs[0].clone(), KvState::new())
+        .await
+        .unwrap();
+    leader.init().await.unwrap();
+    wait_until("leadership", || leader.is_leader()).await;
+    let big = "x".repeat(256 << 10);
+    assert!(leader.exec(set("big", &big), T).await.unwrap());
+    write_until_compacted(&leader, 1).await;
+    let kv = KvState::new();
+    let node = Service::start(configs[1].clone(), kv.clone())
+        .await
+        .unwrap();
+    node.join(leader.address()).await.unwrap();
+    wait_until("the snapshot installed", || {
+        node.status().snapshots_installed == 1
+    })
+    .await;
+    let installed = node.status().snapshot_index;
+    // Twenty times the entry threshold, a few KiB: no new 256 KiB image.
+    for i in 0..200 {
+        assert!(leader.exec(set(&format!("n{i}"), "v"), T).await.unwrap());
+    }
+    node.wait_read(T).await.unwrap();
+    assert_eq!(kv.get("n199").as_deref(), Some("v"));
+    assert_eq!(node.status().snapshot_index, installed);
+    node.stop().await;
+    leader.stop().await;
+}
