@@ -29,6 +29,16 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
+/// A config that snapshots every 10 entries and keeps none behind a
+/// snapshot, so a log is compacted (and a late node catches up by
+/// snapshot) within a few writes.
+fn compacting_config(dir: &std::path::Path) -> Config {
+    let mut c = config(dir);
+    c.snapshot_threshold = 10;
+    c.snapshot_trailing = 0;
+    c
+}
+
 /// Writes small keys until the leader's snapshot index passes `past` (a
 /// snapshot also waits for as many bytes of log as the last image, so how
 /// many writes that takes depends on the state's size).
@@ -674,9 +684,7 @@ impl State for GatedKv {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_commit_while_a_snapshot_is_being_written() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.snapshot_threshold = 10;
-    c.snapshot_trailing = 0;
+    let c = compacting_config(dir.path());
     let kv = KvState::new();
     let (started_tx, started) = std::sync::mpsc::channel();
     let (open, gate) = std::sync::mpsc::channel();
@@ -868,15 +876,7 @@ struct SlowInstallCluster {
 
 async fn slow_install_cluster(armed: bool) -> SlowInstallCluster {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let configs: Vec<Config> = dirs
-        .iter()
-        .map(|d| {
-            let mut c = config(d.path());
-            c.snapshot_threshold = 10;
-            c.snapshot_trailing = 0;
-            c
-        })
-        .collect();
+    let configs: Vec<Config> = dirs.iter().map(|d| compacting_config(d.path())).collect();
     let kvs: Vec<KvState> = (0..3).map(|_| KvState::new()).collect();
     let (started_tx, started) = std::sync::mpsc::channel();
     let (open, gate) = std::sync::mpsc::channel();
@@ -1084,10 +1084,9 @@ async fn an_entry_the_state_cannot_apply_stops_the_node_and_is_applied_after_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_state_is_snapshotted_after_as_many_bytes_of_log_as_its_image() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.snapshot_threshold = 10;
-    c.snapshot_trailing = 0;
-    let svc = Service::start(c, KvState::new()).await.unwrap();
+    let svc = Service::start(compacting_config(dir.path()), KvState::new())
+        .await
+        .unwrap();
     svc.init().await.unwrap();
     wait_until("leadership", || svc.is_leader()).await;
     assert!(svc
@@ -1123,15 +1122,7 @@ async fn a_large_state_is_snapshotted_after_as_many_bytes_of_log_as_its_image() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_installed_a_snapshot_waits_for_as_many_bytes_of_log() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let configs: Vec<_> = dirs
-        .iter()
-        .map(|d| {
-            let mut c = config(d.path());
-            c.snapshot_threshold = 10;
-            c.snapshot_trailing = 0;
-            c
-        })
-        .collect();
+    let configs: Vec<_> = dirs.iter().map(|d| compacting_config(d.path())).collect();
     let leader = Service::start(configs[0].clone(), KvState::new())
         .await
         .unwrap();
