@@ -279,8 +279,9 @@ impl Cluster for RaftCluster {
                 Ok(())
             }
             // Leadership could not be confirmed with a quorum in time.
-            // Nothing has run yet, so NOT_LEADER is exact: the client may
-            // retry wherever the cluster's leader is now.
+            // Nothing was written (a statement that ran before its barrier
+            // committed nothing, or it would need none), so NOT_LEADER is
+            // exact: the client may retry wherever the leader is now.
             Err(Error::Timeout | Error::LeadershipLost | Error::NotLeader { .. }) => {
                 Err(ClusterError::NotLeader)
             }
