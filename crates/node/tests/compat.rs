@@ -159,6 +159,13 @@ async fn the_sqlite_build_has_what_debian_has() {
             "{want} missing: {options:?}"
         );
     }
+    // As in Debian: each connection keeps its own page cache with a bulk
+    // of reusable pages, instead of one shared cache that mallocs and
+    // frees every page each time a connection's cache is dropped.
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "{options:?}"
+    );
     let rows = db
         .query_all("SELECT floor(5.52), sqrt(16.0)", ())
         .await
