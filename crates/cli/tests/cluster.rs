@@ -371,6 +371,16 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
+    // Its snapshot file is metadata now, so its own snapshots come after
+    // `--snapshot-threshold` entries again, not after an image's worth of
+    // log (which would let its log grow by the database's size).
+    let lagging_address = cluster.nodes[lagging].address.clone();
+    assert!(
+        wait_for("a snapshot of its own", Duration::from_secs(60), || {
+            snapshots_taken(&lagging_address) >= 1
+        }),
+        "the lagging node took no snapshot after installing one"
+    );
     let hash = wait_same_image(&cluster.addresses(), "big", Duration::from_secs(120));
     let log = cluster.nodes[lagging].read_log();
     let images = log[before..]
@@ -436,6 +446,26 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
         hash
     );
     support::insert_rows(&cluster.addresses(), "big", rows, 1, 100);
+}
+
+/// The node's `dqlite_raft_snapshots_total{kind="taken"}`, from a plain
+/// `GET /metrics` on its address (0 if it cannot be read).
+fn snapshots_taken(address: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(address) else {
+        return 0;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    if tcp.write_all(request.as_bytes()).is_err() || tcp.read_to_string(&mut body).is_err() {
+        return 0;
+    }
+    body.lines()
+        .find(|l| l.starts_with("dqlite_raft_snapshots_total{kind=\"taken\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]

@@ -1720,7 +1720,7 @@ impl<S: State> Core<S> {
                 .map_err(|e| CoreError::State(e.to_string()))?;
             reader.finish();
         }
-        self.keep_only_metadata(&info);
+        let kept = self.keep_only_metadata(&info);
         self.stats
             .snapshot(&crate::persist::SnapshotKind::INSTALLED, started.elapsed());
         self.cluster = info.header.cluster.clone();
@@ -1729,10 +1729,12 @@ impl<S: State> Core<S> {
         self.applied = meta.index;
         self.durable_commit = self.durable_commit.max(meta.index);
         self.snapshot_index = meta.index;
-        // The byte rule of `maybe_snapshot` counts from this image: without
-        // it a node that joined with an empty state would write the whole
-        // image again every `snapshot_threshold` entries.
-        self.image_bytes = info.size;
+        // The byte rule of `maybe_snapshot` counts from the file kept: a
+        // node that joined with an empty state would otherwise write the
+        // whole image again every `snapshot_threshold` entries (memory
+        // mode), and a disk-mode node, which keeps only the metadata,
+        // would wait for an image's worth of log before its next snapshot.
+        self.image_bytes = kept;
         self.applied_bytes = 0;
         self.snapshots_installed += 1;
         self.pending.retain(|index, _| *index > meta.index);
@@ -1745,7 +1747,8 @@ impl<S: State> Core<S> {
     /// After installing a snapshot into a state that keeps its own files,
     /// the received copy of the data is redundant: it is replaced by a
     /// metadata-only file, so the node holds the data once on disk.
-    fn keep_only_metadata(&mut self, info: &SnapshotInfo) {
+    /// Returns the size of the snapshot file kept.
+    fn keep_only_metadata(&mut self, info: &SnapshotInfo) -> u64 {
         // The restore made the files durable at its index. Otherwise (a
         // state without files) keeping the full copy is safe, only larger;
         // the next local snapshot prunes it.
@@ -1754,12 +1757,16 @@ impl<S: State> Core<S> {
             .checkpointed()
             .is_ok_and(|at| at >= info.header.index)
         {
-            return;
+            return info.size;
         }
         let mut header = info.header.clone();
         header.files = true;
-        if let Err(e) = self.snapshots.write(&header, &mut |_| Ok(())) {
-            warn!(error = %e, "replacing the installed snapshot by its metadata failed");
+        match self.snapshots.write(&header, &mut |_| Ok(())) {
+            Ok(kept) => kept.size,
+            Err(e) => {
+                warn!(error = %e, "replacing the installed snapshot by its metadata failed");
+                info.size
+            }
         }
     }
 
