@@ -8,8 +8,10 @@
 #     the binary has no such flag).
 # One cluster runs at a time; every process listens on 127.0.0.1 only,
 # on ports found free in a range, with data in a temporary directory on
-# the same filesystem for both implementations. Everything started here is
-# stopped on exit (trap), and every wait is bounded.
+# the same filesystem for both implementations; a stopped cluster's data
+# are deleted and the disk synced before the next cluster starts.
+# Everything started here is stopped on exit (trap), and every wait is
+# bounded.
 #
 # Usage: scripts/bench.sh [--duration SECONDS] [--workers "1 8"]
 #                         [--workload kvwrite|kvreadwrite] [--no-build]
