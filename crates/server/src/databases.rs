@@ -46,7 +46,9 @@ pub trait Databases: Send + Sync + 'static {
     /// While `on`, read transactions started on this thread may read the
     /// committed state instead of writes still in flight, so they need not
     /// wait for them. Set around a read-only statement outside an explicit
-    /// transaction, after its read barrier. The default ignores it.
+    /// transaction, which has a read barrier of its own (before it, or
+    /// while it runs on a leader that holds every entry of earlier terms).
+    /// The default ignores it.
     fn read_committed(&self, on: bool) {
         let _ = on;
     }

@@ -301,15 +301,17 @@ impl Gateway {
         Ok(serve)
     }
 
-    /// Where a query may run, and whether its read barrier is still to be
-    /// taken. As for EXEC: when this node leads and its state holds every
-    /// entry of earlier terms, the query starts at once and the barrier is
-    /// taken while it runs ([`Gateway::rows_after`]). Every write
-    /// acknowledged before the query arrived was applied here before it
-    /// starts, and a barrier that succeeds after that shows that no other
-    /// leader wrote meanwhile: what the query read is what a barrier first
-    /// would have let it read. Otherwise the barrier comes first.
-    async fn query_access(&mut self) -> Result<(Access, bool), Response> {
+    /// Where a statement may run, and whether its read barrier is still to
+    /// be taken. When this node leads and its state holds every entry of
+    /// earlier terms, the statement starts at once and the barrier is taken
+    /// after it or while it runs (EXEC: [`Gateway::exec`]; queries:
+    /// [`Gateway::rows_after`]). Every write acknowledged before the
+    /// statement arrived was applied here before it starts, and a barrier
+    /// that succeeds after that shows that no other leader wrote
+    /// meanwhile: what the statement read is what a barrier first would
+    /// have let it read. Otherwise (and inside a transaction, where
+    /// [`Gateway::read_barrier`] takes none) the barrier comes first.
+    async fn statement_access(&mut self) -> Result<(Access, bool), Response> {
         let after = !self.in_transaction() && self.cluster().barrier_after();
         let serve = if after {
             self.require_session()?
@@ -400,13 +402,7 @@ impl Gateway {
         run: impl FnOnce(&Connection, Access) -> Result<sql::ExecResult, Failure> + Send + 'static,
     ) -> Result<Response, Response> {
         let in_transaction = self.in_transaction();
-        let barrier_after = !in_transaction && self.cluster().barrier_after();
-        let serve = if barrier_after {
-            self.require_session()?
-        } else {
-            self.read_barrier().await?
-        };
-        let access = serve.access();
+        let (access, barrier_after) = self.statement_access().await?;
         let open = self.db(db)?;
         let databases = &self.shared.databases;
         let result = if in_transaction || readonly || access == Access::ReadOnly {
@@ -507,7 +503,7 @@ impl Gateway {
                     let pragma = pragma.clone();
                     return self.read_mode_rows(pragma);
                 }
-                let (access, barrier) = self.query_access().await?;
+                let (access, barrier) = self.statement_access().await?;
                 let (open, Stmt::Sql(prepared)) = self.stmt(db, stmt)? else {
                     return Err(no_stmt());
                 };
@@ -522,7 +518,7 @@ impl Gateway {
                     self.db(db)?;
                     return self.read_mode_rows(pragma);
                 }
-                let (access, barrier) = self.query_access().await?;
+                let (access, barrier) = self.statement_access().await?;
                 let open = self.db(db)?;
                 let rows = spawn_query(&self.shared.databases, open, move |c, stop, sink, committed| {
                     sql::query_sql(c, &sql, &params, access, stop, sink, committed)

@@ -397,7 +397,8 @@ pub fn query(
 }
 
 /// Streams a query's rows. A read-only statement outside an explicit
-/// transaction runs after its read barrier, so it may read what is
+/// transaction has its read barrier (before it, or while it runs on a
+/// leader that holds every entry of earlier terms), so it may read what is
 /// committed instead of writes still in flight, and never waits for them
 /// (`read_committed`, see [`crate::Databases::read_committed`]).
 fn stream_read(

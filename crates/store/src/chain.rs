@@ -235,10 +235,11 @@ thread_local! {
 /// While `on`, read transactions started on this thread see the committed
 /// version of their database instead of the head of its chain, so they
 /// never wait for entries in flight. For a read-only statement outside an
-/// explicit transaction, after a read barrier: it must see every write
-/// acknowledged before it, and those are committed (and applied here)
-/// before their response leaves; writes still in flight need not be
-/// visible to it. Never for a transaction that may write: a write must
+/// explicit transaction that has a read barrier of its own (before it, or
+/// while it runs on a leader that holds every entry of earlier terms): it
+/// must see every write acknowledged before it, and those are committed
+/// and applied here before their response leaves; writes still in flight
+/// need not be visible to it. Never for a transaction that may write: a write must
 /// build on the head.
 pub fn read_committed(on: bool) {
     READ_COMMITTED.with(|c| c.set(on));
