@@ -625,12 +625,36 @@ async fn membership_changes_never_wedge_the_cluster() {
     }
 }
 
-/// A key-value state whose snapshot images wait at a gate before writing,
-/// to hold a snapshot "in progress" for as long as a test needs.
-struct GatedKv {
+/// A key-value state with the hooks a test needs (each off when `None`):
+/// an instruction it cannot apply, snapshot images held at a gate, and
+/// snapshots from the leader rebuilt off the driver thread.
+struct HookedKv {
     inner: KvState,
-    started: std::sync::mpsc::Sender<u64>,
-    gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    /// Applying it fails (as for a state that cannot read its own data).
+    refused: Option<Vec<u8>>,
+    /// Snapshot images after the bootstrap one report the index they freeze
+    /// at and wait at the gate before writing, to hold a snapshot "in
+    /// progress" for as long as a test needs.
+    gated_images: Option<ImageGate>,
+    /// Rebuilds snapshots from the leader ([`State::preparer`]).
+    prepare: Option<Arc<GatedPrepare>>,
+}
+
+/// Where a gated image reports, and the gate it waits at.
+type ImageGate = (
+    std::sync::mpsc::Sender<u64>,
+    Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+);
+
+impl HookedKv {
+    fn new(inner: KvState) -> Self {
+        Self {
+            inner,
+            refused: None,
+            gated_images: None,
+            prepare: None,
+        }
+    }
 }
 
 /// Waits until the test opens `gate`: one message lets one caller through,
@@ -655,26 +679,44 @@ impl Image for GatedImage {
     }
 }
 
-impl State for GatedKv {
+impl State for HookedKv {
     fn apply(&mut self, index: u64, instruction: &[u8]) -> std::io::Result<bool> {
+        if self.refused.as_deref() == Some(instruction) {
+            return Err(std::io::Error::other("a page cannot be read"));
+        }
         self.inner.apply(index, instruction)
     }
     fn skip(&mut self, index: u64) {
         self.inner.skip(index)
     }
     fn freeze(&self) -> std::io::Result<Box<dyn Image>> {
-        if self.inner.applied_index() == 0 {
-            // The bootstrap snapshot `init` writes.
+        // The bootstrap snapshot `init` writes is never held.
+        let Some((started, gate)) = self
+            .gated_images
+            .as_ref()
+            .filter(|_| self.inner.applied_index() > 0)
+        else {
             return self.inner.freeze();
-        }
-        let _ = self.started.send(self.inner.applied_index());
+        };
+        let _ = started.send(self.inner.applied_index());
         Ok(Box::new(GatedImage {
             inner: self.inner.freeze()?,
-            gate: Arc::clone(&self.gate),
+            gate: Arc::clone(gate),
         }))
     }
     fn restore(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
         self.inner.restore(index, input)
+    }
+    fn preparer(&self) -> Option<Arc<dyn dqlite_consensus::Prepare>> {
+        self.prepare
+            .clone()
+            .map(|p| p as Arc<dyn dqlite_consensus::Prepare>)
+    }
+    fn install(&mut self, index: u64, prepared: dqlite_consensus::Prepared) -> std::io::Result<()> {
+        let image = prepared
+            .downcast::<Vec<u8>>()
+            .map_err(|_| std::io::Error::other("not prepared here"))?;
+        self.inner.restore(index, &mut image.as_slice())
     }
     fn applied_index(&self) -> u64 {
         self.inner.applied_index()
@@ -688,10 +730,9 @@ async fn writes_commit_while_a_snapshot_is_being_written() {
     let kv = KvState::new();
     let (started_tx, started) = std::sync::mpsc::channel();
     let (open, gate) = std::sync::mpsc::channel();
-    let state = GatedKv {
-        inner: kv.clone(),
-        started: started_tx,
-        gate: Arc::new(Mutex::new(gate)),
+    let state = HookedKv {
+        gated_images: Some((started_tx, Arc::new(Mutex::new(gate)))),
+        ..HookedKv::new(kv.clone())
     };
     let svc = Service::start(c.clone(), state).await.unwrap();
     svc.init().await.unwrap();
@@ -803,13 +844,8 @@ async fn a_leader_whose_log_cannot_be_written_hands_over_and_no_index_is_reused(
     assert!(shared > 0, "the logs share no index");
 }
 
-/// A key-value state that rebuilds snapshots from the leader off the
-/// driver thread, and whose preparation, once armed, waits at a gate.
-struct SlowInstallKv {
-    inner: KvState,
-    prepare: Arc<GatedPrepare>,
-}
-
+/// Rebuilds snapshots from the leader off the driver thread; once armed,
+/// each preparation reports its index and waits at the gate.
 struct GatedPrepare {
     armed: std::sync::atomic::AtomicBool,
     started: Mutex<std::sync::mpsc::Sender<u64>>,
@@ -829,33 +865,6 @@ impl dqlite_consensus::Prepare for GatedPrepare {
             pass_gate(&self.gate)?;
         }
         Ok(Box::new(image))
-    }
-}
-
-impl State for SlowInstallKv {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> std::io::Result<bool> {
-        self.inner.apply(index, instruction)
-    }
-    fn skip(&mut self, index: u64) {
-        self.inner.skip(index)
-    }
-    fn freeze(&self) -> std::io::Result<Box<dyn Image>> {
-        self.inner.freeze()
-    }
-    fn restore(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        self.inner.restore(index, input)
-    }
-    fn preparer(&self) -> Option<Arc<dyn dqlite_consensus::Prepare>> {
-        Some(self.prepare.clone())
-    }
-    fn install(&mut self, index: u64, prepared: dqlite_consensus::Prepared) -> std::io::Result<()> {
-        let image = prepared
-            .downcast::<Vec<u8>>()
-            .map_err(|_| std::io::Error::other("not prepared here"))?;
-        self.inner.restore(index, &mut image.as_slice())
-    }
-    fn applied_index(&self) -> u64 {
-        self.inner.applied_index()
     }
 }
 
@@ -894,9 +903,9 @@ async fn slow_install_cluster(armed: bool) -> SlowInstallCluster {
             .unwrap(),
         Service::start(
             configs[2].clone(),
-            SlowInstallKv {
-                inner: kvs[2].clone(),
-                prepare: prepare.clone(),
+            HookedKv {
+                prepare: Some(prepare.clone()),
+                ..HookedKv::new(kvs[2].clone())
             },
         )
         .await
@@ -1013,41 +1022,13 @@ async fn a_voter_promotion_slower_than_the_wait_keeps_the_node_catching_up() {
     }
 }
 
-/// A key-value state that cannot apply the instruction `refused` (as a
-/// state that cannot read its own data).
-struct Refusing {
-    inner: KvState,
-    refused: Vec<u8>,
-}
-
-impl State for Refusing {
-    fn apply(&mut self, index: u64, instruction: &[u8]) -> std::io::Result<bool> {
-        if instruction == self.refused {
-            return Err(std::io::Error::other("a page cannot be read"));
-        }
-        self.inner.apply(index, instruction)
-    }
-    fn skip(&mut self, index: u64) {
-        self.inner.skip(index)
-    }
-    fn freeze(&self) -> std::io::Result<Box<dyn Image>> {
-        self.inner.freeze()
-    }
-    fn restore(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        self.inner.restore(index, input)
-    }
-    fn applied_index(&self) -> u64 {
-        self.inner.applied_index()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_the_state_cannot_apply_stops_the_node_and_is_applied_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let kv = KvState::new();
-    let state = Refusing {
-        inner: kv.clone(),
-        refused: set("b", "2"),
+    let state = HookedKv {
+        refused: Some(set("b", "2")),
+        ..HookedKv::new(kv.clone())
     };
     let svc = Service::start(config(dir.path()), state).await.unwrap();
     svc.init().await.unwrap();
