@@ -8,9 +8,10 @@
 //! checkpoint is harmless: the record still names the older index, and the
 //! replayed entries carry full page images that shadow whatever newer or
 //! half-written pages the files hold (until then such a page cannot be read).
-//! So a disk-mode node proposes whole pages, never patches. A snapshot restore writes a new generation of
-//! files beside the old one and switches with the record, so a crash during
-//! a restore leaves the old generation intact.
+//! So a disk-mode node proposes whole pages, never patches. A snapshot
+//! restore writes a new generation of files beside the old one and switches
+//! with the record, so a crash during a restore leaves the old generation
+//! intact.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -32,8 +33,9 @@ use serde::{Deserialize, Serialize};
 /// the page's content, exactly; one written after it belongs to a
 /// checkpoint a crash cut short, whose pages the replayed log shadows, and
 /// the page may hold its old content, its new one, or (power loss mid-page)
-/// neither: only the old one can be read before the replay shadows it. Every page is checked when the file is opened and whenever it
-/// is read from it.
+/// neither: only the old one can be read before the replay shadows it.
+/// Every page is checked when the file is opened and whenever it is read
+/// from it.
 #[derive(Debug)]
 pub struct BaseFile {
     path: PathBuf,
