@@ -62,6 +62,13 @@ pub struct Args {
     /// (2x) and election timeout (10-20x) scale with it.
     #[arg(long, default_value_t = 20)]
     pub network_latency_ms: u64,
+    /// Read leases: for a while after a quorum confirmed its leadership
+    /// (145 ms at the default latency), the leader answers reads without
+    /// asking it again. Reads stay linearizable as long as the nodes' clocks run
+    /// at about the same rate and no machine is suspended while it leads.
+    /// Give it to every node of the cluster.
+    #[arg(long)]
+    pub read_lease: bool,
     /// Take a snapshot after this many log entries.
     #[arg(long, default_value_t = 1024)]
     pub snapshot_threshold: u64,
@@ -137,7 +144,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_standbys(usize::try_from(args.standbys).unwrap_or(usize::MAX))
         .with_network_latency(Duration::from_millis(args.network_latency_ms))
         .with_snapshot_params(args.snapshot_threshold, args.snapshot_trailing)
-        .with_auto_recovery(!args.no_auto_recovery);
+        .with_auto_recovery(!args.no_auto_recovery)
+        .with_read_lease(args.read_lease);
     options.bind_address = args.bind.clone();
     options.tls = tls(&args)?;
     // 0 lets the node take its id from the directory or from the cluster.

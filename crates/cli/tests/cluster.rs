@@ -448,9 +448,15 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
     support::insert_rows(&cluster.addresses(), "big", rows, 1, 100);
 }
 
-/// The node's `dqlite_raft_snapshots_total{kind="taken"}`, from a plain
-/// `GET /metrics` on its address (0 if it cannot be read).
+/// The node's `dqlite_raft_snapshots_total{kind="taken"}` (0 if it cannot
+/// be read).
 fn snapshots_taken(address: &str) -> u64 {
+    metric(address, "dqlite_raft_snapshots_total{kind=\"taken\"}")
+}
+
+/// The value of the metric line that starts with `name`, from a plain
+/// `GET /metrics` on the node's address (0 if it cannot be read).
+fn metric(address: &str, name: &str) -> u64 {
     use std::io::{Read, Write};
     let Ok(mut tcp) = std::net::TcpStream::connect(address) else {
         return 0;
@@ -462,7 +468,7 @@ fn snapshots_taken(address: &str) -> u64 {
         return 0;
     }
     body.lines()
-        .find(|l| l.starts_with("dqlite_raft_snapshots_total{kind=\"taken\"}"))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -898,6 +904,64 @@ fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
     assert!(refused(&err), "expected a leadership error, got {err:?}");
     let err = write.expect_err("a write on a cut-off leader");
     assert!(refused(&err), "expected a leadership error, got {err:?}");
+}
+
+/// With `--read-lease` the leader answers reads without a round (the
+/// metric counts them), and once its followers stop it answers none
+/// after its lease ran out: 145 ms after the last round that started
+/// before they stopped. A read sent later than a second after they
+/// stopped and still answered fails the test.
+#[test]
+fn a_leased_leader_answers_reads_alone_only_until_its_lease_runs_out() {
+    let cluster = Cluster::start(3, &["--read-lease"]);
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let leader_addr = cluster.nodes[leader].address.clone();
+    let followers: Vec<u32> = (0..3)
+        .filter(|i| *i != leader)
+        .filter_map(|i| cluster.nodes[i].pid())
+        .collect();
+    let rt = runtime();
+    let mut db = rt.block_on(open_on(&leader_addr, "lease"));
+    rt.block_on(async {
+        db.exec("CREATE TABLE t (v)", ()).await.unwrap();
+        db.exec("INSERT INTO t VALUES (1)", ()).await.unwrap();
+        for _ in 0..50 {
+            let rows = db.query_all("SELECT v FROM t", ()).await.unwrap();
+            assert_eq!(rows.len(), 1);
+        }
+    });
+    let leased = metric(&leader_addr, "dqlite_raft_lease_reads_total");
+    assert!(leased > 0, "no read was answered under the lease");
+    for pid in &followers {
+        send_signal(*pid, "STOP");
+    }
+    let stopped = Instant::now();
+    let refused =
+        |e: &dqlite_client::Error| matches!(e.code(), Some(10250 | 10506)) || e.needs_reconnect();
+    let outcome = rt.block_on(async {
+        // Bounded: the lease ends within 145 ms and a barrier without a
+        // quorum fails within seconds; reads stop 10 s after the stop.
+        while stopped.elapsed() < Duration::from_secs(10) {
+            let sent = Instant::now();
+            match db.query_all("SELECT v FROM t", ()).await {
+                Ok(_) if sent.duration_since(stopped) > Duration::from_secs(1) => {
+                    return Err(format!(
+                        "answered a read sent {:?} after the followers stopped",
+                        sent.duration_since(stopped)
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if refused(&e) => return Ok(()),
+                Err(e) => return Err(format!("expected a leadership error, got {e:?}")),
+            }
+        }
+        Err("the cut-off leader kept answering reads".into())
+    });
+    for pid in &followers {
+        send_signal(*pid, "CONT");
+    }
+    outcome.unwrap();
 }
 
 /// Databases are independent: while eight clients keep one database's

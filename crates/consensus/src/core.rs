@@ -1,6 +1,7 @@
 //! The pure, synchronous core of the service: it owns raft-rs's `RawNode`,
 //! the application [`State`] and the cluster registry, takes [`Input`]s and
-//! produces [`Action`]s. It has no clock, no network and no threads; the only
+//! produces [`Action`]s. It has no network and no threads, and reads a
+//! clock only for read leases ([`crate::lease`], given in its config); the only
 //! I/O it does itself is reading and writing snapshot files through the
 //! [`crate::storage::Disk`] seam. The real driver and the simulator both run this code.
 //!
@@ -14,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -24,6 +26,7 @@ use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use tracing::{debug, info, warn};
 
 use crate::codec::{self, Payload};
+use crate::lease::{Clock, Lease, Stamp};
 use crate::membership::{ClusterMeta, MemberChange, NodeInfo, Role, ServiceCommand};
 use crate::prepare::PreparedSlot;
 use crate::progress::{Progress, ProgressReader};
@@ -66,6 +69,12 @@ pub struct CoreConfig {
     /// A peer the leader has heard from within this many ticks counts as
     /// online (role manager, quorum guard, transfer target choice).
     pub online_ticks: u64,
+    /// How long a quorum's acknowledgement of a read round lets the
+    /// leader answer reads without one (`None`: every read takes a round).
+    /// At most [`crate::lease::span`]; see [`crate::lease`].
+    pub read_lease: Option<Duration>,
+    /// The clock leases are measured on.
+    pub clock: Clock,
     /// A deliberately broken behaviour (simulator canaries only).
     #[cfg(feature = "sim-bugs")]
     pub broken: Broken,
@@ -88,6 +97,8 @@ impl CoreConfig {
             // loaded machine's pauses do not demote voters, short enough to
             // replace a dead one within seconds.
             online_ticks: 150,
+            read_lease: None,
+            clock: Clock::system(),
             #[cfg(feature = "sim-bugs")]
             broken: Broken::None,
         }
@@ -135,6 +146,9 @@ pub enum Broken {
     AckBeforeCommit,
     /// Release messages that depend on a write before it is fsynced.
     SendBeforeFsync,
+    /// A lease outlives the leadership it was granted to: a node that
+    /// stepped down in the same term answers reads under it.
+    LeaseOutlivesLeadership,
 }
 
 /// Whether an entry changes the membership (raft conf change, forced
@@ -520,11 +534,22 @@ const READ_ROUNDS: usize = 4;
 #[derive(Debug, Default)]
 struct Reads {
     queued: Vec<ReadId>,
-    /// (round context, callers, tick started), oldest first.
-    inflight: VecDeque<(u64, Vec<ReadId>, u64)>,
+    /// Oldest first.
+    inflight: VecDeque<Round>,
     /// (read index, caller): waiting for the State to catch up.
     waiting: Vec<(u64, ReadId)>,
     next_round: u64,
+}
+
+/// A ReadIndex round in flight.
+#[derive(Debug)]
+struct Round {
+    ctx: u64,
+    callers: Vec<ReadId>,
+    /// The tick it started at (it expires after two election timeouts).
+    started: u64,
+    /// The lease it grants once a quorum acknowledges it.
+    stamp: Stamp,
 }
 
 /// Draws an election timeout in `[min, max)`; replaces raft-rs's
@@ -603,6 +628,12 @@ pub struct Core<S: State> {
     fence: Option<Fence>,
     /// Bytes of entries applied since the last snapshot was started.
     applied_bytes: u64,
+    /// The leader's read lease.
+    lease: Lease,
+    /// This node had voted in a term before it started: it ignores vote
+    /// requests during its first election timeout, which it may have
+    /// promised a leader's lease before it stopped ([`crate::lease`]).
+    restarted: bool,
     /// Size of the latest snapshot file: the next one waits until as many
     /// bytes of entries were applied (see [`Core::maybe_snapshot`]).
     image_bytes: u64,
@@ -662,6 +693,9 @@ impl<S: State> Core<S> {
         let last = meta.index + (boot.dropped_terms.len() + boot.entries.len()) as u64;
         hs.commit = hs.commit.max(meta.index).min(last);
         let durable_commit = hs.commit;
+        // Term 1 is the bootstrap's: every leader's term is higher, and a
+        // node that acknowledged one has its term on disk before it did.
+        let restarted = hs.term > 1;
         let snapshot_index = meta.index;
         let mut storage = RaftLogView::with_dropped(hs, meta, boot.dropped_terms, boot.entries);
         storage.set_cache(snapshots.log_reader(), config.log_cache_bytes);
@@ -693,7 +727,6 @@ impl<S: State> Core<S> {
             }
         }
         Ok(Core {
-            config,
             raw,
             state,
             cluster,
@@ -736,7 +769,10 @@ impl<S: State> Core<S> {
             }),
             fence,
             applied_bytes: 0,
+            lease: Lease::new(config.read_lease, config.clock.clone()),
+            restarted,
             image_bytes,
+            config,
         })
     }
 
@@ -758,6 +794,48 @@ impl<S: State> Core<S> {
             )
     }
 
+    /// Whether a restarted node must still ignore this vote request: during
+    /// its first election timeout it may have been in a leader's lease
+    /// before it stopped, and raft-rs forgot whom it followed. A vote for
+    /// a leadership transfer is never held back (the leader gave up its
+    /// lease for it).
+    fn vote_held(&self, m: &Message) -> bool {
+        self.restarted
+            && self.ticks < self.config.election_tick as u64
+            && matches!(
+                m.msg_type,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+            && m.term > self.raw.raft.term
+            && m.context != raft::CAMPAIGN_TRANSFER
+    }
+
+    /// Hands leadership to `to`, giving up the lease for this term: the
+    /// target's forced campaign bypasses every follower's lease.
+    fn transfer_leader(&mut self, to: u64) {
+        self.lease.bar(self.raw.raft.term);
+        self.raw.transfer_leader(to);
+    }
+
+    /// Whether this leader may answer a read without a round now.
+    fn lease_holds(&self) -> bool {
+        #[cfg(feature = "sim-bugs")]
+        if self.config.broken == Broken::LeaseOutlivesLeadership {
+            return self.lease.holds(self.raw.raft.term);
+        }
+        self.caught_up_in_term() && self.lease.holds(self.raw.raft.term)
+    }
+
+    /// Until when this leader may answer reads without a round: it leads,
+    /// has applied an entry of its term, and holds a lease (see
+    /// [`crate::lease`]). `None` when reads need a round.
+    pub fn lease_until(&self) -> Option<std::time::Instant> {
+        if !self.caught_up_in_term() {
+            return None;
+        }
+        self.lease.valid_until(self.raw.raft.term)
+    }
+
     /// A leader whose log cannot be written hands leadership to the most
     /// caught-up online voter. Its unwritten entries stay where they are:
     /// the persister retries the same batch, so no index is ever given to
@@ -777,7 +855,7 @@ impl<S: State> Core<S> {
             .map(|(id, _)| id);
         if let Some(to) = target {
             warn!(to, "the log cannot be written: handing leadership over");
-            self.raw.transfer_leader(to);
+            self.transfer_leader(to);
         }
     }
 
@@ -1098,6 +1176,8 @@ impl<S: State> Core<S> {
                 }
                 if self.fenced_out(&m) {
                     debug!(from = m.from, kind = ?m.msg_type, "fenced after auto-recovery: not voting");
+                } else if self.vote_held(&m) {
+                    debug!(from = m.from, kind = ?m.msg_type, "restarted within an election timeout: not voting yet");
                 } else if let Err(e) = self.raw.step(m) {
                     // A bad or unexpected peer message is dropped, never fatal.
                     debug!(error = %e, "peer message rejected");
@@ -1105,7 +1185,13 @@ impl<S: State> Core<S> {
             }
             Input::Propose(id, proposal) => self.propose(id, proposal, out),
             Input::Read(id) => {
-                if self.raw.raft.leader_id == 0 {
+                if self.lease_holds() {
+                    // No other leader can have been elected: every write
+                    // acknowledged so far is in the commit index.
+                    let index = self.raw.raft.raft_log.committed;
+                    self.reads.waiting.push((index, id));
+                    self.stats.lease_reads.inc();
+                } else if self.raw.raft.leader_id == 0 {
                     out.push(Action::ReadDone(id, Err(ProposeError::NotLeader(0))));
                 } else {
                     self.reads.queued.push(id);
@@ -1127,7 +1213,7 @@ impl<S: State> Core<S> {
                 self.raw.report_snapshot(to, status);
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
-            Input::TransferLeader(to) => self.raw.transfer_leader(to),
+            Input::TransferLeader(to) => self.transfer_leader(to),
             Input::Campaign if self.fence.is_some() => {
                 info!("fenced after auto-recovery: not campaigning");
             }
@@ -1325,7 +1411,13 @@ impl<S: State> Core<S> {
     }
 
     fn start_read_round(&mut self) {
-        if self.reads.inflight.len() >= READ_ROUNDS || self.reads.queued.is_empty() {
+        let term = self.raw.raft.term;
+        // With leases on, a leader renews its lease before it runs out
+        // with a round of no callers, so reads rarely wait for one.
+        let renew = self.reads.inflight.is_empty()
+            && self.caught_up_in_term()
+            && self.lease.wants_renewal(term);
+        if self.reads.inflight.len() >= READ_ROUNDS || (self.reads.queued.is_empty() && !renew) {
             return;
         }
         // raft-rs silently drops a ReadIndex on a leader that has not yet
@@ -1336,19 +1428,26 @@ impl<S: State> Core<S> {
         self.reads.next_round += 1;
         let ctx = self.reads.next_round;
         let callers = std::mem::take(&mut self.reads.queued);
+        let stamp = self.lease.stamp(term);
         self.raw.read_index(read_ctx(self.id(), ctx));
-        self.reads.inflight.push_back((ctx, callers, self.ticks));
+        self.stats.read_rounds.inc();
+        self.reads.inflight.push_back(Round {
+            ctx,
+            callers,
+            started: self.ticks,
+            stamp,
+        });
     }
 
     fn expire_reads(&mut self, out: &mut Vec<Action>) {
         let limit = 2 * self.config.election_tick as u64;
         // Rounds start in order, so they expire in order.
-        while let Some((_, _, started)) = self.reads.inflight.front() {
-            if self.ticks < started + limit {
+        while let Some(round) = self.reads.inflight.front() {
+            if self.ticks < round.started + limit {
                 break;
             }
-            if let Some((_, callers, _)) = self.reads.inflight.pop_front() {
-                for id in callers {
+            if let Some(round) = self.reads.inflight.pop_front() {
+                for id in round.callers {
                     out.push(Action::ReadDone(id, Err(ProposeError::ReadTimeout)));
                 }
             }
@@ -1905,7 +2004,10 @@ impl<S: State> Core<S> {
             cc
         };
         match self.raw.apply_conf_change(&cc) {
-            Ok(cs) => self.conf_state = cs,
+            Ok(cs) => {
+                self.conf_state = cs;
+                self.lease.membership_changed();
+            }
             Err(e) => {
                 // Deterministic on every node; the registry is left as is.
                 warn!(error = %e, index = entry.index, "conf change rejected by raft");
@@ -1940,14 +2042,17 @@ impl<S: State> Core<S> {
             .reads
             .inflight
             .iter()
-            .position(|(round, _, _)| ctx == read_ctx(id, *round).as_slice())
+            .position(|round| ctx == read_ctx(id, round.ctx).as_slice())
         else {
             return;
         };
-        if let Some((_, callers, _)) = self.reads.inflight.remove(at) {
+        if let Some(round) = self.reads.inflight.remove(at) {
+            if self.is_leader() {
+                self.lease.confirmed(round.stamp, self.raw.raft.term);
+            }
             self.reads
                 .waiting
-                .extend(callers.into_iter().map(|c| (index, c)));
+                .extend(round.callers.into_iter().map(|c| (index, c)));
         }
     }
 

@@ -109,6 +109,9 @@ pub struct Status {
     pub fenced: bool,
     /// The driver has stopped.
     pub stopped: bool,
+    /// Until when this leader answers reads without a round
+    /// ([`crate::core::Core::lease_until`]).
+    pub lease_until: Option<Instant>,
     /// On the leader: each raft member's matched index and whether it was
     /// heard from recently (online). Empty on followers.
     pub progress: BTreeMap<u64, (u64, bool)>,
@@ -133,6 +136,7 @@ impl Status {
             fenced,
             stopped,
             progress: _,
+            lease_until: _,
         } = self;
         (
             *id,
@@ -589,6 +593,7 @@ impl<S: State> Driver<S> {
             stopped: false,
             progress: core.progress(),
             fenced: core.fence().is_some(),
+            lease_until: core.lease_until(),
         };
         let unannounced = &mut self.unannounced;
         self.status.send_if_modified(|s| {

@@ -11,6 +11,7 @@
 //! - [`state`]: the pluggable application [`State`]; [`kv`] is a key-value one.
 //! - [`membership`]: the replicated cluster registry (ids, addresses, roles,
 //!   allowed members, id counter).
+//! - [`lease`]: the leader's read lease (reads without a round trip).
 //! - [`acks`]: a follower's append acknowledgements, coalesced.
 //! - [`codec`]: how entries are encoded.
 //! - [`persist`]: the log writer thread (group commit) and
@@ -30,6 +31,7 @@ pub mod acks;
 pub mod codec;
 pub mod core;
 pub mod kv;
+pub mod lease;
 pub mod membership;
 pub mod offline;
 pub mod prepare;

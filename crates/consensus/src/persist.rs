@@ -150,6 +150,10 @@ pub struct Stats {
     pub snapshots: Family<SnapshotKind, Counter>,
     /// How long taking or installing a snapshot took, in seconds.
     pub snapshot_seconds: Family<SnapshotKind, Histogram, fn() -> Histogram>,
+    /// ReadIndex rounds this node started (each a heartbeat to every peer).
+    pub read_rounds: Counter,
+    /// Read barriers the leader answered under its lease, without a round.
+    pub lease_reads: Counter,
 }
 
 /// Label of the snapshot metrics: `kind` is `taken` or `installed`.
@@ -187,6 +191,8 @@ impl Default for Stats {
             entries_per_fsync: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             snapshots: Family::default(),
             snapshot_seconds: Family::new_with_constructor(snapshot_histogram),
+            read_rounds: Counter::default(),
+            lease_reads: Counter::default(),
         };
         // Both kinds show (at zero) before the first snapshot.
         for kind in [SnapshotKind::TAKEN, SnapshotKind::INSTALLED] {

@@ -4,11 +4,14 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dqlite_consensus::boot;
 use dqlite_consensus::core::{Action, Core, CoreConfig, Input, MemberRequest, Proposal};
 use dqlite_consensus::kv::{KvCommand, KvState};
+use dqlite_consensus::lease::Clock;
 use dqlite_consensus::membership::{NodeInfo, Role};
 use dqlite_consensus::persist::{Persister, Stats};
 use dqlite_consensus::storage::{LogOptions, RealDisk};
@@ -31,12 +34,13 @@ fn open_node(dir: &Path, id: u64, seed: u64) -> Node {
 }
 
 fn open_node_bounded(dir: &Path, id: u64, seed: u64, log_budget: u64, applied: u64) -> Node {
-    open_node_with(dir, id, seed, log_budget, applied, LogOptions::default())
+    let options = LogOptions::default();
+    open_node_with(dir, CoreConfig::new(id), seed, log_budget, applied, options)
 }
 
 fn open_node_with(
     dir: &Path,
-    id: u64,
+    config: CoreConfig,
     seed: u64,
     log_budget: u64,
     applied: u64,
@@ -55,13 +59,8 @@ fn open_node_with(
     }
     opened.boot.entries.shrink_to_fit();
     let kv = KvState::new();
-    let mut core = Core::new(
-        CoreConfig::new(id),
-        kv.clone(),
-        opened.snapshots,
-        opened.boot,
-    )
-    .unwrap();
+    let id = config.id;
+    let mut core = Core::new(config, kv.clone(), opened.snapshots, opened.boot).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     core.set_election_timeout_rng(Box::new(move |min, max| rng.gen_range(min..max)));
     Node {
@@ -86,6 +85,11 @@ struct Cluster {
 impl Cluster {
     /// Three voters 1, 2, 3, bootstrapped from one initial membership.
     fn new(root: &Path) -> Self {
+        Self::with_config(root, CoreConfig::new)
+    }
+
+    /// As [`Cluster::new`], each core with `config(id)`.
+    fn with_config(root: &Path, config: impl Fn(u64) -> CoreConfig) -> Self {
         let members: Vec<NodeInfo> = (1..=3u64)
             .map(|id| NodeInfo {
                 id,
@@ -100,7 +104,15 @@ impl Cluster {
             let raft_dir = dir.join("raft");
             boot::bootstrap_cluster(Arc::new(RealDisk), &raft_dir, id, &members, &KvState::new())
                 .unwrap();
-            nodes.push(open_node(&dir, id, 7 * id));
+            let options = LogOptions::default();
+            nodes.push(open_node_with(
+                &dir,
+                config(id),
+                7 * id,
+                u64::MAX,
+                0,
+                options,
+            ));
         }
         let mut c = Cluster {
             nodes,
@@ -554,7 +566,7 @@ fn a_node_that_lost_acknowledged_entries_does_not_vote_until_it_caught_up() {
         auto_recovery: true,
         ..LogOptions::default()
     };
-    c.nodes[1] = open_node_with(&dir2, 2, 5, u64::MAX, 0, recover);
+    c.nodes[1] = open_node_with(&dir2, CoreConfig::new(2), 5, u64::MAX, 0, recover);
     let fence = c.nodes[1].core.fence().expect("node 2 is fenced");
     assert!(fence >= c.nodes[0].core.commit_index(), "fence {fence}");
     assert!(dir2.join("raft/fence").exists());
@@ -626,4 +638,110 @@ fn a_follower_whose_last_acknowledged_record_reads_as_torn_catches_up() {
     c.tick_until(|c| c.nodes[1].core.last_index() >= last, 100);
     c.input(0, Input::Propose(9, Proposal::State(set("after", "1"))));
     c.tick_until(|c| c.nodes[1].kv.get("after").is_some(), 100);
+}
+
+/// A clock the test moves by hand: (the clock, its milliseconds).
+fn manual_clock() -> (Clock, Arc<AtomicU64>) {
+    let base = Instant::now();
+    let ms = Arc::new(AtomicU64::new(0));
+    let read = ms.clone();
+    let clock = Clock::from_fn(move || base + Duration::from_millis(read.load(Ordering::SeqCst)));
+    (clock, ms)
+}
+
+/// Cores with 100 ms read leases on `clock`.
+fn leased(clock: &Clock) -> impl Fn(u64) -> CoreConfig + '_ {
+    move |id| CoreConfig {
+        read_lease: Some(Duration::from_millis(100)),
+        clock: clock.clone(),
+        ..CoreConfig::new(id)
+    }
+}
+
+#[test]
+fn a_leased_leader_answers_reads_alone_until_its_lease_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let (clock, ms) = manual_clock();
+    let mut c = Cluster::with_config(root.path(), leased(&clock));
+    // The leader takes its lease by itself, with a round of no callers.
+    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
+    // The followers are cut off: no round can complete now.
+    c.down[1] = true;
+    c.down[2] = true;
+    c.input(0, Input::Read(1));
+    c.run(1000);
+    assert_eq!(
+        c.nodes[0].reads_done,
+        vec![1],
+        "a read under a lease needs no round"
+    );
+    // The lease runs from the start of the round that granted it.
+    ms.store(100, Ordering::SeqCst);
+    c.input(0, Input::Read(2));
+    c.run(1000);
+    assert_eq!(
+        c.nodes[0].reads_done,
+        vec![1],
+        "a read after the lease waits for a quorum"
+    );
+    c.down[1] = false;
+    c.tick_until(|c| c.nodes[0].reads_done.contains(&2), 40);
+    assert!(
+        c.nodes[0].core.lease_until().is_some(),
+        "the round renewed it"
+    );
+}
+
+#[test]
+fn a_leader_that_hands_over_gives_up_its_lease_for_the_term() {
+    let root = tempfile::tempdir().unwrap();
+    let (clock, _ms) = manual_clock();
+    let mut c = Cluster::with_config(root.path(), leased(&clock));
+    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
+    c.down[2] = true;
+    // The target's forced campaign would win past any follower's lease.
+    c.input(0, Input::TransferLeader(3));
+    assert_eq!(c.nodes[0].core.lease_until(), None);
+    c.down[1] = true;
+    c.input(0, Input::Read(1));
+    c.run(1000);
+    assert!(
+        c.nodes[0].reads_done.is_empty(),
+        "read without a round after a handover"
+    );
+    // Rounds complete again, but grant no lease in this term.
+    c.down[1] = false;
+    c.tick_until(|c| c.nodes[0].reads_done.contains(&1), 40);
+    assert!(c.nodes[0].core.is_leader());
+    assert_eq!(c.nodes[0].core.lease_until(), None);
+}
+
+#[test]
+fn a_restarted_node_votes_for_no_one_during_its_first_election_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    c.down[2] = true;
+    c.nodes[2] = open_node(&root.path().join("n3"), 3, 5);
+    let term = c.nodes[2].core.term();
+    let candidate = c.nodes[1].core.raw();
+    let vote = Message {
+        msg_type: MessageType::MsgRequestVote,
+        from: 2,
+        to: 3,
+        term: term + 1,
+        log_term: candidate.raft.raft_log.last_term(),
+        index: candidate.raft.raft_log.last_index(),
+        ..Default::default()
+    };
+    // Before it stopped it may have promised the leader not to vote for
+    // an election timeout; it forgot whom it followed, so it waits that
+    // long again.
+    c.input(2, Input::Step(vote.clone()));
+    assert_eq!(c.nodes[2].core.term(), term, "voted right after a restart");
+    for _ in 0..CoreConfig::new(3).election_tick {
+        c.input(2, Input::Tick);
+    }
+    c.input(2, Input::Step(vote));
+    assert_eq!(c.nodes[2].core.term(), term + 1);
+    assert_eq!(c.nodes[2].core.raw().raft.vote, 2);
 }

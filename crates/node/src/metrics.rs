@@ -71,6 +71,16 @@ impl NodeMetrics {
             stats.snapshot_seconds.clone(),
         );
         registry.register(
+            "dqlite_raft_read_rounds",
+            "ReadIndex rounds started here (a heartbeat to every peer each)",
+            stats.read_rounds.clone(),
+        );
+        registry.register(
+            "dqlite_raft_lease_reads",
+            "Read barriers answered under the leader's read lease, without a round",
+            stats.lease_reads.clone(),
+        );
+        registry.register(
             "dqlite_commit_seconds",
             "From a transaction's commit point on this node to its apply here",
             store.commit_seconds(),

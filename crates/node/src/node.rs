@@ -87,6 +87,12 @@ pub struct Options {
     /// (ASSIGN), as with C dqlite 1.11 under go-dqlite's app, which
     /// manages roles itself.
     pub role_management: bool,
+    /// Read leases: for a while after a quorum confirmed its leadership,
+    /// the leader answers linearizable reads without asking the quorum
+    /// again (see `dqlite_consensus::lease`). Off by default: it assumes
+    /// the nodes' clocks run at about the same rate and never stop while
+    /// a machine is suspended. Turn it on for every node of a cluster.
+    pub read_lease: bool,
 }
 
 impl Default for Options {
@@ -109,6 +115,7 @@ impl Default for Options {
             voters: Targets::default().voters,
             standbys: Targets::default().standbys,
             role_management: true,
+            read_lease: false,
         }
     }
 }
@@ -163,6 +170,11 @@ impl Options {
     /// Set how many standbys the role manager keeps.
     pub fn with_standbys(mut self, n: usize) -> Self {
         self.standbys = n;
+        self
+    }
+    /// Turn read leases on or off.
+    pub fn with_read_lease(mut self, on: bool) -> Self {
+        self.read_lease = on;
         self
     }
     /// Turn the role manager and the role handover on close on or off.
@@ -327,6 +339,7 @@ impl Node {
         config.snapshot_threshold = self.options.snapshot_threshold;
         config.snapshot_trailing = self.options.snapshot_trailing;
         config.auto_recovery = self.options.auto_recovery;
+        config.read_lease = self.options.read_lease;
         config.tls = self.options.tls.clone();
         config.dial = self.options.dial.clone();
         config.failure_domain = self.options.failure_domain;

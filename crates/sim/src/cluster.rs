@@ -14,9 +14,14 @@
 //! cluster must make progress again (liveness).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dqlite_consensus::lease::Clock;
 
 use crate::checker::invariants::{InvariantChecker, NodeView, Violation};
 use crate::checker::linearizability::{self, CheckError, Command, Operation, Outcome};
+use crate::clock::{node_clock, SharedTime};
 use crate::disk::CrashMode;
 use crate::kv::KvRequest;
 use crate::net::{random_split, NetConfig, NodeId, SimNetwork};
@@ -155,8 +160,9 @@ pub enum Formation {
 /// Most nodes replaced (removed, and a fresh one added) in one run.
 pub const MAX_REPLACEMENTS: usize = 2;
 
-/// Creates node `id` with initial configuration `voters` (empty: joiner).
-pub type MakeNode<N> = Box<dyn FnMut(NodeId, &[NodeId], &mut SimRng) -> Result<N, String>>;
+/// Creates node `id` with initial configuration `voters` (empty: joiner),
+/// reading time on `clock`.
+pub type MakeNode<N> = Box<dyn FnMut(NodeId, &[NodeId], Clock, &mut SimRng) -> Result<N, String>>;
 
 /// One simulated run over nodes of type `N`.
 pub struct Cluster<N: SimNode> {
@@ -183,16 +189,19 @@ pub struct Cluster<N: SimNode> {
     trace: Trace,
     calm: bool,
     events: u64,
+    /// Simulated time, for the nodes' clocks.
+    time: SharedTime,
 }
 
 impl<N: SimNode> Cluster<N> {
-    /// Build a cluster: `make(id, voters, rng)` creates each node with the
-    /// initial configuration `voters` (empty for a node that will join).
+    /// Build a cluster: `make(id, voters, clock, rng)` creates each node
+    /// with the initial configuration `voters` (empty for a node that will
+    /// join) and its own skewed clock.
     pub fn new(
         options: Options,
         formation: Formation,
         echo_trace: bool,
-        make: impl FnMut(NodeId, &[NodeId], &mut SimRng) -> Result<N, String> + 'static,
+        make: impl FnMut(NodeId, &[NodeId], Clock, &mut SimRng) -> Result<N, String> + 'static,
     ) -> Result<Self, String> {
         let mut rng = SimRng::new(options.seed);
         let ids: Vec<NodeId> = (1..=options.nodes as u64).collect();
@@ -236,6 +245,7 @@ impl<N: SimNode> Cluster<N> {
             trace: Trace::new(64, echo_trace),
             calm: false,
             events: 0,
+            time: SharedTime::default(),
             options,
         };
         for &id in &ids {
@@ -250,9 +260,12 @@ impl<N: SimNode> Cluster<N> {
     }
 
     fn add_node(&mut self, id: NodeId, voters: &[NodeId]) -> Result<(), String> {
-        let node = (self.make)(id, voters, &mut self.rng)?;
+        let rate = Arc::new(AtomicU64::new(TICK_MS));
+        let clock = node_clock(self.time.clone(), rate.clone(), TICK_MS);
+        let node = (self.make)(id, voters, clock, &mut self.rng)?;
         // Clock skew: each node's tick lasts 8..=12 ms of simulated time.
         let tick_ms = self.rng.between(TICK_MS - 2, TICK_MS + 2);
+        rate.store(tick_ms, Ordering::Relaxed);
         let first = self.rng.between(0, tick_ms);
         self.scheduler.after(first, Event::Tick(id));
         self.nodes.insert(
@@ -294,6 +307,7 @@ impl<N: SimNode> Cluster<N> {
     fn run_inner(&mut self) -> Result<(), Failure> {
         let deadline = self.options.fault_phase_ms + CALM_PHASE_MS;
         while let Some((now, event)) = self.scheduler.pop() {
+            self.time.store(now, Ordering::Relaxed);
             self.events += 1;
             if now > deadline || self.events > MAX_EVENTS {
                 break;

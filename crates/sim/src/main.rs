@@ -4,7 +4,7 @@
 //! dqlite-sim --seeds N [--start S] [--jobs J]   run seeds S..S+N
 //! dqlite-sim --seed S [--trace]                 replay one seed exactly
 //! --node raftrs|consensus|store                 what each node runs
-//! --broken none|ack-before-commit|send-before-fsync|apply-twice|skip-base-check
+//! --broken none|ack-before-commit|send-before-fsync|apply-twice|skip-base-check|long-lease
 //! ```
 //!
 //! Output of a multi-seed run: one `FAIL seed=S: <failure>` line per failing
@@ -49,6 +49,10 @@ enum Bug {
     /// Canary: the store skips the base check and applies stale entries
     /// (store node).
     SkipBaseCheck,
+    /// Canary: read leases last three election timeouts and outlive the
+    /// leadership they were granted to (consensus and store nodes; turns
+    /// leases on).
+    LongLease,
 }
 
 /// Deterministic simulator for the dqlite-rs consensus service.
@@ -93,6 +97,7 @@ fn broken(bug: Bug) -> Broken {
         Bug::SendBeforeFsync => Broken::SendBeforeFsync,
         Bug::ApplyTwice => Broken::ApplyTwice,
         Bug::SkipBaseCheck => Broken::SkipBaseCheck,
+        Bug::LongLease => Broken::LongLease,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Options {
     /// What the clients do (the store node varies it; the others always
     /// run the register workload).
     pub workload: Workload,
+    /// Whether leaders answer reads under a lease
+    /// (`dqlite_consensus::lease`) rather than with a round each.
+    pub read_lease: bool,
 }
 
 /// What the clients do, and what is checked at the end of a run.
@@ -94,6 +97,7 @@ impl Options {
             fsync_ms_max: [2, 10, 30][rng.index(3)],
             broken: Broken::None,
             workload: Workload::Register,
+            read_lease: rng.chance(0.5),
         }
     }
 }

@@ -38,6 +38,10 @@ pub enum Broken {
     /// The store applies stale entries, skipping the base check (store
     /// node only: `dqlite_store::Broken::SkipBaseCheck`).
     SkipBaseCheck,
+    /// Read leases last three election timeouts, and a leader that stepped
+    /// down in the same term still answers reads under its lease
+    /// (consensus and store nodes; turns leases on).
+    LongLease,
 }
 
 /// Election timeout in ticks; raft-rs randomizes in `[E, 2E)`.

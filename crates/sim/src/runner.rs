@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use crate::cluster::{Cluster, Failure, Formation, Report};
 use crate::options::{Options, Workload};
 use crate::raftrs::{Broken, RaftRsNode};
-use crate::service::{KvMachine, ServiceNode};
+use crate::service::{KvMachine, ServiceNode, Setup};
 use crate::store::StoreMachine;
 
 /// Which node implementation a run drives.
@@ -30,6 +30,8 @@ pub enum NodeKind {
 pub fn run_seed(seed: u64, kind: NodeKind, broken: Broken, echo_trace: bool) -> Report {
     let mut options = Options::from_seed(seed);
     options.broken = broken;
+    // The canary needs leases to plant its bug in.
+    options.read_lease |= broken == Broken::LongLease;
     if kind == NodeKind::Store {
         options.workload = Workload::for_seed(seed);
     }
@@ -46,52 +48,50 @@ pub fn run_options(options: Options, kind: NodeKind, echo_trace: bool) -> Report
                 options.clone(),
                 Formation::StaticVoters,
                 echo_trace,
-                move |id, voters, rng| RaftRsNode::new(id, voters, broken, rng),
+                move |id, voters, _clock, rng| RaftRsNode::new(id, voters, broken, rng),
             )
             .map(Cluster::run)
         }
         NodeKind::Consensus => {
             let broken = options.broken;
-            let fsync_ms_max = options.fsync_ms_max;
+            let (fsync_ms_max, read_lease) = (options.fsync_ms_max, options.read_lease);
             Cluster::new(
                 options.clone(),
                 Formation::GrowFromFirst,
                 echo_trace,
-                move |id, voters, rng| {
-                    ServiceNode::new(
-                        id,
-                        voters,
-                        KvMachine::new(broken),
+                move |id, voters, clock, rng| {
+                    let setup = Setup {
                         broken,
                         fsync_ms_max,
-                        rng,
-                    )
+                        clock,
+                        read_lease,
+                    };
+                    ServiceNode::new(id, voters, KvMachine::new(broken), setup, rng)
                 },
             )
             .map(Cluster::run)
         }
         NodeKind::Store => {
             let broken = options.broken;
-            let fsync_ms_max = options.fsync_ms_max;
+            let (fsync_ms_max, read_lease) = (options.fsync_ms_max, options.read_lease);
             let workload = options.workload;
             // Acknowledging early is planted in the store, not the adapter.
             let adapter = match broken {
-                Broken::SendBeforeFsync => broken,
+                Broken::SendBeforeFsync | Broken::LongLease => broken,
                 _ => Broken::None,
             };
             Cluster::new(
                 options.clone(),
                 Formation::GrowFromFirst,
                 echo_trace,
-                move |id, voters, rng| {
-                    ServiceNode::new(
-                        id,
-                        voters,
-                        StoreMachine::new(workload, broken),
-                        adapter,
+                move |id, voters, clock, rng| {
+                    let setup = Setup {
+                        broken: adapter,
                         fsync_ms_max,
-                        rng,
-                    )
+                        clock,
+                        read_lease,
+                    };
+                    ServiceNode::new(id, voters, StoreMachine::new(workload, broken), setup, rng)
                 },
             )
             .map(Cluster::run)

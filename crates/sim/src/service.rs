@@ -32,10 +32,11 @@ use std::time::Duration;
 
 use dqlite_consensus::boot;
 use dqlite_consensus::core::{
-    Action, Core, CoreConfig, Input, MemberRequest, Outcome as CoreOutcome, PersistBatch, Proposal,
-    ProposeError as CoreProposeError,
+    Action, Broken as CoreBroken, Core, CoreConfig, Input, MemberRequest, Outcome as CoreOutcome,
+    PersistBatch, Proposal, ProposeError as CoreProposeError,
 };
 use dqlite_consensus::kv::{KvCommand, KvState};
+use dqlite_consensus::lease::{self, Clock};
 use dqlite_consensus::membership::{NodeInfo, Role};
 use dqlite_consensus::persist::stage_batch;
 use dqlite_consensus::storage::{Log, LogOptions, MetaFile, StorageError};
@@ -48,7 +49,7 @@ use crate::disk::{CrashMode, DiskConfig, SimDisk};
 use crate::kv::KvRequest;
 use crate::net::NodeId;
 use crate::node::{Answer, Applied, Effects, MemberChange, ProposeError, SimNode};
-use crate::raftrs::{entry_digest, Broken};
+use crate::raftrs::{entry_digest, Broken, ELECTION_TICKS, HEARTBEAT_TICKS};
 use crate::rng::SimRng;
 use crate::simfs::SimFs;
 use crate::trace::digest;
@@ -404,6 +405,33 @@ struct Running<S: State> {
     next_request: u64,
 }
 
+/// How a [`ServiceNode`] runs, apart from its machine.
+pub struct Setup {
+    /// A bug planted in the adapter (`SendBeforeFsync`) or the lease
+    /// (`LongLease`); others are the machine's.
+    pub broken: Broken,
+    /// Largest simulated fsync latency.
+    pub fsync_ms_max: u64,
+    /// The node's skewed clock.
+    pub clock: Clock,
+    /// Read leases on.
+    pub read_lease: bool,
+}
+
+impl Setup {
+    /// The core's lease: bounded by the simulator's clock skew (ticks of 8
+    /// to 12 ms: rates differ by up to 1.5), or three election timeouts
+    /// for the `LongLease` canary.
+    fn lease_span(&self) -> Option<Duration> {
+        let tick = Duration::from_millis(crate::cluster::TICK_MS);
+        match (self.read_lease, self.broken) {
+            (false, _) => None,
+            (true, Broken::LongLease) => Some(tick * 3 * ELECTION_TICKS as u32),
+            (true, _) => Some(lease::span(tick, ELECTION_TICKS, 1.5)),
+        }
+    }
+}
+
 /// A consensus-core node on a simulated disk, running machine `M`.
 pub struct ServiceNode<M: Machine> {
     id: NodeId,
@@ -411,6 +439,8 @@ pub struct ServiceNode<M: Machine> {
     fs: SimFs,
     raft_dir: PathBuf,
     broken: Broken,
+    clock: Clock,
+    read_lease: Option<Duration>,
     events: Events,
     running: Option<Running<M::State>>,
     mirror: Mirror,
@@ -433,8 +463,7 @@ impl<M: Machine> ServiceNode<M> {
         id: NodeId,
         voters: &[NodeId],
         mut machine: M,
-        broken: Broken,
-        fsync_ms_max: u64,
+        setup: Setup,
         rng: &mut SimRng,
     ) -> Result<Self, String> {
         let disk = SimDisk::new(DiskConfig::default(), rng.fork());
@@ -456,13 +485,15 @@ impl<M: Machine> ServiceNode<M> {
             machine,
             fs,
             raft_dir,
-            broken,
+            broken: setup.broken,
+            read_lease: setup.lease_span(),
+            clock: setup.clock,
             events,
             running: None,
             mirror: Mirror::default(),
             term: 0,
             campaign_pending: false,
-            fsync_ms_max: fsync_ms_max.max(1),
+            fsync_ms_max: setup.fsync_ms_max.max(1),
         };
         node.boot(rng, &mut Effects::default())?;
         // Campaign on the first tick, where the harness collects the effects.
@@ -504,6 +535,14 @@ impl<M: Machine> ServiceNode<M> {
             log_cache_bytes: 256,
             max_size_per_msg: 4 << 10,
             max_inflight_msgs: 16,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            read_lease: self.read_lease,
+            clock: self.clock.clone(),
+            broken: match self.broken {
+                Broken::LongLease => CoreBroken::LeaseOutlivesLeadership,
+                _ => CoreBroken::None,
+            },
             ..CoreConfig::new(self.id)
         };
         let state = self.machine.fresh(&self.events)?;

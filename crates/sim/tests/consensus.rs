@@ -4,6 +4,7 @@
 
 mod support;
 
+use dqlite_sim::cluster::Failure;
 use dqlite_sim::options::Options;
 use dqlite_sim::raftrs::Broken;
 use dqlite_sim::runner::{run_options, run_seed, NodeKind};
@@ -73,4 +74,38 @@ fn send_before_fsync_in_the_consensus_node_is_caught() {
             .is_err()
     });
     assert!(caught.is_some(), "the simulator missed send-before-fsync");
+}
+
+#[test]
+fn a_lease_that_outlives_its_leadership_is_caught() {
+    // The canary's lease lasts three election timeouts, and a node that
+    // stepped down in the same term still answers reads under it, while a
+    // new leader commits writes. Busier clients than a seed's own make
+    // such a read likely (seeds 9 and 41 of the first 400 catch it).
+    let run = |seed: u64, broken: Broken| {
+        let options = Options {
+            clients: 6,
+            operations_per_client: 80,
+            read_lease: true,
+            broken,
+            ..Options::from_seed(seed)
+        };
+        run_options(options, NodeKind::Consensus, false)
+    };
+    let seed = (0..400)
+        .find(|&seed| {
+            matches!(
+                run(seed, Broken::LongLease).result,
+                Err(Failure::Linearizability(_))
+            )
+        })
+        .expect("the simulator missed a stale lease");
+    // The same run with the lease the core computes is linearizable.
+    let report = run(seed, Broken::None);
+    assert_eq!(
+        report.result,
+        Ok(()),
+        "seed {seed}: {:?}",
+        report.trace_tail
+    );
 }

@@ -136,7 +136,9 @@ impl StoreMachine {
             Broken::AckBeforeCommit => dqlite_store::Broken::AckBeforeCommit,
             Broken::ApplyTwice => dqlite_store::Broken::ApplyTwice,
             Broken::SkipBaseCheck => dqlite_store::Broken::SkipBaseCheck,
-            Broken::None | Broken::SendBeforeFsync => dqlite_store::Broken::None,
+            Broken::None | Broken::SendBeforeFsync | Broken::LongLease => {
+                dqlite_store::Broken::None
+            }
         };
         Self {
             workload,
