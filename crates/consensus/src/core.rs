@@ -826,6 +826,26 @@ impl<S: State> Core<S> {
         self.caught_up_in_term() && self.lease.holds(self.raw.raft.term)
     }
 
+    /// A follower's ReadIndex request answered under this leader's lease,
+    /// as raft-rs's own lease-based reads answer it: with the commit
+    /// index, which covers every write acknowledged so far. `None`: the
+    /// request takes a round.
+    fn leased_read_index(&mut self, m: &mut Message) -> Option<Message> {
+        if m.msg_type != MessageType::MsgReadIndex || m.from == self.id() || !self.lease_holds() {
+            return None;
+        }
+        self.stats.lease_reads.inc();
+        Some(Message {
+            msg_type: MessageType::MsgReadIndexResp,
+            from: self.id(),
+            to: m.from,
+            term: self.raw.raft.term,
+            index: self.raw.raft.raft_log.committed,
+            entries: std::mem::take(&mut m.entries),
+            ..Default::default()
+        })
+    }
+
     /// Until when this leader may answer reads without a round: it leads,
     /// has applied an entry of its term, and holds a lease (see
     /// [`crate::lease`]). `None` when reads need a round.
@@ -1178,6 +1198,8 @@ impl<S: State> Core<S> {
                     debug!(from = m.from, kind = ?m.msg_type, "fenced after auto-recovery: not voting");
                 } else if self.vote_held(&m) {
                     debug!(from = m.from, kind = ?m.msg_type, "restarted within an election timeout: not voting yet");
+                } else if let Some(answer) = self.leased_read_index(&mut m) {
+                    out.push(Action::Send(answer));
                 } else if let Err(e) = self.raw.step(m) {
                     // A bad or unexpected peer message is dropped, never fatal.
                     debug!(error = %e, "peer message rejected");

@@ -8,7 +8,9 @@
 //! lease), so until then no other leader can be elected. A lease granted at
 //! the round's start for less than that span, in the leader's own clock,
 //! proves the same for every instant inside it. A read on a leader that
-//! holds a lease therefore needs no round of its own.
+//! holds a lease therefore needs no round of its own, and neither does a
+//! follower's request for a read index: the leader answers it with its
+//! commit index, which covers every write acknowledged so far.
 //!
 //! # Why the span is safe, and what it assumes
 //!

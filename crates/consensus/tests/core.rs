@@ -745,3 +745,28 @@ fn a_restarted_node_votes_for_no_one_during_its_first_election_timeout() {
     assert_eq!(c.nodes[2].core.term(), term + 1);
     assert_eq!(c.nodes[2].core.raw().raft.vote, 2);
 }
+
+#[test]
+fn a_leased_leader_answers_a_followers_read_index_without_a_round() {
+    let root = tempfile::tempdir().unwrap();
+    let (clock, ms) = manual_clock();
+    let mut c = Cluster::with_config(root.path(), leased(&clock));
+    let stats = Arc::new(Stats::default());
+    c.nodes[0].core.set_stats(stats.clone());
+    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
+    c.input(0, Input::Propose(1, Proposal::State(set("k", "v"))));
+    c.run(1000);
+    let committed = c.nodes[0].core.commit_index();
+    // Node 2's request reaches the leader, which answers it at once.
+    c.input(1, Input::Read(7));
+    c.run(1000);
+    assert_eq!(c.nodes[1].reads_done, vec![7]);
+    assert!(c.nodes[1].core.applied_index() >= committed);
+    assert_eq!(stats.lease_reads.get(), 1, "answered under the lease");
+    // Past the lease the same request takes a round.
+    ms.store(100, Ordering::SeqCst);
+    c.input(1, Input::Read(8));
+    c.run(1000);
+    assert_eq!(c.nodes[1].reads_done, vec![7, 8]);
+    assert_eq!(stats.lease_reads.get(), 1, "a round, not the lease");
+}
