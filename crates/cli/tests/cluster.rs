@@ -772,20 +772,33 @@ fn admin_calls_and_a_leader_flip_keeps_connections() {
     assert!(out.stdout.contains("weight: 7"), "{}", out.describe());
 }
 
+/// A 3-node cluster started with `extra` flags: it, its leader's address
+/// and its followers' process ids.
+fn three_nodes(extra: &[&str]) -> (Cluster, String, Vec<u32>) {
+    let cluster = Cluster::start(3, extra);
+    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
+    let leader = cluster.leader(Duration::from_secs(10));
+    let leader_addr = cluster.nodes[leader].address.clone();
+    let followers = (0..3)
+        .filter(|i| *i != leader)
+        .filter_map(|i| cluster.nodes[i].pid())
+        .collect();
+    (cluster, leader_addr, followers)
+}
+
+/// A leadership error, or the connection closed by a node that stepped
+/// down: either way nothing was read or written.
+fn refused_by_leadership(e: &dqlite_client::Error) -> bool {
+    matches!(e.code(), Some(10250 | 10506)) || e.needs_reconnect()
+}
+
 /// A write in flight when the leader loses its quorum fails with
 /// SQLITE_IOERR_LEADERSHIP_LOST (outcome unknown), not a hang; a new
 /// statement on the deposed leader gets SQLITE_IOERR_NOT_LEADER at once;
 /// once the quorum is back the cluster serves again.
 #[test]
 fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
-    let cluster = Cluster::start(3, &[]);
-    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
-    let leader = cluster.leader(Duration::from_secs(10));
-    let leader_addr = cluster.nodes[leader].address.clone();
-    let followers: Vec<u32> = (0..3)
-        .filter(|i| *i != leader)
-        .filter_map(|i| cluster.nodes[i].pid())
-        .collect();
+    let (cluster, leader_addr, followers) = three_nodes(&[]);
     let rt = runtime();
     let mut db = rt.block_on(open_on(&leader_addr, "lost"));
     let mut other = rt.block_on(open_on(&leader_addr, "lost"));
@@ -861,14 +874,7 @@ fn a_write_in_flight_when_leadership_is_lost_gets_10506() {
 /// runs before the barrier rather than being refused up front.
 #[test]
 fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
-    let cluster = Cluster::start(3, &[]);
-    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
-    let leader = cluster.leader(Duration::from_secs(10));
-    let leader_addr = cluster.nodes[leader].address.clone();
-    let followers: Vec<u32> = (0..3)
-        .filter(|i| *i != leader)
-        .filter_map(|i| cluster.nodes[i].pid())
-        .collect();
+    let (_cluster, leader_addr, followers) = three_nodes(&[]);
     let rt = runtime();
     let mut db = rt.block_on(open_on(&leader_addr, "cut"));
     let mut reader = rt.block_on(open_on(&leader_addr, "cut"));
@@ -896,14 +902,21 @@ fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
     }
     // A node that steps down closes its clients' connections: that is an
     // answer too, as long as nothing read or written comes back.
-    let refused =
-        |e: &dqlite_client::Error| matches!(e.code(), Some(10250 | 10506)) || e.needs_reconnect();
     let err = read_exec.expect_err("a read-only EXEC on a cut-off leader");
-    assert!(refused(&err), "expected a leadership error, got {err:?}");
+    assert!(
+        refused_by_leadership(&err),
+        "expected a leadership error, got {err:?}"
+    );
     let err = query.expect_err("a query on a cut-off leader");
-    assert!(refused(&err), "expected a leadership error, got {err:?}");
+    assert!(
+        refused_by_leadership(&err),
+        "expected a leadership error, got {err:?}"
+    );
     let err = write.expect_err("a write on a cut-off leader");
-    assert!(refused(&err), "expected a leadership error, got {err:?}");
+    assert!(
+        refused_by_leadership(&err),
+        "expected a leadership error, got {err:?}"
+    );
 }
 
 /// With `--read-lease` the leader answers reads without a round (the
@@ -913,14 +926,7 @@ fn a_leader_cut_off_answers_no_read_and_acknowledges_no_write() {
 /// stopped and still answered fails the test.
 #[test]
 fn a_leased_leader_answers_reads_alone_only_until_its_lease_runs_out() {
-    let cluster = Cluster::start(3, &["--read-lease"]);
-    wait_voters(&cluster.servers(), 3, Duration::from_secs(30));
-    let leader = cluster.leader(Duration::from_secs(10));
-    let leader_addr = cluster.nodes[leader].address.clone();
-    let followers: Vec<u32> = (0..3)
-        .filter(|i| *i != leader)
-        .filter_map(|i| cluster.nodes[i].pid())
-        .collect();
+    let (_cluster, leader_addr, followers) = three_nodes(&["--read-lease"]);
     let rt = runtime();
     let mut db = rt.block_on(open_on(&leader_addr, "lease"));
     rt.block_on(async {
@@ -937,8 +943,6 @@ fn a_leased_leader_answers_reads_alone_only_until_its_lease_runs_out() {
         send_signal(*pid, "STOP");
     }
     let stopped = Instant::now();
-    let refused =
-        |e: &dqlite_client::Error| matches!(e.code(), Some(10250 | 10506)) || e.needs_reconnect();
     let outcome = rt.block_on(async {
         // Bounded: the lease ends within 145 ms and a barrier without a
         // quorum fails within seconds; reads stop 10 s after the stop.
@@ -952,7 +956,7 @@ fn a_leased_leader_answers_reads_alone_only_until_its_lease_runs_out() {
                     ));
                 }
                 Ok(_) => {}
-                Err(e) if refused(&e) => return Ok(()),
+                Err(e) if refused_by_leadership(&e) => return Ok(()),
                 Err(e) => return Err(format!("expected a leadership error, got {e:?}")),
             }
         }
