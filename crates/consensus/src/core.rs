@@ -630,9 +630,10 @@ pub struct Core<S: State> {
     applied_bytes: u64,
     /// The leader's read lease.
     lease: Lease,
-    /// This node had voted in a term before it started: it ignores vote
-    /// requests during its first election timeout, which it may have
-    /// promised a leader's lease before it stopped ([`crate::lease`]).
+    /// Leases are on and this node followed a leader before it started:
+    /// it ignores vote requests during its first election timeout, which
+    /// it may have promised a leader's lease before it stopped
+    /// ([`crate::lease`]).
     restarted: bool,
     /// Size of the latest snapshot file: the next one waits until as many
     /// bytes of entries were applied (see [`Core::maybe_snapshot`]).
@@ -695,7 +696,8 @@ impl<S: State> Core<S> {
         let durable_commit = hs.commit;
         // Term 1 is the bootstrap's: every leader's term is higher, and a
         // node that acknowledged one has its term on disk before it did.
-        let restarted = hs.term > 1;
+        // Without leases no promise outlives a restart.
+        let restarted = hs.term > 1 && config.read_lease.is_some();
         let snapshot_index = meta.index;
         let mut storage = RaftLogView::with_dropped(hs, meta, boot.dropped_terms, boot.entries);
         storage.set_cache(snapshots.log_reader(), config.log_cache_bytes);
@@ -1194,6 +1196,7 @@ impl<S: State> Core<S> {
                 if m.from != 0 {
                     self.last_heard.insert(m.from, self.ticks);
                 }
+                self.still_needed(&m);
                 if self.fenced_out(&m) {
                     debug!(from = m.from, kind = ?m.msg_type, "fenced after auto-recovery: not voting");
                 } else if self.vote_held(&m) {
@@ -1555,8 +1558,32 @@ impl<S: State> Core<S> {
         raft.become_follower(term, raft::INVALID_ID);
     }
 
+    /// A removed node asked for a vote, or sent entries or a heartbeat, is
+    /// still a voter to whoever sent it (a candidate asks only its voters,
+    /// a leader replicates only to its members): its grace period starts
+    /// again. Found by the simulator (store seed 6795): the removed node's
+    /// grace ran out, counted from when it applied its removal, while the
+    /// one other voter kept crashing and restarting; that voter had the
+    /// removal in its log but not known committed, so it still needed the
+    /// removed node's vote and ack, and nobody was left to give them.
+    fn still_needed(&mut self, m: &Message) {
+        let asks = matches!(
+            m.msg_type,
+            MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+                | MessageType::MsgAppend
+                | MessageType::MsgHeartbeat
+        );
+        if asks && !self.removed {
+            if let Some(since) = self.removal_deferred.as_mut() {
+                *since = self.ticks;
+            }
+        }
+    }
+
     /// Reports a deferred removal once the rest of the cluster no longer
-    /// needs this node, or after a grace period.
+    /// needs this node, or after a grace period without a word from a
+    /// node that still counts it.
     fn report_deferred_removal(&mut self, out: &mut Vec<Action>) {
         let Some(since) = self.removal_deferred else {
             return;

@@ -28,8 +28,9 @@
 //!   sleeps while it leads could serve a stale read when it wakes. This is
 //!   why the lease is off by default.
 //! - **A restarted node forgets whom it followed.** raft-rs grants votes at
-//!   once after a restart, so the core ignores vote requests for
-//!   `election_tick` ticks after start ([`crate::core::Core`]).
+//!   once after a restart, so a core with leases on ignores vote requests
+//!   for `election_tick` ticks after start ([`crate::core::Core`]). This is
+//!   why every node of a cluster must have leases on, not only the leader.
 //! - **A leader that hands leadership over gives up its lease** for the
 //!   rest of its term: the target campaigns with a forced vote that
 //!   followers grant whatever lease they hold, and such a request can reach

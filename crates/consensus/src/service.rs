@@ -76,8 +76,10 @@ pub struct Config {
     pub disk: Arc<dyn Disk>,
     /// Read leases ([`crate::lease`]): a leader answers read barriers
     /// without a round trip for a while after a quorum acknowledged one.
-    /// Every node of the cluster must run with it (a restarted follower's
-    /// vote hold keeps them safe either way). Off by default: it assumes
+    /// Every node of the cluster must run with it: a follower's promise
+    /// not to vote for a while is what the lease rests on, and only a node
+    /// with leases on keeps that promise across its own restart. Off by
+    /// default: it assumes
     /// clocks that run at about the same rate and never stop while the
     /// machine is suspended.
     pub read_lease: bool,

@@ -717,11 +717,14 @@ fn a_leader_that_hands_over_gives_up_its_lease_for_the_term() {
 }
 
 #[test]
-fn a_restarted_node_votes_for_no_one_during_its_first_election_timeout() {
+fn a_restarted_node_with_leases_votes_for_no_one_during_its_first_election_timeout() {
     let root = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(root.path());
+    let (clock, _ms) = manual_clock();
+    let mut c = Cluster::with_config(root.path(), leased(&clock));
     c.down[2] = true;
-    c.nodes[2] = open_node(&root.path().join("n3"), 3, 5);
+    let options = LogOptions::default();
+    let dir = root.path().join("n3");
+    c.nodes[2] = open_node_with(&dir, leased(&clock)(3), 5, u64::MAX, 0, options);
     let term = c.nodes[2].core.term();
     let candidate = c.nodes[1].core.raw();
     let vote = Message {

@@ -115,3 +115,16 @@ fn a_leader_crashing_before_its_term_is_durable_does_not_vote_again_in_it() {
     let report = run_seed(6070, NodeKind::Store, Broken::None, false);
     assert_eq!(report.result, Ok(()), "{:?}", report.trace_tail);
 }
+
+/// Seed 6795 (with read leases, whose restarted nodes hold their votes for
+/// an election timeout): a removed node's grace ran out, counted from when
+/// it applied its removal, while the only other voter kept crashing; that
+/// voter had the removal in its log but not known committed, so it needed
+/// the removed node's vote and ack to go on. The grace now starts again
+/// whenever a node that still counts it asks it for anything
+/// (`Core::still_needed`). Fails without it (liveness).
+#[test]
+fn a_removed_node_stays_while_a_voter_still_asks_for_it() {
+    let report = run_seed(6795, NodeKind::Store, Broken::None, false);
+    assert_eq!(report.result, Ok(()), "{:?}", report.trace_tail);
+}
