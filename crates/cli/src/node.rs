@@ -64,9 +64,9 @@ pub struct Args {
     pub network_latency_ms: u64,
     /// Read leases: for a while after a quorum confirmed its leadership
     /// (145 ms at the default latency), the leader answers reads without
-    /// asking it again. Reads stay linearizable as long as the nodes' clocks run
-    /// at about the same rate and no machine is suspended while it leads.
-    /// Give it to every node of the cluster.
+    /// asking it again. Reads stay linearizable as long as the nodes'
+    /// clocks run at about the same rate and no machine is suspended while
+    /// it leads. Give it to every node of the cluster.
     #[arg(long)]
     pub read_lease: bool,
     /// Take a snapshot after this many log entries.

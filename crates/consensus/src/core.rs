@@ -831,9 +831,15 @@ impl<S: State> Core<S> {
     /// A follower's ReadIndex request answered under this leader's lease,
     /// as raft-rs's own lease-based reads answer it: with the commit
     /// index, which covers every write acknowledged so far. `None`: the
-    /// request takes a round.
+    /// request takes a round. raft-rs forwards the request without a term
+    /// (0); one that carries another term goes to raft-rs, which steps
+    /// down if it is newer.
     fn leased_read_index(&mut self, m: &mut Message) -> Option<Message> {
-        if m.msg_type != MessageType::MsgReadIndex || m.from == self.id() || !self.lease_holds() {
+        if m.msg_type != MessageType::MsgReadIndex
+            || m.from == self.id()
+            || (m.term != 0 && m.term != self.raw.raft.term)
+            || !self.lease_holds()
+        {
             return None;
         }
         self.stats.lease_reads.inc();

@@ -79,9 +79,8 @@ pub struct Config {
     /// Every node of the cluster must run with it: a follower's promise
     /// not to vote for a while is what the lease rests on, and only a node
     /// with leases on keeps that promise across its own restart. Off by
-    /// default: it assumes
-    /// clocks that run at about the same rate and never stop while the
-    /// machine is suspended.
+    /// default: it assumes clocks that run at about the same rate and never
+    /// stop while the machine is suspended.
     pub read_lease: bool,
 }
 
