@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Proc};
 use support::{
-    client_config, image_hash, probe_leader, run_with_timeout, runtime, send_signal, Output,
+    client_config, image_hash, metric, probe_leader, run_with_timeout, runtime, send_signal, Output,
 };
 
 const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -452,26 +452,6 @@ fn disk_mode_snapshots_are_the_database_files_and_stream_to_a_lagging_node() {
 /// be read).
 fn snapshots_taken(address: &str) -> u64 {
     metric(address, "dqlite_raft_snapshots_total{kind=\"taken\"}")
-}
-
-/// The value of the metric line that starts with `name`, from a plain
-/// `GET /metrics` on the node's address (0 if it cannot be read).
-fn metric(address: &str, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(address) else {
-        return 0;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    if tcp.write_all(request.as_bytes()).is_err() || tcp.read_to_string(&mut body).is_err() {
-        return 0;
-    }
-    body.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dqlite_client::{Client, Config, Database, ReadMode};
 use support::cluster::Cluster;
-use support::{dqlite_rs_bin, run_with_timeout, runtime, send_signal};
+use support::{dqlite_rs_bin, metric, run_with_timeout, runtime, send_signal};
 
 fn config(read_mode: ReadMode) -> Config {
     let mut c = Config::default();
@@ -35,8 +35,8 @@ async fn open_on(address: &str, name: &str, read_mode: ReadMode) -> Database {
         .unwrap()
 }
 
-fn started(n: usize) -> (Cluster, usize) {
-    let cluster = Cluster::start(n, &[]);
+fn started(n: usize, extra: &[&str]) -> (Cluster, usize) {
+    let cluster = Cluster::start(n, extra);
     wait_voters(&cluster.servers(), n, Duration::from_secs(60));
     let leader = cluster.leader(Duration::from_secs(20));
     (cluster, leader)
@@ -52,7 +52,23 @@ async fn count(db: &mut Database, sql: &str) -> dqlite_client::Result<i64> {
 /// followers, each read right after its write's acknowledgement.
 #[test]
 fn linearizable_follower_reads_see_every_acknowledged_write() {
-    let (cluster, leader) = started(3);
+    follower_reads_see_every_acknowledged_write(&[]);
+}
+
+/// The same with read leases, where the leader answers the followers'
+/// requests for a read index from its lease (counted by its metric).
+#[test]
+fn follower_reads_under_a_read_lease_see_every_acknowledged_write() {
+    let (_cluster, leader_addr) = follower_reads_see_every_acknowledged_write(&["--read-lease"]);
+    let leased = metric(&leader_addr, "dqlite_raft_lease_reads_total");
+    assert!(leased > 0, "no read index was answered under the lease");
+}
+
+/// The rounds of [`linearizable_follower_reads_see_every_acknowledged_write`]
+/// on a cluster started with `extra`; returns it, still running, and its
+/// leader's address.
+fn follower_reads_see_every_acknowledged_write(extra: &[&str]) -> (Cluster, String) {
+    let (cluster, leader) = started(3, extra);
     let leader_addr = cluster.nodes[leader].address.clone();
     let followers: Vec<String> = (0..3)
         .filter(|i| *i != leader)
@@ -125,6 +141,7 @@ fn linearizable_follower_reads_see_every_acknowledged_write() {
         let n = count(&mut writer, "SELECT count(*) FROM t WHERE v = 0").await;
         assert_eq!(n.unwrap(), 0);
     });
+    (cluster, leader_addr)
 }
 
 /// An unmodified client opts in through the database name it opens on a
@@ -132,7 +149,7 @@ fn linearizable_follower_reads_see_every_acknowledged_write() {
 /// follower answers 10250 as before.
 #[test]
 fn plain_sql_opts_a_connection_in() {
-    let (cluster, leader) = started(3);
+    let (cluster, leader) = started(3, &[]);
     let follower = cluster.nodes[(leader + 1) % 3].address.clone();
     let leader_addr = cluster.nodes[leader].address.clone();
     let rt = runtime();
@@ -250,7 +267,7 @@ fn plain_sql_opts_a_connection_in() {
 /// work again once the cluster is back.
 #[test]
 fn stale_reads_on_a_cut_off_follower_fail_once_the_bound_passes() {
-    let (cluster, leader) = started(3);
+    let (cluster, leader) = started(3, &[]);
     let follower = (leader + 1) % 3;
     let others: Vec<u32> = (0..3)
         .filter(|i| *i != follower)

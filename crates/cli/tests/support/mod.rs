@@ -484,3 +484,23 @@ pub fn totals_on(address: &str, db: &str) -> Result<(i64, i64), String> {
         ))
     })
 }
+
+/// The value of the metric line that starts with `name`, from a plain
+/// `GET /metrics` on the node's address (0 if it cannot be read).
+pub fn metric(address: &str, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(address) else {
+        return 0;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    if tcp.write_all(request.as_bytes()).is_err() || tcp.read_to_string(&mut body).is_err() {
+        return 0;
+    }
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
