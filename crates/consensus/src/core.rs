@@ -1092,7 +1092,7 @@ impl<S: State> Core<S> {
 
     /// How many ReadIndex rounds this core started (batching metric).
     pub fn read_rounds(&self) -> u64 {
-        self.reads.next_round
+        self.stats.read_rounds.get()
     }
 
     /// How many snapshots from a leader this core installed.

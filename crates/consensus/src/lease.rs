@@ -116,11 +116,6 @@ impl Lease {
         }
     }
 
-    /// Whether leases are on.
-    pub fn enabled(&self) -> bool {
-        self.span.is_some()
-    }
-
     /// Stamps a round starting now in `term`.
     pub fn stamp(&self, term: u64) -> Stamp {
         Stamp {
@@ -287,6 +282,5 @@ mod tests {
         lease.confirmed(stamp, 1);
         assert!(!lease.holds(1));
         assert!(!lease.wants_renewal(1));
-        assert!(!lease.enabled());
     }
 }

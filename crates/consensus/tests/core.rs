@@ -649,6 +649,16 @@ fn manual_clock() -> (Clock, Arc<AtomicU64>) {
     (clock, ms)
 }
 
+/// Three cores with 100 ms read leases on a hand-moved clock, once the
+/// leader took its lease (by itself, with a round of no callers): the
+/// cluster, the clock and its milliseconds.
+fn leased_cluster(root: &Path) -> (Cluster, Clock, Arc<AtomicU64>) {
+    let (clock, ms) = manual_clock();
+    let mut c = Cluster::with_config(root, leased(&clock));
+    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
+    (c, clock, ms)
+}
+
 /// Cores with 100 ms read leases on `clock`.
 fn leased(clock: &Clock) -> impl Fn(u64) -> CoreConfig + '_ {
     move |id| CoreConfig {
@@ -661,10 +671,7 @@ fn leased(clock: &Clock) -> impl Fn(u64) -> CoreConfig + '_ {
 #[test]
 fn a_leased_leader_answers_reads_alone_until_its_lease_ends() {
     let root = tempfile::tempdir().unwrap();
-    let (clock, ms) = manual_clock();
-    let mut c = Cluster::with_config(root.path(), leased(&clock));
-    // The leader takes its lease by itself, with a round of no callers.
-    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
+    let (mut c, _clock, ms) = leased_cluster(root.path());
     // The followers are cut off: no round can complete now.
     c.down[1] = true;
     c.down[2] = true;
@@ -695,9 +702,7 @@ fn a_leased_leader_answers_reads_alone_until_its_lease_ends() {
 #[test]
 fn a_leader_that_hands_over_gives_up_its_lease_for_the_term() {
     let root = tempfile::tempdir().unwrap();
-    let (clock, _ms) = manual_clock();
-    let mut c = Cluster::with_config(root.path(), leased(&clock));
-    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
+    let (mut c, _clock, _ms) = leased_cluster(root.path());
     c.down[2] = true;
     // The target's forced campaign would win past any follower's lease.
     c.input(0, Input::TransferLeader(3));
@@ -719,8 +724,7 @@ fn a_leader_that_hands_over_gives_up_its_lease_for_the_term() {
 #[test]
 fn a_restarted_node_with_leases_votes_for_no_one_during_its_first_election_timeout() {
     let root = tempfile::tempdir().unwrap();
-    let (clock, _ms) = manual_clock();
-    let mut c = Cluster::with_config(root.path(), leased(&clock));
+    let (mut c, clock, _ms) = leased_cluster(root.path());
     c.down[2] = true;
     let options = LogOptions::default();
     let dir = root.path().join("n3");
@@ -752,11 +756,9 @@ fn a_restarted_node_with_leases_votes_for_no_one_during_its_first_election_timeo
 #[test]
 fn a_leased_leader_answers_a_followers_read_index_without_a_round() {
     let root = tempfile::tempdir().unwrap();
-    let (clock, ms) = manual_clock();
-    let mut c = Cluster::with_config(root.path(), leased(&clock));
+    let (mut c, _clock, ms) = leased_cluster(root.path());
     let stats = Arc::new(Stats::default());
     c.nodes[0].core.set_stats(stats.clone());
-    c.tick_until(|c| c.nodes[0].core.lease_until().is_some(), 20);
     c.input(0, Input::Propose(1, Proposal::State(set("k", "v"))));
     c.run(1000);
     let committed = c.nodes[0].core.commit_index();

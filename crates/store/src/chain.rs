@@ -239,8 +239,8 @@ thread_local! {
 /// while it runs on a leader that holds every entry of earlier terms): it
 /// must see every write acknowledged before it, and those are committed
 /// and applied here before their response leaves; writes still in flight
-/// need not be visible to it. Never for a transaction that may write: a write must
-/// build on the head.
+/// need not be visible to it. Never for a transaction that may write: a
+/// write must build on the head.
 pub fn read_committed(on: bool) {
     READ_COMMITTED.with(|c| c.set(on));
 }
