@@ -467,7 +467,9 @@ impl<M: Machine> ServiceNode<M> {
         rng: &mut SimRng,
     ) -> Result<Self, String> {
         let disk = SimDisk::new(DiskConfig::default(), rng.fork());
-        let fs = SimFs::new(disk);
+        // Half the nodes append with direct writes, as on a real disk;
+        // the others as on tmpfs.
+        let fs = SimFs::new(disk).with_direct(id % 2 == 1);
         let raft_dir = PathBuf::from("raft");
         let shared: Arc<dyn dqlite_consensus::storage::Disk> = Arc::new(fs.clone());
         let events: Events = Arc::new(Mutex::new(Vec::new()));

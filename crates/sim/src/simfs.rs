@@ -11,7 +11,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use dqlite_consensus::storage::{Disk, DiskFile};
+use dqlite_consensus::storage::{Disk, DiskFile, DIRECT_ALIGN};
 
 use crate::disk::SimDisk;
 
@@ -20,6 +20,7 @@ use crate::disk::SimDisk;
 pub struct SimFs {
     disk: SimDisk,
     dirs: Arc<Mutex<BTreeSet<String>>>,
+    direct: bool,
 }
 
 fn name(path: &Path) -> String {
@@ -32,7 +33,16 @@ impl SimFs {
         Self {
             disk,
             dirs: Arc::new(Mutex::new(BTreeSet::new())),
+            direct: false,
         }
+    }
+
+    /// Offers direct writes ([`Disk::open_direct`]) when `on`, as a real
+    /// disk does: each write is durable on return, and a misaligned one
+    /// fails with `EINVAL`.
+    pub fn with_direct(mut self, on: bool) -> Self {
+        self.direct = on;
+        self
     }
 
     /// The disk underneath.
@@ -71,6 +81,39 @@ impl DiskFile for SimFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         Ok(self.disk.set_len_inode(self.inode, len)?)
+    }
+}
+
+/// A file opened for direct writes.
+struct SimDirectFile(SimFile);
+
+impl DiskFile for SimDirectFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let align = DIRECT_ALIGN as usize;
+        if offset % DIRECT_ALIGN != 0
+            || buf.len() % align != 0
+            || buf.as_ptr() as usize % align != 0
+        {
+            return Err(io::Error::from_raw_os_error(22)); // EINVAL, as O_DIRECT answers
+        }
+        self.0.write_all_at(buf, offset)?;
+        self.0.sync_data()
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
     }
 }
 
@@ -134,6 +177,17 @@ impl Disk for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         Ok(self.disk.sync_dir(&name(dir))?)
+    }
+
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Box<dyn DiskFile>>> {
+        if !self.direct {
+            return Ok(None);
+        }
+        let inode = self.disk.open(&name(path))?;
+        Ok(Some(Box::new(SimDirectFile(SimFile {
+            disk: self.disk.clone(),
+            inode,
+        }))))
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -12,7 +12,7 @@ pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
-pub use disk::{Disk, DiskFile, RealDisk};
+pub use disk::{AlignedBuf, Disk, DiskFile, RealDisk, DIRECT_ALIGN};
 pub use fence::Fence;
 pub use log::{Log, LogOptions, LogReader};
 pub use mem::RaftLogView;
