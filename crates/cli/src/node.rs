@@ -69,6 +69,11 @@ pub struct Args {
     /// it leads. Give it to every node of the cluster.
     #[arg(long)]
     pub read_lease: bool,
+    /// Threads that serve the network (clients and other nodes). SQL, the
+    /// raft log and its disk run on threads of their own, so by default
+    /// half the CPUs (at least one) are enough: more only add wake-ups.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub io_threads: Option<u64>,
     /// Take a snapshot after this many log entries.
     #[arg(long, default_value_t = 1024)]
     pub snapshot_threshold: u64,
@@ -155,7 +160,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         0
     });
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let io_threads = args
+        .io_threads
+        .map_or_else(default_io_threads, |n| n as usize);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(io_threads)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Before the node starts serving: a SIGTERM that arrives while it
         // starts is then a graceful stop, not the default instant death.
@@ -218,4 +230,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Half the CPUs this process may use, at least one.
+fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
 }

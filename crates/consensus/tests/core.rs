@@ -80,6 +80,8 @@ struct Cluster {
     disk_works: Vec<bool>,
     /// Node i is stopped: it neither ticks nor receives.
     down: Vec<bool>,
+    /// Every message sent, in order.
+    sent: Vec<MessageType>,
 }
 
 impl Cluster {
@@ -119,6 +121,7 @@ impl Cluster {
             wire: VecDeque::new(),
             disk_works: vec![true; 3],
             down: vec![false; 3],
+            sent: Vec::new(),
         };
         c.input(0, Input::Campaign);
         c.tick_until(
@@ -137,7 +140,10 @@ impl Cluster {
     fn absorb(&mut self, i: usize, out: Vec<Action>) {
         for a in out {
             match a {
-                Action::Send(m) => self.wire.push_back(m),
+                Action::Send(m) => {
+                    self.sent.push(m.msg_type);
+                    self.wire.push_back(m);
+                }
                 Action::Persist(b) => self.nodes[i].unwritten.push(b),
                 Action::Resolve(id, r) => self.nodes[i]
                     .resolved
@@ -193,6 +199,27 @@ impl Cluster {
         }
         assert!(cond(self), "condition not reached in {ticks} ticks");
     }
+}
+
+#[test]
+fn a_commit_costs_one_append_and_one_answer_per_follower() {
+    // Followers learn the commit index with the next append or heartbeat:
+    // a broadcast of their own would double the messages of a write.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(root.path());
+    c.sent.clear();
+    c.input(0, Input::Propose(1, Proposal::State(set("k", "v"))));
+    c.run(1000);
+    assert_eq!(c.nodes[0].resolved, vec![(1, true)]);
+    let count = |t| c.sent.iter().filter(|&&s| s == t).count();
+    assert_eq!(count(MessageType::MsgAppend), 2, "{:?}", c.sent);
+    assert_eq!(count(MessageType::MsgAppendResponse), 2, "{:?}", c.sent);
+    // The next heartbeat tells them.
+    let committed = c.nodes[0].core.commit_index();
+    c.tick_until(
+        |c| c.nodes.iter().all(|n| n.core.applied_index() >= committed),
+        CoreConfig::new(1).heartbeat_tick + 1,
+    );
 }
 
 /// The open segment of the raft log under `dir`.
